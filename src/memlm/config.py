@@ -1,0 +1,89 @@
+"""Memory configs: one dataclass per mechanism, validated on construction, loadable from YAML.
+
+A YAML file lists the memories to attach::
+
+    memories:
+      - mechanism: recurrent
+        decay: 0.95
+        memory_size: 256
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from memlm.errors import ConfigError
+
+MODES = ("persistent", "ephemeral")
+
+
+@dataclass
+class MemoryConfig:
+    """Fields shared by every mechanism.
+
+    Args:
+        mode: "persistent" keeps the memory's state across `generate()`/`memorize()` calls until
+            `reset()`; "ephemeral" clears it at the start of each such call.
+    """
+
+    mechanism: ClassVar[str] = ""
+    mode: str = "persistent"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for out-of-range values. Subclasses extend this."""
+        if self.mode not in MODES:
+            raise ConfigError(f"{self.mechanism}: mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mechanism": self.mechanism, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MemoryConfig:
+        values = {k: v for k, v in values.items() if k != "mechanism"}
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"{cls.mechanism}: unknown option(s) {unknown}; known options: {sorted(known)}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> MemoryConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = False, mechanism: str = "") -> None:
+    """Raise `ConfigError` unless `value` lies in the interval (brackets set by the *_open flags)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    above = is_number and (value > low if low_open else value >= low)
+    below = is_number and (value < high if high_open else value <= high)
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        prefix = f"{mechanism}: " if mechanism else ""
+        raise ConfigError(f"{prefix}{name} must be in {interval}, got {value!r}")
+
+
+def load_configs(source: str | os.PathLike | dict | list) -> list[MemoryConfig]:
+    """Build memory configs from a YAML file path, a parsed dict (`{"memories": [...]}`) or a list."""
+    from memlm.registry import make_config
+
+    if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+        try:
+            source = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source} is not valid YAML: {error}") from error
+    if isinstance(source, dict):
+        source = source.get("memories", [])
+    if not isinstance(source, list):
+        raise ConfigError("a memory config must be a list of memories or {'memories': [...]}")
+    return [make_config(entry) for entry in source]

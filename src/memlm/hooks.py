@@ -1,0 +1,190 @@
+"""Find the parts of a causal LM that memories hook into, without knowing its class.
+
+Every supported architecture (GPT-2, Llama/SmolLM, Qwen2, Gemma3, and most others in
+transformers) is an embedding, a stack of decoder layers in an `nn.ModuleList`, a final norm and an
+LM head. `inspect_backbone()` finds them by structure, not by class name, so a new architecture
+usually works without code here. Decoder layers return a tensor in recent transformers and a tuple
+in older ones; the hook helpers below accept both and give memories a plain tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from memlm.errors import IncompatibleMemoryError
+
+HiddenFn = Callable[[torch.Tensor], torch.Tensor]
+
+# Attribute names used for the final norm across transformers' decoder-only models.
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
+
+
+@dataclass
+class BackboneLayout:
+    """The pieces of a backbone that memories attach to."""
+
+    model: nn.Module
+    base_model: nn.Module
+    embeddings: nn.Module
+    layers: nn.ModuleList
+    final_norm: nn.Module | None
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    model_type: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def resolve_layer(self, index: int) -> int:
+        """Accept Python-style negative indices; raise a clear error when out of range."""
+        resolved = index + self.num_layers if index < 0 else index
+        if not 0 <= resolved < self.num_layers:
+            raise IncompatibleMemoryError(
+                f"layer {index} does not exist: the backbone has {self.num_layers} layers"
+            )
+        return resolved
+
+
+def inspect_backbone(model: nn.Module) -> BackboneLayout:
+    """Locate embeddings, decoder layers and final norm of a Hugging Face causal LM."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise IncompatibleMemoryError("the model has no `config`: pass a transformers model")
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    num_layers = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer")
+    hidden_size = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd")
+    base_model = getattr(model, "base_model", model)
+
+    layers = _find_decoder_layers(base_model, num_layers)
+    final_norm = None
+    for name in _FINAL_NORM_NAMES:
+        candidate = getattr(base_model, name, None)
+        if isinstance(candidate, nn.Module):
+            final_norm = candidate
+            break
+    return BackboneLayout(
+        model=model,
+        base_model=base_model,
+        embeddings=model.get_input_embeddings(),
+        layers=layers,
+        final_norm=final_norm,
+        hidden_size=int(hidden_size),
+        num_layers=int(num_layers),
+        vocab_size=int(text_config.vocab_size),
+        model_type=str(getattr(text_config, "model_type", "unknown")),
+    )
+
+
+def _find_decoder_layers(base_model: nn.Module, num_layers: int) -> nn.ModuleList:
+    # The decoder stack is the ModuleList with one entry per hidden layer, all of the same class.
+    candidates = [
+        module
+        for module in base_model.modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) == num_layers
+        and len({type(layer) for layer in module}) == 1
+    ]
+    if not candidates:
+        raise IncompatibleMemoryError(
+            f"could not find the {num_layers} decoder layers of {type(base_model).__name__}"
+        )
+    return candidates[0]
+
+
+def _replace_hidden(output: Any, fn: HiddenFn) -> Any:
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    if hasattr(output, "last_hidden_state"):  # a ModelOutput from a wrapped sub-model
+        output.last_hidden_state = fn(output.last_hidden_state)
+        return output
+    raise TypeError(f"unexpected layer output type {type(output).__name__}")
+
+
+def add_output_hook(module: nn.Module, fn: HiddenFn) -> RemovableHandle:
+    """Run `fn` on the hidden states a module returns (tensor or tuple) and return its result."""
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        return _replace_hidden(output, fn)
+
+    return module.register_forward_hook(hook)
+
+
+def add_input_hook(module: nn.Module, fn: HiddenFn) -> RemovableHandle:
+    """Run `fn` on the `hidden_states` a module receives, passed positionally or by keyword."""
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
+        return args, kwargs
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def add_capture_hook(module: nn.Module, fn: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """Call `fn` with the hidden states a module returns, leaving them unchanged."""
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+        fn(output if isinstance(output, torch.Tensor) else _first_tensor(output))
+
+    return module.register_forward_hook(hook)
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, tuple):
+        return output[0]
+    return output.last_hidden_state
+
+
+def backbone_fingerprint(layout: BackboneLayout) -> dict[str, Any]:
+    """What a saved memory records about its backbone, to refuse loading into another one.
+
+    `weights_sha` hashes a sample of embedding rows rounded to bfloat16, so the same model loaded in
+    float32 or bfloat16 gets the same fingerprint while a different model does not.
+    """
+    weight = layout.embeddings.weight.detach()
+    step = max(1, weight.shape[0] // 256)
+    sample = weight[::step].to(device="cpu", dtype=torch.bfloat16).contiguous()
+    weights_sha = hashlib.sha256(sample.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    return {
+        "name": str(getattr(layout.model.config, "name_or_path", "") or ""),
+        "model_type": layout.model_type,
+        "hidden_size": layout.hidden_size,
+        "num_layers": layout.num_layers,
+        "vocab_size": layout.vocab_size,
+        "weights_sha": weights_sha,
+    }
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, what: str,
+                      require_same_weights: bool) -> None:
+    """Raise `IncompatibleMemoryError` when `saved` cannot be used with the current backbone."""
+    for key in ("hidden_size", "num_layers", "vocab_size"):
+        if saved.get(key) != current.get(key):
+            raise IncompatibleMemoryError(
+                f"{what} was saved for a backbone with {key}={saved.get(key)} "
+                f"({saved.get('name') or saved.get('model_type')}), but this backbone has "
+                f"{key}={current.get(key)} ({current.get('name') or current.get('model_type')})"
+            )
+    if require_same_weights and saved.get("weights_sha") != current.get("weights_sha"):
+        raise IncompatibleMemoryError(
+            f"{what} was saved for another model ({saved.get('name') or saved.get('model_type')}, "
+            f"weights {saved.get('weights_sha')}); this backbone is "
+            f"{current.get('name') or current.get('model_type')} (weights {current.get('weights_sha')})"
+        )

@@ -1,0 +1,376 @@
+"""`MemoryModel`: a Hugging Face causal LM with memories attached through hooks.
+
+The backbone's code and weights are never changed: memories are an `nn.ModuleDict` next to it and
+act through removable forward hooks, so `detach()` gives back exactly the model you passed in.
+
+Reads happen on every forward (decode steps with a KV cache included); writes happen once per
+segment or turn:
+
+* `forward(...)` writes after the pass, unless it is a cached decode step;
+* `generate(...)` reads while decoding, then writes the whole turn (prompt + reply) in one extra
+  forward pass, so every decoding option of `transformers` (sampling, beams, streaming, ...) works
+  unchanged and the KV cache never mixes two memory states;
+* `memorize(...)` streams a long input through the model in segments, writing after each.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from memlm.config import MemoryConfig
+from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
+from memlm.hooks import backbone_fingerprint, check_fingerprint, inspect_backbone
+from memlm.memories.base import Memory, MemoryContext
+from memlm.registry import get_mechanism, make_config
+from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
+
+ADAPTER_CONFIG_FILE = "memlm_config.json"
+ADAPTER_WEIGHTS_FILE = "memory_weights.safetensors"
+STATE_FILE = "memory_state.safetensors"
+FORMAT_VERSION = 1
+
+ConfigSpec = MemoryConfig | str | dict
+
+
+class MemoryModel(nn.Module):
+    """A causal LM plus attached memories.
+
+    Example:
+        >>> import memlm
+        >>> model, tokenizer = memlm.load_backbone()
+        >>> mm = memlm.attach(model, "recurrent", tokenizer=tokenizer)
+        >>> ids = tokenizer("The capital of France is", return_tensors="pt")
+        >>> reply = mm.generate(**ids, max_new_tokens=8, do_sample=False)
+    """
+
+    def __init__(self, backbone: nn.Module, configs: Iterable[ConfigSpec] = (), tokenizer: Any = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.layout = inspect_backbone(backbone)
+        self.context = MemoryContext()
+        self.memories = nn.ModuleDict()
+        self._fingerprint: dict[str, Any] | None = None
+        try:
+            for config in configs:
+                self.add_memory(config)
+        except BaseException:
+            self.detach()
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        # Behave like the backbone for everything the wrapper does not define (config, device...).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "backbone":
+                raise
+            return getattr(self.backbone, name)
+
+    # --- attaching ---------------------------------------------------------------------------
+    def add_memory(self, config: ConfigSpec) -> Memory:
+        """Attach one more memory (a config, a mechanism name, or a dict with `mechanism`)."""
+        config = make_config(config)
+        name = config.mechanism
+        if name in self.memories:
+            raise ConfigError(f"a {name!r} memory is already attached")
+        memory = get_mechanism(name).module_class(config, self.layout, self.context)
+        memory.to(device=self.layout.device, dtype=self.layout.dtype)
+        try:
+            memory.attach(self.layout)
+        except BaseException:
+            memory.remove_hooks()
+            raise
+        self.memories[name] = memory
+        return memory
+
+    def remove_memory(self, name: str) -> None:
+        self.memories[name].remove_hooks()
+        del self.memories[name]
+
+    def detach(self) -> nn.Module:
+        """Remove every memory and hook; return the backbone exactly as it was."""
+        for name in list(self.memories):
+            self.remove_memory(name)
+        return self.backbone
+
+    # --- running -----------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                *, write_memory: bool | None = None, **kwargs: Any) -> Any:
+        """The backbone's forward with memory. Writes after the pass (one segment), except on
+        cached decode steps; pass `write_memory=False` to only read."""
+        if write_memory is None:
+            write_memory = not _is_decode_step(kwargs.get("past_key_values"))
+        if not write_memory or not self.memories:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        mask = attention_mask if attention_mask is not None else _ones_mask(reference)
+        with self._writing(mask):
+            output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            self._write()
+        return output
+
+    @contextmanager
+    def _writing(self, attention_mask: torch.Tensor) -> Iterator[None]:
+        self.context.capturing = True
+        self.context.attention_mask = attention_mask
+        try:
+            yield
+        finally:
+            self.context.capturing = False
+            self.context.attention_mask = None
+            for memory in self.memories.values():
+                memory.clear_captures()
+
+    def _write(self) -> None:
+        for memory in self.memories.values():
+            memory.write()
+
+    def _write_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """One forward pass over a segment or turn, only to write memory."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding aware
+        with self._writing(attention_mask):
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=False)
+            self._write()
+
+    def _begin_call(self) -> None:
+        for memory in self.memories.values():
+            memory.begin_call()
+
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 *, write_memory: bool = True, context_window: int | None = None, **kwargs: Any) -> Any:
+        """`transformers` generate with memory; every decoding option is passed through.
+
+        Args:
+            write_memory: after generating, write the turn (prompt + first returned reply of each
+                input row) to memory in one forward pass.
+            context_window: if the prompt is longer, only its last `context_window` tokens stay in
+                the context; the earlier tokens are first streamed into memory in segments of
+                `context_window` tokens.
+        """
+        self._begin_call()
+        if context_window is not None and input_ids is not None and input_ids.shape[1] > context_window:
+            split = input_ids.shape[1] - context_window
+            head_mask = None if attention_mask is None else attention_mask[:, :split]
+            self._memorize(input_ids[:, :split], head_mask, context_window, progress=False)
+            input_ids = input_ids[:, split:]
+            attention_mask = None if attention_mask is None else attention_mask[:, split:]
+        output = self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if write_memory and self.memories and input_ids is not None:
+            sequences = output if isinstance(output, torch.Tensor) else output.sequences
+            prompt_mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+            self._write_turn(input_ids, prompt_mask, sequences, kwargs.get("generation_config"))
+        return output
+
+    @torch.no_grad()
+    def _write_turn(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor, sequences: torch.Tensor,
+                    generation_config: Any = None) -> None:
+        batch_size, prompt_length = input_ids.shape
+        per_row = max(1, sequences.shape[0] // batch_size)
+        turn = sequences[::per_row]  # (B, T_prompt + T_new): first returned sequence of each row
+        config = generation_config or self.backbone.generation_config
+        reply_mask = _reply_mask(turn[:, prompt_length:], config.eos_token_id)
+        self._write_pass(turn, torch.cat([prompt_mask.to(reply_mask.dtype), reply_mask], dim=1))
+
+    def write(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Write one segment or turn to memory (one forward pass; nothing is generated)."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+        self._write_pass(input_ids.to(self.layout.device), mask.to(self.layout.device))
+
+    def memorize(self, inputs: torch.Tensor | str, attention_mask: torch.Tensor | None = None,
+                 segment_length: int = 512, progress: bool = True) -> int:
+        """Stream a long input through the model in segments, writing memory after each.
+
+        `inputs` is a (B, T) tensor of token ids, or a string when a tokenizer was given to
+        `attach()`. Returns the number of segments written.
+        """
+        if isinstance(inputs, str):
+            if self.tokenizer is None:
+                raise ConfigError("memorize(text) needs a tokenizer: attach(model, ..., tokenizer=tok)")
+            inputs = self.tokenizer(inputs, return_tensors="pt").input_ids
+        if inputs.dim() == 1:
+            inputs = inputs.unsqueeze(0)
+        self._begin_call()
+        return self._memorize(inputs.to(self.layout.device), attention_mask, segment_length, progress)
+
+    def _memorize(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  segment_length: int, progress: bool) -> int:
+        if segment_length < 1:
+            raise ConfigError(f"segment_length must be positive, got {segment_length}")
+        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+        starts = range(0, input_ids.shape[1], segment_length)
+        for start in tqdm(starts, desc="memorizing", unit="segment", disable=not progress):
+            segment = slice(start, start + segment_length)
+            self._write_pass(input_ids[:, segment], mask[:, segment])
+        return len(starts)
+
+    def reset(self, batch_size: int | None = None) -> None:
+        """Forget all memory state; `batch_size` pre-sizes per-row state."""
+        for memory in self.memories.values():
+            memory.reset(batch_size)
+
+    def detach_state(self) -> None:
+        """Truncate backpropagation through time at the current state (call between optimizer steps)."""
+        for memory in self.memories.values():
+            memory.detach_state()
+
+    # --- inspection --------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.layout)
+        return self._fingerprint
+
+    def memory_parameters(self) -> Iterator[nn.Parameter]:
+        """The learnable parameters of the attached memories (what an optimizer should train)."""
+        return self.memories.parameters()
+
+    def describe(self) -> dict[str, Any]:
+        """Backbone, attached memories and parameter counts (what `memlm info` prints)."""
+        backbone_params = sum(p.numel() for p in self.backbone.parameters())
+        return {
+            "backbone": {**self.fingerprint, "parameters": backbone_params,
+                         "device": str(self.layout.device), "dtype": str(self.layout.dtype).replace("torch.", "")},
+            "memories": {
+                name: {"config": memory.config.to_dict(),
+                       "parameters": sum(p.numel() for p in memory.parameters()),
+                       "state": memory.summary()}
+                for name, memory in self.memories.items()
+            },
+        }
+
+    # --- learned weights (adapter) -----------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save the memories' learned weights (safetensors) and configs (JSON), not the backbone."""
+        directory = Path(directory)
+        weights = {name: tensor for name, tensor in self.memories.state_dict().items()}
+        save_tensors(directory / ADAPTER_WEIGHTS_FILE, weights,
+                     {"format": "memlm-weights", "backbone": self.fingerprint})
+        atomic_write_json(directory / ADAPTER_CONFIG_FILE, {
+            "format": "memlm-adapter",
+            "version": FORMAT_VERSION,
+            "backbone": self.fingerprint,
+            "memories": [memory.config.to_dict() for memory in self.memories.values()],
+        })
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, backbone: nn.Module, directory: str | os.PathLike,
+                        tokenizer: Any = None) -> MemoryModel:
+        """Attach memories saved by `save_pretrained` to `backbone`, with their learned weights."""
+        directory = Path(directory)
+        adapter = read_json(directory / ADAPTER_CONFIG_FILE)
+        if not isinstance(adapter, dict) or adapter.get("format") != "memlm-adapter":
+            raise CorruptedFileError(f"{directory / ADAPTER_CONFIG_FILE} is not a memlm adapter config")
+        if adapter.get("version", 0) > FORMAT_VERSION:
+            raise IncompatibleMemoryError(f"{directory} was saved by a newer memlm (format {adapter['version']})")
+        tensors, _ = load_tensors(directory / ADAPTER_WEIGHTS_FILE)
+        current = backbone_fingerprint(inspect_backbone(backbone))
+        check_fingerprint(adapter["backbone"], current, what=f"memory weights in {directory}",
+                          require_same_weights=False)
+        model = cls(backbone, [make_config(entry) for entry in adapter["memories"]], tokenizer=tokenizer)
+        try:
+            model._load_weights(tensors, source=directory)
+        except BaseException:
+            model.detach()
+            raise
+        return model
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
+        expected = self.memories.state_dict()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise IncompatibleMemoryError(
+                f"memory weights in {source} do not match the attached memories "
+                f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise IncompatibleMemoryError(
+                    f"memory weight {name} in {source} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(expected[name].shape)}")
+        self.memories.load_state_dict(tensors, strict=True)
+
+    # --- memory state ------------------------------------------------------------------------
+    def save_state(self, directory: str | os.PathLike) -> Path:
+        """Save what the memories remember (not their weights), atomically, to one file."""
+        path = Path(directory) / STATE_FILE
+        tensors = {f"{name}.{key}": value for name, memory in self.memories.items()
+                   for key, value in memory.state_tensors().items()}
+        save_tensors(path, tensors, {
+            "format": "memlm-state",
+            "version": FORMAT_VERSION,
+            "backbone": self.fingerprint,
+            "memories": {name: memory.config.to_dict() for name, memory in self.memories.items()},
+            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        return path
+
+    def load_state(self, directory: str | os.PathLike) -> None:
+        """Restore state saved by `save_state`. On any error the current state is left untouched."""
+        path = Path(directory) / STATE_FILE
+        tensors, metadata = load_tensors(path)
+        if metadata.get("format") != "memlm-state":
+            raise CorruptedFileError(f"{path} is not a memlm state file")
+        check_fingerprint(metadata.get("backbone", {}), self.fingerprint,
+                          what=f"memory state in {path}", require_same_weights=True)
+        saved_names = sorted(metadata.get("memories", {}))
+        if saved_names != sorted(self.memories):
+            raise IncompatibleMemoryError(
+                f"memory state in {path} is for memories {saved_names}, "
+                f"but the attached memories are {sorted(self.memories)}")
+        per_memory: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.memories}
+        for key, value in tensors.items():
+            name, _, entry = key.partition(".")
+            per_memory[name][entry] = value
+        for name, memory in self.memories.items():  # check all before changing any
+            memory.check_state_tensors(per_memory[name])
+        for name, memory in self.memories.items():
+            memory.load_state_tensors(per_memory[name])
+
+
+def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokenizer: Any = None
+           ) -> MemoryModel:
+    """Attach memories to a causal LM.
+
+    `configs` is a config, a mechanism name, a dict with a `mechanism` key, or a list of these.
+
+    Example:
+        >>> mm = memlm.attach(model, memlm.RecurrentConfig(decay=0.9))
+        >>> mm = memlm.attach(model, ["recurrent"])
+    """
+    if isinstance(configs, (MemoryConfig, str, dict)):
+        configs = [configs]
+    return MemoryModel(model, configs, tokenizer=tokenizer)
+
+
+def _ones_mask(reference: torch.Tensor) -> torch.Tensor:
+    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+
+
+def _is_decode_step(past_key_values: Any) -> bool:
+    if past_key_values is None:
+        return False
+    get_length = getattr(past_key_values, "get_seq_length", None)
+    return bool(get_length() > 0) if get_length is not None else True
+
+
+def _reply_mask(reply: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """1 for reply tokens up to and including the first end-of-sequence token, 0 after (padding)."""
+    if eos_token_id is None or reply.shape[1] == 0:
+        return torch.ones_like(reply)
+    eos_ids = torch.as_tensor(eos_token_id, device=reply.device).reshape(-1)
+    is_eos = torch.isin(reply, eos_ids).long()  # (B, T_new)
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many EOS strictly before each position
+    return (eos_before == 0).long()
