@@ -1,0 +1,155 @@
+"""A chat session whose memory persists across turns and, when named, across restarts.
+
+Each turn: the recent turns (`context_turns`) and the new user message go through the tokenizer's
+chat template; the model answers while reading its memories; then the turn (user message + reply)
+is written to memory once. A named session lives in `<home>/sessions/<name>/`:
+
+* `memory_state.safetensors` — what the memories remember (`MemoryModel.save_state`);
+* `transcript.jsonl` — every message with a timestamp (one JSON object per line, appended).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memlm.errors import ConfigError, CorruptedFileError
+from memlm.model import STATE_FILE, MemoryModel
+from memlm.paths import session_dir
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPT_FILE = "transcript.jsonl"
+MAX_MESSAGE_CHARS = 100_000
+
+
+@dataclass
+class ChatSession:
+    """Chat with a `MemoryModel`; `session=None` keeps everything in this process only.
+
+    Example:
+        >>> chat = ChatSession(mm, tokenizer, session="demo")
+        >>> chat.ask("Hi, I'm Ada.")
+    """
+
+    model: MemoryModel
+    tokenizer: Any
+    session: str | None = None
+    home: str | os.PathLike | None = None
+    context_turns: int = 4
+    system_prompt: str | None = None
+    generation: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 128, "do_sample": False})
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.context_turns < 0:
+            raise ConfigError(f"context_turns must be >= 0, got {self.context_turns}")
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ConfigError("the tokenizer has no chat template; use `memlm generate` for raw text")
+        self.directory: Path | None = session_dir(self.session, self.home) if self.session else None
+        self.resumed = False
+        if self.directory is not None and self.directory.exists():
+            self._load()
+
+    # --- persistence -------------------------------------------------------------------------
+    def _load(self) -> None:
+        assert self.directory is not None
+        if (self.directory / STATE_FILE).exists():
+            self.model.load_state(self.directory)
+        self.messages = read_transcript(self.directory / TRANSCRIPT_FILE)
+        self.resumed = bool(self.messages) or (self.directory / STATE_FILE).exists()
+
+    def _save_turn(self, new_messages: list[dict[str, str]]) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / TRANSCRIPT_FILE).open("a", encoding="utf-8") as handle:
+            for message in new_messages:
+                handle.write(json.dumps(message, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.model.save_state(self.directory)
+
+    # --- chatting ----------------------------------------------------------------------------
+    @property
+    def turns(self) -> int:
+        return sum(1 for message in self.messages if message["role"] == "user")
+
+    def _prompt_messages(self, user_text: str) -> list[dict[str, str]]:
+        history = [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        recent = history[len(history) - 2 * self.context_turns:] if self.context_turns else []
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, *recent, {"role": "user", "content": user_text}]
+
+    def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> torch.Tensor:
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, return_tensors="pt", return_dict=True
+        )["input_ids"]
+        return ids.to(self.model.layout.device)
+
+    @torch.no_grad()
+    def ask(self, user_text: str, streamer: Any = None, on_reply: Callable[[str], None] | None = None) -> str:
+        """Answer one user message, write the turn to memory, and persist the session."""
+        user_text = user_text.strip()
+        if not user_text:
+            raise ConfigError("empty message")
+        if len(user_text) > MAX_MESSAGE_CHARS:
+            raise ConfigError(f"message too long ({len(user_text)} characters; limit {MAX_MESSAGE_CHARS})")
+        prompt_ids = self._template(self._prompt_messages(user_text), add_generation_prompt=True)
+        output = self.model.generate(
+            input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), write_memory=False,
+            streamer=streamer, pad_token_id=self.tokenizer.pad_token_id, **self.generation,
+        )
+        reply = self.tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
+        # Memory gets this turn only; the earlier turns were written when they happened.
+        turn = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+        self.model.write(self._template(turn, add_generation_prompt=False))
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        new_messages = [{**message, "time": now} for message in turn]
+        self.messages.extend(new_messages)
+        self._save_turn(new_messages)
+        if on_reply is not None:
+            on_reply(reply)
+        return reply
+
+    def reset(self) -> None:
+        """Forget the memory state and the transcript of this session."""
+        self.model.reset()
+        self.messages.clear()
+        if self.directory is not None:
+            (self.directory / TRANSCRIPT_FILE).unlink(missing_ok=True)
+            self.model.save_state(self.directory)
+
+
+def read_transcript(path: Path) -> list[dict[str, str]]:
+    """Read a transcript; a torn last line (crash while appending) is dropped with a warning,
+    damage anywhere else raises `CorruptedFileError`."""
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise CorruptedFileError(f"{path} is not UTF-8 text ({error})") from error
+    messages = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict) or {"role", "content"} - set(message):
+                raise ValueError("not a message object")
+        except ValueError as error:
+            if number == len(lines):
+                logger.warning("dropping a torn last line of %s (%s)", path, error)
+                break
+            raise CorruptedFileError(f"{path} line {number} is not a valid message ({error})") from error
+        messages.append(message)
+    return messages

@@ -1,0 +1,373 @@
+"""The `memlm` command line. Every command's help comes from its docstring: `memlm COMMAND --help`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="memlm: memory for Hugging Face causal language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# --- options shared by several commands --------------------------------------------------------
+BackboneOpt = Annotated[Optional[str], typer.Option(
+    "--backbone", "-b",
+    help="GGUF file, Hugging Face model folder or hub id [default: $MEMLM_GGUF, else the embedded "
+         "SmolLM2-135M-Instruct]")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
+DtypeOpt = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 [default: "
+                                                      "float32 on CPU, bfloat16 on CUDA]")]
+MemoryOpt = Annotated[Optional[list[str]], typer.Option(
+    "--memory", "-m", help="memory mechanism to attach; repeat or comma-separate; 'none' for none")]
+MemoryConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="YAML file listing memories and their options (see configs/)")]
+AdapterOpt = Annotated[Optional[Path], typer.Option(
+    help="folder written by MemoryModel.save_pretrained: memories with learned weights")]
+MaxNewTokensOpt = Annotated[int, typer.Option(min=1, help="tokens to generate at most")]
+DoSampleOpt = Annotated[bool, typer.Option("--do-sample/--greedy", help="sample instead of greedy")]
+TemperatureOpt = Annotated[Optional[float], typer.Option(min=0.0, help="sampling temperature")]
+TopPOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")]
+TopKOpt = Annotated[Optional[int], typer.Option(min=0, help="sample among the k likeliest tokens")]
+RepetitionPenaltyOpt = Annotated[Optional[float], typer.Option(min=0.0, help="penalise repeats (>1)")]
+NoRepeatNgramOpt = Annotated[Optional[int], typer.Option(min=0, help="forbid repeating n-grams")]
+NumBeamsOpt = Annotated[int, typer.Option(min=1, help="beam search width (1: no beams)")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="random seed for sampling")]
+
+
+def _friendly_errors(command: Callable) -> Callable:
+    """Show memlm's typed errors as one readable line and exit with status 2, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from memlm.errors import MemlmError
+
+        try:
+            return command(*args, **kwargs)
+        except MemlmError as error:
+            err_console.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(home: Annotated[Optional[Path], typer.Option(
+        help="directory for everything memlm saves [env: MEMLM_HOME; default: the user data dir]")] = None
+         ) -> None:
+    """memlm: memory for Hugging Face causal language models."""
+    if home is not None:
+        os.environ["MEMLM_HOME"] = str(home)
+
+
+def _memory_specs(memory: list[str] | None, memory_config: Path | None) -> list[Any]:
+    from memlm.config import load_configs
+
+    names = [name.strip() for item in memory or [] for name in item.split(",") if name.strip()]
+    specs: list[Any] = [name for name in names if name != "none"]
+    if memory_config is not None:
+        if not memory_config.is_file():
+            raise typer.BadParameter(f"{memory_config} does not exist", param_hint="--memory-config")
+        specs.extend(load_configs(memory_config))
+    return specs
+
+
+def _build_model(backbone: str | None, device: str, dtype: str | None, specs: list[Any],
+                 adapter: Path | None) -> tuple[Any, Any]:
+    from memlm import MemoryModel, load_backbone
+
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    if tokenizer is None:
+        raise typer.BadParameter("this backbone has no tokenizer", param_hint="--backbone")
+    if adapter is not None:
+        memory_model = MemoryModel.from_pretrained(model, adapter, tokenizer=tokenizer)
+        for spec in specs:
+            memory_model.add_memory(spec)
+    else:
+        memory_model = MemoryModel(model, specs, tokenizer=tokenizer)
+    return memory_model, tokenizer
+
+
+def _decoding(max_new_tokens: int, do_sample: bool, temperature: float | None, top_p: float | None,
+              top_k: int | None, repetition_penalty: float | None, no_repeat_ngram_size: int | None,
+              num_beams: int, seed: int | None) -> dict[str, Any]:
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_beams": num_beams,
+               "temperature": temperature, "top_p": top_p, "top_k": top_k,
+               "repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _streamer(tokenizer: Any, enabled: bool, num_beams: int) -> Any:
+    if not enabled or num_beams > 1:  # transformers cannot stream beam search
+        return None
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+# --- generate ----------------------------------------------------------------------------------
+@app.command()
+@_friendly_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="text to continue (or a message, with --chat)")],
+    chat: Annotated[bool, typer.Option("--chat/--raw", help="wrap the prompt in the chat template")] = False,
+    max_new_tokens: MaxNewTokensOpt = 64,
+    do_sample: DoSampleOpt = False,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    repetition_penalty: RepetitionPenaltyOpt = None,
+    no_repeat_ngram_size: NoRepeatNgramOpt = None,
+    num_beams: NumBeamsOpt = 1,
+    seed: SeedOpt = None,
+    stream: Annotated[bool, typer.Option(help="print tokens as they are generated")] = True,
+    memory: MemoryOpt = None,
+    memory_config: MemoryConfigOpt = None,
+    adapter: AdapterOpt = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Generate text from PROMPT, with any memories attached. Decoding flags mirror transformers'."""
+    if not prompt.strip():
+        raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
+    memory_model, tokenizer = _build_model(backbone, device, dtype, _memory_specs(memory, memory_config), adapter)
+    if chat:
+        encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)
+    else:
+        encoded = tokenizer(prompt, return_tensors="pt")
+    encoded = {key: value.to(memory_model.layout.device) for key, value in encoded.items()}
+    options = _decoding(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                        no_repeat_ngram_size, num_beams, seed)
+    streamer = _streamer(tokenizer, stream, num_beams)
+    if streamer is not None and not chat:
+        console.print(prompt, end="", highlight=False, markup=False)
+    output = memory_model.generate(**encoded, streamer=streamer, pad_token_id=tokenizer.pad_token_id, **options)
+    if streamer is None:
+        text = tokenizer.decode(output[0, 0 if not chat else encoded["input_ids"].shape[1]:],
+                                skip_special_tokens=True)
+        console.print(text, highlight=False, markup=False)
+
+
+# --- chat --------------------------------------------------------------------------------------
+CHAT_HELP = """commands: /reset (forget this session's memory and transcript), /info (memory state),
+/help, /exit (or Ctrl-D)"""
+
+
+@app.command()
+@_friendly_errors
+def chat(
+    session: Annotated[Optional[str], typer.Option(
+        help="name under which the memory state and transcript persist across restarts")] = None,
+    memory: MemoryOpt = None,
+    memory_config: MemoryConfigOpt = None,
+    adapter: AdapterOpt = None,
+    context_turns: Annotated[int, typer.Option(min=0, help="earlier turns kept in the prompt")] = 4,
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    show_state: Annotated[bool, typer.Option(help="print the memory state after each reply")] = True,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    do_sample: DoSampleOpt = False,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    repetition_penalty: RepetitionPenaltyOpt = 1.1,
+    no_repeat_ngram_size: NoRepeatNgramOpt = None,
+    num_beams: NumBeamsOpt = 1,
+    seed: SeedOpt = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Chat in the terminal. The memory (default: recurrent) persists across turns, and across
+    restarts when --session is given. Reads lines from stdin, so it can be scripted with a pipe."""
+    from memlm.chat import ChatSession
+
+    specs = _memory_specs(memory, memory_config) if (memory or memory_config or adapter) else ["recurrent"]
+    memory_model, tokenizer = _build_model(backbone, device, dtype, specs, adapter)
+    options = _decoding(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
+                        no_repeat_ngram_size, num_beams, seed)
+    session_chat = ChatSession(memory_model, tokenizer, session=session, context_turns=context_turns,
+                               system_prompt=system, generation=options)
+    where = f" in {session_chat.directory}" if session_chat.directory else " (not saved: no --session)"
+    if session_chat.resumed:
+        console.print(f"[dim]resumed session {session!r}: {session_chat.turns} earlier turn(s); "
+                      f"{_state_line(memory_model)}[/]", highlight=False)
+    console.print(f"[dim]memories: {', '.join(memory_model.memories) or 'none'}{where}. "
+                  f"Type /help for commands.[/]", highlight=False)
+    streamer = _streamer(tokenizer, True, num_beams)
+    while True:
+        try:
+            text = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        command = text.strip().lower()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/help":
+            console.print(CHAT_HELP, highlight=False)
+            continue
+        if command == "/reset":
+            session_chat.reset()
+            console.print("[dim]memory and transcript cleared[/]")
+            continue
+        if command == "/info":
+            console.print(f"[dim]{_state_line(memory_model)}[/]", highlight=False)
+            continue
+        console.print("bot> ", end="")
+        reply = session_chat.ask(text, streamer=streamer)
+        if streamer is None:
+            console.print(reply, highlight=False, markup=False)
+        if show_state:
+            console.print(f"[dim]  {_state_line(memory_model)}[/]", highlight=False)
+
+
+def _state_line(memory_model: Any) -> str:
+    parts = []
+    for name, memory in memory_model.memories.items():
+        summary = memory.summary()
+        numbers = ", ".join(f"{key}={_short(value)}" for key, value in summary.items()
+                            if isinstance(value, (int, float)))
+        parts.append(f"{name}: {numbers}")
+    return "; ".join(parts) or "no memory attached"
+
+
+def _short(value: float | int) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --- info --------------------------------------------------------------------------------------
+@app.command()
+@_friendly_errors
+def info(
+    memory: MemoryOpt = None,
+    memory_config: MemoryConfigOpt = None,
+    adapter: AdapterOpt = None,
+    session: Annotated[Optional[str], typer.Option(help="also load this session's memory state")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Show the backbone, the attached memories, their parameter counts and state."""
+    from memlm.paths import cache_dir, home_dir, session_dir
+    from memlm.registry import available_mechanisms
+
+    memory_model, _ = _build_model(backbone, device, dtype, _memory_specs(memory, memory_config), adapter)
+    if session is not None:
+        memory_model.load_state(session_dir(session))
+    description = memory_model.describe()
+    description["paths"] = {"home": str(home_dir()), "cache": str(cache_dir())}
+    description["available_mechanisms"] = available_mechanisms()
+    if as_json:
+        print(json.dumps(description, indent=2))
+        return
+    backbone_info = description["backbone"]
+    table = Table(title="memlm", show_header=False)
+    table.add_row("backbone", f"{backbone_info['name']} ({backbone_info['model_type']}, "
+                  f"{backbone_info['num_layers']} layers, width {backbone_info['hidden_size']})")
+    table.add_row("backbone parameters", f"{backbone_info['parameters']:,}")
+    table.add_row("device / dtype", f"{backbone_info['device']} / {backbone_info['dtype']}")
+    for name, entry in description["memories"].items():
+        options = {k: v for k, v in entry["config"].items() if k != "mechanism"}
+        table.add_row(f"memory: {name}", f"{entry['parameters']:,} parameters; {options}")
+        table.add_row(f"  state of {name}", str(entry["state"]))
+    if not description["memories"]:
+        table.add_row("memories", "none attached (use --memory)")
+    table.add_row("mechanisms available", ", ".join(description["available_mechanisms"]))
+    table.add_row("home", description["paths"]["home"])
+    table.add_row("cache", description["paths"]["cache"])
+    console.print(table)
+
+
+# --- demo --------------------------------------------------------------------------------------
+@app.command()
+@_friendly_errors
+def demo(
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """The tour: load the default model, answer with and without memory, chat with a session
+    that is saved, reloaded in a fresh model and found identical."""
+    import torch
+
+    from memlm import MemoryModel, load_backbone
+    from memlm.chat import ChatSession
+
+    started = time.perf_counter()
+    console.rule("1. backbone")
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    console.print(f"loaded {model.config.name_or_path} in {time.perf_counter() - started:.1f} s "
+                  f"({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters)")
+
+    console.rule("2. the bare model answers")
+    prompt = "The capital of France is"
+    encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
+    greedy = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    bare_text = tokenizer.decode(model.generate(**encoded, **greedy)[0], skip_special_tokens=True)
+    console.print(f"bare:      {bare_text!r}", highlight=False)
+    with torch.no_grad():
+        bare_logits = model(**encoded).logits
+
+    console.rule("3. with an untrained recurrent memory attached")
+    memory_model = MemoryModel(model, ["recurrent"], tokenizer=tokenizer)
+    with torch.no_grad():
+        memory_model.write(encoded["input_ids"])  # give the memory a non-zero state to read
+        memory_logits = memory_model(**encoded, write_memory=False).logits
+    memory_text = tokenizer.decode(memory_model.generate(**encoded, **greedy)[0], skip_special_tokens=True)
+    console.print(f"recurrent: {memory_text!r}", highlight=False)
+    difference = (memory_logits - bare_logits).abs().max().item()
+    console.print(f"max |logit difference| vs bare model: {difference:.2e} (gates start at zero)")
+
+    console.rule("4. a chat session that survives a restart")
+    from memlm.paths import session_dir
+
+    name = "memlm-demo"
+    if session_dir(name).exists():
+        import shutil
+
+        shutil.rmtree(session_dir(name))
+    memory_model.reset()
+    session_chat = ChatSession(memory_model, tokenizer, session=name,
+                               generation={"max_new_tokens": 40, "do_sample": False, "repetition_penalty": 1.1})
+    for question in ("Hi! My name is Ada and I love astronomy.", "Which planet is the largest?"):
+        console.print(f"you> {question}", highlight=False)
+        console.print(f"bot> {session_chat.ask(question)}", highlight=False)
+        console.print(f"[dim]     {_state_line(memory_model)}[/]", highlight=False)
+    saved_state = memory_model.memories["recurrent"].state.clone()
+    fresh = MemoryModel(memory_model.detach(), ["recurrent"], tokenizer=tokenizer)
+    resumed = ChatSession(fresh, tokenizer, session=name)
+    same = torch.equal(fresh.memories["recurrent"].state, saved_state)
+    console.print(f"reloaded session {name!r} from {resumed.directory} into a fresh model: "
+                  f"{resumed.turns} turns, state identical: {same}")
+    console.print(f"state norm over the session: "
+                  f"{[round(v, 3) for v in fresh.memories['recurrent'].state_norm_history]}")
+    console.rule(f"done in {time.perf_counter() - started:.1f} s")
+    if not same:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
