@@ -171,26 +171,28 @@ def _load_folder(location: str, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from huggingface_hub import snapshot_download
 
-    def load(local_only: bool) -> tuple[Any, Any]:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=local_only)
-        return model, AutoTokenizer.from_pretrained(repo_id, local_files_only=local_only)
-
-    try:
-        return load(local_only=True)  # a filled Hugging Face cache works offline
-    except OSError:
+    try:  # a complete copy in the Hugging Face cache loads without touching the network
+        return _load_folder(snapshot_download(repo_id, local_files_only=True), dtype)
+    except Exception:  # noqa: BLE001  (not cached, or cached incompletely: try the hub below)
         pass
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = _hub_endpoint()
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _reachable(endpoint):
         raise BackboneNotFoundError(
             f"{repo_id!r} is not in the local Hugging Face cache and {endpoint} cannot be reached "
             "from here. Pass a local model folder or a .gguf file instead (or set MEMLM_GGUF)."
         )
     try:
-        return load(local_only=False)
-    except OSError as error:
-        raise BackboneNotFoundError(f"could not load {repo_id!r} from {endpoint}: {error}") from error
+        return _load_folder(snapshot_download(repo_id), dtype)
+    except Exception as error:  # noqa: BLE001  (network and hub errors come in many types)
+        raise BackboneNotFoundError(f"could not download {repo_id!r} from {endpoint}: {error}") from error
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:

@@ -54,7 +54,7 @@ class ChatSession:
             raise ConfigError(f"context_turns must be >= 0, got {self.context_turns}")
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ConfigError("the tokenizer has no chat template; use `memlm generate` for raw text")
-        self.directory: Path | None = session_dir(self.session, self.home) if self.session else None
+        self.directory: Path | None = session_dir(self.session, self.home) if self.session is not None else None
         self.resumed = False
         if self.directory is not None and self.directory.exists():
             self._load()

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,28 +25,28 @@ console = Console()
 err_console = Console(stderr=True)
 
 # --- options shared by several commands --------------------------------------------------------
-BackboneOpt = Annotated[Optional[str], typer.Option(
+BackboneOpt = Annotated[str | None, typer.Option(
     "--backbone", "-b",
     help="GGUF file, Hugging Face model folder or hub id [default: $MEMLM_GGUF, else the embedded "
          "SmolLM2-135M-Instruct]")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
-DtypeOpt = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 [default: "
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 [default: "
                                                       "float32 on CPU, bfloat16 on CUDA]")]
-MemoryOpt = Annotated[Optional[list[str]], typer.Option(
+MemoryOpt = Annotated[list[str] | None, typer.Option(
     "--memory", "-m", help="memory mechanism to attach; repeat or comma-separate; 'none' for none")]
-MemoryConfigOpt = Annotated[Optional[Path], typer.Option(
+MemoryConfigOpt = Annotated[Path | None, typer.Option(
     help="YAML file listing memories and their options (see configs/)")]
-AdapterOpt = Annotated[Optional[Path], typer.Option(
+AdapterOpt = Annotated[Path | None, typer.Option(
     help="folder written by MemoryModel.save_pretrained: memories with learned weights")]
 MaxNewTokensOpt = Annotated[int, typer.Option(min=1, help="tokens to generate at most")]
 DoSampleOpt = Annotated[bool, typer.Option("--do-sample/--greedy", help="sample instead of greedy")]
-TemperatureOpt = Annotated[Optional[float], typer.Option(min=0.0, help="sampling temperature")]
-TopPOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")]
-TopKOpt = Annotated[Optional[int], typer.Option(min=0, help="sample among the k likeliest tokens")]
-RepetitionPenaltyOpt = Annotated[Optional[float], typer.Option(min=0.0, help="penalise repeats (>1)")]
-NoRepeatNgramOpt = Annotated[Optional[int], typer.Option(min=0, help="forbid repeating n-grams")]
+TemperatureOpt = Annotated[float | None, typer.Option(min=0.0, help="sampling temperature")]
+TopPOpt = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="nucleus sampling mass")]
+TopKOpt = Annotated[int | None, typer.Option(min=0, help="sample among the k likeliest tokens")]
+RepetitionPenaltyOpt = Annotated[float | None, typer.Option(min=0.0, help="penalise repeats (>1)")]
+NoRepeatNgramOpt = Annotated[int | None, typer.Option(min=0, help="forbid repeating n-grams")]
 NumBeamsOpt = Annotated[int, typer.Option(min=1, help="beam search width (1: no beams)")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="random seed for sampling")]
+SeedOpt = Annotated[int | None, typer.Option(help="random seed for sampling")]
 
 
 def _friendly_errors(command: Callable) -> Callable:
@@ -66,7 +66,7 @@ def _friendly_errors(command: Callable) -> Callable:
 
 
 @app.callback()
-def main(home: Annotated[Optional[Path], typer.Option(
+def main(home: Annotated[Path | None, typer.Option(
         help="directory for everything memlm saves [env: MEMLM_HOME; default: the user data dir]")] = None
          ) -> None:
     """memlm: memory for Hugging Face causal language models."""
@@ -176,13 +176,13 @@ CHAT_HELP = """commands: /reset (forget this session's memory and transcript), /
 @app.command()
 @_friendly_errors
 def chat(
-    session: Annotated[Optional[str], typer.Option(
+    session: Annotated[str | None, typer.Option(
         help="name under which the memory state and transcript persist across restarts")] = None,
     memory: MemoryOpt = None,
     memory_config: MemoryConfigOpt = None,
     adapter: AdapterOpt = None,
     context_turns: Annotated[int, typer.Option(min=0, help="earlier turns kept in the prompt")] = 4,
-    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     show_state: Annotated[bool, typer.Option(help="print the memory state after each reply")] = True,
     max_new_tokens: MaxNewTokensOpt = 128,
     do_sample: DoSampleOpt = False,
@@ -264,7 +264,7 @@ def info(
     memory: MemoryOpt = None,
     memory_config: MemoryConfigOpt = None,
     adapter: AdapterOpt = None,
-    session: Annotated[Optional[str], typer.Option(help="also load this session's memory state")] = None,
+    session: Annotated[str | None, typer.Option(help="also load this session's memory state")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",

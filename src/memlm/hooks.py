@@ -64,8 +64,8 @@ def inspect_backbone(model: nn.Module) -> BackboneLayout:
     if config is None:
         raise IncompatibleMemoryError("the model has no `config`: pass a transformers model")
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    num_layers = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer")
-    hidden_size = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd")
+    num_layers = getattr(text_config, "num_hidden_layers", None) or text_config.n_layer
+    hidden_size = getattr(text_config, "hidden_size", None) or text_config.n_embd
     base_model = getattr(model, "base_model", model)
 
     layers = _find_decoder_layers(base_model, num_layers)

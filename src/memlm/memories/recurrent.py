@@ -68,7 +68,7 @@ class RecurrentConfig(MemoryConfig):
     @property
     def read_points(self) -> tuple[str, ...]:
         enabled = (self.inject_input, self.inject_middle, self.inject_top)
-        return tuple(point for point, on in zip(READ_POINTS, enabled) if on)
+        return tuple(point for point, on in zip(READ_POINTS, enabled, strict=True) if on)
 
 
 class GatedReadout(nn.Module):

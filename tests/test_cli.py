@@ -1,0 +1,85 @@
+"""The `memlm` command line on a tiny local backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from memlm.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def test_generate_continues_the_prompt(tiny_folder):
+    result = run("generate", "hello", "--backbone", tiny_folder, "--max-new-tokens", 5, "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("hello")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--do-sample", "--temperature", 0.7, "--top-p", 0.9, "--top-k", 20, "--seed", 3],
+    ["--repetition-penalty", 1.3, "--no-repeat-ngram-size", 2],
+    ["--num-beams", 3],
+    ["--chat", "--memory", "recurrent"],
+])
+def test_generate_accepts_every_decoding_option(tiny_folder, flags):
+    result = run("generate", "hello", "--backbone", tiny_folder, "--max-new-tokens", 4, *flags)
+    assert result.exit_code == 0, result.output
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_folder):
+    args = ["generate", "abc", "--backbone", tiny_folder, "--max-new-tokens", 12, "--do-sample",
+            "--no-stream", "--seed"]
+    first, second, other = run(*args, 1), run(*args, 1), run(*args, 2)
+    assert first.output == second.output
+    assert first.output != other.output
+
+
+def test_typed_errors_are_one_line_with_status_2(tiny_folder):
+    result = run("generate", "hi", "--backbone", tiny_folder, "--memory", "hippocampus")
+    assert result.exit_code == 2
+    assert "UnknownMechanismError" in result.output and "Traceback" not in result.output
+    assert run("generate", "  ", "--backbone", tiny_folder).exit_code != 0
+
+
+def test_info_lists_backbone_memories_and_parameter_counts(tiny_folder):
+    result = run("info", "--backbone", tiny_folder, "--memory", "recurrent", "--json")
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    assert described["backbone"]["hidden_size"] == 32 and described["backbone"]["num_layers"] == 2
+    assert described["memories"]["recurrent"]["parameters"] > 0
+    assert "recurrent" in described["available_mechanisms"]
+    table = run("info", "--backbone", tiny_folder, "--memory", "recurrent")
+    assert "memory: recurrent" in table.output
+
+
+def test_chat_session_persists_across_two_runs(tiny_folder, tmp_path):
+    home = tmp_path / "chat-home"
+    args = ["--home", home, "chat", "--session", "demo", "--backbone", tiny_folder, "--max-new-tokens", 3]
+    first = run(*args, input="hello there\n/info\n")
+    assert first.exit_code == 0, first.output
+    assert "updates=1" in first.output
+    assert (home / "sessions" / "demo" / "memory_state.safetensors").is_file()
+
+    second = run(*args, input="again\n")
+    assert second.exit_code == 0, second.output
+    assert "resumed session 'demo': 1 earlier turn(s)" in second.output
+    assert "updates=2" in second.output
+
+    info = run("--home", home, "info", "--backbone", tiny_folder, "--memory", "recurrent",
+               "--session", "demo", "--json")
+    assert json.loads(info.output)["memories"]["recurrent"]["state"]["updates"] == 2
+
+
+def test_chat_reset_command(tiny_folder, tmp_path):
+    args = ["--home", tmp_path, "chat", "--session", "r", "--backbone", tiny_folder, "--max-new-tokens", 2]
+    run(*args, input="one\n/reset\n")
+    result = run(*args, input="/info\n")
+    assert "resumed" not in result.output or "0 earlier turn(s)" in result.output
+    assert "updates=0" in result.output

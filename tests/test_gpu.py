@@ -1,0 +1,44 @@
+"""CUDA + bfloat16 checks. They need a GPU, so CI (CPU only) reports them as skipped; they run on
+the lent GPU host (see docs/benchmarks.md for the command)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randomize_memory_weights, token_batch
+from tiny import tiny_model
+
+import memlm
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_memory_on_cuda_in_bfloat16(mechanism, tmp_path):
+    backbone = tiny_model("llama").to("cuda", torch.bfloat16)
+    probe = token_batch(seed=2).cuda()
+    with torch.no_grad():
+        bare = backbone(probe).logits
+    memory_model = memlm.attach(backbone, mechanism)
+    assert all(p.is_cuda and p.dtype == torch.bfloat16 for p in memory_model.memory_parameters())
+    memory_model.write(token_batch(seed=1).cuda())
+    with torch.no_grad():
+        assert torch.equal(memory_model(probe, write_memory=False).logits, bare)
+    randomize_memory_weights(memory_model)
+    memory_model.save_state(tmp_path)
+    memory_model.reset()
+    memory_model.load_state(tmp_path)
+    options = dict(max_new_tokens=6, do_sample=False, write_memory=False, pad_token_id=257)
+    assert torch.equal(memory_model.generate(probe, use_cache=True, **options),
+                       memory_model.generate(probe, use_cache=False, **options))
+
+
+@pytest.mark.integration
+def test_default_model_on_cuda_answers_paris():
+    from conftest import REAL_CACHE
+
+    model, tokenizer = memlm.load_backbone(device="cuda", cache=REAL_CACHE)
+    assert model.dtype == torch.bfloat16
+    memory_model = memlm.attach(model, "recurrent", tokenizer=tokenizer)
+    encoded = tokenizer("The capital of France is", return_tensors="pt").to("cuda")
+    output = memory_model.generate(**encoded, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(output[0])

