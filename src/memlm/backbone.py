@@ -262,19 +262,28 @@ def _convert_gguf(gguf_path: Path, folder: Path, progress: bool) -> None:
     from transformers.utils import logging as hf_logging
 
     if progress:
-        print(f"memlm: converting {gguf_path.name} from GGUF (first use only, ~25 s on 2 CPU cores); "
-              f"cached in {folder}", file=sys.stderr)
-        hf_logging.enable_progress_bar()
-    else:
-        hf_logging.disable_progress_bar()
+        print(f"memlm: converting {gguf_path.name} from GGUF, first use only (~25 s for the 135M default "
+              f"on 2 CPU cores); cached in {folder}", file=sys.stderr)
+    # transformers' "Converting and de-quantizing" bar is the progress worth showing; its loading
+    # and shard-writing bars are switched off afterwards.
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
     try:
         directory, file_name = str(gguf_path.parent), gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name)
         quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=torch.float32)
     except Exception as error:  # gguf/transformers raise many types for unreadable files
+        hf_logging.enable_progress_bar()
         raise CorruptedFileError(f"could not read GGUF file {gguf_path}: {error}") from error
+    hf_logging.disable_progress_bar()
+    try:
+        _save_converted(quantized, tokenizer, gguf_path, folder)
     finally:
         hf_logging.enable_progress_bar()
+
+
+def _save_converted(quantized: Any, tokenizer: Any, gguf_path: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
     # A de-quantized GGUF model still carries its quantization config, which blocks saving: rebuild
     # a plain model from the same config and copy the de-quantized weights into it.
     config = quantized.config
