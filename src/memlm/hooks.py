@@ -188,3 +188,95 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, what: s
             f"weights {saved.get('weights_sha')}); this backbone is "
             f"{current.get('name') or current.get('model_type')} (weights {current.get('weights_sha')})"
         )
+
+
+# --- attention routing -------------------------------------------------------------------------
+# transformers picks each attention module's kernel through `config._attn_implementation` and the
+# global `AttentionInterface`. memlm registers one routing function per original implementation
+# ("memlm|sdpa", ...): modules that carry a `_memlm_attention` callable get it (with the original
+# kernel to fall back on); every other module runs the original kernel untouched.
+
+ROUTED_ATTRIBUTE = "_memlm_attention"
+_ROUTER_PREFIX = "memlm|"
+
+
+def find_attention_module(layer: nn.Module) -> nn.Module:
+    """The self-attention module of a decoder layer (the first child whose class says Attention)."""
+    for module in layer.modules():
+        if module is not layer and "attention" in type(module).__name__.lower() and hasattr(module, "layer_idx"):
+            return module
+    raise IncompatibleMemoryError(f"no attention module with a layer_idx found in {type(layer).__name__}")
+
+
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, KVH, S, D) -> (B, KVH * groups, S, D): grouped-query attention's key/value sharing."""
+    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+
+
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention (what transformers' eager kernels compute), for models running "eager"."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = (query @ key.transpose(-1, -2)) * scaling  # (B, H, T, S)
+    if kwargs.get("softcap"):
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
+    scores = scores + additive_mask(attention_mask, query.shape[2], key.shape[2], scores.dtype, scores.device,
+                                    kwargs.get("sliding_window"))
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights  # (B, T, H, D)
+
+
+def additive_mask(attention_mask: torch.Tensor | None, query_length: int, key_length: int, dtype: torch.dtype,
+                  device: torch.device, sliding_window: int | None = None) -> torch.Tensor:
+    """The (B or 1, 1, T, S) additive mask for local attention.
+
+    transformers hands attention kernels a boolean mask (True = attend), a float additive mask, or
+    None when plain causal masking applies (queries are the last T of S positions)."""
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., :key_length]
+        if attention_mask.dtype == torch.bool:
+            blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+            return torch.where(attention_mask, torch.zeros((), dtype=dtype, device=device), blocked)
+        return attention_mask.to(dtype)
+    query_positions = torch.arange(key_length - query_length, key_length, device=device).unsqueeze(-1)
+    key_positions = torch.arange(key_length, device=device)
+    allowed = key_positions <= query_positions  # (T, S)
+    if sliding_window:
+        allowed &= key_positions > query_positions - sliding_window
+    mask = torch.zeros(query_length, key_length, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min).view(1, 1, query_length, key_length)
+
+
+def install_attention_router(model: nn.Module) -> str:
+    """Route the model's attention through memlm; returns the original implementation's name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    config = model.config
+    current = config._attn_implementation or "eager"
+    if current.startswith(_ROUTER_PREFIX):
+        return current[len(_ROUTER_PREFIX):]
+    routed = _ROUTER_PREFIX + current
+    if routed not in AttentionInterface._global_mapping:
+        original = AttentionInterface._global_mapping.get(current, eager_attention)
+
+        def route(module: nn.Module, query, key, value, attention_mask, *args: Any, **kwargs: Any):
+            handler = getattr(module, ROUTED_ATTRIBUTE, None)
+            if handler is None:
+                return original(module, query, key, value, attention_mask, *args, **kwargs)
+            return handler(module, query, key, value, attention_mask, original, *args, **kwargs)
+
+        AttentionInterface.register(routed, route)
+        mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(current)
+        if mask_function is not None:
+            AttentionMaskInterface.register(routed, mask_function)
+    config._attn_implementation = routed
+    return current
+
+
+def remove_attention_router(model: nn.Module, original: str) -> None:
+    model.config._attn_implementation = original

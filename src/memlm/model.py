@@ -57,7 +57,7 @@ class MemoryModel(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.layout = inspect_backbone(backbone)
-        self.context = MemoryContext()
+        self.context = MemoryContext(tokenizer=tokenizer)
         self.memories = nn.ModuleDict()
         self._fingerprint: dict[str, Any] | None = None
         try:
@@ -114,20 +114,22 @@ class MemoryModel(nn.Module):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         mask = attention_mask if attention_mask is not None else _ones_mask(reference)
-        with self._writing(mask):
+        with self._writing(mask, input_ids):
             output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             self._write()
         return output
 
     @contextmanager
-    def _writing(self, attention_mask: torch.Tensor) -> Iterator[None]:
+    def _writing(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None) -> Iterator[None]:
         self.context.capturing = True
         self.context.attention_mask = attention_mask
+        self.context.input_ids = input_ids
         try:
             yield
         finally:
             self.context.capturing = False
             self.context.attention_mask = None
+            self.context.input_ids = None
             for memory in self.memories.values():
                 memory.clear_captures()
 
@@ -138,7 +140,7 @@ class MemoryModel(nn.Module):
     def _write_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """One forward pass over a segment or turn, only to write memory."""
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding aware
-        with self._writing(attention_mask):
+        with self._writing(attention_mask, input_ids):
             self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids, use_cache=False)
             self._write()
@@ -306,6 +308,8 @@ class MemoryModel(nn.Module):
     def save_state(self, directory: str | os.PathLike) -> Path:
         """Save what the memories remember (not their weights), atomically, to one file."""
         path = Path(directory) / STATE_FILE
+        for name, memory in self.memories.items():
+            memory.save_state_files(Path(directory) / name)
         tensors = {f"{name}.{key}": value for name, memory in self.memories.items()
                    for key, value in memory.state_tensors().items()}
         save_tensors(path, tensors, {
@@ -334,10 +338,12 @@ class MemoryModel(nn.Module):
         for key, value in tensors.items():
             name, _, entry = key.partition(".")
             per_memory[name][entry] = value
+        files = {}
         for name, memory in self.memories.items():  # check all before changing any
             memory.check_state_tensors(per_memory[name])
+            files[name] = memory.read_state_files(Path(directory) / name)
         for name, memory in self.memories.items():
-            memory.load_state_tensors(per_memory[name])
+            memory.load_state_tensors(per_memory[name], files[name])
 
 
 def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokenizer: Any = None

@@ -15,6 +15,7 @@ the module's parameters; state is exposed through `state_tensors()` / `load_stat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +33,8 @@ class MemoryContext:
 
     capturing: bool = False
     attention_mask: torch.Tensor | None = None  # (B, T) of the pass being captured
+    input_ids: torch.Tensor | None = None  # (B, T) of the pass being captured, when known
+    tokenizer: Any = None  # lets memories record the text they store
 
 
 class Memory(nn.Module):
@@ -89,8 +92,17 @@ class Memory(nn.Module):
                 f"expected {sorted(expected)}"
             )
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Replace the state; only called after `check_state_tensors()` passed."""
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], files: Any = None) -> None:
+        """Replace the state; only called after `check_state_tensors()` and `read_state_files()`
+        passed. `files` is what `read_state_files()` returned."""
+
+    def save_state_files(self, directory: Path) -> None:
+        """Save state that does not fit in tensors (indexes, databases) under `directory`."""
+
+    def read_state_files(self, directory: Path) -> Any:
+        """Read and verify what `save_state_files()` wrote, without changing the current state;
+        raise a typed error if it is missing or damaged."""
+        return None
 
     def summary(self) -> dict[str, Any]:
         """A few numbers describing the current state, for `memlm info` and the chat."""

@@ -176,7 +176,7 @@ class RecurrentMemory(Memory):
                 f"{self.config.memory_size}); it was saved with another memory_size"
             )
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], files: Any = None) -> None:
         state = tensors["state"]
         weight = self.gru.weight_hh
         self.state = state.to(device=weight.device, dtype=weight.dtype) if state.shape[0] else None

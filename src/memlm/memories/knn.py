@@ -1,0 +1,524 @@
+"""`knn`: an external key/value memory of past hidden states (Memorizing Transformers), plus kNN-LM.
+
+Writes (once per segment or turn) store, for each chosen layer and KV head, the keys and values the
+backbone computed for that segment — optionally averaged over `chunk_size` tokens — in a
+`KeyValueStore` with one partition per batch row, and one SQLite provenance row per item.
+
+Reads (every forward pass, decode steps included) happen inside attention, through memlm's
+attention router: each query retrieves its `top_k` stored keys and attends over them.
+
+* `attention="gated"`: memory attention is computed on its own and mixed with local attention by a
+  learned per-head gate that starts at zero, so untrained the output equals the backbone's.
+* `attention="joint"` (training-free, as in InfLLM / Unlimiformer): the retrieved keys join the
+  local softmax directly.
+
+Positions: rotary models rotate keys by their absolute position. Keys are stored *un-rotated* (the
+rotation is undone with the cos/sin the layer received), and at read time they are used as if they
+sat at position 0 — rotating by position 0 is the identity, so a stored key scores
+`q_rot(p) . k_pre`, exactly what attention would give a token at the start of the window. Retrieval
+uses that same inner product, so the top-k retrieved are the k stored keys with the highest
+attention logits (exact with the `torch` and `faiss-flat` backends). GPT-2 style absolute-position
+models store keys as they are.
+
+* `knn_lm=True` (training-free, Khandelwal et al. 2020): each write also stores (final hidden
+  state -> next token) pairs; every forward mixes `λ·p_kNN + (1-λ)·p_LM` into the returned logits,
+  with `p_kNN` a softmax over the `lm_top_k` nearest neighbours' negative squared L2 distances
+  divided by `lm_temperature`. The logits returned are the mixture's log-probabilities.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlm.config import MemoryConfig, check_range
+from memlm.errors import ConfigError, CorruptedFileError, MemoryStateError
+from memlm.hooks import (
+    ROUTED_ATTRIBUTE,
+    BackboneLayout,
+    additive_mask,
+    find_attention_module,
+    install_attention_router,
+    remove_attention_router,
+    repeat_kv,
+)
+from memlm.memories.base import Memory, MemoryContext
+from memlm.registry import register_memory
+from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
+from memlm.store.kv_store import EVICTION_POLICIES
+
+ATTENTION_MODES = ("gated", "joint", "off")
+POSITION_SCHEMES = ("relative", "fixed")
+LM_CONTEXT_TOKENS = 8  # tokens of context recorded as the text of a kNN-LM item
+
+
+@dataclass
+class KnnConfig(MemoryConfig):
+    """Config of the `knn` memory.
+
+    Args:
+        attention: "gated" (learned per-head gate, starts at zero), "joint" (training-free: retrieved
+            keys join the local softmax) or "off" (only kNN-LM).
+        layers: layers with kNN attention: a list of indices, "all", or None for the layer at 3/4 depth.
+        top_k: keys retrieved per query and KV head.
+        knn_lm: also store (hidden state -> next token) pairs and mix a kNN distribution into the logits.
+        lm_lambda: weight λ of the kNN distribution, in [0, 1].
+        lm_temperature: divides the negative squared distances before the softmax (> 0).
+        lm_top_k: neighbours used by kNN-LM.
+        backend: vector index backend: torch, faiss-flat, faiss-ivf, faiss-hnsw.
+        backend_options: passed to the index (e.g. {"nlist": 1024, "nprobe": 32} for faiss-ivf).
+        capacity: items kept per batch row and layer (None: unbounded); beyond it `eviction` applies.
+        eviction: "oldest" or "least_used" (fewest retrievals first).
+        chunk_size: average keys/values over this many consecutive tokens before storing them.
+        update_freq: write every `update_freq`-th segment only.
+        positions: where retrieved keys sit for rotary models (see the module docstring):
+            "relative" (their true distance from the query, clamped to `max_distance`) or "fixed"
+            (all `memory_distance` tokens before the query).
+        memory_distance: the fixed scheme's distance; in the relative scheme, the distance at which
+            candidates are searched before their exact logits are computed.
+        max_distance: largest distance the relative scheme uses (default: the model's
+            max_position_embeddings - 1, so rotations stay in the trained range).
+    """
+
+    attention: str = "gated"
+    layers: list[int] | str | None = None
+    top_k: int = 32
+    knn_lm: bool = False
+    lm_lambda: float = 0.25
+    lm_temperature: float = 1.0
+    lm_top_k: int = 32
+    backend: str = "torch"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    capacity: int | None = None
+    eviction: str = "oldest"
+    chunk_size: int = 1
+    update_freq: int = 1
+    positions: str = "relative"
+    memory_distance: int = 512
+    max_distance: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.attention not in ATTENTION_MODES:
+            raise ConfigError(f"knn: attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.attention == "off" and not self.knn_lm:
+            raise ConfigError("knn: attention='off' and knn_lm=False leaves nothing to do")
+        if not (self.layers is None or self.layers == "all" or
+                (isinstance(self.layers, (list, tuple)) and self.layers and
+                 all(isinstance(layer, int) for layer in self.layers))):
+            raise ConfigError(f"knn: layers must be a non-empty list of integers, 'all' or None, got {self.layers!r}")
+        if self.positions not in POSITION_SCHEMES:
+            raise ConfigError(f"knn: positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
+        if self.max_distance is not None and (not isinstance(self.max_distance, int) or self.max_distance < 1):
+            raise ConfigError(f"knn: max_distance must be a positive integer or None, got {self.max_distance!r}")
+        for name in ("top_k", "lm_top_k", "chunk_size", "update_freq", "memory_distance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"knn: {name} must be a positive integer, got {value!r}")
+        check_range("lm_lambda", self.lm_lambda, 0.0, 1.0, mechanism="knn")
+        check_range("lm_temperature", self.lm_temperature, 0.0, math.inf, low_open=True, high_open=True,
+                    mechanism="knn")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"knn: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.eviction not in EVICTION_POLICIES:
+            raise ConfigError(f"knn: eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
+        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
+            raise ConfigError(f"knn: capacity must be a positive integer or None, got {self.capacity!r}")
+
+
+class _AttributeHandle:
+    """Removes an attribute memlm set on a backbone module (so `detach()` leaves nothing behind)."""
+
+    def __init__(self, module: nn.Module, name: str):
+        self.module, self.name = module, name
+
+    def remove(self) -> None:
+        if hasattr(self.module, self.name):
+            delattr(self.module, self.name)
+
+
+class _RouterHandle:
+    def __init__(self, model: nn.Module, original: str):
+        self.model, self.original = model, original
+
+    def remove(self) -> None:
+        remove_attention_router(self.model, self.original)
+
+
+def _rotate_half(states: torch.Tensor) -> torch.Tensor:
+    first, second = states.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply a rotary rotation: states (..., D), cos/sin broadcastable to (..., R), R <= D."""
+    rotated = cos.shape[-1]
+    head, tail = states[..., :rotated], states[..., rotated:]
+    cos, sin = cos.to(states.dtype), sin.to(states.dtype)
+    return torch.cat((head * cos + _rotate_half(head) * sin, tail), dim=-1)
+
+
+def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Undo rotary embedding: keys (B, KVH, T, D), cos/sin (B, T, R) with R <= D rotated dims."""
+    cos, sin = cos.unsqueeze(1).to(keys.dtype), sin.unsqueeze(1).to(keys.dtype)  # (B, 1, T, R)
+    rotated = cos.shape[-1]
+    head, tail = keys[..., :rotated], keys[..., rotated:]
+    return torch.cat((head * cos - _rotate_half(head) * sin, tail), dim=-1)
+
+
+class KnnMemory(Memory):
+    """External key/value memory: kNN attention (gated or joint) and training-free kNN-LM."""
+
+    config_class = KnnConfig
+    config: KnnConfig
+
+    def __init__(self, config: KnnConfig, layout: BackboneLayout, context: MemoryContext):
+        super().__init__(config, layout, context)
+        text_config = layout.model.config.get_text_config()
+        self.num_heads = int(getattr(text_config, "num_attention_heads", None) or text_config.n_head)
+        self.num_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(text_config, "head_dim", None) or layout.hidden_size // self.num_heads)
+        if config.attention == "off":
+            self.attention_layers: list[int] = []
+        elif config.layers is None:
+            self.attention_layers = [(3 * layout.num_layers) // 4]
+        elif config.layers == "all":
+            self.attention_layers = list(range(layout.num_layers))
+        else:
+            self.attention_layers = sorted({layout.resolve_layer(layer) for layer in config.layers})
+        if config.attention == "gated":
+            self.gate = nn.Parameter(torch.zeros(len(self.attention_layers), self.num_heads))
+        specs = {}
+        if self.attention_layers:
+            # The value table keeps each item's pre-rotation key next to its value: the relative
+            # scheme re-rotates retrieved keys to their true distance.
+            specs["attention"] = GroupSpec(self.num_kv_heads, self.head_dim, 2 * self.head_dim, "ip")
+        if config.knn_lm:
+            specs["lm"] = GroupSpec(1, layout.hidden_size, None, "l2")
+        self.store_layout = StoreLayout(specs, config.backend, dict(config.backend_options), config.capacity,
+                                        config.eviction)
+        self.store: KeyValueStore | None = None
+        self.user: str | None = None
+        self.session: str | None = None
+        self.sequence = 0
+        self._positions: dict[int, int] = {}
+        self._writes = 0
+        self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._captured_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
+        max_positions = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", 2048)
+        self.max_distance = config.max_distance or int(max_positions) - 1
+        self._lm_query: torch.Tensor | None = None
+        self._lm_write: torch.Tensor | None = None
+
+    # --- hooks -------------------------------------------------------------------------------
+    def attach(self, layout: BackboneLayout) -> None:
+        self._device, self._dtype = layout.device, layout.dtype
+        if self.attention_layers:
+            self.track(_RouterHandle(layout.model, install_attention_router(layout.model)))
+            for slot, layer in enumerate(self.attention_layers):
+                module = find_attention_module(layout.layers[layer])
+                setattr(module, ROUTED_ATTRIBUTE, partial(self._attend, slot, layer))
+                self.track(_AttributeHandle(module, ROUTED_ATTRIBUTE))
+                self.track(module.register_forward_pre_hook(partial(self._capture_rotary, layer), with_kwargs=True))
+        if self.config.knn_lm:
+            self.track(layout.model.get_output_embeddings().register_forward_pre_hook(self._capture_lm_hidden))
+            self.track(layout.model.register_forward_hook(self._mix_logits))
+
+    def _capture_rotary(self, layer: int, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        position_embeddings = kwargs.get("position_embeddings")
+        if position_embeddings is None and len(args) > 1 and isinstance(args[1], tuple):
+            position_embeddings = args[1]
+        self._rotary[layer] = position_embeddings
+
+    def _memory_row(self, row: int, batch_size: int) -> int | None:
+        stored_rows = 1 + max((key[1] for key in self.store.groups), default=-1) if self.store else 0
+        if stored_rows == 0:
+            return None
+        if batch_size == stored_rows:
+            return row
+        if batch_size % stored_rows == 0:  # beams / num_return_sequences repeat each row
+            return row // (batch_size // stored_rows)
+        if stored_rows > batch_size:  # a smaller batch reads the first rows' memories
+            return row
+        raise MemoryStateError(
+            f"knn: the memory holds {stored_rows} row(s) but the input has {batch_size}; "
+            f"call reset() to start a new batch")
+
+    # --- kNN attention -----------------------------------------------------------------------
+    def _attend(self, slot: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, attention_mask: torch.Tensor | None, original: Any, *args: Any, **kwargs: Any):
+        if self.context.capturing:
+            rotary = self._rotary.get(layer)
+            pre_rotation = key if rotary is None else _unrotate(key, *rotary)
+            self._captured_kv[layer] = (pre_rotation.detach(), value.detach())
+        retrieved = self._retrieve(layer, query, kwargs.get("position_ids"), key.shape[2])
+        if retrieved is None:
+            return original(module, query, key, value, attention_mask, *args, **kwargs)
+        memory_scores, memory_values, valid = retrieved  # (B, H, T, k), (B, H, T, k, D), (B, H, T, k)
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        if self.config.attention == "joint":
+            return self._joint_attention(module, query, key, value, attention_mask, memory_scores * scaling,
+                                         memory_values, **kwargs)
+        local_output, weights = original(module, query, key, value, attention_mask, *args, **kwargs)  # (B,T,H,D)
+        memory_weights = torch.softmax((memory_scores * scaling).float(), dim=-1).nan_to_num(0.0)
+        memory_output = torch.einsum("bhtk,bhtkd->bthd", memory_weights.to(memory_values.dtype), memory_values)
+        gate = self.gate[slot].view(1, 1, -1, 1).to(local_output.dtype)
+        mixed = local_output + gate * (memory_output.to(local_output.dtype) - local_output)
+        has_memory = valid.any(-1).transpose(1, 2).unsqueeze(-1)  # (B, T, H, 1)
+        return torch.where(has_memory, mixed, local_output), weights
+
+    def _rotary_at(self, layer: int, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of the layer's rotary embedding at arbitrary positions: (*positions.shape, R)."""
+        rotary_module = getattr(self._layout.base_model, "rotary_emb", None)
+        if rotary_module is None:
+            raise ConfigError("knn: this rotary model has no `rotary_emb` module to place memories with")
+        flat = positions.reshape(1, -1)
+        if "layer_type" in inspect.signature(rotary_module.forward).parameters:
+            cos, sin = rotary_module(like, flat, self._layout.base_model.config.layer_types[layer])
+        else:
+            cos, sin = rotary_module(like, flat)
+        return cos.reshape(*positions.shape, -1), sin.reshape(*positions.shape, -1)
+
+    def _search_query(self, layer: int, query: torch.Tensor) -> torch.Tensor:
+        """The query as it would score a stored (un-rotated) key `memory_distance` tokens back."""
+        rotary = self._rotary.get(layer)
+        if rotary is None:
+            return query
+        distance = torch.tensor([self.config.memory_distance], device=query.device)
+        cos_d, sin_d = self._rotary_at(layer, distance, query)  # (1, R)
+        return _rotate(_unrotate(query, *rotary), cos_d.view(1, 1, 1, -1), sin_d.view(1, 1, 1, -1))
+
+    def _retrieve(self, layer: int, query: torch.Tensor, position_ids: torch.Tensor | None, key_length: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Top-k stored keys per query: scores (B, H, T, k) (raw q.k logits), values (B, H, T, k, D), valid."""
+        if self.store is None:
+            return None
+        batch, heads, length, dim = query.shape
+        groups, k = heads // self.num_kv_heads, self.config.top_k
+        search_query = self._search_query(layer, query)
+        scores = torch.full((batch, heads, length, k), -math.inf, device=query.device)
+        keys = torch.zeros(batch, heads, length, k, dim, device=query.device, dtype=query.dtype)
+        values = torch.zeros_like(keys)
+        valid = torch.zeros(batch, heads, length, k, dtype=torch.bool, device=query.device)
+        origins = torch.zeros(batch, heads, length, k, 2, dtype=torch.int64, device=query.device)
+        starts = torch.zeros(batch, dtype=torch.int64, device=query.device)
+        found_any = False
+        for row in range(batch):
+            memory_row = self._memory_row(row, batch)
+            if memory_row is None:
+                continue
+            # Query heads h = j * groups + g share KV head j: search head j's index with all of them.
+            result = self.store.search("attention", memory_row, layer,
+                                       search_query[row].reshape(self.num_kv_heads, groups * length, dim), k)
+            if result is None:
+                continue
+            found_any = True
+            scores[row] = result.scores.reshape(heads, length, k)
+            stored = result.values.reshape(heads, length, k, 2, dim).to(query.dtype)  # [key, value] per item
+            keys[row], values[row] = stored[..., 0, :], stored[..., 1, :]
+            valid[row] = result.valid.reshape(heads, length, k)
+            origins[row] = result.origins.reshape(heads, length, k, 2)
+            starts[row] = self._positions.get(memory_row, 0)
+        if not found_any:
+            return None
+        if self._rotary.get(layer) is not None and self.config.positions == "relative":
+            scores = self._relative_scores(layer, query, keys, origins, starts, position_ids, key_length)
+        elif self._rotary.get(layer) is None:
+            scores = torch.einsum("bhtd,bhtkd->bhtk", query.float(), keys.float())  # no rotary: plain q.k
+        return scores.masked_fill(~valid, -math.inf), values, valid
+
+    def _relative_scores(self, layer: int, query: torch.Tensor, keys: torch.Tensor, origins: torch.Tensor,
+                         starts: torch.Tensor, position_ids: torch.Tensor | None, key_length: int) -> torch.Tensor:
+        """Exact logits of retrieved keys placed at their true distance from each query.
+
+        A stored item written `distance` tokens before the query (same sequence) is rotated to the
+        window position `p - distance`; items of earlier sequences sit `max_distance` back; every
+        distance is clamped to [1, max_distance] so rotations stay in the range the model knows."""
+        batch, heads, length, _ = query.shape
+        if position_ids is None:
+            position_ids = torch.arange(key_length - length, key_length, device=query.device).expand(batch, -1)
+        window_positions = position_ids.to(query.device).view(-1, 1, length, 1)  # (B, 1, T, 1)
+        stream_positions = starts.view(-1, 1, 1, 1) + window_positions
+        same_sequence = origins[..., 0] == self.sequence
+        distance = torch.where(same_sequence, stream_positions - origins[..., 1], self.max_distance)
+        distance = distance.clamp(1, self.max_distance)  # (B, H, T, k)
+        cos, sin = self._rotary_at(layer, window_positions - distance, query)  # (B, H, T, k, R)
+        placed = _rotate(keys, cos, sin)
+        return torch.einsum("bhtd,bhtkd->bhtk", query.float(), placed.float())
+
+    @staticmethod
+    def _joint_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, memory_scores: torch.Tensor,
+                         memory_values: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        """One softmax over the local keys and the retrieved ones."""
+        groups = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        local_scores = (query @ key.transpose(-1, -2)).float() * scaling  # (B, H, T, S)
+        memory_scores = memory_scores.float()  # (B, H, T, k)
+        softcap = kwargs.get("softcap")
+        if softcap:
+            local_scores = torch.tanh(local_scores / softcap) * softcap
+            memory_scores = torch.tanh(memory_scores / softcap) * softcap
+        local_scores = local_scores + additive_mask(attention_mask, query.shape[2], key.shape[2], local_scores.dtype,
+                                                    local_scores.device, kwargs.get("sliding_window"))
+        weights = torch.softmax(torch.cat([local_scores, memory_scores], dim=-1), dim=-1).to(query.dtype)
+        weights = nn.functional.dropout(weights, p=kwargs.get("dropout", 0.0), training=module.training)
+        local_length = key.shape[2]
+        output = weights[..., :local_length] @ value  # (B, H, T, D)
+        output = output + torch.einsum("bhtk,bhtkd->bhtd", weights[..., local_length:], memory_values)
+        return output.transpose(1, 2).contiguous(), None
+
+    # --- kNN-LM ------------------------------------------------------------------------------
+    def _capture_lm_hidden(self, _module: nn.Module, args: tuple) -> None:
+        self._lm_query = args[0]  # (B, T, C): the final hidden states the LM head reads
+        if self.context.capturing:
+            self._lm_write = args[0].detach()
+
+    def _mix_logits(self, _model: nn.Module, _args: tuple, output: Any) -> Any:
+        hidden, self._lm_query = self._lm_query, None
+        logits = getattr(output, "logits", None)
+        if self.store is None or hidden is None or logits is None or hidden.shape[:2] != logits.shape[:2]:
+            return output
+        mixed = None
+        batch = logits.shape[0]
+        for row in range(batch):
+            memory_row = self._memory_row(row, batch)
+            result = None if memory_row is None else self.store.search(
+                "lm", memory_row, -1, hidden[row].unsqueeze(0), self.config.lm_top_k)
+            if result is None:
+                continue
+            scores, tokens = result.scores, result.values  # (1, T, k) negative squared distances, next tokens
+            weights = torch.softmax(scores[0].float() / self.config.lm_temperature, dim=-1).nan_to_num(0.0)
+            knn_probs = torch.zeros(logits.shape[1], logits.shape[2], device=logits.device)
+            knn_probs.scatter_add_(1, tokens[0].to(logits.device), weights.to(logits.device))  # (T, V)
+            lm_probs = torch.softmax(logits[row].float(), dim=-1)
+            mixture = self.config.lm_lambda * knn_probs + (1 - self.config.lm_lambda) * lm_probs
+            if mixed is None:
+                mixed = logits.float().log_softmax(-1)
+            mixed[row] = mixture.clamp_min(1e-30).log()
+        if mixed is not None:
+            output.logits = mixed.to(logits.dtype)
+        return output
+
+    # --- writing -----------------------------------------------------------------------------
+    def _ensure_store(self) -> KeyValueStore:
+        if self.store is None:
+            self.store = KeyValueStore(self.store_layout, self._device, self._dtype)
+        return self.store
+
+    def write(self) -> None:
+        captured_kv, self._captured_kv = self._captured_kv, {}
+        lm_hidden, self._lm_write = self._lm_write, None
+        self._writes += 1
+        if (self._writes - 1) % self.config.update_freq:
+            return
+        input_ids, mask = self.context.input_ids, self.context.attention_mask
+        if input_ids is None or not (captured_kv or lm_hidden is not None):
+            return
+        store = self._ensure_store()
+        for row in range(input_ids.shape[0]):
+            positions = mask[row].bool().nonzero().squeeze(-1) if mask is not None else torch.arange(
+                input_ids.shape[1], device=input_ids.device)
+            tokens = input_ids[row, positions].tolist()
+            start = self._positions.get(row, 0)
+            for layer, (keys, values) in captured_kv.items():
+                self._write_attention(store, row, layer, keys[row][:, positions], values[row][:, positions],
+                                      tokens, start)
+            if lm_hidden is not None and len(tokens) > 1:
+                self._write_lm(store, row, lm_hidden[row, positions], tokens, start)
+            self._positions[row] = start + len(tokens)
+
+    def _provenance(self, position: int, token: int, length: int, text: str) -> dict[str, Any]:
+        return {"user": self.user, "session": self.session, "sequence": self.sequence, "position": position,
+                "token": token, "length": length, "text": text}
+
+    def _decode(self, spans: list[list[int]]) -> list[str]:
+        tokenizer = self.context.tokenizer
+        if tokenizer is None:
+            return [" ".join(map(str, span)) for span in spans]
+        return tokenizer.batch_decode(spans, skip_special_tokens=False)
+
+    def _write_attention(self, store: KeyValueStore, row: int, layer: int, keys: torch.Tensor, values: torch.Tensor,
+                         tokens: list[int], start: int) -> None:
+        """keys/values (KVH, n, D) of one row's valid tokens -> one item per chunk of `chunk_size` tokens."""
+        size = self.config.chunk_size
+        count = keys.shape[1]
+        if count == 0:
+            return
+        chunks = [(first, min(first + size, count)) for first in range(0, count, size)]
+        chunk_keys = torch.stack([keys[:, a:b].mean(dim=1) for a, b in chunks]) if size > 1 else keys.transpose(0, 1)
+        chunk_values = (torch.stack([values[:, a:b].mean(dim=1) for a, b in chunks]) if size > 1
+                        else values.transpose(0, 1))  # (n_chunks, KVH, D)
+        chunk_values = torch.cat([chunk_keys, chunk_values], dim=-1)  # (n_chunks, KVH, 2D): [key, value]
+        texts = self._decode([tokens[a:b] for a, b in chunks])
+        records = [self._provenance(start + a, tokens[a], b - a, text) for (a, b), text in zip(chunks, texts,
+                                                                                                strict=True)]
+        store.add("attention", row, layer, chunk_keys, chunk_values, records)
+
+    def _write_lm(self, store: KeyValueStore, row: int, hidden: torch.Tensor, tokens: list[int], start: int) -> None:
+        """hidden (n, C): the state at position t predicts token t + 1 (the segment's last has no target)."""
+        count = len(tokens) - 1
+        texts = self._decode([tokens[max(0, t - LM_CONTEXT_TOKENS + 1): t + 1] for t in range(count)])
+        records = [self._provenance(start + t, tokens[t + 1], 1, texts[t]) for t in range(count)]
+        next_tokens = torch.tensor(tokens[1:], dtype=torch.int64, device=hidden.device)
+        store.add("lm", row, -1, hidden[:count].unsqueeze(1), next_tokens, records)
+
+    def clear_captures(self) -> None:
+        self._captured_kv = {}
+        self._lm_write = None
+
+    # --- state -------------------------------------------------------------------------------
+    def begin_call(self) -> None:
+        super().begin_call()
+        self.sequence += 1
+        self._positions = {}
+
+    def reset(self, batch_size: int | None = None) -> None:
+        if self.store is not None:
+            self.store.clear()
+        self._positions = {}
+        self._writes = 0
+
+    def delete(self, **where: Any) -> int:
+        """Forget items matching `RecordFilter` fields (ids, user, session, sequence, text, ...)."""
+        return 0 if self.store is None else self.store.delete(RecordFilter(**where))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        rows = 1 + max(self._positions, default=-1)
+        positions = torch.tensor([self._positions.get(row, 0) for row in range(rows)], dtype=torch.int64)
+        # Where the current sequence stands: the relative scheme measures distances from it.
+        return {"sequence": torch.tensor([self.sequence], dtype=torch.int64), "positions": positions}
+
+    def save_state_files(self, directory: Path) -> None:
+        self._ensure_store().save(directory)
+
+    def read_state_files(self, directory: Path) -> KeyValueStore:
+        try:
+            return KeyValueStore.load(directory, self._device, self._dtype, expected_layout=self.store_layout)
+        except FileNotFoundError as error:
+            raise CorruptedFileError(f"knn: the saved state lacks its memory store ({error})") from None
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], files: Any = None) -> None:
+        if self.store is not None and self.store is not files:
+            self.store.close()
+        self.store = files
+        self.sequence = int(tensors["sequence"][0])
+        self._positions = {row: int(position) for row, position in enumerate(tensors["positions"].tolist())}
+
+    def summary(self) -> dict[str, Any]:
+        items = 0 if self.store is None else len(self.store)
+        return {"items": items, "records": 0 if self.store is None else self.store.records.count(),
+                "attention": self.config.attention, "layers": self.attention_layers,
+                "knn_lm": self.config.knn_lm, "backend": self.store_layout.backend}
+
+
+register_memory("knn", KnnConfig, KnnMemory)
