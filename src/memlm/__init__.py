@@ -19,9 +19,17 @@ from memlm.errors import (
     MemoryStateError,
     UnknownMechanismError,
 )
+from memlm.memories.knn import KnnConfig, KnnMemory
 from memlm.memories.recurrent import RecurrentConfig, RecurrentMemory
 from memlm.model import MemoryModel, attach
-from memlm.registry import available_mechanisms, get_mechanism, make_config, register_memory
+from memlm.registry import (
+    available_mechanisms,
+    available_presets,
+    get_mechanism,
+    make_config,
+    register_memory,
+    register_preset,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +39,8 @@ __all__ = [
     "ConfigError",
     "CorruptedFileError",
     "IncompatibleMemoryError",
+    "KnnConfig",
+    "KnnMemory",
     "MemlmError",
     "MemoryConfig",
     "MemoryModel",
@@ -40,9 +50,11 @@ __all__ = [
     "UnknownMechanismError",
     "attach",
     "available_mechanisms",
+    "available_presets",
     "get_mechanism",
     "load_backbone",
     "load_configs",
     "make_config",
     "register_memory",
+    "register_preset",
 ]

@@ -56,6 +56,7 @@ class ChatSession:
             raise ConfigError("the tokenizer has no chat template; use `memlm generate` for raw text")
         self.directory: Path | None = session_dir(self.session, self.home) if self.session is not None else None
         self.resumed = False
+        self.model.set_provenance(session=self.session)
         if self.directory is not None and self.directory.exists():
             self._load()
 

@@ -272,7 +272,7 @@ def info(
 ) -> None:
     """Show the backbone, the attached memories, their parameter counts and state."""
     from memlm.paths import cache_dir, home_dir, session_dir
-    from memlm.registry import available_mechanisms
+    from memlm.registry import available_mechanisms, available_presets
 
     memory_model, _ = _build_model(backbone, device, dtype, _memory_specs(memory, memory_config), adapter)
     if session is not None:
@@ -280,6 +280,7 @@ def info(
     description = memory_model.describe()
     description["paths"] = {"home": str(home_dir()), "cache": str(cache_dir())}
     description["available_mechanisms"] = available_mechanisms()
+    description["presets"] = available_presets()
     if as_json:
         print(json.dumps(description, indent=2))
         return
@@ -296,8 +297,207 @@ def info(
     if not description["memories"]:
         table.add_row("memories", "none attached (use --memory)")
     table.add_row("mechanisms available", ", ".join(description["available_mechanisms"]))
+    table.add_row("presets", ", ".join(description["presets"]))
     table.add_row("home", description["paths"]["home"])
     table.add_row("cache", description["paths"]["cache"])
+    console.print(table)
+
+
+# --- memorize, eval ----------------------------------------------------------------------------
+@app.command()
+@_friendly_errors
+def memorize(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to memorize")],
+    session: Annotated[str, typer.Option(help="session whose memory receives the text")],
+    memory: MemoryOpt = None,
+    memory_config: MemoryConfigOpt = None,
+    segment_length: Annotated[int, typer.Option(min=2, help="tokens per segment (the context window)")] = 512,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Stream FILE through the model in segments and store it in SESSION's memory (default:
+    knn-joint), with a progress bar; the memory is saved with provenance for `memlm memory`."""
+    from memlm.paths import session_dir
+
+    text = _read_text(file)
+    specs = _memory_specs(memory, memory_config) or ["knn-joint"]
+    memory_model, _ = _build_model(backbone, device, dtype, specs, None)
+    directory = session_dir(session)
+    if (directory / "memory_state.safetensors").exists():
+        memory_model.load_state(directory)
+    memory_model.set_provenance(session=session)
+    segments = memory_model.memorize(text, segment_length=segment_length, progress=True)
+    memory_model.save_state(directory)
+    console.print(f"memorized {file} in {segments} segment(s) into session {session!r} ({directory}); "
+                  f"{_state_line(memory_model)}", highlight=False)
+
+
+def _read_text(file: Path) -> str:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{file} is not UTF-8 text", param_hint="FILE") from None
+    if not text.strip():
+        raise typer.BadParameter(f"{file} is empty", param_hint="FILE")
+    return text
+
+
+eval_app = typer.Typer(help="Evaluate memories against baselines.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("ppl")
+@_friendly_errors
+def eval_ppl(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to score")],
+    window: Annotated[int, typer.Option(min=2, help="tokens each segment sees in its context")] = 512,
+    memory: MemoryOpt = None,
+    max_tokens: Annotated[int | None, typer.Option(min=2, help="score only the first N tokens")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Long-document perplexity, segment by segment: each segment sees its window plus what memory
+    retrieves. Prints the baseline (no memory, same window) and every --memory variant side by side
+    (default: knn-joint, knn-lm and knn-joint-lm)."""
+    from memlm import load_backbone
+    from memlm.eval.perplexity import compare_perplexity
+
+    names = [name.strip() for item in memory or [] for name in item.split(",") if name.strip()]
+    names = [name for name in names if name != "none"] or ["knn-joint", "knn-lm", "knn-joint-lm"]
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    report = compare_perplexity(model, tokenizer, _read_text(file), window, {name: [name] for name in names},
+                                max_tokens=max_tokens, progress=not as_json)
+    report["file"] = str(file)
+    report["memory_ppl"] = min(r["perplexity"] for label, r in report["results"].items() if label != "baseline")
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"perplexity of {file.name}: {report['tokens']:,} tokens, window {window}")
+    for column in ("memory", "perplexity", "vs. baseline", "seconds"):
+        table.add_column(column, justify="left" if column == "memory" else "right")
+    for label, result in report["results"].items():
+        table.add_row(label, f"{result['perplexity']:.2f}", f"{result['change_vs_baseline'] * 100:+.1f}%",
+                      f"{result['seconds']:.0f}")
+    console.print(table)
+
+
+# --- memory inspection -------------------------------------------------------------------------
+memory_app = typer.Typer(help="List, search, delete and export what a saved memory holds.", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+StoreSessionOpt = Annotated[str | None, typer.Option(
+    "--session", help="the saved session whose memory to open (under MEMLM_HOME)")]
+StorePathOpt = Annotated[Path | None, typer.Option(
+    "--path", help="a memory store directory instead of a session (e.g. <state dir>/knn)")]
+
+
+def _open_store(session: str | None, path: Path | None) -> Any:
+    from memlm.paths import session_dir
+    from memlm.store import KeyValueStore
+
+    if (session is None) == (path is None):
+        raise typer.BadParameter("give exactly one of --session or --path")
+    directory = path if path is not None else session_dir(session) / "knn"
+    try:
+        return KeyValueStore.load(directory)
+    except FileNotFoundError:
+        raise typer.BadParameter(f"no saved memory store in {directory}") from None
+
+
+def _filter(ids: list[int] | None, record_session: str | None, sequence: int | None, text: str | None,
+            user: str | None) -> Any:
+    from memlm.store import RecordFilter
+
+    return RecordFilter(ids=ids or None, session=record_session, sequence=sequence, text=text, user=user)
+
+
+IdsOpt = Annotated[list[int] | None, typer.Option("--id", help="record id (repeatable)")]
+RecordSessionOpt = Annotated[str | None, typer.Option("--record-session", help="records written in this session")]
+SequenceOpt = Annotated[int | None, typer.Option(help="records of this sequence (one memorize/generate call)")]
+TextOpt = Annotated[str | None, typer.Option(help="records whose text contains this (case-insensitive)")]
+UserOpt = Annotated[str | None, typer.Option(help="records of this user")]
+
+
+def _print_records(records: list[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([record.to_dict() for record in records], indent=2, ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("id", "kind", "layer", "session", "seq", "pos", "text"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(str(record.id), record.kind, str(record.layer), str(record.session), str(record.sequence),
+                      str(record.position), repr(record.text)[1:-1][:60])
+    console.print(table)
+
+
+@memory_app.command("list")
+@_friendly_errors
+def memory_list(session: StoreSessionOpt = None, path: StorePathOpt = None, ids: IdsOpt = None,
+                record_session: RecordSessionOpt = None, sequence: SequenceOpt = None, text: TextOpt = None,
+                user: UserOpt = None,
+                limit: Annotated[int, typer.Option(min=1)] = 20, offset: Annotated[int, typer.Option(min=0)] = 0,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List stored items with their provenance, oldest first."""
+    store = _open_store(session, path)
+    _print_records(store.records.select(_filter(ids, record_session, sequence, text, user), limit, offset), as_json)
+
+
+@memory_app.command("search")
+@_friendly_errors
+def memory_search(query: Annotated[str, typer.Argument(help="text to look for in the stored spans")],
+                  session: StoreSessionOpt = None, path: StorePathOpt = None,
+                  limit: Annotated[int, typer.Option(min=1)] = 20,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Find stored items whose source text contains QUERY (case-insensitive)."""
+    store = _open_store(session, path)
+    _print_records(store.records.select(_filter(None, None, None, query, None), limit), as_json)
+
+
+@memory_app.command("delete")
+@_friendly_errors
+def memory_delete(session: StoreSessionOpt = None, path: StorePathOpt = None, ids: IdsOpt = None,
+                  record_session: RecordSessionOpt = None, sequence: SequenceOpt = None, text: TextOpt = None,
+                  user: UserOpt = None,
+                  everything: Annotated[bool, typer.Option("--all", help="delete every item")] = False) -> None:
+    """Delete items (rows and vectors) by id, session, sequence, user or text match; saved atomically."""
+    where = _filter(ids, record_session, sequence, text, user)
+    if not everything and where == _filter(None, None, None, None, None):
+        raise typer.BadParameter("say what to delete (--id, --record-session, --sequence, --text, --user) or --all")
+    store = _open_store(session, path)
+    deleted = store.delete(where)
+    store.save(store.directory)
+    console.print(f"deleted {deleted} item(s); {len(store)} left")
+
+
+@memory_app.command("export")
+@_friendly_errors
+def memory_export(output: Annotated[Path, typer.Argument(help="JSONL file to write")],
+                  session: StoreSessionOpt = None, path: StorePathOpt = None) -> None:
+    """Export every record (provenance and text) as JSON lines."""
+    store = _open_store(session, path)
+    console.print(f"exported {store.records.export_jsonl(output)} record(s) to {output}")
+
+
+@memory_app.command("stats")
+@_friendly_errors
+def memory_stats(session: StoreSessionOpt = None, path: StorePathOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts per kind, layer and session, vectors per group, backend and capacity."""
+    stats = _open_store(session, path).stats()
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    console.print(f"{stats['records']:,} record(s); backend {stats['backend']}; capacity {stats['capacity']}; "
+                  f"eviction {stats['eviction']}; in {stats['directory']}", highlight=False)
+    table = Table()
+    for column in ("kind", "layer", "session", "records", "oldest", "newest"):
+        table.add_column(column)
+    for group in stats["groups"]:
+        table.add_row(*(str(group[c]) for c in ("kind", "layer", "session", "records", "oldest", "newest")))
     console.print(table)
 
 

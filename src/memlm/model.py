@@ -218,6 +218,11 @@ class MemoryModel(nn.Module):
             self._write_pass(input_ids[:, segment], mask[:, segment])
         return len(starts)
 
+    def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
+        """Label what the memories store from now on with a user and a session."""
+        for memory in self.memories.values():
+            memory.set_provenance(user=user, session=session)
+
     def reset(self, batch_size: int | None = None) -> None:
         """Forget all memory state; `batch_size` pre-sizes per-row state."""
         for memory in self.memories.values():

@@ -61,14 +61,33 @@ def get_mechanism(name: str) -> Mechanism:
     except KeyError:
         raise UnknownMechanismError(
             f"unknown memory mechanism {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+            + (f"; presets: {', '.join(sorted(_PRESETS))}" if _PRESETS else "")
         ) from None
 
 
+_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_preset(name: str, config: dict[str, Any], description: str = "") -> None:
+    """Name a ready-made config (e.g. "knn-joint") usable wherever a mechanism name is."""
+    _PRESETS[name] = {**config, "_description": description}
+
+
+def available_presets() -> dict[str, str]:
+    _load_builtin_mechanisms()
+    return {name: preset["_description"] for name, preset in sorted(_PRESETS.items())}
+
+
 def make_config(spec: MemoryConfig | str | dict[str, Any], **overrides: Any) -> MemoryConfig:
-    """Turn a config, a mechanism name or a dict with a `mechanism` key into a validated config."""
+    """Turn a config, a mechanism or preset name, or a dict with a `mechanism` key into a
+    validated config."""
     if isinstance(spec, MemoryConfig):
         return spec.replace(**overrides) if overrides else spec
     if isinstance(spec, str):
+        _load_builtin_mechanisms()
+        if spec in _PRESETS:
+            preset = {k: v for k, v in _PRESETS[spec].items() if k != "_description"}
+            return make_config({**preset, **overrides})
         return get_mechanism(spec).config_class.from_dict(overrides)
     if isinstance(spec, dict):
         if "mechanism" not in spec:

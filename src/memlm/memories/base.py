@@ -104,6 +104,9 @@ class Memory(nn.Module):
         raise a typed error if it is missing or damaged."""
         return None
 
+    def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
+        """Label what this memory stores from now on (memories that keep records use it)."""
+
     def summary(self) -> dict[str, Any]:
         """A few numbers describing the current state, for `memlm info` and the chat."""
         return {}

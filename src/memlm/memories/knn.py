@@ -50,7 +50,7 @@ from memlm.hooks import (
     repeat_kv,
 )
 from memlm.memories.base import Memory, MemoryContext
-from memlm.registry import register_memory
+from memlm.registry import register_memory, register_preset
 from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
 from memlm.store.kv_store import EVICTION_POLICIES
 
@@ -91,8 +91,8 @@ class KnnConfig(MemoryConfig):
     layers: list[int] | str | None = None
     top_k: int = 32
     knn_lm: bool = False
-    lm_lambda: float = 0.25
-    lm_temperature: float = 1.0
+    lm_lambda: float = 0.1
+    lm_temperature: float = 100.0
     lm_top_k: int = 32
     backend: str = "torch"
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -213,7 +213,7 @@ class KnnMemory(Memory):
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._captured_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
-        max_positions = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", 2048)
+        max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
         self._lm_query: torch.Tensor | None = None
         self._lm_write: torch.Tensor | None = None
@@ -430,9 +430,9 @@ class KnnMemory(Memory):
                 input_ids.shape[1], device=input_ids.device)
             tokens = input_ids[row, positions].tolist()
             start = self._positions.get(row, 0)
-            for layer, (keys, values) in captured_kv.items():
-                self._write_attention(store, row, layer, keys[row][:, positions], values[row][:, positions],
-                                      tokens, start)
+            if captured_kv:
+                self._write_attention(store, row, {layer: (keys[row][:, positions], values[row][:, positions])
+                                                   for layer, (keys, values) in captured_kv.items()}, tokens, start)
             if lm_hidden is not None and len(tokens) > 1:
                 self._write_lm(store, row, lm_hidden[row, positions], tokens, start)
             self._positions[row] = start + len(tokens)
@@ -447,22 +447,29 @@ class KnnMemory(Memory):
             return [" ".join(map(str, span)) for span in spans]
         return tokenizer.batch_decode(spans, skip_special_tokens=False)
 
-    def _write_attention(self, store: KeyValueStore, row: int, layer: int, keys: torch.Tensor, values: torch.Tensor,
-                         tokens: list[int], start: int) -> None:
-        """keys/values (KVH, n, D) of one row's valid tokens -> one item per chunk of `chunk_size` tokens."""
-        size = self.config.chunk_size
-        count = keys.shape[1]
+    def _write_attention(self, store: KeyValueStore, row: int,
+                         per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]], tokens: list[int], start: int) -> None:
+        """Keys/values (KVH, n, D) of one row's valid tokens at each layer -> one item per chunk of
+        `chunk_size` tokens, stored in every layer under one id and one record."""
+        size, count = self.config.chunk_size, len(tokens)
         if count == 0:
             return
         chunks = [(first, min(first + size, count)) for first in range(0, count, size)]
-        chunk_keys = torch.stack([keys[:, a:b].mean(dim=1) for a, b in chunks]) if size > 1 else keys.transpose(0, 1)
-        chunk_values = (torch.stack([values[:, a:b].mean(dim=1) for a, b in chunks]) if size > 1
-                        else values.transpose(0, 1))  # (n_chunks, KVH, D)
-        chunk_values = torch.cat([chunk_keys, chunk_values], dim=-1)  # (n_chunks, KVH, 2D): [key, value]
+
+        def per_chunk(states: torch.Tensor) -> torch.Tensor:  # (KVH, n, D) -> (n_chunks, KVH, D)
+            if size == 1:
+                return states.transpose(0, 1)
+            return torch.stack([states[:, a:b].mean(dim=1) for a, b in chunks])
+
+        layers = sorted(per_layer)
+        keys = [per_chunk(per_layer[layer][0]) for layer in layers]
+        # The value table keeps [key, value] per item: the relative scheme re-rotates retrieved keys.
+        values = [torch.cat([key, per_chunk(per_layer[layer][1])], dim=-1) for key, layer in zip(keys, layers,
+                                                                                                   strict=True)]
         texts = self._decode([tokens[a:b] for a, b in chunks])
-        records = [self._provenance(start + a, tokens[a], b - a, text) for (a, b), text in zip(chunks, texts,
-                                                                                                strict=True)]
-        store.add("attention", row, layer, chunk_keys, chunk_values, records)
+        records = [self._provenance(start + a, tokens[a], b - a, text)
+                   for (a, b), text in zip(chunks, texts, strict=True)]
+        store.add("attention", row, layers if len(layers) > 1 else layers[0], keys, values, records)
 
     def _write_lm(self, store: KeyValueStore, row: int, hidden: torch.Tensor, tokens: list[int], start: int) -> None:
         """hidden (n, C): the state at position t predicts token t + 1 (the segment's last has no target)."""
@@ -487,6 +494,9 @@ class KnnMemory(Memory):
             self.store.clear()
         self._positions = {}
         self._writes = 0
+
+    def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
+        self.user, self.session = user, session
 
     def delete(self, **where: Any) -> int:
         """Forget items matching `RecordFilter` fields (ids, user, session, sequence, text, ...)."""
@@ -515,10 +525,16 @@ class KnnMemory(Memory):
         self._positions = {row: int(position) for row, position in enumerate(tensors["positions"].tolist())}
 
     def summary(self) -> dict[str, Any]:
-        items = 0 if self.store is None else len(self.store)
-        return {"items": items, "records": 0 if self.store is None else self.store.records.count(),
+        return {"items": 0 if self.store is None else self.store.records.count(),
+                "vectors": 0 if self.store is None else len(self.store),
                 "attention": self.config.attention, "layers": self.attention_layers,
                 "knn_lm": self.config.knn_lm, "backend": self.store_layout.backend}
 
 
 register_memory("knn", KnnConfig, KnnMemory)
+register_preset("knn-joint", {"mechanism": "knn", "attention": "joint", "layers": "all"},
+                "training-free kNN attention at every layer, retrieved keys at their true distance")
+register_preset("knn-lm", {"mechanism": "knn", "attention": "off", "knn_lm": True},
+                "training-free kNN-LM over final hidden states")
+register_preset("knn-joint-lm", {"mechanism": "knn", "attention": "joint", "layers": "all", "knn_lm": True},
+                "knn-joint and knn-lm together")

@@ -1,11 +1,11 @@
 """Vector indexes: one interface, several backends.
 
-| backend      | search                         | remove            | notes                                  |
-|--------------|--------------------------------|-------------------|----------------------------------------|
-| `torch`      | exact (matmul + top-k), CPU/GPU | yes               | the reference; keeps the model's dtype |
-| `faiss-flat` | exact                          | yes               | `IndexIDMap2(IndexFlat*)`              |
-| `faiss-ivf`  | approximate (`nprobe` lists)   | yes               | trains itself once it holds enough vectors; optional PQ |
-| `faiss-hnsw` | approximate (graph, `ef_search`) | via tombstones  | FAISS HNSW cannot delete: removed ids are filtered out and the graph is rebuilt when they pile up |
+* `torch`: exact search (matrix product + top-k) on CPU or GPU, in the model's dtype; the reference.
+* `faiss-flat`: exact FAISS search (`IndexIDMap2(IndexFlat*)`).
+* `faiss-ivf`: inverted lists, approximate (`nprobe` lists searched), optional product
+  quantisation; it trains itself once it holds enough vectors.
+* `faiss-hnsw`: HNSW graph, approximate (`ef_search`). FAISS HNSW cannot delete, so removed ids
+  become tombstones that searches skip, and the graph is rebuilt when they pile up.
 
 Every index stores external int64 ids and returns them from `search` with a similarity score
 (higher is better: the inner product for `metric="ip"`, minus the squared distance for `"l2"`).

@@ -215,34 +215,46 @@ class KeyValueStore:
         self._next_id = 1
 
     # --- writing -----------------------------------------------------------------------------
-    def add(self, kind: str, row: int, layer: int, keys: torch.Tensor, values: torch.Tensor,
-            records: list[dict[str, Any]]) -> torch.Tensor:
+    def add(self, kind: str, row: int, layer: int | list[int], keys: torch.Tensor | list[torch.Tensor],
+            values: torch.Tensor | list[torch.Tensor], records: list[dict[str, Any]]) -> torch.Tensor:
         """Store N items (keys (N, heads, key_dim)); `records` gives each one's provenance fields
-        (user, session, sequence, position, token, length, text). Returns the new ids."""
+        (user, session, sequence, position, token, length, text). Returns the new ids.
+
+        With a list of layers (and one keys/values tensor per layer) the items are stored in every
+        one of those layers under the same ids and one record each (its `layer` is -1): deleting
+        or evicting an item then removes it from all layers at once."""
         if kind not in self.layout.specs:
             raise ConfigError(f"this store holds kinds {sorted(self.layout.specs)}, not {kind!r}")
-        count = keys.shape[0]
-        if len(records) != count:
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        keys_per_layer = [keys] if isinstance(keys, torch.Tensor) else list(keys)
+        values_per_layer = [values] if isinstance(values, torch.Tensor) else list(values)
+        count = keys_per_layer[0].shape[0]
+        if len(records) != count or any(k.shape[0] != count for k in keys_per_layer):
             raise ConfigError(f"{count} vectors but {len(records)} records")
         if count == 0:
             return torch.empty(0, dtype=torch.int64)
         ids = torch.arange(self._next_id, self._next_id + count, dtype=torch.int64)
         now = time.time()
+        record_layer = layers[0] if isinstance(layer, int) else -1
         self.records.insert(
-            Record(id=int(i), kind=kind, layer=layer, row=row, created=now, user=r.get("user"),
+            Record(id=int(i), kind=kind, layer=record_layer, row=row, created=now, user=r.get("user"),
                    session=r.get("session"), sequence=int(r.get("sequence", 0)), position=int(r.get("position", 0)),
                    token=int(r.get("token", -1)), length=int(r.get("length", 1)), text=str(r.get("text", "")))
             for i, r in zip(ids.tolist(), records, strict=True))
         self._next_id += count
-        key = (kind, row, layer)
-        if key not in self.groups:
-            self.groups[key] = MemoryGroup(self.layout.specs[kind], self.layout, self.device, self.dtype)
-        group = self.groups[key]
         origins = torch.tensor([[int(r.get("sequence", 0)), int(r.get("position", 0))] for r in records])
-        group.add(ids.to(self.device), keys, values, origins)
-        capacity = self.layout.capacity
-        if capacity is not None and len(group) > capacity:
-            self._remove(group.eviction_candidates(len(group) - capacity, self.layout.eviction))
+        evict = None
+        for layer_index, layer_keys, layer_values in zip(layers, keys_per_layer, values_per_layer, strict=True):
+            group_key = (kind, row, layer_index)
+            if group_key not in self.groups:
+                self.groups[group_key] = MemoryGroup(self.layout.specs[kind], self.layout, self.device, self.dtype)
+            group = self.groups[group_key]
+            group.add(ids.to(self.device), layer_keys, layer_values, origins)
+            capacity = self.layout.capacity
+            if evict is None and capacity is not None and len(group) > capacity:
+                evict = group.eviction_candidates(len(group) - capacity, self.layout.eviction)
+        if evict is not None:
+            self._remove(evict)
         return ids
 
     def _remove(self, ids: torch.Tensor) -> int:
