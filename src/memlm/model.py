@@ -103,6 +103,22 @@ class MemoryModel(nn.Module):
             self.remove_memory(name)
         return self.backbone
 
+    @contextmanager
+    def paused(self) -> Iterator[nn.Module]:
+        """Temporarily remove every hook (state kept): inside, the backbone runs bare.
+
+        Example:
+            >>> with mm.paused() as bare:
+            ...     baseline = bare(input_ids).logits
+        """
+        for memory in self.memories.values():
+            memory.remove_hooks()
+        try:
+            yield self.backbone
+        finally:
+            for memory in self.memories.values():
+                memory.attach(self.layout)
+
     # --- running -----------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 *, write_memory: bool | None = None, **kwargs: Any) -> Any:

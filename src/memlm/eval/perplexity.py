@@ -64,10 +64,35 @@ def segment_perplexity(model: MemoryModel, input_ids: torch.Tensor, window: int,
                             segments=len(starts), window=window, seconds=time.perf_counter() - started)
 
 
+@torch.no_grad()
+def context_perplexity(model: Any, input_ids: torch.Tensor, window: int, context: int, progress: bool = True
+                       ) -> PerplexityResult:
+    """Reference without memory: score the same segments, each with up to `context` tokens of real
+    context in front (a sliding window). This is what memory could at best recover."""
+    if context < window:
+        raise ValueError(f"context ({context}) must be at least the window ({window})")
+    input_ids = input_ids.reshape(-1).to(next(model.parameters()).device)
+    started = time.perf_counter()
+    total_nll, total_tokens = 0.0, 0
+    starts = range(0, input_ids.shape[0], window)
+    for start in tqdm(starts, desc=f"perplexity context-{context}", unit="segment", disable=not progress):
+        first = max(0, start - (context - window))
+        chunk = input_ids[first: start + window].unsqueeze(0)
+        log_probs = model(input_ids=chunk, use_cache=False).logits[0].float().log_softmax(-1)
+        scored_from = max(start - first, 1)  # predict every token of this segment that has a predecessor
+        targets = chunk[0, scored_from:]
+        total_nll -= float(log_probs[scored_from - 1: -1].gather(1, targets.unsqueeze(-1)).sum())
+        total_tokens += targets.shape[0]
+    return PerplexityResult(label=f"context-{context}", perplexity=math.exp(total_nll / max(total_tokens, 1)),
+                            tokens=total_tokens, segments=len(starts), window=window,
+                            seconds=time.perf_counter() - started)
+
+
 def compare_perplexity(backbone: Any, tokenizer: Any, text: str, window: int,
                        variants: dict[str, Sequence[ConfigSpec]], max_tokens: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
-    """Baseline (no memory) and each memory variant on the same tokens, side by side."""
+                       progress: bool = True, reference_context: int | None = None) -> dict[str, Any]:
+    """Baseline (no memory) and each memory variant on the same tokens, side by side; with
+    `reference_context`, also the no-memory sliding-window reference (`context_perplexity`)."""
     input_ids = tokenizer(text, return_tensors="pt").input_ids[0]
     if max_tokens is not None:
         input_ids = input_ids[:max_tokens]
@@ -78,6 +103,9 @@ def compare_perplexity(backbone: Any, tokenizer: Any, text: str, window: int,
             results[label] = segment_perplexity(model, input_ids, window, label, progress).to_dict()
         finally:
             model.detach()
+    if reference_context is not None:
+        reference = context_perplexity(backbone, input_ids, window, reference_context, progress)
+        results[reference.label] = reference.to_dict()
     baseline = results["baseline"]["perplexity"]
     for result in results.values():
         result["change_vs_baseline"] = result["perplexity"] / baseline - 1

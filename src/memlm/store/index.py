@@ -298,6 +298,11 @@ class FaissIVFIndex(FaissIndex):
         self._quantizer = quantizer  # the IVF index does not own it: keep it alive
         return index
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Search-time accuracy/speed knob: how many inverted lists each query scans."""
+        self.nprobe = nprobe
+        self.index.nprobe = nprobe
+
     @property
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
@@ -358,7 +363,13 @@ class FaissHNSWIndex(FaissIndex):
         graph = self.faiss.IndexHNSWFlat(self.dim, self.m, self.faiss_metric)
         graph.hnsw.efSearch = self.ef_search
         graph.hnsw.efConstruction = self.ef_construction
+        self._graph = graph  # the id map does not own it: keep it alive, and reachable for set_ef_search
         return self.faiss.IndexIDMap2(graph)
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Search-time accuracy/speed knob (larger: better recall, slower)."""
+        self.ef_search = ef_search
+        self._graph.hnsw.efSearch = ef_search
 
     def __len__(self) -> int:
         return int(self.index.ntotal) - len(self.tombstones)
@@ -406,6 +417,8 @@ class FaissHNSWIndex(FaissIndex):
     def from_arrays(cls, dim, metric, options, arrays):
         index = super().from_arrays(dim, metric, options, arrays)
         index.tombstones = set(arrays["tombstones"].tolist())
+        index._graph = index.faiss.downcast_index(index.index.index)
+        index._graph.hnsw.efSearch = index.ef_search
         return index
 
 

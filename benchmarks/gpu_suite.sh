@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# What memlm measures on the lent GPU host, in two commands of under 10 minutes each:
+#   bash benchmarks/gpu_suite.sh 1    # exact GPU search, decode with knn, long-document perplexity
+#   bash benchmarks/gpu_suite.sh 2    # ANN search at 1M hidden states (on the host's CPUs)
+# docs/benchmarks.md says how the model, faiss and the corpora get there. Results go to $OUT.
+set -uo pipefail
+out=${OUT:-out}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi -L | tee "$out/device.txt"
+if [ "${1:-1}" = 1 ]; then
+  timeout 100 python3 benchmarks/gpu_search.py --size 1000000 --width 576 > "$out/gpu_search.json" 2> "$out/gpu_search.err"
+  timeout 200 python3 benchmarks/decode_speed.py --device cuda --dtype bfloat16 --memory knn --stored 100000 \
+    --new-tokens 128 --json > "$out/decode_knn_cuda.json" 2> "$out/decode_knn_cuda.err"
+  timeout 250 python3 -m memlm.cli eval ppl --corpus gutenberg/milton/areopagitica --window 256 --device cuda \
+    --dtype float32 --memory knn-joint,knn-lm,knn-joint-lm --reference-context 2048 --json \
+    > "$out/ppl_areopagitica_cuda.json" 2> "$out/ppl.err"
+else
+  timeout 560 python3 benchmarks/index_search.py --sizes 1000000 --data hidden --device cuda --queries 100 \
+    --out "$out/index_1m_hidden.json" > "$out/index_1m_hidden.log" 2>&1
+fi
+tail -n 4 "$out"/*.err "$out"/*.log 2>/dev/null

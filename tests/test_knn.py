@@ -1,0 +1,143 @@
+"""Behaviour specific to the `knn` mechanism: exact relative placement, kNN-LM, provenance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import logits, randomize_memory_weights, token_batch
+from tiny import tiny_model
+
+import memlm
+from memlm import KnnConfig
+from memlm.eval.perplexity import segment_perplexity
+
+
+@pytest.mark.parametrize("options", [
+    {"attention": "sometimes"}, {"attention": "off"}, {"top_k": 0}, {"lm_lambda": 1.5}, {"lm_temperature": 0},
+    {"backend": "annoy"}, {"eviction": "random"}, {"capacity": 0}, {"chunk_size": 0}, {"layers": []},
+    {"positions": "absolute"}, {"max_distance": 0},
+])
+def test_invalid_configs_are_refused(options):
+    with pytest.raises(memlm.ConfigError):
+        KnnConfig(**options)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])
+def test_joint_attention_over_all_of_memory_equals_full_context(architecture):
+    """With every layer reading memory, top_k >= everything stored and keys placed at their true
+    distance, attending to memory is exactly attending to the earlier segment in context."""
+    backbone = tiny_model(architecture)
+    first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
+    full = logits(backbone, torch.cat([first, second], dim=1))[:, 10:]
+    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=64))
+    memory_model._begin_call()
+    memory_model.write(first)
+    with_memory = logits(memory_model, second, write_memory=False)
+    torch.testing.assert_close(with_memory, full, atol=1e-4, rtol=1e-4)
+    memory_model.reset()  # and without memory the second segment sees nothing of the first
+    assert not torch.allclose(logits(memory_model, second, write_memory=False), full, atol=1e-3)
+
+
+def test_fixed_placement_differs_from_relative():
+    backbone = tiny_model("llama")
+    first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
+    results = []
+    for positions in ("relative", "fixed"):
+        memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", positions=positions))
+        memory_model.write(first)
+        results.append(logits(memory_model, second, write_memory=False))
+        memory_model.detach()
+    assert not torch.allclose(*results, atol=1e-4)
+
+
+def test_knn_lm_lowers_perplexity_of_text_seen_before_without_training():
+    torch.manual_seed(0)
+    backbone = tiny_model("llama")
+    text = token_batch(1, length=64, seed=5)[0]
+    repeated = torch.cat([text, text])  # the second half is in memory once the first is written
+    baseline = segment_perplexity(memlm.MemoryModel(backbone), repeated, window=16, progress=False)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="off", knn_lm=True, lm_lambda=0.5,
+                                                    lm_temperature=1.0))
+    with_memory = segment_perplexity(memory_model, repeated, window=16, progress=False)
+    assert with_memory.tokens == baseline.tokens == 127
+    assert with_memory.perplexity < 0.5 * baseline.perplexity
+
+
+def test_knn_lm_logits_are_a_proper_mixture():
+    backbone = tiny_model("llama")
+    probe = token_batch(1, seed=3)
+    bare = logits(backbone, probe)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="off", knn_lm=True, lm_lambda=0.3))
+    memory_model.write(token_batch(1, seed=4))
+    mixed = logits(memory_model, probe, write_memory=False)
+    assert not torch.allclose(mixed, bare)
+    torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(1, probe.shape[1]), atol=1e-4, rtol=0)
+    # The LM part keeps at least (1 - λ) of its probability on every token.
+    assert (mixed.exp() >= 0.7 * bare.softmax(-1) - 1e-6).all()
+
+
+def test_writes_record_provenance_and_can_be_deleted(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig(layers=[0, 1], chunk_size=4), tokenizer=tokenizer)
+    memory_model.set_provenance(user="ada", session="s1")
+    memory_model.memorize("the cat sat on the mat", segment_length=8, progress=False)
+    memory_model.set_provenance(user="ada", session="s2")
+    memory_model.memorize("dogs bark", segment_length=8, progress=False)
+    store = memory_model.memories["knn"].store
+    records = store.records.select()
+    assert [r.text for r in records if r.session == "s1"] == ["the ", "cat ", "sat ", "on t", "he m", "at"]
+    # Positions count from the start of the memorized stream, across its 8-token segments.
+    assert [r.position for r in records if r.session == "s1"] == [0, 4, 8, 12, 16, 20]
+    assert len({r.sequence for r in records if r.session == "s1"}) == 1
+    assert all(r.layer == -1 and r.user == "ada" for r in records)  # one record for both layers
+    assert memory_model.memories["knn"].delete(session="s1") == 6
+    assert {r.session for r in store.records.select()} == {"s2"}
+    assert len(store.group("attention", 0, 0)) == len(store.group("attention", 0, 1)) == 3
+
+
+def test_gated_memory_is_trainable():
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig())
+    memory_model.write(token_batch(seed=1))
+    loss = memory_model(token_batch(seed=2), write_memory=False).logits.logsumexp(-1).mean()
+    loss.backward()
+    assert memory_model.memories["knn"].gate.grad.abs().sum() > 0
+
+
+def test_beam_search_and_sampling_read_each_rows_memory():
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig(attention="joint"))
+    memory_model.write(token_batch(2, seed=1))
+    prompt = token_batch(2, seed=2, length=4)
+    beams = memory_model.generate(prompt, max_new_tokens=4, num_beams=3, num_return_sequences=3, pad_token_id=257,
+                                  write_memory=False)
+    assert beams.shape == (6, 8)
+    with pytest.raises(memlm.MemoryStateError, match="reset"):
+        memory_model(token_batch(3, seed=2), write_memory=False)  # 2 rows remembered, 3 asked
+
+
+def test_ephemeral_knn_forgets_between_calls():
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig(mode="ephemeral"))
+    memory_model.memorize(token_batch(1, length=20), segment_length=8, progress=False)
+    assert memory_model.memories["knn"].summary()["items"] == 20
+    memory_model.generate(token_batch(1, length=4), max_new_tokens=2, pad_token_id=257)
+    assert memory_model.memories["knn"].summary()["items"] == 6  # only this call's turn
+
+
+def test_capacity_applies_per_row_and_layer():
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig(capacity=10, eviction="oldest"))
+    memory_model.memorize(token_batch(1, length=40), segment_length=8, progress=False)
+    store = memory_model.memories["knn"].store
+    assert store.records.count() == 10
+    assert [r.position for r in store.records.select()] == list(range(30, 40))
+
+
+def test_memory_makes_segment_perplexity_differ_only_through_retrieval():
+    backbone = tiny_model("llama")
+    text = token_batch(1, length=48, seed=8)[0]
+    baseline = segment_perplexity(memlm.MemoryModel(backbone), text, window=16, progress=False)
+    untrained = segment_perplexity(memlm.attach(backbone, "knn"), text, window=16, progress=False)
+    assert math.isclose(untrained.perplexity, baseline.perplexity, rel_tol=1e-5)
+    backbone_only = memlm.MemoryModel(backbone)
+    randomize_memory_weights(backbone_only)  # no memories: nothing to randomize, still the baseline
+    assert math.isclose(segment_perplexity(backbone_only, text, 16, progress=False).perplexity,
+                        baseline.perplexity, rel_tol=1e-6)
