@@ -49,7 +49,6 @@ def main() -> None:
     target = torch.empty_like(keys)
     copy_seconds = cuda_time(lambda: target.copy_(keys))
     copy_bandwidth = 2 * key_bytes / copy_seconds  # read + write
-    del target
 
     index = make_index("torch", args.width, "ip", device=device, dtype=torch.bfloat16)
     index.add(keys, torch.arange(args.size, device=device))

@@ -83,3 +83,16 @@ def test_chat_reset_command(tiny_folder, tmp_path):
     result = run(*args, input="/info\n")
     assert "resumed" not in result.output or "0 earlier turn(s)" in result.output
     assert "updates=0" in result.output
+
+
+def test_chat_with_knn_memory_persists_its_store(tiny_folder, tmp_path):
+    args = ["--home", tmp_path, "chat", "--session", "k", "--memory", "knn-joint", "--backbone", tiny_folder,
+            "--max-new-tokens", 3]
+    first = run(*args, input="hello there\n")
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "sessions" / "k" / "knn" / "records.sqlite").is_file()
+    second = run(*args, input="/info\n")
+    assert "resumed session 'k'" in second.output and "items=" in second.output
+    stats = run("--home", tmp_path, "memory", "stats", "--session", "k", "--json")
+    assert json.loads(stats.output)["records"] > 0
+    assert json.loads(stats.output)["groups"][0]["session"] == "k"  # provenance set by the chat

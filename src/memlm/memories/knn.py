@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -73,11 +73,16 @@ class KnnConfig(MemoryConfig):
         lm_temperature: divides the negative squared distances before the softmax (> 0).
         lm_top_k: neighbours used by kNN-LM.
         backend: vector index backend: torch, faiss-flat, faiss-ivf, faiss-hnsw.
-        backend_options: passed to the index (e.g. {"nlist": 1024, "nprobe": 32} for faiss-ivf).
+        backend_options: passed to the index (e.g. {"nlist": 1024, "nprobe": 32} for faiss-ivf). For
+            `torch`, "dtype" sets the precision of the search keys (default bfloat16): it only
+            picks the candidates; attention logits are recomputed from the stored keys exactly.
         capacity: items kept per batch row and layer (None: unbounded); beyond it `eviction` applies.
         eviction: "oldest" or "least_used" (fewest retrievals first).
         chunk_size: average keys/values over this many consecutive tokens before storing them.
         update_freq: write every `update_freq`-th segment only.
+        recent: also attend to the `recent` latest items of the current stream, all of them, at
+            their true positions (like a sliding window in front of the context); top-k retrieval
+            then covers everything older.
         positions: where retrieved keys sit for rotary models (see the module docstring):
             "relative" (their true distance from the query, clamped to `max_distance`) or "fixed"
             (all `memory_distance` tokens before the query).
@@ -95,11 +100,12 @@ class KnnConfig(MemoryConfig):
     lm_temperature: float = 100.0
     lm_top_k: int = 32
     backend: str = "torch"
-    backend_options: dict[str, Any] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=lambda: {"dtype": "bfloat16"})
     capacity: int | None = None
     eviction: str = "oldest"
     chunk_size: int = 1
     update_freq: int = 1
+    recent: int = 0
     positions: str = "relative"
     memory_distance: int = 512
     max_distance: int | None = None
@@ -118,6 +124,8 @@ class KnnConfig(MemoryConfig):
             raise ConfigError(f"knn: positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
         if self.max_distance is not None and (not isinstance(self.max_distance, int) or self.max_distance < 1):
             raise ConfigError(f"knn: max_distance must be a positive integer or None, got {self.max_distance!r}")
+        if not isinstance(self.recent, int) or self.recent < 0:
+            raise ConfigError(f"knn: recent must be a non-negative integer, got {self.recent!r}")
         for name in ("top_k", "lm_top_k", "chunk_size", "update_freq", "memory_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -125,12 +133,25 @@ class KnnConfig(MemoryConfig):
         check_range("lm_lambda", self.lm_lambda, 0.0, 1.0, mechanism="knn")
         check_range("lm_temperature", self.lm_temperature, 0.0, math.inf, low_open=True, high_open=True,
                     mechanism="knn")
+        search_dtype = self.backend_options.get("dtype")
+        if search_dtype is not None and search_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"knn: backend_options dtype must be float32, bfloat16 or float16, got {search_dtype!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"knn: backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.eviction not in EVICTION_POLICIES:
             raise ConfigError(f"knn: eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ConfigError(f"knn: capacity must be a positive integer or None, got {self.capacity!r}")
+
+
+class Retrieved(NamedTuple):
+    """Memory as one layer's queries see it: top-k items per query and the recent items shared by
+    all queries, as raw q.k logits (-inf: nothing there)."""
+
+    scores: torch.Tensor  # (B, H, T, k)
+    values: torch.Tensor  # (B, H, T, k, D)
+    recent_scores: torch.Tensor  # (B, H, T, R)
+    recent_values: torch.Tensor  # (B, H, R, D)
 
 
 class _AttributeHandle:
@@ -262,17 +283,21 @@ class KnnMemory(Memory):
         retrieved = self._retrieve(layer, query, kwargs.get("position_ids"), key.shape[2])
         if retrieved is None:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
-        memory_scores, memory_values, valid = retrieved  # (B, H, T, k), (B, H, T, k, D), (B, H, T, k)
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         if self.config.attention == "joint":
-            return self._joint_attention(module, query, key, value, attention_mask, memory_scores * scaling,
-                                         memory_values, **kwargs)
+            return self._joint_attention(module, query, key, value, attention_mask, retrieved,
+                                         **{**kwargs, "scaling": scaling})
         local_output, weights = original(module, query, key, value, attention_mask, *args, **kwargs)  # (B,T,H,D)
-        memory_weights = torch.softmax((memory_scores * scaling).float(), dim=-1).nan_to_num(0.0)
-        memory_output = torch.einsum("bhtk,bhtkd->bthd", memory_weights.to(memory_values.dtype), memory_values)
+        memory_scores = torch.cat([retrieved.scores, retrieved.recent_scores], dim=-1).float() * scaling
+        memory_weights = torch.softmax(memory_scores, dim=-1).nan_to_num(0.0)  # (B, H, T, k + R)
+        top_k = retrieved.scores.shape[-1]
+        memory_output = (torch.einsum("bhtk,bhtkd->bthd", memory_weights[..., :top_k].to(query.dtype),
+                                      retrieved.values)
+                         + torch.einsum("bhtr,bhrd->bthd", memory_weights[..., top_k:].to(query.dtype),
+                                        retrieved.recent_values))
         gate = self.gate[slot].view(1, 1, -1, 1).to(local_output.dtype)
         mixed = local_output + gate * (memory_output.to(local_output.dtype) - local_output)
-        has_memory = valid.any(-1).transpose(1, 2).unsqueeze(-1)  # (B, T, H, 1)
+        has_memory = torch.isfinite(memory_scores).any(-1).transpose(1, 2).unsqueeze(-1)  # (B, T, H, 1)
         return torch.where(has_memory, mixed, local_output), weights
 
     def _rotary_at(self, layer: int, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,54 +322,83 @@ class KnnMemory(Memory):
         return _rotate(_unrotate(query, *rotary), cos_d.view(1, 1, 1, -1), sin_d.view(1, 1, 1, -1))
 
     def _retrieve(self, layer: int, query: torch.Tensor, position_ids: torch.Tensor | None, key_length: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Top-k stored keys per query: scores (B, H, T, k) (raw q.k logits), values (B, H, T, k, D), valid."""
+                  ) -> Retrieved | None:
+        """What each query attends to in memory (raw q.k logits, -inf where nothing): its top-k
+        stored keys, plus the `recent` latest items of the current stream shared by all queries."""
         if self.store is None:
             return None
         batch, heads, length, dim = query.shape
-        groups, k = heads // self.num_kv_heads, self.config.top_k
+        groups, k, recent = heads // self.num_kv_heads, self.config.top_k, self.config.recent
+        if position_ids is None:
+            position_ids = torch.arange(key_length - length, key_length, device=query.device).expand(batch, -1)
         search_query = self._search_query(layer, query)
         scores = torch.full((batch, heads, length, k), -math.inf, device=query.device)
         keys = torch.zeros(batch, heads, length, k, dim, device=query.device, dtype=query.dtype)
         values = torch.zeros_like(keys)
-        valid = torch.zeros(batch, heads, length, k, dtype=torch.bool, device=query.device)
         origins = torch.zeros(batch, heads, length, k, 2, dtype=torch.int64, device=query.device)
+        recent_scores = torch.full((batch, heads, length, recent), -math.inf, device=query.device)
+        recent_values = torch.zeros(batch, heads, recent, dim, device=query.device, dtype=query.dtype)
         starts = torch.zeros(batch, dtype=torch.int64, device=query.device)
         found_any = False
         for row in range(batch):
             memory_row = self._memory_row(row, batch)
-            if memory_row is None:
-                continue
-            # Query heads h = j * groups + g share KV head j: search head j's index with all of them.
-            result = self.store.search("attention", memory_row, layer,
-                                       search_query[row].reshape(self.num_kv_heads, groups * length, dim), k)
-            if result is None:
+            group = None if memory_row is None else self.store.group("attention", memory_row, layer)
+            if group is None:
                 continue
             found_any = True
+            starts[row] = self._positions.get(memory_row, 0)
+            first_recent_id = self._recent_items(row, layer, group, query[row], position_ids[row], starts[row],
+                                                 recent_scores, recent_values) if recent else None
+            # Query heads h = j * groups + g share KV head j: search head j's index with all of them.
+            # Recent items are attended anyway: retrieval covers the older ones.
+            result = group.search(search_query[row].reshape(self.num_kv_heads, groups * length, dim), k,
+                                  below_id=first_recent_id)
             scores[row] = result.scores.reshape(heads, length, k)
             stored = result.values.reshape(heads, length, k, 2, dim).to(query.dtype)  # [key, value] per item
             keys[row], values[row] = stored[..., 0, :], stored[..., 1, :]
-            valid[row] = result.valid.reshape(heads, length, k)
             origins[row] = result.origins.reshape(heads, length, k, 2)
-            starts[row] = self._positions.get(memory_row, 0)
         if not found_any:
             return None
+        valid = torch.isfinite(scores)
+        # The index only picks candidates (possibly approximately, or in lower precision): the
+        # logits are recomputed from the stored keys.
         if self._rotary.get(layer) is not None and self.config.positions == "relative":
-            scores = self._relative_scores(layer, query, keys, origins, starts, position_ids, key_length)
-        elif self._rotary.get(layer) is None:
-            scores = torch.einsum("bhtd,bhtkd->bhtk", query.float(), keys.float())  # no rotary: plain q.k
-        return scores.masked_fill(~valid, -math.inf), values, valid
+            scores = self._relative_scores(layer, query, keys, origins, starts, position_ids)
+        else:
+            scores = torch.einsum("bhtd,bhtkd->bhtk", search_query.float(), keys.float())
+        return Retrieved(scores.masked_fill(~valid, -math.inf), values, recent_scores, recent_values)
+
+    def _recent_items(self, row: int, layer: int, group: Any, query: torch.Tensor, position_ids: torch.Tensor,
+                      start: torch.Tensor, recent_scores: torch.Tensor, recent_values: torch.Tensor) -> int | None:
+        """Fill row `row` of recent_scores (B, H, T, R) / recent_values (B, H, R, D) with the latest
+        items of the current stream, rotated to their own (negative) window positions so that q.k is
+        the logit at their true distance. Returns the smallest id among them (None: none)."""
+        ids, stored, origins = group.latest(self.config.recent)
+        current = origins[:, 0] == self.sequence
+        ids, stored, origins = ids[current], stored[current], origins[current]
+        if ids.numel() == 0:
+            return None
+        count, dim = ids.shape[0], query.shape[-1]
+        groups = query.shape[0] // self.num_kv_heads
+        stored = stored.to(query.dtype)  # (n, KVH, 2D)
+        recent_keys = stored[..., :dim].transpose(0, 1)  # (KVH, n, D)
+        if self._rotary.get(layer) is not None:
+            window_positions = (origins[:, 1] - start).unsqueeze(0)  # (1, n): before the window, so negative
+            cos, sin = self._rotary_at(layer, window_positions, query)  # (1, n, R)
+            recent_keys = _rotate(recent_keys, cos, sin)
+        recent_keys = recent_keys.repeat_interleave(groups, dim=0)  # (H, n, D)
+        recent_scores[row, :, :, :count] = (query.float() @ recent_keys.float().transpose(-1, -2))  # (H, T, n)
+        recent_values[row, :, :count] = stored[..., dim:].transpose(0, 1).repeat_interleave(groups, dim=0)
+        return int(ids.min())
 
     def _relative_scores(self, layer: int, query: torch.Tensor, keys: torch.Tensor, origins: torch.Tensor,
-                         starts: torch.Tensor, position_ids: torch.Tensor | None, key_length: int) -> torch.Tensor:
+                         starts: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Exact logits of retrieved keys placed at their true distance from each query.
 
         A stored item written `distance` tokens before the query (same sequence) is rotated to the
         window position `p - distance`; items of earlier sequences sit `max_distance` back; every
         distance is clamped to [1, max_distance] so rotations stay in the range the model knows."""
-        batch, heads, length, _ = query.shape
-        if position_ids is None:
-            position_ids = torch.arange(key_length - length, key_length, device=query.device).expand(batch, -1)
+        length = query.shape[2]
         window_positions = position_ids.to(query.device).view(-1, 1, length, 1)  # (B, 1, T, 1)
         stream_positions = starts.view(-1, 1, 1, 1) + window_positions
         same_sequence = origins[..., 0] == self.sequence
@@ -356,14 +410,13 @@ class KnnMemory(Memory):
 
     @staticmethod
     def _joint_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         attention_mask: torch.Tensor | None, memory_scores: torch.Tensor,
-                         memory_values: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        """One softmax over the local keys and the retrieved ones."""
+                         attention_mask: torch.Tensor | None, retrieved: Retrieved, scaling: float,
+                         dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        """One softmax over the local keys, the retrieved ones and the recent ones."""
         groups = query.shape[1] // key.shape[1]
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         local_scores = (query @ key.transpose(-1, -2)).float() * scaling  # (B, H, T, S)
-        memory_scores = memory_scores.float()  # (B, H, T, k)
+        memory_scores = torch.cat([retrieved.scores, retrieved.recent_scores], dim=-1).float() * scaling
         softcap = kwargs.get("softcap")
         if softcap:
             local_scores = torch.tanh(local_scores / softcap) * softcap
@@ -371,10 +424,12 @@ class KnnMemory(Memory):
         local_scores = local_scores + additive_mask(attention_mask, query.shape[2], key.shape[2], local_scores.dtype,
                                                     local_scores.device, kwargs.get("sliding_window"))
         weights = torch.softmax(torch.cat([local_scores, memory_scores], dim=-1), dim=-1).to(query.dtype)
-        weights = nn.functional.dropout(weights, p=kwargs.get("dropout", 0.0), training=module.training)
-        local_length = key.shape[2]
+        weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+        local_length, top_k = key.shape[2], retrieved.scores.shape[-1]
         output = weights[..., :local_length] @ value  # (B, H, T, D)
-        output = output + torch.einsum("bhtk,bhtkd->bhtd", weights[..., local_length:], memory_values)
+        output = output + torch.einsum("bhtk,bhtkd->bhtd", weights[..., local_length: local_length + top_k],
+                                       retrieved.values)
+        output = output + weights[..., local_length + top_k:] @ retrieved.recent_values
         return output.transpose(1, 2).contiguous(), None
 
     # --- kNN-LM ------------------------------------------------------------------------------
@@ -447,8 +502,8 @@ class KnnMemory(Memory):
             return [" ".join(map(str, span)) for span in spans]
         return tokenizer.batch_decode(spans, skip_special_tokens=False)
 
-    def _write_attention(self, store: KeyValueStore, row: int,
-                         per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]], tokens: list[int], start: int) -> None:
+    def _write_attention(self, store: KeyValueStore, row: int, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                         tokens: list[int], start: int) -> None:
         """Keys/values (KVH, n, D) of one row's valid tokens at each layer -> one item per chunk of
         `chunk_size` tokens, stored in every layer under one id and one record."""
         size, count = self.config.chunk_size, len(tokens)
@@ -532,9 +587,11 @@ class KnnMemory(Memory):
 
 
 register_memory("knn", KnnConfig, KnnMemory)
-register_preset("knn-joint", {"mechanism": "knn", "attention": "joint", "layers": "all"},
-                "training-free kNN attention at every layer, retrieved keys at their true distance")
+register_preset("knn-joint", {"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512},
+                "training-free kNN attention at every layer: the latest 512 items plus the top-32 older ones, "
+                "each at its true distance")
 register_preset("knn-lm", {"mechanism": "knn", "attention": "off", "knn_lm": True},
                 "training-free kNN-LM over final hidden states")
-register_preset("knn-joint-lm", {"mechanism": "knn", "attention": "joint", "layers": "all", "knn_lm": True},
+register_preset("knn-joint-lm", {"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512,
+                                 "knn_lm": True},
                 "knn-joint and knn-lm together")

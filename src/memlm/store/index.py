@@ -129,6 +129,7 @@ class TorchIndex(VectorIndex):
         self.query_chunk = query_chunk
         self._vectors = GrowableRows((dim,), self.device, dtype)
         self._ids = GrowableRows((), self.device, torch.int64)
+        self._squared_norms = GrowableRows((), self.device, torch.float32)  # L2 only: kept, not recomputed
 
     def __len__(self) -> int:
         return self._ids.size
@@ -149,13 +150,15 @@ class TorchIndex(VectorIndex):
             raise ConfigError(f"{vectors.shape[0]} vectors but {ids.shape[0]} ids")
         self._vectors.append(vectors)
         self._ids.append(ids)
+        if self.metric == "l2":
+            self._squared_norms.append(vectors.float().pow(2).sum(-1))
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         """Similarity of each query to every stored vector: (Q, N)."""
         vectors = self.vectors
-        similarity = queries @ vectors.T  # (Q, N)
-        if self.metric == "l2":
-            similarity = 2 * similarity - (queries * queries).sum(-1, keepdim=True) - (vectors * vectors).sum(-1)
+        similarity = (queries @ vectors.T).float()  # (Q, N)
+        if self.metric == "l2":  # -|q - v|^2 = 2 q.v - |q|^2 - |v|^2, in float32
+            similarity = 2 * similarity - queries.float().pow(2).sum(-1, keepdim=True) - self._squared_norms.data
         return similarity
 
     def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +183,8 @@ class TorchIndex(VectorIndex):
         if removed:
             self._vectors.keep(keep)
             self._ids.keep(keep)
+            if self.metric == "l2":
+                self._squared_norms.keep(keep)
         return removed
 
     def to_arrays(self) -> dict[str, np.ndarray]:

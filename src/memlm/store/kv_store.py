@@ -82,12 +82,13 @@ GroupKey = tuple[str, int, int]  # (kind, row, layer)
 
 class SearchResult(NamedTuple):
     """Top-k of each query: scores (H, Q, k) with -inf where nothing was found, values
-    (H, Q, k, value_dim) or token ids (H, Q, k), valid (H, Q, k), origins (H, Q, k, 2)."""
+    (H, Q, k, value_dim) or token ids (H, Q, k), valid (H, Q, k), origins (H, Q, k, 2), ids (H, Q, k)."""
 
     scores: torch.Tensor
     values: torch.Tensor
     valid: torch.Tensor
     origins: torch.Tensor
+    ids: torch.Tensor
 
 
 class MemoryGroup:
@@ -95,9 +96,7 @@ class MemoryGroup:
 
     def __init__(self, spec: GroupSpec, layout: StoreLayout, device: torch.device, dtype: torch.dtype):
         self.spec = spec
-        options = dict(layout.backend_options)
-        if layout.backend == "torch":
-            options.update(device=device, dtype=dtype)
+        options = _index_options(layout, device, dtype)
         self.indexes: list[VectorIndex] = [
             make_index(layout.backend, spec.key_dim, spec.metric, **options) for _ in range(spec.heads)]
         self._ids = GrowableRows((), device, torch.int64)  # ascending: ids are allocated in order
@@ -126,13 +125,18 @@ class MemoryGroup:
         self._hits.append(torch.zeros_like(ids))
         self._origins.append(origins)
 
-    def search(self, queries: torch.Tensor, k: int) -> SearchResult:
-        """queries (heads, Q, key_dim) -> top-k of each query in its head's index."""
+    def search(self, queries: torch.Tensor, k: int, below_id: int | None = None) -> SearchResult:
+        """queries (heads, Q, key_dim) -> top-k of each query in its head's index; with `below_id`,
+        the top-k among items with smaller ids only (the caller handles the newer ones itself)."""
         device = self._ids.data.device
-        scores, found = zip(*(index.search(queries[head], k) for head, index in enumerate(self.indexes)),
+        excluded = 0 if below_id is None else int((self.ids >= below_id).sum())
+        scores, found = zip(*(index.search(queries[head], k + excluded) for head, index in enumerate(self.indexes)),
                             strict=True)
-        scores = torch.stack(scores).to(device)  # (H, Q, k)
-        found = torch.stack(found).to(device)  # (H, Q, k)
+        scores = torch.stack(scores).to(device)  # (H, Q, k + excluded)
+        found = torch.stack(found).to(device)  # (H, Q, k + excluded)
+        if excluded:  # drop the excluded ids, keep the best k of the rest (still best first)
+            scores, best = scores.masked_fill(found >= below_id, float("-inf")).topk(k, dim=-1)
+            found = found.gather(-1, best).masked_fill(torch.isinf(scores), -1)
         valid = found >= 0
         positions = torch.searchsorted(self.ids, found.clamp(min=0)).clamp(max=max(len(self) - 1, 0))
         valid &= self.ids[positions] == found  # guards against ids an ANN index still returns after removal
@@ -143,7 +147,12 @@ class MemoryGroup:
             head_index = torch.arange(self.spec.heads, device=device).view(-1, 1, 1).expand_as(positions)
             values = self._values.data[positions, head_index]  # (H, Q, k, value_dim)
             values = values * valid.unsqueeze(-1).to(values.dtype)
-        return SearchResult(scores.masked_fill(~valid, float("-inf")), values, valid, self._origins.data[positions])
+        return SearchResult(scores.masked_fill(~valid, float("-inf")), values, valid, self._origins.data[positions],
+                            found)
+
+    def latest(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The `count` most recently added items: ids (n,), values (n, ...), origins (n, 2)."""
+        return self.ids[-count:], self._values.data[-count:], self._origins.data[-count:]
 
     def remove(self, ids: torch.Tensor) -> int:
         keep = ~torch.isin(self.ids, ids.to(self.ids.device))
@@ -175,9 +184,7 @@ class MemoryGroup:
     def from_arrays(cls, spec: GroupSpec, layout: StoreLayout, arrays: dict[str, torch.Tensor], prefix: str,
                     device: torch.device, dtype: torch.dtype) -> MemoryGroup:
         group = cls(spec, layout, device, dtype)
-        options = dict(layout.backend_options)
-        if layout.backend == "torch":
-            options.update(device=device, dtype=dtype)
+        options = _index_options(layout, device, dtype)
         for head in range(spec.heads):
             head_prefix = f"{prefix}.h{head}."
             head_arrays = {name[len(head_prefix):]: tensor.numpy() for name, tensor in arrays.items()
@@ -401,6 +408,17 @@ class KeyValueStore:
 
     def close(self) -> None:
         self.records.close()
+
+
+def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Index constructor options; the torch backend lives on the store's device, in the store's
+    dtype unless `backend_options["dtype"]` names another (e.g. "bfloat16": half the bytes to read
+    per query, and CPUs with bf16 units multiply it several times faster)."""
+    options = dict(layout.backend_options)
+    search_dtype = options.pop("dtype", None)  # FAISS always searches float32
+    if layout.backend == "torch":
+        options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype)
+    return options
 
 
 def _vector_file(directory: Path, generation: int) -> Path:
