@@ -102,7 +102,7 @@ def test_cli_eval_ppl_json_and_memory_commands(tmp_path):
     stats = json.loads(_memlm("memory", "stats", "--session", "doc", "--json", home=tmp_path).stdout)
     assert stats["records"] > 300
     found = json.loads(_memlm("memory", "search", "Lovelace", "--session", "doc", "--json", home=tmp_path).stdout)
-    assert found and all("Lovelace" in record["text"] for record in found)
+    assert found and all("Lovelace" in record["context"] for record in found)
     deleted = _memlm("memory", "delete", "--session", "doc", "--text", "Lovelace", home=tmp_path)
     assert deleted.returncode == 0, deleted.stderr
     left = json.loads(_memlm("memory", "search", "Lovelace", "--session", "doc", "--json", home=tmp_path).stdout)

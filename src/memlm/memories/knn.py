@@ -56,7 +56,7 @@ from memlm.store.kv_store import EVICTION_POLICIES
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
-LM_CONTEXT_TOKENS = 8  # tokens of context recorded as the text of a kNN-LM item
+CONTEXT_TOKENS = 8  # tokens before an item's span recorded as its context (text search matches it)
 
 
 @dataclass
@@ -492,9 +492,9 @@ class KnnMemory(Memory):
                 self._write_lm(store, row, lm_hidden[row, positions], tokens, start)
             self._positions[row] = start + len(tokens)
 
-    def _provenance(self, position: int, token: int, length: int, text: str) -> dict[str, Any]:
+    def _provenance(self, position: int, token: int, length: int, text: str, context: str) -> dict[str, Any]:
         return {"user": self.user, "session": self.session, "sequence": self.sequence, "position": position,
-                "token": token, "length": length, "text": text}
+                "token": token, "length": length, "text": text, "context": context}
 
     def _decode(self, spans: list[list[int]]) -> list[str]:
         tokenizer = self.context.tokenizer
@@ -522,15 +522,17 @@ class KnnMemory(Memory):
         values = [torch.cat([key, per_chunk(per_layer[layer][1])], dim=-1) for key, layer in zip(keys, layers,
                                                                                                    strict=True)]
         texts = self._decode([tokens[a:b] for a, b in chunks])
-        records = [self._provenance(start + a, tokens[a], b - a, text)
-                   for (a, b), text in zip(chunks, texts, strict=True)]
+        contexts = self._decode([tokens[max(0, a - CONTEXT_TOKENS):b] for a, b in chunks])
+        records = [self._provenance(start + a, tokens[a], b - a, text, context)
+                   for (a, b), text, context in zip(chunks, texts, contexts, strict=True)]
         store.add("attention", row, layers if len(layers) > 1 else layers[0], keys, values, records)
 
     def _write_lm(self, store: KeyValueStore, row: int, hidden: torch.Tensor, tokens: list[int], start: int) -> None:
         """hidden (n, C): the state at position t predicts token t + 1 (the segment's last has no target)."""
         count = len(tokens) - 1
-        texts = self._decode([tokens[max(0, t - LM_CONTEXT_TOKENS + 1): t + 1] for t in range(count)])
-        records = [self._provenance(start + t, tokens[t + 1], 1, texts[t]) for t in range(count)]
+        texts = self._decode([tokens[t: t + 1] for t in range(count)])
+        contexts = self._decode([tokens[max(0, t - CONTEXT_TOKENS): t + 1] for t in range(count)])
+        records = [self._provenance(start + t, tokens[t + 1], 1, texts[t], contexts[t]) for t in range(count)]
         next_tokens = torch.tensor(tokens[1:], dtype=torch.int64, device=hidden.device)
         store.add("lm", row, -1, hidden[:count].unsqueeze(1), next_tokens, records)
 

@@ -225,7 +225,7 @@ class KeyValueStore:
     def add(self, kind: str, row: int, layer: int | list[int], keys: torch.Tensor | list[torch.Tensor],
             values: torch.Tensor | list[torch.Tensor], records: list[dict[str, Any]]) -> torch.Tensor:
         """Store N items (keys (N, heads, key_dim)); `records` gives each one's provenance fields
-        (user, session, sequence, position, token, length, text). Returns the new ids.
+        (user, session, sequence, position, token, length, text, context). Returns the new ids.
 
         With a list of layers (and one keys/values tensor per layer) the items are stored in every
         one of those layers under the same ids and one record each (its `layer` is -1): deleting
@@ -246,7 +246,8 @@ class KeyValueStore:
         self.records.insert(
             Record(id=int(i), kind=kind, layer=record_layer, row=row, created=now, user=r.get("user"),
                    session=r.get("session"), sequence=int(r.get("sequence", 0)), position=int(r.get("position", 0)),
-                   token=int(r.get("token", -1)), length=int(r.get("length", 1)), text=str(r.get("text", "")))
+                   token=int(r.get("token", -1)), length=int(r.get("length", 1)), text=str(r.get("text", "")),
+                   context=str(r.get("context", "")))
             for i, r in zip(ids.tolist(), records, strict=True))
         self._next_id += count
         origins = torch.tensor([[int(r.get("sequence", 0)), int(r.get("position", 0))] for r in records])

@@ -26,7 +26,7 @@ from memlm.errors import CorruptedFileError
 
 SCHEMA_VERSION = 1
 COLUMNS = ("id", "kind", "layer", "user", "session", "sequence", "row", "position", "token", "length",
-           "text", "created")
+           "text", "created", "context")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS records (
     length INTEGER NOT NULL,        -- tokens in the span
     text TEXT NOT NULL,             -- the source text span
     created REAL NOT NULL,          -- unix time
+    context TEXT NOT NULL,          -- the span with the text just before it (what text search matches)
     generation INTEGER NOT NULL,    -- save generation that first held this row
     deleted_at INTEGER              -- generation that deletes it (NULL: live)
 );
@@ -66,6 +67,7 @@ class Record:
     length: int
     text: str
     created: float
+    context: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +81,7 @@ class RecordFilter:
     user: str | None = None
     session: str | None = None
     sequence: int | None = None
-    text: str | None = None  # substring, case-insensitive
+    text: str | None = None  # substring of the span or its context, case-insensitive
     kind: str | None = None
     layer: int | None = None
 
@@ -95,8 +97,8 @@ class RecordFilter:
                 params.append(value)
         if self.text is not None:
             escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clauses.append("text LIKE ? ESCAPE '\\'")
-            params.append(f"%{escaped}%")
+            clauses.append("(text LIKE ? ESCAPE '\\' OR context LIKE ? ESCAPE '\\')")
+            params.extend([f"%{escaped}%"] * 2)
         return " AND ".join(clauses), params
 
 
@@ -147,11 +149,11 @@ class RecordStore:
         """Insert rows as uncommitted (generation = committed + 1), in one transaction."""
         pending = self.generation + 1
         rows = [(r.id, r.kind, r.layer, r.user, r.session, r.sequence, r.row, r.position, r.token, r.length,
-                 r.text, r.created, pending) for r in records]
+                 r.text, r.created, r.context or r.text, pending) for r in records]
         with self.transaction():
             self.connection.executemany(
                 "INSERT INTO records (id, kind, layer, user, session, sequence, row, position, token, length, "
-                "text, created, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "text, created, context, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def mark_deleted(self, ids: Iterable[int]) -> None:
         pending = self.generation + 1
