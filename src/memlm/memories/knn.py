@@ -233,6 +233,7 @@ class KnnMemory(Memory):
         self._writes = 0
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._captured_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
         max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
@@ -260,7 +261,7 @@ class KnnMemory(Memory):
         self._rotary[layer] = position_embeddings
 
     def _memory_row(self, row: int, batch_size: int) -> int | None:
-        stored_rows = 1 + max((key[1] for key in self.store.groups), default=-1) if self.store else 0
+        stored_rows = self.store.row_count if self.store else 0
         if stored_rows == 0:
             return None
         if batch_size == stored_rows:
@@ -306,7 +307,9 @@ class KnnMemory(Memory):
         if rotary_module is None:
             raise ConfigError("knn: this rotary model has no `rotary_emb` module to place memories with")
         flat = positions.reshape(1, -1)
-        if "layer_type" in inspect.signature(rotary_module.forward).parameters:
+        if self._rotary_takes_layer_type is None:
+            self._rotary_takes_layer_type = "layer_type" in inspect.signature(rotary_module.forward).parameters
+        if self._rotary_takes_layer_type:
             cos, sin = rotary_module(like, flat, self._layout.base_model.config.layer_types[layer])
         else:
             cos, sin = rotary_module(like, flat)

@@ -220,6 +220,7 @@ class KeyValueStore:
         self.records = RecordStore(None)
         self.directory: Path | None = None
         self._next_id = 1
+        self.row_count = 0  # batch rows that have ever been written (partitions)
 
     # --- writing -----------------------------------------------------------------------------
     def add(self, kind: str, row: int, layer: int | list[int], keys: torch.Tensor | list[torch.Tensor],
@@ -250,6 +251,7 @@ class KeyValueStore:
                    context=str(r.get("context", "")))
             for i, r in zip(ids.tolist(), records, strict=True))
         self._next_id += count
+        self.row_count = max(self.row_count, row + 1)
         origins = torch.tensor([[int(r.get("sequence", 0)), int(r.get("position", 0))] for r in records])
         evict = None
         for layer_index, layer_keys, layer_values in zip(layers, keys_per_layer, values_per_layer, strict=True):
@@ -281,6 +283,7 @@ class KeyValueStore:
     def clear(self) -> None:
         self.delete(RecordFilter())
         self.groups.clear()
+        self.row_count = 0
 
     # --- reading -----------------------------------------------------------------------------
     def group(self, kind: str, row: int, layer: int) -> MemoryGroup | None:
@@ -394,6 +397,7 @@ class KeyValueStore:
             store.groups[(kind, row, layer)] = MemoryGroup.from_arrays(
                 layout.specs[kind], layout, arrays, f"{kind}.{row}.{layer}", store.device, dtype)
         store._check_rows_match_vectors()
+        store.row_count = 1 + max((row for _, row, _ in store.groups), default=-1)
         store._next_id = records.next_id()
         return store
 
