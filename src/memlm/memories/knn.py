@@ -13,12 +13,12 @@ attention router: each query retrieves its `top_k` stored keys and attends over 
   local softmax directly.
 
 Positions: rotary models rotate keys by their absolute position. Keys are stored *un-rotated* (the
-rotation is undone with the cos/sin the layer received), and at read time they are used as if they
-sat at position 0 — rotating by position 0 is the identity, so a stored key scores
-`q_rot(p) . k_pre`, exactly what attention would give a token at the start of the window. Retrieval
-uses that same inner product, so the top-k retrieved are the k stored keys with the highest
-attention logits (exact with the `torch` and `faiss-flat` backends). GPT-2 style absolute-position
-models store keys as they are.
+rotation is undone with the cos/sin the layer received) together with the position they came from,
+and at read time each is rotated back to its true distance from the query (see `positions`,
+`recent` and `memory_distance` below, and docs/knn.md): the latest `recent` items of the stream
+are attended in full, and top-k retrieval covers the older ones. The index only picks candidates;
+attention logits are always recomputed exactly from the stored keys. GPT-2 style models (absolute
+positions in the embeddings) store and read keys as they are.
 
 * `knn_lm=True` (training-free, Khandelwal et al. 2020): each write also stores (final hidden
   state -> next token) pairs; every forward mixes `λ·p_kNN + (1-λ)·p_LM` into the returned logits,
@@ -187,11 +187,8 @@ def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Undo rotary embedding: keys (B, KVH, T, D), cos/sin (B, T, R) with R <= D rotated dims."""
-    cos, sin = cos.unsqueeze(1).to(keys.dtype), sin.unsqueeze(1).to(keys.dtype)  # (B, 1, T, R)
-    rotated = cos.shape[-1]
-    head, tail = keys[..., :rotated], keys[..., rotated:]
-    return torch.cat((head * cos - _rotate_half(head) * sin, tail), dim=-1)
+    """Undo rotary embedding (a rotation by minus the angle): keys (B, KVH, T, D), cos/sin (B, T, R)."""
+    return _rotate(keys, cos.unsqueeze(1), -sin.unsqueeze(1))
 
 
 class KnnMemory(Memory):
