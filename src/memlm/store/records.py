@@ -18,18 +18,18 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from memlm.errors import CorruptedFileError
+from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
 
 SCHEMA_VERSION = 1
 COLUMNS = ("id", "kind", "layer", "user", "session", "sequence", "row", "position", "token", "length",
            "text", "created", "context")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,             -- 'attention' (kNN attention) or 'lm' (kNN-LM)
@@ -107,34 +107,17 @@ class RecordStore:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
-        try:
-            self.connection = sqlite3.connect(str(self.path) if self.path else ":memory:",
-                                              isolation_level=None, check_same_thread=False, timeout=30)
-            if self.path is not None:
-                self.connection.execute("PRAGMA journal_mode=WAL")
-                self.connection.execute("PRAGMA synchronous=FULL")
-            self.connection.executescript(_SCHEMA)
-            self._check_schema()
-        except sqlite3.DatabaseError as error:
-            raise CorruptedFileError(f"{self.path} is not a usable SQLite database ({error})") from error
-
-    def _check_schema(self) -> None:
-        version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
-        elif int(version) > SCHEMA_VERSION:
-            raise CorruptedFileError(f"{self.path} was written by a newer memlm (schema {version})")
+        self.connection = connect(self.path, _SCHEMA, SCHEMA_VERSION)
 
     def close(self) -> None:
         self.connection.close()
 
     # --- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
-        row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return get_meta(self.connection, key)
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        set_meta(self.connection, key, value)
 
     @property
     def generation(self) -> int:
@@ -177,28 +160,13 @@ class RecordStore:
             self.connection.execute("UPDATE records SET deleted_at = NULL WHERE deleted_at IS NOT NULL")
         return dropped
 
-    class _Transaction:
-        def __init__(self, connection: sqlite3.Connection):
-            self.connection = connection
-
-        def __enter__(self):
-            self.connection.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, exc_type, *_):
-            self.connection.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def transaction(self) -> RecordStore._Transaction:
-        return RecordStore._Transaction(self.connection)
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.connection)
 
     def copy_to(self, path: Path) -> None:
         """Write a consistent copy of the whole database to `path` (SQLite's online backup)."""
-        target = sqlite3.connect(str(path))
-        try:
-            self.connection.backup(target)
-        finally:
-            target.close()
+        copy_database(self.connection, path)
 
-    # --- reading -----------------------------------------------------------------------------
     def select(self, where: RecordFilter | None = None, limit: int | None = None, offset: int = 0,
                newest_first: bool = False) -> list[Record]:
         clause, params = (where or RecordFilter()).where()

