@@ -125,6 +125,7 @@ def test_corrupted_state_is_refused_and_current_state_kept(backbone, mechanism, 
     good = memory_model.save_state(tmp_path / "good")
     good_bytes = good.read_bytes()
     before = {k: v.clone() for k, v in memory_model.memories[mechanism].state_tensors().items()}
+    summary_before = memory_model.memories[mechanism].summary()
 
     broken = tmp_path / "broken" / good.name
     broken.parent.mkdir()
@@ -139,4 +140,5 @@ def test_corrupted_state_is_refused_and_current_state_kept(backbone, mechanism, 
 
     after = memory_model.memories[mechanism].state_tensors()
     assert all(torch.equal(after[k], before[k]) for k in before)
+    assert memory_model.memories[mechanism].summary() == summary_before
     assert good.read_bytes() == good_bytes

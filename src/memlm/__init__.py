@@ -19,6 +19,7 @@ from memlm.errors import (
     MemoryStateError,
     UnknownMechanismError,
 )
+from memlm.memories.bank import BankConfig, BankMemory
 from memlm.memories.knn import KnnConfig, KnnMemory
 from memlm.memories.recurrent import RecurrentConfig, RecurrentMemory
 from memlm.model import MemoryModel, attach
@@ -30,11 +31,14 @@ from memlm.registry import (
     register_memory,
     register_preset,
 )
+from memlm.user_memory import Memory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backbone",
+    "BankConfig",
+    "BankMemory",
     "BackboneNotFoundError",
     "ConfigError",
     "CorruptedFileError",
@@ -42,6 +46,7 @@ __all__ = [
     "KnnConfig",
     "KnnMemory",
     "MemlmError",
+    "Memory",
     "MemoryConfig",
     "MemoryModel",
     "MemoryStateError",

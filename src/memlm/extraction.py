@@ -1,0 +1,121 @@
+"""Which parts of a chat message are facts worth remembering, and how to phrase them.
+
+Rules do the bulk of the work, with no model call (a turn is memorised in milliseconds): a sentence
+is kept when it is a first-person statement ("my ...", "I live ...", "I love ...", "remember that
+...") and not a question. Kept sentences are rewritten from the user's point of view into the third
+person ("My dog is Rex." -> "The user's dog is Rex."), so a fact placed in a prompt later cannot be
+mistaken for something the assistant said about itself. A `judge` (e.g. `model_judge`, which asks
+the language model) may rescue declarative sentences the rules do not recognise.
+
+Example:
+    >>> [f.text for f in extract_facts("Hi! My name is Ada. What's the weather like?")]
+    ["The user's name is Ada."]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+_FIRST_PERSON = re.compile(
+    r"\b(my|mine|i'm|i am|i've|i have|i had|i live|i lived|i work|i worked|i like|i love|i hate|i prefer|"
+    r"i enjoy|i own|i study|i studied|i moved|i was born|i grew up|i play|i speak|i drive|i use|i need|"
+    r"i don't|i do not|i can't|i cannot|i'll be|i will be|call me|remember that|remember:|note that|we have|"
+    r"our)\b", re.IGNORECASE)
+_CHATTER = re.compile(r"^(hi|hello|hey|thanks|thank you|ok|okay|sure|yes|no|bye|goodbye)\b[\s!.,]*$", re.IGNORECASE)
+_LEADING = re.compile(r"^(?:(?:hi|hello|hey|well|so|oh|also|and|btw|by the way|anyway)\b[,!.\s]*)+", re.IGNORECASE)
+_REMEMBER = re.compile(r"^(?:please\s+)?(?:remember|note)(?:\s+that|:)?\s+", re.IGNORECASE)
+
+# Ordered: longer phrases first so "I'm" is not rewritten as "I" + "'m".
+_THIRD_PERSON = [
+    (r"\bI am\b", "the user is"), (r"\bI'm\b", "the user is"), (r"\bI've\b", "the user has"),
+    (r"\bI'll\b", "the user will"), (r"\bI'd\b", "the user would"), (r"\bI was\b", "the user was"),
+    (r"\bI have\b", "the user has"), (r"\bI do not\b", "the user does not"), (r"\bI don't\b", "the user doesn't"),
+    (r"\bI\b", "the user"), (r"\bmy\b", "the user's"), (r"\bmine\b", "the user's"), (r"\bme\b", "the user"),
+    (r"\bmyself\b", "the user"), (r"\bour\b", "the user's"), (r"\bwe have\b", "the user has"),
+    (r"\bwe are\b", "the user is"), (r"\bwe\b", "the user"), (r"\bus\b", "the user"),
+]
+# After "the user", first-person verb forms become third person ("the user love" -> "the user loves").
+_VERB_FIX = re.compile(r"\bthe user (live|work|like|love|hate|prefer|enjoy|own|study|play|speak|drive|use|need|"
+                       r"want|grow|go|come|moved|have)\b")
+_THIRD_FORMS = {"have": "has", "go": "goes", "study": "studies"}
+
+CATEGORIES = {
+    "identity": r"\b(name|call me|years old|age|born|birthday)\b",
+    "location": r"\b(live|lived|living|moved|from|city|town|country|grew up)\b",
+    "work": r"\b(work|job|engineer|teacher|doctor|nurse|student|study|studied|company|office|career)\b",
+    "preference": r"\b(like|love|hate|prefer|favou?rite|enjoy|can't stand|allergic)\b",
+    "family": r"\b(wife|husband|son|daughter|mother|father|mom|dad|sister|brother|kids?|children|partner)\b",
+    "pet": r"\b(dog|cat|pet|parrot|hamster|fish|rabbit)\b",
+}
+
+
+@dataclass(frozen=True)
+class ExtractedFact:
+    text: str  # third-person fact
+    category: str
+    sentence: str  # the sentence as the user wrote it
+
+
+def split_sentences(text: str) -> list[str]:
+    return [part.strip() for part in _SENTENCES.split(text) if part and part.strip()]
+
+
+def third_person(sentence: str) -> str:
+    """Rewrite a user's first-person sentence about themselves in the third person."""
+    text = sentence.strip()
+    for pattern, replacement in _THIRD_PERSON:
+        text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
+    text = _VERB_FIX.sub(lambda m: "the user " + _third_form(m.group(1)), text)
+    text = text[0].upper() + text[1:] if text else text
+    return text if text.endswith((".", "!")) else text + "."
+
+
+def _third_form(verb: str) -> str:
+    if verb in _THIRD_FORMS:
+        return _THIRD_FORMS[verb]
+    return verb if verb.endswith("ed") else verb + "s"
+
+
+def categorize(sentence: str) -> str:
+    for category, pattern in CATEGORIES.items():
+        if re.search(pattern, sentence, re.IGNORECASE):
+            return category
+    return "other"
+
+
+def extract_facts(text: str, judge: Callable[[str], bool] | None = None) -> list[ExtractedFact]:
+    """Facts stated by the user in `text`, rewritten in the third person."""
+    facts = []
+    for sentence in split_sentences(text):
+        cleaned = _REMEMBER.sub("", _LEADING.sub("", sentence)).strip()
+        if len(cleaned) < 4 or cleaned.endswith("?") or _CHATTER.match(cleaned):
+            continue
+        explicit = cleaned != _LEADING.sub("", sentence).strip()  # "remember that ..." is always kept
+        if explicit or _FIRST_PERSON.search(cleaned) or (judge is not None and judge(cleaned)):
+            facts.append(ExtractedFact(third_person(cleaned), categorize(cleaned), sentence))
+    return facts
+
+
+def model_judge(model: Any, tokenizer: Any) -> Callable[[str], bool]:
+    """A judge that asks the language model whether a sentence states a lasting fact about the user.
+
+    One forward pass per sentence: compares the next-token probability of "yes" and "no".
+    """
+    yes_id = tokenizer.encode(" yes", add_special_tokens=False)[-1]
+    no_id = tokenizer.encode(" no", add_special_tokens=False)[-1]
+
+    @torch.no_grad()
+    def judge(sentence: str) -> bool:
+        prompt = (f"Message: \"{sentence}\"\nDoes this message state a lasting fact about the speaker "
+                  f"(name, home, job, family, likes, plans)? Answer yes or no.\nAnswer:")
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+        logits = model(input_ids=ids).logits[0, -1]
+        return bool(logits[yes_id] > logits[no_id])
+
+    return judge

@@ -1,0 +1,421 @@
+"""The fact store behind the `bank` memory and `memlm.Memory`: SQLite rows plus per-user FAISS indexes.
+
+Every fact belongs to exactly one user, and every read and write names that user: the SQL of each
+method filters on it and each user has a separate vector index, so one user's search can never
+return another user's fact, whatever the caller does above this layer.
+
+Tables:
+
+* `facts` — id, user, category, text, normalised-text key (exact duplicates), retrieval embedding
+  (float32 blob), optional latent vector (the backbone's view, for latent fusion), importance,
+  created / last used / use count, source (the raw turn or document it came from), session, row.
+* `history` — every add / update / delete with old and new text, who did it and when. It doubles as
+  the change log that keeps each process's in-memory index in step with the database, so several
+  processes can share one store file (SQLite serialises their writes).
+* `users` — users that ever stored a fact (a known user with no facts left searches to nothing;
+  an unknown user is an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError
+from memlm.paths import check_name
+from memlm.store.index import FaissFlatIndex
+from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
+
+SCHEMA_VERSION = 1
+MAX_FACT_CHARS = 20_000
+MAX_SOURCE_CHARS = 200_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    category TEXT,
+    text TEXT NOT NULL,
+    text_key TEXT NOT NULL,         -- hash of the normalised text: finds exact duplicates
+    embedding BLOB NOT NULL,        -- float32 retrieval vector (unit norm)
+    latent BLOB,                    -- float32 backbone vector for latent fusion, if computed
+    importance REAL NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    use_count INTEGER NOT NULL DEFAULT 0,
+    source TEXT,
+    session TEXT,
+    row INTEGER                     -- batch row it was written from (NULL: visible to every row)
+);
+CREATE INDEX IF NOT EXISTS facts_user ON facts (user);
+-- One copy of a text per user and row, also when two processes add it at the same moment.
+CREATE UNIQUE INDEX IF NOT EXISTS facts_user_key ON facts (user, text_key, COALESCE(row, -1));
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fact_id INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,           -- 'add', 'update', 'delete'
+    old_text TEXT,
+    new_text TEXT,
+    actor TEXT,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_user ON history (user, id);
+CREATE INDEX IF NOT EXISTS history_fact ON history (fact_id);
+"""
+
+_FACT_COLUMNS = ("id, user, category, text, importance, created, last_used, use_count, source, session, row")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class UnknownUserError(MemlmError, KeyError):
+    """A user that never stored anything in this store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateFactError(ConfigError):
+    """The user already has a fact with this text (e.g. another process stored it a moment ago)."""
+
+
+class FactNotFoundError(MemlmError, KeyError):
+    """No fact with this id for this user (another user's fact reads as missing, by design)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class Fact:
+    id: int
+    user: str
+    category: str | None
+    text: str
+    importance: float
+    created: float
+    last_used: float
+    use_count: int
+    source: str | None
+    session: str | None
+    row: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FactChange:
+    id: int
+    fact_id: int
+    user: str
+    action: str
+    old_text: str | None
+    new_text: str | None
+    actor: str | None
+    time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_text(text: Any, what: str = "fact", limit: int = MAX_FACT_CHARS) -> str:
+    """Reject what cannot be a fact: non-strings, bytes, empty, control characters, oversized."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise ConfigError(f"{what} must be text (str), got {type(text).__name__}; decode it first")
+    if not isinstance(text, str):
+        raise ConfigError(f"{what} must be text (str), got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"{what} is empty")
+    if len(text) > limit:
+        raise ConfigError(f"{what} is too long ({len(text):,} characters; limit {limit:,})")
+    if CONTROL_CHARACTERS.search(text):
+        raise ConfigError(f"{what} contains control characters (binary data?)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigError(f"{what} is not valid Unicode ({error.reason})") from None
+    return text
+
+
+def text_key(text: str) -> str:
+    """Key of exact duplicates: case, accents' composition, spacing and final punctuation ignored."""
+    normalized = unicodedata.normalize("NFKC", text).casefold()
+    normalized = re.sub(r"\s+", " ", normalized).strip().rstrip(".!?;, ")
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def _blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+class FactStore:
+    """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
+
+    Args:
+        path: database file; created if missing.
+        dimension: width of the retrieval embeddings.
+        encoder: name of the encoder that made them; opening a store made with another encoder or
+            width raises `IncompatibleMemoryError` (its vectors would be meaningless here).
+        clock: returns the current time (tests and `retention_curve` simulate time with it).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, dimension: int, encoder: str,
+                 clock: Callable[[], float] = time.time):
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dimension = dimension
+        self.encoder = encoder
+        self.clock = clock
+        self.connection = connect(self.path, _SCHEMA, SCHEMA_VERSION)
+        self._lock = threading.RLock()
+        self._indexes: dict[str, tuple[FaissFlatIndex, int]] = {}  # user -> (index, last change applied)
+        self._check_encoder()
+
+    def _check_encoder(self) -> None:
+        saved = get_meta(self.connection, "encoder")
+        if saved is None:
+            with transaction(self.connection):
+                if get_meta(self.connection, "encoder") is None:
+                    set_meta(self.connection, "encoder", {"name": self.encoder, "dimension": self.dimension})
+            saved = get_meta(self.connection, "encoder")
+        if saved != {"name": self.encoder, "dimension": self.dimension}:
+            raise IncompatibleMemoryError(
+                f"{self.path} holds facts embedded by {saved.get('name')} ({saved.get('dimension')}-d), "
+                f"but this bank uses {self.encoder} ({self.dimension}-d); open it with the same encoder")
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # --- users -------------------------------------------------------------------------------
+    def users(self) -> list[str]:
+        return [row[0] for row in self.connection.execute("SELECT user FROM users ORDER BY user")]
+
+    def has_user(self, user: str) -> bool:
+        check_name(user, "user id")
+        return self.connection.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
+
+    def require_user(self, user: str) -> str:
+        if not self.has_user(user):
+            raise UnknownUserError(f"no memories were ever stored for user {user!r}")
+        return user
+
+    # --- writing -----------------------------------------------------------------------------
+    def add(self, user: str, text: str, embedding: np.ndarray, *, importance: float, category: str | None = None,
+            source: str | None = None, session: str | None = None, row: int | None = None,
+            latent: np.ndarray | None = None, actor: str | None = None) -> Fact:
+        """Insert one fact (and its history entry) in one transaction."""
+        check_name(user, "user id")
+        text = check_text(text)
+        if source is not None:
+            source = check_text(source, "source", MAX_SOURCE_CHARS)
+        embedding = self._check_vector(embedding)
+        now = self.clock()
+        with self._lock, transaction(self.connection):
+            self.connection.execute("INSERT OR IGNORE INTO users (user, created) VALUES (?, ?)", (user, now))
+            try:
+                cursor = self.connection.execute(
+                    "INSERT INTO facts (user, category, text, text_key, embedding, latent, importance, created, "
+                    "last_used, source, session, row) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (user, category, text, text_key(text), _blob(embedding), _blob(latent), float(importance),
+                     now, now, source, session, row))
+            except sqlite3.IntegrityError:
+                raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
+            fact_id = int(cursor.lastrowid)
+            self._log(fact_id, user, "add", None, text, actor, now)
+        return self.get(fact_id, user=user)
+
+    def update(self, fact_id: int, user: str, text: str, embedding: np.ndarray, *,
+               latent: np.ndarray | None = None, actor: str | None = None) -> Fact:
+        old = self.get(fact_id, user=user)
+        text = check_text(text)
+        embedding = self._check_vector(embedding)
+        now = self.clock()
+        with self._lock, transaction(self.connection):
+            self.connection.execute(
+                "UPDATE facts SET text = ?, text_key = ?, embedding = ?, latent = ?, last_used = ? "
+                "WHERE id = ? AND user = ?",
+                (text, text_key(text), _blob(embedding), _blob(latent), now, fact_id, user))
+            self._log(fact_id, user, "update", old.text, text, actor, now)
+        return self.get(fact_id, user=user)
+
+    def delete(self, fact_ids: Iterable[int], user: str, actor: str | None = None) -> int:
+        """Delete facts of `user` by id; ids of other users are not touched. Returns how many went."""
+        check_name(user, "user id")
+        now, deleted = self.clock(), 0
+        with self._lock, transaction(self.connection):
+            for fact_id in fact_ids:
+                row = self.connection.execute("SELECT text FROM facts WHERE id = ? AND user = ?",
+                                              (int(fact_id), user)).fetchone()
+                if row is None:
+                    continue
+                self.connection.execute("DELETE FROM facts WHERE id = ?", (int(fact_id),))
+                self._log(int(fact_id), user, "delete", row[0], None, actor, now)
+                deleted += 1
+        return deleted
+
+    def delete_all(self, user: str, actor: str | None = None) -> int:
+        self.require_user(user)
+        ids = [row[0] for row in self.connection.execute("SELECT id FROM facts WHERE user = ?", (user,))]
+        return self.delete(ids, user, actor)
+
+    def touch(self, fact_ids: Iterable[int], user: str) -> None:
+        """Mark facts as used now (recency and use counts feed ranking and eviction)."""
+        now = self.clock()
+        with self._lock, transaction(self.connection):
+            self.connection.executemany(
+                "UPDATE facts SET last_used = ?, use_count = use_count + 1 WHERE id = ? AND user = ?",
+                [(now, int(i), user) for i in fact_ids])
+
+    def _log(self, fact_id: int, user: str, action: str, old_text: str | None, new_text: str | None,
+             actor: str | None, now: float) -> None:
+        self.connection.execute(
+            "INSERT INTO history (fact_id, user, action, old_text, new_text, actor, time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (fact_id, user, action, old_text, new_text, actor, now))
+
+    def _check_vector(self, vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dimension:
+            raise IncompatibleMemoryError(f"embedding has width {vector.shape[0]}, the store holds {self.dimension}")
+        if not np.isfinite(vector).all():
+            raise ConfigError("embedding contains NaN or infinity")
+        return vector
+
+    # --- reading -----------------------------------------------------------------------------
+    def get(self, fact_id: int, user: str | None = None) -> Fact:
+        """One fact; with `user`, a fact of another user is reported missing."""
+        sql, params = f"SELECT {_FACT_COLUMNS} FROM facts WHERE id = ?", [int(fact_id)]
+        if user is not None:
+            sql, params = sql + " AND user = ?", [*params, check_name(user, "user id")]
+        row = self.connection.execute(sql, params).fetchone()
+        if row is None:
+            raise FactNotFoundError(f"no fact with id {fact_id}" + (f" for user {user!r}" if user else ""))
+        return Fact(*row)
+
+    def facts(self, user: str, category: str | None = None, limit: int | None = None, offset: int = 0,
+              order: str = "id") -> list[Fact]:
+        orders = {"id": "id", "importance": "importance DESC, id", "recent": "last_used DESC, id"}
+        sql, params = f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ?", [user]
+        if category is not None:
+            sql, params = sql + " AND category = ?", [*params, category]
+        sql += f" ORDER BY {orders[order]} LIMIT ? OFFSET ?"
+        return [Fact(*row) for row in self.connection.execute(sql, [*params, limit or -1, offset])]
+
+    def count(self, user: str) -> int:
+        return int(self.connection.execute("SELECT COUNT(*) FROM facts WHERE user = ?", (user,)).fetchone()[0])
+
+    def find_duplicate(self, user: str, text: str, row: int | None = None) -> Fact | None:
+        sql = f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ? AND text_key = ? AND row IS ?"
+        found = self.connection.execute(sql, (user, text_key(text), row)).fetchone()
+        return None if found is None else Fact(*found)
+
+    def history(self, fact_id: int, user: str | None = None) -> list[FactChange]:
+        sql, params = "SELECT * FROM history WHERE fact_id = ?", [int(fact_id)]
+        if user is not None:
+            sql, params = sql + " AND user = ?", [*params, user]
+        changes = [FactChange(*row) for row in self.connection.execute(sql + " ORDER BY id", params)]
+        if not changes:
+            raise FactNotFoundError(f"no fact with id {fact_id}" + (f" for user {user!r}" if user else ""))
+        return changes
+
+    def latents(self, user: str) -> tuple[list[int], list[int | None], list[np.ndarray]]:
+        """(ids, rows, latent vectors) of the user's facts that have a latent vector."""
+        ids, rows, vectors = [], [], []
+        for fact_id, row, blob in self.connection.execute(
+                "SELECT id, row, latent FROM facts WHERE user = ? AND latent IS NOT NULL ORDER BY id", (user,)):
+            ids.append(fact_id)
+            rows.append(row)
+            vectors.append(np.frombuffer(blob, dtype=np.float32))
+        return ids, rows, vectors
+
+    def version(self, user: str | None = None) -> int:
+        """Id of the newest change (of `user`): changes whenever a fact is added, updated or deleted."""
+        if user is None:
+            return int(self.connection.execute("SELECT COALESCE(MAX(id), 0) FROM history").fetchone()[0])
+        return int(self.connection.execute("SELECT COALESCE(MAX(id), 0) FROM history WHERE user = ?",
+                                           (user,)).fetchone()[0])
+
+    # --- vector search -----------------------------------------------------------------------
+    def search(self, user: str, query: np.ndarray, k: int, row: int | None = None) -> list[tuple[Fact, float]]:
+        """The user's `k` facts most similar to `query` (cosine for unit vectors), best first.
+
+        With `row`, only facts written from that batch row or visible to all rows are returned.
+        """
+        query = self._check_vector(query).reshape(1, -1)
+        with self._lock:
+            index = self._synced_index(user)
+            if len(index) == 0:
+                return []
+            # Row filtering happens after the search: ask for more so enough survive it.
+            wanted = min(len(index), k if row is None else max(4 * k, 64))
+            scores, found = index.search(query, wanted)
+        pairs = [(int(i), float(s)) for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if i >= 0]
+        if not pairs:
+            return []
+        by_id = {fact.id: fact for fact in self._facts_by_id(user, [i for i, _ in pairs])}
+        results = [(by_id[i], s) for i, s in pairs if i in by_id and (row is None or by_id[i].row in (None, row))]
+        return results[:k]
+
+    def _facts_by_id(self, user: str, ids: list[int]) -> list[Fact]:
+        marks = ",".join("?" * len(ids))
+        rows = self.connection.execute(f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ? AND id IN ({marks})",
+                                       [user, *ids])
+        return [Fact(*row) for row in rows]
+
+    def _synced_index(self, user: str) -> FaissFlatIndex:
+        """The user's index, first brought up to date with changes made by any process."""
+        check_name(user, "user id")
+        index, applied = self._indexes.get(user, (None, 0))
+        if index is None:
+            index = FaissFlatIndex(self.dimension)
+        latest = self.version(user)
+        if latest > applied:
+            changes = self.connection.execute(
+                "SELECT DISTINCT fact_id FROM history WHERE user = ? AND id > ? AND id <= ?", (user, applied, latest))
+            changed = [row[0] for row in changes]
+            if changed:
+                index.remove(np.asarray(changed, dtype=np.int64))
+                for start in range(0, len(changed), 900):  # SQLite's bound-parameter limit
+                    chunk = changed[start:start + 900]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self.connection.execute(
+                        f"SELECT id, embedding FROM facts WHERE user = ? AND id IN ({marks})", [user, *chunk]
+                    ).fetchall()
+                    if rows:
+                        vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob in rows])
+                        index.add(vectors, np.asarray([i for i, _ in rows], dtype=np.int64))
+        self._indexes[user] = (index, latest)
+        return index
+
+    def embeddings(self, user: str, ids: list[int]) -> np.ndarray:
+        """Retrieval embeddings of the given facts of `user`, in the order of `ids`."""
+        if not ids:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        marks = ",".join("?" * len(ids))
+        rows = dict(self.connection.execute(f"SELECT id, embedding FROM facts WHERE user = ? AND id IN ({marks})",
+                                            [user, *ids]).fetchall())
+        return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
+
+    # --- copies ------------------------------------------------------------------------------
+    def copy_to(self, path: Path) -> None:
+        copy_database(self.connection, path)
+
+    def replace_with(self, other: FactStore) -> None:
+        """Make this (in-memory) store an exact copy of `other`."""
+        with self._lock:
+            other.connection.backup(self.connection)
+            self._indexes.clear()
