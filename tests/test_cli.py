@@ -96,3 +96,40 @@ def test_chat_with_knn_memory_persists_its_store(tiny_folder, tmp_path):
     stats = run("--home", tmp_path, "memory", "stats", "--session", "k", "--json")
     assert json.loads(stats.output)["records"] > 0
     assert json.loads(stats.output)["groups"][0]["session"] == "k"  # provenance set by the chat
+
+
+def test_facts_commands_keep_users_apart(tmp_path):
+    home = ["--home", tmp_path]
+    added = run(*home, "facts", "add", "My locker code is 4417.", "--user", "alice")
+    assert added.exit_code == 0, added.output
+    assert "ADD" in added.output and "The user's locker code is 4417." in added.output
+    unknown = run(*home, "facts", "search", "locker code", "--user", "bob")
+    assert unknown.exit_code == 2 and "UnknownUserError" in unknown.output
+    run(*home, "facts", "add", "My locker is in the basement.", "--user", "bob")
+    hits = json.loads(run(*home, "facts", "search", "locker code", "--user", "bob", "--json").output)
+    assert hits and {hit["user"] for hit in hits} == {"bob"} and "4417" not in json.dumps(hits)
+    alice = json.loads(run(*home, "facts", "list", "--user", "alice", "--json").output)
+    refused = run(*home, "facts", "delete", str(alice[0]["id"]), "--user", "bob")
+    assert "deleted 0 fact(s)" in refused.output
+    assert len(json.loads(run(*home, "facts", "list", "--user", "alice", "--json").output)) == 1
+    run(*home, "facts", "update", str(alice[0]["id"]), "The user's locker code is 1234.", "--user", "alice")
+    history = run(*home, "facts", "history", str(alice[0]["id"]), "--user", "alice")
+    assert "add" in history.output and "update" in history.output and "1234" in history.output
+
+
+def test_chat_with_a_user_remembers_facts_across_runs(tiny_folder, tmp_path):
+    args = ["--home", tmp_path, "chat", "--user", "ada", "--backbone", tiny_folder, "--max-new-tokens", 3,
+            "--show-memory"]
+    first = run(*args, input="Hi! My cat is called Miso.\n/remember I was born in 1990.\n")
+    assert first.exit_code == 0, first.output
+    assert "learned: stored The user's cat is called Miso." in first.output
+    assert "stored: [2] I was born in 1990." in first.output
+    second = run(*args, input="What is my cat called?\n/memories\n/forget 2\n/memories\n")
+    assert second.exit_code == 0, second.output
+    assert "resumed session 'default': 1 earlier turn(s)" in second.output
+    assert "used [1] The user's cat is called Miso." in second.output
+    assert "forgot [2] I was born in 1990." in second.output
+    assert second.output.count("[2] (-) I was born in 1990.") == 1  # listed before /forget, not after
+    other = run("--home", tmp_path, "chat", "--user", "bob", "--backbone", tiny_folder, "--max-new-tokens", 2,
+                input="/memories\n")
+    assert "no memories yet" in other.output

@@ -6,10 +6,16 @@ is written to memory once. A named session lives in `<home>/sessions/<name>/`:
 
 * `memory_state.safetensors` — what the memories remember (`MemoryModel.save_state`);
 * `transcript.jsonl` — every message with a timestamp (one JSON object per line, appended).
+
+With a `user`, sessions live under `<home>/users/<user>/sessions/<name>` (default name "default"), and
+a `bank` memory, if attached, reads and writes that user's facts: before each answer the facts
+retrieved for the message are put into the system prompt (`last_memories` says which); after it,
+facts stated in the message are extracted and learned (the raw turn is their source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -23,7 +29,7 @@ import torch
 
 from memlm.errors import ConfigError, CorruptedFileError
 from memlm.model import STATE_FILE, MemoryModel
-from memlm.paths import session_dir
+from memlm.paths import check_name, session_dir, user_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +50,28 @@ class ChatSession:
     tokenizer: Any
     session: str | None = None
     home: str | os.PathLike | None = None
+    user: str | None = None
     context_turns: int = 4
     system_prompt: str | None = None
     generation: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 128, "do_sample": False})
     messages: list[dict[str, str]] = field(default_factory=list)
+    judge: Callable[[str], bool] | None = None  # extra fact extraction, e.g. extraction.model_judge
 
     def __post_init__(self) -> None:
         if self.context_turns < 0:
             raise ConfigError(f"context_turns must be >= 0, got {self.context_turns}")
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ConfigError("the tokenizer has no chat template; use `memlm generate` for raw text")
-        self.directory: Path | None = session_dir(self.session, self.home) if self.session is not None else None
+        if self.user is not None:
+            self.session = self.session or "default"
+            self.directory: Path | None = user_dir(self.user, self.home) / "sessions" / check_name(self.session)
+        else:
+            self.directory = session_dir(self.session, self.home) if self.session is not None else None
         self.resumed = False
-        self.model.set_provenance(session=self.session)
+        self.bank = self.model.memories["bank"] if "bank" in self.model.memories else None  # noqa: SIM401
+        self.last_memories: list[Any] = []  # what the bank retrieved for the latest answer
+        self.last_learned: list[Any] = []  # what it learned from the latest turn
+        self.model.set_provenance(user=self.user, session=self.session)
         if self.directory is not None and self.directory.exists():
             self._load()
 
@@ -104,15 +119,24 @@ class ChatSession:
             raise ConfigError("empty message")
         if len(user_text) > MAX_MESSAGE_CHARS:
             raise ConfigError(f"message too long ({len(user_text)} characters; limit {MAX_MESSAGE_CHARS})")
-        prompt_ids = self._template(self._prompt_messages(user_text), add_generation_prompt=True)
+        messages = self._prompt_messages(user_text)
+        self.last_memories = []
+        if self.bank is not None:
+            messages, self.last_memories = self.bank.fuse_messages(messages, query=user_text)
+        prompt_ids = self._template(messages, add_generation_prompt=True)
         output = self.model.generate(
             input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), write_memory=False,
             streamer=streamer, pad_token_id=self.tokenizer.pad_token_id, **self.generation,
         )
         reply = self.tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
-        # Memory gets this turn only; the earlier turns were written when they happened.
+        # Memory gets this turn only; the earlier turns were written when they happened. The bank
+        # learns extracted facts rather than the templated turn.
         turn = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
-        self.model.write(self._template(turn, add_generation_prompt=False))
+        if any(name != "bank" for name in self.model.memories):
+            with self.bank.segment_writes(False) if self.bank is not None else contextlib.nullcontext():
+                self.model.write(self._template(turn, add_generation_prompt=False))
+        if self.bank is not None:
+            self.last_learned = self.bank.remember_turn(user_text, reply, judge=self.judge)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         new_messages = [{**message, "time": now} for message in turn]
         self.messages.extend(new_messages)

@@ -169,8 +169,66 @@ def generate(
 
 
 # --- chat --------------------------------------------------------------------------------------
-CHAT_HELP = """commands: /reset (forget this session's memory and transcript), /info (memory state),
-/help, /exit (or Ctrl-D)"""
+CHAT_HELP = """commands:
+  /remember TEXT     store TEXT as a fact (needs a bank: --user or --memory bank)
+  /forget ID|TEXT    delete a fact by id, or the fact that best matches TEXT
+  /memories [QUERY]  list your facts, or the ones that best match QUERY
+  /reset             forget this session's memory, transcript and your facts
+  /info              memory state;  /help;  /exit (or Ctrl-D)"""
+
+
+def _bank_specs(specs: list[Any], user: str | None) -> list[Any]:
+    """With --user, the chat gets the shared fact bank of that user (plus recurrent by default)."""
+    from memlm.paths import facts_path
+    from memlm.registry import make_config
+
+    if user is None:
+        return specs
+    options = {"store": str(facts_path()), "user": user, "fusion": "prompt"}
+    configs = [make_config(spec) for spec in specs]
+    configs = [c.replace(**options) if c.mechanism == "bank" else c for c in configs]
+    if not any(c.mechanism == "bank" for c in configs):
+        configs.append(make_config("bank", **options))
+    return configs
+
+
+def chat_command(session_chat: Any, text: str) -> str | None:
+    """Run an in-chat /command; returns what to print, or None if `text` is not a bank command."""
+    name, _, argument = text.strip().partition(" ")
+    name, argument = name.lower(), argument.strip()
+    if name not in ("/remember", "/forget", "/memories"):
+        return None
+    bank = session_chat.bank
+    if bank is None:
+        return "no fact bank attached: start the chat with --user NAME or --memory bank"
+    if name == "/remember":
+        if not argument:
+            return "usage: /remember TEXT"
+        result = bank.learn(argument, source="/remember", importance=1.0)
+        return f"{result.status}: [{result.fact.id}] {result.fact.text}" if result.fact else result.status
+    if not bank.store.has_user(bank.user):
+        return "no memories yet"
+    if name == "/forget":
+        if not argument:
+            return "usage: /forget ID|TEXT"
+        if argument.isdigit():
+            fact_id = int(argument)
+        else:
+            hits = bank.retrieve(argument, 1, min_similarity=0.5, touch=False)
+            if not hits:
+                return f"no memory matches {argument!r} closely enough (cosine >= 0.5); use /memories to find its id"
+            fact_id = hits[0].fact.id
+        try:
+            fact = bank.store.get(fact_id, user=bank.user)
+        except KeyError:
+            return f"no memory with id {fact_id}"
+        bank.store.delete([fact_id], bank.user, actor="chat")
+        return f"forgot [{fact.id}] {fact.text}"
+    if argument:
+        hits = bank.retrieve(argument, 10, min_similarity=-1.0, touch=False)
+        return "\n".join(f"[{h.fact.id}] {h.fact.text}  (score {h.score:.2f})" for h in hits) or "no memories"
+    facts = bank.store.facts(bank.user)
+    return "\n".join(f"[{f.id}] ({f.category or '-'}) {f.text}" for f in facts) or "no memories"
 
 
 @app.command()
@@ -178,12 +236,19 @@ CHAT_HELP = """commands: /reset (forget this session's memory and transcript), /
 def chat(
     session: Annotated[str | None, typer.Option(
         help="name under which the memory state and transcript persist across restarts")] = None,
+    user: Annotated[str | None, typer.Option(
+        help="who is chatting: adds that user's fact bank (kept in <home>/facts.sqlite) and keeps "
+             "sessions under <home>/users/<user>")] = None,
     memory: MemoryOpt = None,
     memory_config: MemoryConfigOpt = None,
     adapter: AdapterOpt = None,
     context_turns: Annotated[int, typer.Option(min=0, help="earlier turns kept in the prompt")] = 4,
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     show_state: Annotated[bool, typer.Option(help="print the memory state after each reply")] = True,
+    show_memory: Annotated[bool, typer.Option(
+        help="print which facts were used for each answer and which were learned")] = False,
+    judge: Annotated[bool, typer.Option(
+        help="let the model judge sentences the extraction rules do not recognise (slower)")] = False,
     max_new_tokens: MaxNewTokensOpt = 128,
     do_sample: DoSampleOpt = False,
     temperature: TemperatureOpt = None,
@@ -197,19 +262,22 @@ def chat(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
-    """Chat in the terminal. The memory (default: recurrent) persists across turns, and across
-    restarts when --session is given. Reads lines from stdin, so it can be scripted with a pipe."""
+    """Chat in the terminal. The memory (default: recurrent, plus the user's fact bank with --user)
+    persists across turns, and across restarts with --session or --user. Reads lines from stdin,
+    so it can be scripted with a pipe."""
     from memlm.chat import ChatSession
+    from memlm.extraction import model_judge
 
     specs = _memory_specs(memory, memory_config) if (memory or memory_config or adapter) else ["recurrent"]
-    memory_model, tokenizer = _build_model(backbone, device, dtype, specs, adapter)
+    memory_model, tokenizer = _build_model(backbone, device, dtype, _bank_specs(specs, user), adapter)
     options = _decoding(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
                         no_repeat_ngram_size, num_beams, seed)
-    session_chat = ChatSession(memory_model, tokenizer, session=session, context_turns=context_turns,
-                               system_prompt=system, generation=options)
-    where = f" in {session_chat.directory}" if session_chat.directory else " (not saved: no --session)"
+    session_chat = ChatSession(memory_model, tokenizer, session=session, user=user, context_turns=context_turns,
+                               system_prompt=system, generation=options,
+                               judge=model_judge(memory_model.backbone, tokenizer) if judge else None)
+    where = f" in {session_chat.directory}" if session_chat.directory else " (not saved: no --session/--user)"
     if session_chat.resumed:
-        console.print(f"[dim]resumed session {session!r}: {session_chat.turns} earlier turn(s); "
+        console.print(f"[dim]resumed session {session_chat.session!r}: {session_chat.turns} earlier turn(s); "
                       f"{_state_line(memory_model)}[/]", highlight=False)
     console.print(f"[dim]memories: {', '.join(memory_model.memories) or 'none'}{where}. "
                   f"Type /help for commands.[/]", highlight=False)
@@ -235,10 +303,21 @@ def chat(
         if command == "/info":
             console.print(f"[dim]{_state_line(memory_model)}[/]", highlight=False)
             continue
+        answer = chat_command(session_chat, text)
+        if answer is not None:
+            console.print(answer, highlight=False, markup=False)
+            continue
         console.print("bot> ", end="")
         reply = session_chat.ask(text, streamer=streamer)
         if streamer is None:
             console.print(reply, highlight=False, markup=False)
+        if show_memory:
+            for hit in session_chat.last_memories:
+                console.print(f"[dim]  used [{hit.fact.id}] {hit.fact.text} (score {hit.score:.2f})[/]",
+                              highlight=False)
+            for result in session_chat.last_learned:
+                text_learned = result.fact.text if result.fact else ""
+                console.print(f"[dim]  learned: {result.status} {text_learned}[/]", highlight=False)
         if show_state:
             console.print(f"[dim]  {_state_line(memory_model)}[/]", highlight=False)
 
@@ -543,6 +622,114 @@ def memory_stats(session: StoreSessionOpt = None, path: StorePathOpt = None,
     for group in stats["groups"]:
         table.add_row(*(str(group[c]) for c in ("kind", "layer", "session", "records", "oldest", "newest")))
     console.print(table)
+
+
+# --- facts (the per-user fact bank) ------------------------------------------------------------
+facts_app = typer.Typer(help="The per-user fact bank shared by `memlm chat --user` (each user sees only their own).",
+                        no_args_is_help=True)
+app.add_typer(facts_app, name="facts")
+UserOpt = Annotated[str, typer.Option("--user", "-u", help="whose facts")]
+FactsPathOpt = Annotated[Path | None, typer.Option("--path", help="fact store file [default: <home>/facts.sqlite]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _open_facts(path: Path | None) -> Any:
+    from memlm.paths import facts_path
+    from memlm.user_memory import Memory
+
+    return Memory(path or facts_path())
+
+
+def _print_facts(facts: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(facts))
+        return
+    table = Table()
+    for column in ("id", "category", "memory", "importance", "score"):
+        table.add_column(column)
+    for fact in facts:
+        score = f"{fact['score']:.3f}" if "score" in fact else ""
+        table.add_row(str(fact["id"]), fact["category"] or "-", fact["memory"], f"{fact['importance']:.3f}", score)
+    console.print(table)
+
+
+@facts_app.command("add")
+@_friendly_errors
+def facts_add(text: Annotated[str, typer.Argument(help="a message (facts are extracted) or, with --raw, a fact")],
+              user: UserOpt, path: FactsPathOpt = None, category: Annotated[str | None, typer.Option()] = None,
+              raw: Annotated[bool, typer.Option(help="store the text as one fact, without extraction")] = False,
+              as_json: JsonOpt = False) -> None:
+    """Remember facts for a user."""
+    with _open_facts(path) as memory:
+        results = memory.add(text, user=user, category=category, infer=not raw)
+    if as_json:
+        console.print_json(json.dumps(results))
+    for result in [] if as_json else results:
+        console.print(f"{result['event']:4} [{result['id']}] {result['memory']}  ({result['reason']})",
+                      highlight=False, markup=False)
+    if not results and not as_json:
+        console.print("no fact found in that text (use --raw to store it as it is)")
+
+
+@facts_app.command("list")
+@_friendly_errors
+def facts_list(user: UserOpt, path: FactsPathOpt = None, category: Annotated[str | None, typer.Option()] = None,
+               as_json: JsonOpt = False) -> None:
+    """List a user's facts."""
+    with _open_facts(path) as memory:
+        _print_facts(memory.get_all(user=user, category=category), as_json)
+
+
+@facts_app.command("search")
+@_friendly_errors
+def facts_search(query: Annotated[str, typer.Argument()], user: UserOpt, path: FactsPathOpt = None,
+                 limit: Annotated[int, typer.Option(min=1)] = 5, as_json: JsonOpt = False) -> None:
+    """A user's facts ranked for a query (similarity blended with importance)."""
+    with _open_facts(path) as memory:
+        _print_facts(memory.search(query, user=user, limit=limit, min_similarity=-1.0), as_json)
+
+
+@facts_app.command("update")
+@_friendly_errors
+def facts_update(fact_id: Annotated[int, typer.Argument()], text: Annotated[str, typer.Argument()], user: UserOpt,
+                 path: FactsPathOpt = None) -> None:
+    """Change the text of a fact (its history keeps the old one)."""
+    with _open_facts(path) as memory:
+        fact = memory.update(fact_id, text, user=user)
+    console.print(f"updated [{fact['id']}] {fact['memory']}", highlight=False, markup=False)
+
+
+@facts_app.command("delete")
+@_friendly_errors
+def facts_delete(user: UserOpt, fact_ids: Annotated[list[int] | None, typer.Argument()] = None,
+                 path: FactsPathOpt = None,
+                 all_facts: Annotated[bool, typer.Option("--all", help="delete every fact of the user")] = False
+                 ) -> None:
+    """Delete facts by id (only the user's own), or all of them with --all."""
+    with _open_facts(path) as memory:
+        if all_facts:
+            deleted = memory.delete_all(user=user)
+        else:
+            deleted = sum(memory.delete(fact_id, user=user) for fact_id in fact_ids or [])
+    console.print(f"deleted {deleted} fact(s)")
+
+
+@facts_app.command("history")
+@_friendly_errors
+def facts_history(fact_id: Annotated[int, typer.Argument()], user: UserOpt, path: FactsPathOpt = None,
+                  as_json: JsonOpt = False) -> None:
+    """Every change of a fact: added, updated, deleted, by whom, when."""
+    import datetime as dt
+
+    with _open_facts(path) as memory:
+        changes = memory.history(fact_id, user=user)
+    if as_json:
+        console.print_json(json.dumps(changes))
+        return
+    for change in changes:
+        when = dt.datetime.fromtimestamp(change["time"], dt.timezone.utc).isoformat(timespec="seconds")
+        text = change["new_text"] if change["new_text"] is not None else change["old_text"]
+        console.print(f"{when} {change['action']:6} by {change['actor']}: {text}", highlight=False, markup=False)
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -49,3 +49,13 @@ def check_name(name: str, what: str = "name") -> str:
 def session_dir(session: str, home: str | os.PathLike | None = None) -> Path:
     """`<home>/sessions/<session>`: the memory state and transcript of one named chat session."""
     return home_dir(home) / "sessions" / check_name(session, "session name")
+
+
+def user_dir(user: str, home: str | os.PathLike | None = None) -> Path:
+    """`<home>/users/<user>`: the chat sessions of one user."""
+    return home_dir(home) / "users" / check_name(user, "user id")
+
+
+def facts_path(home: str | os.PathLike | None = None) -> Path:
+    """`<home>/facts.sqlite`: the fact bank every user's chat shares (each user sees only their own)."""
+    return home_dir(home) / "facts.sqlite"
