@@ -15,7 +15,6 @@ facts stated in the message are extracted and learned (the raw turn is their sou
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -121,22 +120,18 @@ class ChatSession:
             raise ConfigError(f"message too long ({len(user_text)} characters; limit {MAX_MESSAGE_CHARS})")
         messages = self._prompt_messages(user_text)
         self.last_memories = []
-        if self.bank is not None:
-            messages, self.last_memories = self.bank.fuse_messages(messages, query=user_text)
+        messages, self.last_memories = self.model.augment_messages(messages, query=user_text)
         prompt_ids = self._template(messages, add_generation_prompt=True)
         output = self.model.generate(
             input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), write_memory=False,
             streamer=streamer, pad_token_id=self.tokenizer.pad_token_id, **self.generation,
         )
         reply = self.tokenizer.decode(output[0, prompt_ids.shape[1]:], skip_special_tokens=True).strip()
-        # Memory gets this turn only; the earlier turns were written when they happened. The bank
-        # learns extracted facts rather than the templated turn.
+        # Memory gets this turn only; the earlier turns were written when they happened. Memories
+        # that learn from text (the bank) get the text; the others the templated turn.
         turn = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
-        if any(name != "bank" for name in self.model.memories):
-            with self.bank.segment_writes(False) if self.bank is not None else contextlib.nullcontext():
-                self.model.write(self._template(turn, add_generation_prompt=False))
-        if self.bank is not None:
-            self.last_learned = self.bank.remember_turn(user_text, reply, judge=self.judge)
+        self.last_learned = self.model.observe_turn(user_text, reply, self._template(turn, add_generation_prompt=False),
+                                                    judge=self.judge)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         new_messages = [{**message, "time": now} for message in turn]
         self.messages.extend(new_messages)

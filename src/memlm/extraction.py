@@ -1,11 +1,12 @@
 """Which parts of a chat message are facts worth remembering, and how to phrase them.
 
 Rules do the bulk of the work, with no model call (a turn is memorised in milliseconds): a sentence
-is kept when it is a first-person statement ("my ...", "I live ...", "I love ...", "remember that
-...") and not a question. Kept sentences are rewritten from the user's point of view into the third
-person ("My dog is Rex." -> "The user's dog is Rex."), so a fact placed in a prompt later cannot be
-mistaken for something the assistant said about itself. A `judge` (e.g. `model_judge`, which asks
-the language model) may rescue declarative sentences the rules do not recognise.
+is kept when it is a first-person statement ("my ...", "I live ...", "we have ...", "remember that
+...") and not a question or small talk. The rules keep more than they should rather than less:
+ranking at retrieval time sorts the useful facts from the chatter. Kept sentences are rewritten from
+the user's point of view into the third person ("My dog is Rex." -> "The user's dog is Rex."), so a
+fact placed in a prompt later cannot be mistaken for something the assistant said about itself. A
+`judge` (e.g. `model_judge`, which asks the language model) may rescue sentences the rules miss.
 
 Example:
     >>> [f.text for f in extract_facts("Hi! My name is Ada. What's the weather like?")]
@@ -22,28 +23,47 @@ from typing import Any
 import torch
 
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
-_FIRST_PERSON = re.compile(
-    r"\b(my|mine|i'm|i am|i've|i have|i had|i live|i lived|i work|i worked|i like|i love|i hate|i prefer|"
-    r"i enjoy|i own|i study|i studied|i moved|i was born|i grew up|i play|i speak|i drive|i use|i need|"
-    r"i don't|i do not|i can't|i cannot|i'll be|i will be|call me|remember that|remember:|note that|we have|"
-    r"our)\b", re.IGNORECASE)
+# A first-person statement: the speaker talks about themselves (or their household).
+_FIRST_PERSON = re.compile(r"\b(i|i'm|im|i've|ive|i'd|i'll|my|mine|me|myself|we|we're|we've|our|ours|call me|"
+                           r"remember that|remember:|note that)\b", re.IGNORECASE)
 _CHATTER = re.compile(r"^(hi|hello|hey|thanks|thank you|ok|okay|sure|yes|no|bye|goodbye)\b[\s!.,]*$", re.IGNORECASE)
 _LEADING = re.compile(r"^(?:(?:hi|hello|hey|well|so|oh|also|and|btw|by the way|anyway)\b[,!.\s]*)+", re.IGNORECASE)
 _REMEMBER = re.compile(r"^(?:please\s+)?(?:remember|note)(?:\s+that|:)?\s+", re.IGNORECASE)
 
 # Ordered: longer phrases first so "I'm" is not rewritten as "I" + "'m".
 _THIRD_PERSON = [
-    (r"\bI am\b", "the user is"), (r"\bI'm\b", "the user is"), (r"\bI've\b", "the user has"),
+    (r"\bI am\b", "the user is"), (r"\bI'm\b", "the user is"), (r"\bim\b", "the user is"),
+    (r"\bI've\b", "the user has"),
     (r"\bI'll\b", "the user will"), (r"\bI'd\b", "the user would"), (r"\bI was\b", "the user was"),
     (r"\bI have\b", "the user has"), (r"\bI do not\b", "the user does not"), (r"\bI don't\b", "the user doesn't"),
     (r"\bI\b", "the user"), (r"\bmy\b", "the user's"), (r"\bmine\b", "the user's"), (r"\bme\b", "the user"),
     (r"\bmyself\b", "the user"), (r"\bour\b", "the user's"), (r"\bwe have\b", "the user has"),
     (r"\bwe are\b", "the user is"), (r"\bwe\b", "the user"), (r"\bus\b", "the user"),
 ]
-# After "the user", first-person verb forms become third person ("the user love" -> "the user loves").
-_VERB_FIX = re.compile(r"\bthe user (live|work|like|love|hate|prefer|enjoy|own|study|play|speak|drive|use|need|"
-                       r"want|grow|go|come|moved|have)\b")
-_THIRD_FORMS = {"have": "has", "go": "goes", "study": "studies"}
+# After "the user", a verb in the first-person form gets its third-person ending ("the user love" ->
+# "the user loves"); words that need none (modals, past tenses, adverbs) are left alone.
+_AFTER_SUBJECT = re.compile(r"\bthe user ((?:really|also|just|never|always|usually|often|still|actually|"
+                            r"sometimes|mostly|only) )?([a-z]+)\b")
+_NO_ENDING = {"is", "was", "has", "does", "doesn't", "can", "could", "will", "would", "should", "must", "might",
+              "may", "shall", "did", "had", "were", "are", "and", "or", "but", "to", "in", "at", "on", "for",
+              "with", "who", "that", "the", "a", "an", "as", "of", "by", "from", "too", "so", "not"}
+_IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "are": "is", "were": "was"}
+
+
+def _third_person_verb(match: re.Match[str]) -> str:
+    adverb, word = match.group(1) or "", match.group(2)
+    if word in _IRREGULAR:
+        verb = _IRREGULAR[word]
+    elif word in _NO_ENDING or word.endswith(("ed", "s", "n't", "ing")):
+        verb = word
+    elif word.endswith(("sh", "ch", "x", "z", "o")):
+        verb = word + "es"
+    elif word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        verb = word[:-1] + "ies"
+    else:
+        verb = word + "s"
+    return f"the user {adverb}{verb}"
+
 
 CATEGORIES = {
     "identity": r"\b(name|call me|years old|age|born|birthday)\b",
@@ -71,15 +91,9 @@ def third_person(sentence: str) -> str:
     text = sentence.strip()
     for pattern, replacement in _THIRD_PERSON:
         text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
-    text = _VERB_FIX.sub(lambda m: "the user " + _third_form(m.group(1)), text)
+    text = _AFTER_SUBJECT.sub(_third_person_verb, text)
     text = text[0].upper() + text[1:] if text else text
     return text if text.endswith((".", "!")) else text + "."
-
-
-def _third_form(verb: str) -> str:
-    if verb in _THIRD_FORMS:
-        return _THIRD_FORMS[verb]
-    return verb if verb.endswith("ed") else verb + "s"
 
 
 def categorize(sentence: str) -> str:

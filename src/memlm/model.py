@@ -15,6 +15,7 @@ segment or turn:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from collections.abc import Iterable, Iterator
@@ -233,6 +234,33 @@ class MemoryModel(nn.Module):
             segment = slice(start, start + segment_length)
             self._write_pass(input_ids[:, segment], mask[:, segment])
         return len(starts)
+
+    def augment_messages(self, messages: list[dict[str, str]], query: str | None = None
+                         ) -> tuple[list[dict[str, str]], list[Any]]:
+        """Let prompt-fusing memories (e.g. `bank`) add what they retrieve for `query` (default: the
+        last user message) to chat messages. Returns the messages and everything retrieved."""
+        if query is None:
+            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        used: list[Any] = []
+        for memory in self.memories.values():
+            messages, retrieved = memory.augment_messages(messages, query)
+            used.extend(retrieved)
+        return messages, used
+
+    def observe_turn(self, user_text: str, reply: str | None = None, turn_ids: torch.Tensor | None = None,
+                     judge: Any = None) -> list[Any]:
+        """Memorise one chat turn: memories that learn from text get the text (`observe_turn`), the
+        others get `turn_ids` (the templated turn) through one write pass. Returns what was learned."""
+        learned: list[Any] = []
+        textual = [m for m in self.memories.values() if m.learns_from_text]
+        for memory in textual:
+            learned.extend(memory.observe_turn(user_text, reply, judge))
+        if turn_ids is not None and len(textual) < len(self.memories):
+            with contextlib.ExitStack() as stack:
+                for memory in textual:  # they already learned this turn from its text
+                    stack.enter_context(memory.segment_writes(False))
+                self.write(turn_ids)
+        return learned
 
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
         """Label what the memories store from now on with a user and a session."""

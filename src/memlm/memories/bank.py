@@ -68,7 +68,7 @@ class BankConfig(MemoryConfig):
         encoder: "minilm" (offline all-MiniLM-L6-v2 sentence vectors) or "backbone" (the backbone's
             position-weighted mean hidden state).
         fusion: "prompt", "latent" or "both" (see the module docstring).
-        top_k: facts retrieved per query.
+        top_k: facts retrieved per query (2: more facts confuse small models; see docs/bank.md).
         min_similarity: retrieved facts below this cosine similarity are not used.
         similarity_weight / importance_weight / recency_weight: the ranking blend.
         recency_half_life: seconds after which the recency term halves.
@@ -87,7 +87,7 @@ class BankConfig(MemoryConfig):
     user: str = "default"
     encoder: str = "minilm"
     fusion: str = "both"
-    top_k: int = 4
+    top_k: int = 2
     min_similarity: float = 0.2
     similarity_weight: float = 1.0
     importance_weight: float = 0.1
@@ -199,8 +199,11 @@ class FactBank:
     # --- learning ----------------------------------------------------------------------------
     def learn(self, text: str, category: str | None = None, user: str | None = None, *, source: str | None = None,
               session: str | None = None, importance: float | None = None, row: int | None = None,
-              actor: str = "learn") -> LearnResult:
+              actor: str = "learn", embed_text: str | None = None) -> LearnResult:
         """Store `text` as a fact if it is new and useful; the result says what happened and why.
+
+        `embed_text` is what retrieval matches against (default: `text`); chat facts use the user's
+        own first-person sentence, since later questions come in the first person too.
 
         Example:
             >>> bank.learn("Einstein developed the theory of relativity.", category="science")
@@ -213,7 +216,7 @@ class FactBank:
             if duplicate is not None:
                 return LearnResult("duplicate", duplicate, duplicate.importance,
                                    f"exact duplicate of fact {duplicate.id}")
-            embedding = self.embed([text])[0]
+            embedding = self.embed([embed_text or text])[0]
             if self.store.has_user(user):
                 nearest = self.store.search(user, embedding, 1, row=row)
                 if nearest and nearest[0][1] >= self.config.duplicate_threshold:
@@ -247,7 +250,8 @@ class FactBank:
         """
         # The source is provenance, not input to validate: a reply may hold any character.
         source = CONTROL_CHARACTERS.sub(" ", f"user: {user_text}" + (f"\nassistant: {reply}" if reply else ""))
-        return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat")
+        return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
+                           embed_text=fact.sentence)
                 for fact in extract_facts(user_text, judge)]
 
     def evict(self, user: str) -> int:
@@ -300,8 +304,8 @@ class FactBank:
 
     def fuse_messages(self, messages: list[dict[str, str]], query: str | None = None, k: int | None = None
                       ) -> tuple[list[dict[str, str]], list[Retrieved]]:
-        """Prompt fusion: put the facts retrieved for `query` (default: the last user message) into
-        the system message. Returns the new messages and what was used."""
+        """Prompt fusion (`fuse_facts`) of the facts retrieved for `query` (default: the last user
+        message). Returns the new messages and what was used."""
         if not self.config.uses_prompt or not self.store.has_user(self.user):
             return messages, []
         if query is None:
@@ -309,12 +313,7 @@ class FactBank:
         used = self.retrieve(query, k) if query.strip() else []
         if not used:
             return messages, []
-        block = facts_block([r.fact.text for r in used])
-        if messages and messages[0]["role"] == "system":
-            fused = [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}, *messages[1:]]
-        else:
-            fused = [{"role": "system", "content": block}, *messages]
-        return fused, used
+        return fuse_facts(messages, [r.fact.text for r in used]), used
 
     # --- forgetting, measured ----------------------------------------------------------------
     def retention_curve(self, pairs: list[tuple[str, str]], spacing: float = 3600.0, k: int = 1,
@@ -376,6 +375,18 @@ class BankMemory(Memory):
 
     def remember_turn(self, user_text: str, reply: str | None = None, **kwargs: Any) -> list[LearnResult]:
         return self.bank.remember_turn(user_text, reply, **kwargs)
+
+    # How chats and the evaluation harness reach the bank (see `Memory`).
+    def augment_messages(self, messages: list[dict[str, str]], query: str) -> tuple[list[dict[str, str]], list[Any]]:
+        return self.bank.fuse_messages(messages, query=query)
+
+    def observe_turn(self, user_text: str, reply: str | None, judge: Callable[[str], bool] | None = None
+                     ) -> list[LearnResult]:
+        return self.bank.remember_turn(user_text, reply, judge=judge)
+
+    @property
+    def learns_from_text(self) -> bool:
+        return True
 
     @property
     def store(self) -> FactStore:
@@ -626,12 +637,29 @@ def position_weighted_mean(hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def facts_block(facts: list[str]) -> str:
-    """How retrieved facts are shown to the model (wording chosen on SmolLM2-135M-Instruct: naming
-    them as remembered from earlier conversations and asking for a short answer keeps a small model
-    from drifting away from them)."""
+    """How retrieved facts are listed for the model."""
     listed = "\n".join(f"- {fact}" for fact in facts)
-    return (f"You are a helpful AI assistant. You remember these facts from earlier conversations with the "
-            f"user:\n{listed}\nWhen the user asks about themselves, answer from these facts in one short sentence.")
+    return (f"You remember facts about the user from earlier conversations:\n{listed}\n"
+            f"Answer questions about the user from these facts, briefly.")
+
+
+def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[str, str]]:
+    """Prompt fusion: the facts go into the system message, and a short recap exchange (the user asks
+    what the assistant remembers, the assistant lists the facts) goes just before the last user
+    message. Measured on SmolLM2-135M-Instruct (multi-session recall, docs/bank.md), the recap lifts
+    recall from about 55% (facts in the system message alone) to about 85%: a small model repeats
+    what it has just said far more reliably than it reads a system message."""
+    if not facts:
+        return messages
+    block = facts_block(facts)
+    if messages and messages[0]["role"] == "system":
+        system, rest = {"role": "system", "content": messages[0]["content"] + "\n\n" + block}, messages[1:]
+    else:
+        system, rest = {"role": "system", "content": block}, list(messages)
+    recap = [{"role": "user", "content": "Is there anything you remember about me?"},
+             {"role": "assistant", "content": "Yes: " + " ".join(facts)}]
+    last_user = max((i for i, m in enumerate(rest) if m["role"] == "user"), default=len(rest))
+    return [system, *rest[:last_user], *recap, *rest[last_user:]]
 
 
 register_memory("bank", BankConfig, BankMemory)

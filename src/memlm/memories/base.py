@@ -14,6 +14,8 @@ the module's parameters; state is exposed through `state_tensors()` / `load_stat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,6 +108,27 @@ class Memory(nn.Module):
 
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
         """Label what this memory stores from now on (memories that keep records use it)."""
+
+    def augment_messages(self, messages: list[dict[str, str]], query: str) -> tuple[list[dict[str, str]], list[Any]]:
+        """Memories that fuse through the prompt add what they retrieved for `query` to the chat
+        messages; returns the messages and what was used. Most memories act inside the model and
+        leave the prompt alone."""
+        return messages, []
+
+    def observe_turn(self, user_text: str, reply: str | None, judge: Any = None) -> list[Any]:
+        """A chat turn as text, for memories that learn from text rather than from hidden states
+        (e.g. fact extraction; `judge` may vet sentences); returns what was learned."""
+        return []
+
+    @contextmanager
+    def segment_writes(self, enabled: bool) -> Iterator[None]:
+        """Memories that also store written segments (e.g. `bank`) can be told not to, here."""
+        yield
+
+    @property
+    def learns_from_text(self) -> bool:
+        """True if chat turns reach this memory through `observe_turn` instead of `write()`."""
+        return False
 
     def summary(self) -> dict[str, Any]:
         """A few numbers describing the current state, for `memlm info` and the chat."""
