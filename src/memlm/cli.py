@@ -422,8 +422,54 @@ def _read_text(file: Path) -> str:
     return text
 
 
-eval_app = typer.Typer(help="Evaluate memories against baselines.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate memories against baselines.", invoke_without_command=True)
 app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback()
+@_friendly_errors
+def eval_suite(
+    ctx: typer.Context,
+    suite: Annotated[str | None, typer.Option(
+        help="quick (about 15 min on 2 CPU cores, lengths up to 16K) or full (a GPU; up to 128K)")] = None,
+    memory: Annotated[str, typer.Option(
+        "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag and any mechanism or "
+                               "preset name")] = "none,full,rag,recurrent,knn-joint,bank",
+    tasks: Annotated[str, typer.Option(
+        help="task families, comma-separated: babilong, recall, ppl, continual, generation")] =
+        "babilong,recall,ppl,continual,generation",
+    window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
+    out: Annotated[Path, typer.Option(help="folder for results.json, results.md, plots and the pair cache "
+                                           "(finished pairs are reused when rerun)")] = Path("eval-results"),
+    samples: Annotated[int | None, typer.Option(min=1, help="override the suite's samples per length")] = None,
+    lengths: Annotated[str | None, typer.Option(help="override the suite's BABILong lengths, e.g. 0,1024")] = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Compare every memory mechanism and the baselines on the same tasks: `memlm eval --suite quick`.
+    Subcommands run single evaluations."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if suite is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0)
+    from memlm import load_backbone
+    from memlm.eval.harness import run_suite
+
+    overrides: dict[str, Any] = {}
+    if samples is not None:
+        overrides["samples"] = samples
+    if lengths is not None:
+        overrides["lengths"] = tuple(int(value) for value in lengths.split(","))
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    started = time.perf_counter()
+    written = run_suite(model, tokenizer, suite, [m.strip() for m in memory.split(",") if m.strip()], out,
+                        window=window, backbone_name=backbone or "SmolLM2-135M-Instruct",
+                        families=[t.strip() for t in tasks.split(",") if t.strip()],
+                        command="memlm " + " ".join(sys.argv[1:]), **overrides)
+    console.print(f"finished in {(time.perf_counter() - started) / 60:.1f} min; wrote "
+                  f"{', '.join(str(path) for path in written.values())}")
 
 
 @eval_app.command("ppl")
@@ -469,6 +515,43 @@ def eval_ppl(
         table.add_row(label, f"{result['perplexity']:.2f}", f"{result['change_vs_baseline'] * 100:+.1f}%",
                       f"{result['seconds']:.0f}")
     console.print(table)
+
+
+@eval_app.command("recall")
+@_friendly_errors
+def eval_recall(
+    users: Annotated[int, typer.Option(min=1, help="synthetic users")] = 5,
+    sessions: Annotated[int, typer.Option(min=1, max=20, help="sessions per user, one fact each")] = 20,
+    filler_turns: Annotated[int, typer.Option(min=0, help="chit-chat exchanges per session")] = 4,
+    systems: Annotated[str, typer.Option(help="comma-separated: none, full, bank")] = "none,full,bank",
+    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the full report (JSON)")] = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Multi-session recall: users state facts across sessions among real chit-chat, then ask
+    about them; the bank vs. no memory vs. the whole history in context."""
+    from memlm import load_backbone
+    from memlm.eval.recall import evaluate_multisession
+    from memlm.eval.tasks import multisession
+    from memlm.serialization import atomic_write_json
+
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    histories = multisession.generate(users, sessions, filler_turns, seed)
+    report = evaluate_multisession(model, tokenizer, histories, [s.strip() for s in systems.split(",") if s.strip()])
+    report["command"] = "memlm " + " ".join(sys.argv[1:])
+    table = Table(title=f"multi-session recall: {users} users x {sessions} sessions")
+    for column in ("system", "recall", "exact", "questions", "seconds", "write ms/turn"):
+        table.add_column(column)
+    for name, result in report["systems"].items():
+        write_ms = result["write_ms_per_turn"]
+        table.add_row(name, f"{result['recall']:.1%}", f"{result['exact']:.1%}", str(result["questions"]),
+                      f"{result['seconds']:.0f}", "-" if write_ms is None else f"{write_ms:.1f}")
+    console.print(table)
+    if output is not None:
+        atomic_write_json(output, report)
+        console.print(f"wrote {output}")
 
 
 # --- corpora -----------------------------------------------------------------------------------
@@ -741,7 +824,8 @@ def demo(
     dtype: DtypeOpt = None,
 ) -> None:
     """The tour: load the default model, answer with and without memory, chat with a session
-    that is saved, reloaded in a fresh model and found identical."""
+    that is saved, reloaded in a fresh model and found identical; then a fact bank that recalls
+    what a user said in an earlier session after a restart, and the classic six-fact scenario."""
     import torch
 
     from memlm import MemoryModel, load_backbone
@@ -795,9 +879,73 @@ def demo(
                   f"{resumed.turns} turns, state identical: {same}")
     console.print(f"state norm over the session: "
                   f"{[round(v, 3) for v in fresh.memories['recurrent'].state_norm_history]}")
+    recalled = _demo_bank(fresh.detach(), tokenizer)
     console.rule(f"done in {time.perf_counter() - started:.1f} s")
-    if not same:
+    if not (same and recalled):
         raise typer.Exit(1)
+
+
+def _demo_bank(model: Any, tokenizer: Any) -> bool:
+    """Sections 5 and 6 of the tour: two sessions with a restart between, then six facts."""
+    from memlm import MemoryModel
+    from memlm.chat import ChatSession
+    from memlm.paths import facts_path, user_dir
+
+    console.rule("5. a user's facts recalled in a later session, after a restart")
+    user, store = "demo-ada", str(facts_path())
+    bank_config = {"mechanism": "bank", "store": store, "user": user, "fusion": "prompt"}
+    generation = {"max_new_tokens": 40, "do_sample": False, "repetition_penalty": 1.1}
+    if user_dir(user).exists():
+        import shutil
+
+        shutil.rmtree(user_dir(user))
+    first_model = MemoryModel(model, [bank_config], tokenizer=tokenizer)
+    first_model.reset()  # start the demo user from nothing
+    first = ChatSession(first_model, tokenizer, user=user, session="one", generation=generation)
+    message = "Hi! My name is Ada, and my dog is called Biscuit."
+    console.print(f"session one, you> {message}", highlight=False)
+    console.print(f"session one, bot> {first.ask(message)}", highlight=False)
+    for result in first.last_learned:
+        console.print(f"[dim]     learned ({result.status}): {result.fact.text}[/]", highlight=False)
+    first_model.detach()
+
+    # A new MemoryModel and a new session: all that carries over is the store file on disk.
+    second_model = MemoryModel(model, [bank_config], tokenizer=tokenizer)
+    second = ChatSession(second_model, tokenizer, user=user, session="two", generation=generation)
+    question = "What is my dog's name?"
+    console.print(f"session two, you> {question}", highlight=False)
+    reply = second.ask(question)
+    console.print(f"session two, bot> {reply}", highlight=False)
+    for hit in second.last_memories:
+        console.print(f"[dim]     used [{hit.fact.id}] {hit.fact.text} (score {hit.score:.2f})[/]", highlight=False)
+    recalled = "biscuit" in reply.lower()
+    console.print(f"recalled the dog's name across sessions: {recalled}")
+    bank = second_model.memories["bank"]
+
+    console.rule("6. learning facts: importance, duplicates, retrieval")
+    bank.bank.user = "demo-classic"
+    bank.reset()
+    facts = [("Einstein developed the theory of relativity.", "science"),
+             ("The Great Wall of China is over 21,000 kilometres long.", "history"),
+             ("Photosynthesis turns sunlight, water and carbon dioxide into sugar.", "biology"),
+             ("Mount Everest is the highest mountain on Earth.", "geography"),
+             ("Shakespeare wrote Hamlet around 1600.", "literature"),
+             ("Water boils at 100 degrees Celsius at sea level.", "physics"),
+             ("Einstein developed the theory of relativity!", "science")]
+    for text, category in facts:
+        result = bank.learn(text, category=category)
+        console.print(f"learn {text!r:70} -> {result.status} ({result.reason})", highlight=False)
+    console.print("stored facts:")
+    for fact in bank.store.facts("demo-classic"):
+        console.print(f"  [{fact.id}] ({fact.category}) {fact.text}  importance {fact.importance:.3f}",
+                      highlight=False)
+    hits = bank.retrieve("Einstein's theory", 3, touch=False)
+    console.print("retrieve \"Einstein's theory\":")
+    for hit in hits:
+        console.print(f"  {hit.score:.3f}  {hit.fact.text}", highlight=False)
+    bank.reset()
+    second_model.detach()
+    return recalled and bool(hits) and "relativity" in hits[0].fact.text
 
 
 if __name__ == "__main__":  # pragma: no cover
