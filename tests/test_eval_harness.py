@@ -1,0 +1,98 @@
+"""The evaluation harness on a tiny model: every pair runs, the report builds, runs resume from the
+cache, and a newly registered mechanism shows up without any change to the harness."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from tiny import tiny_model
+
+import memlm
+from memlm.eval.contenders import Contender
+from memlm.eval.harness import Harness, Suite, run_suite
+from memlm.memories.base import Memory
+
+TINY_SUITE = dict(babilong_tasks=("qa1",), lengths=(0, 400), samples=1, recall_users=1, recall_sessions=2,
+                  recall_filler_turns=1, ppl_corpus="pg-essays", ppl_tokens=256, facts=8, fact_questions=2,
+                  generation_samples=2, max_new_tokens=4)
+
+
+@dataclass
+class DummyConfig(memlm.MemoryConfig):
+    pass
+
+
+class DummyMemory(Memory):
+    """A memory that remembers nothing (checks the harness is generic over the registry)."""
+
+    config_class = DummyConfig
+
+    def attach(self, layout) -> None:
+        pass
+
+
+@pytest.fixture
+def dummy_mechanism():
+    memlm.register_memory("dummy", DummyConfig, DummyMemory)
+    yield "dummy"
+    memlm.registry.unregister_memory("dummy")
+
+
+def test_a_tiny_run_builds_the_report_and_a_new_mechanism_appears(tokenizer, tmp_path, dummy_mechanism):
+    written = run_suite(tiny_model("llama"), tokenizer, "quick", ["none", "full", "rag", "bank", "dummy"], tmp_path,
+                        window=160, backbone_name="tiny-llama", command="pytest", progress=False, **TINY_SUITE)
+    results = json.loads(written["results.json"].read_text())
+    records = results["records"]
+    by_task = {(r["task"], r["mechanism"]) for r in records}
+    for mechanism in ("none", "full", "rag", "bank", "dummy"):
+        assert ("babilong/qa1", mechanism) in by_task
+        assert ("recall/multi-session", mechanism) in by_task
+        assert ("continual/facts", mechanism) in by_task or mechanism == "full"
+        assert ("generation/qa", mechanism) in by_task
+    assert ("ppl/pg-essays", "rag") not in by_task and ("ppl/pg-essays", "dummy") in by_task
+    # `full` is left out where the input exceeds the native window (512 positions); none never is.
+    assert {r["length"] for r in records if r["task"] == "babilong/qa1" and r["mechanism"] == "none"} == {0, 400}
+    markdown = written["results.md"].read_text()
+    assert "| dummy " in markdown and "| bank " in markdown and "pytest" in markdown
+    assert written["accuracy_vs_length.png"].read_bytes().startswith(b"\x89PNG")
+    assert written["perplexity.png"].stat().st_size > 1000
+
+
+def test_finished_pairs_are_reused_and_changed_settings_rerun(tokenizer, tmp_path, monkeypatch):
+    backbone = tiny_model("llama")
+    suite = Suite("tiny", **TINY_SUITE)
+    harness = Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"],
+                      progress=False)
+    first = harness.run()
+    calls = []
+    original = Harness._run_babilong
+    monkeypatch.setattr(Harness, "_run_babilong", lambda self, *a: calls.append(a) or original(self, *a))
+    assert harness.run() == first and calls == []  # everything came from the cache
+    Harness(backbone, tokenizer, Suite("tiny", **{**TINY_SUITE, "samples": 2}), ["none"], tmp_path, window=160,
+            families=["babilong"], progress=False).run()
+    assert len(calls) == 1  # the changed suite setting invalidated the pair
+
+
+def test_unknown_contenders_and_families_are_clear_errors(tokenizer, tmp_path):
+    with pytest.raises(memlm.ConfigError, match="hippocampus"):
+        Harness(tiny_model("llama"), tokenizer, Suite("tiny"), ["none", "hippocampus"], tmp_path)
+    with pytest.raises(memlm.ConfigError, match="families"):
+        Harness(tiny_model("llama"), tokenizer, Suite("tiny"), ["none"], tmp_path, families=["vibes"])
+
+
+def test_contenders_see_the_tail_and_memories_get_what_left_the_window(tokenizer):
+    backbone = tiny_model("llama")
+    memory = Contender("bank", backbone, tokenizer, window=120, max_new_tokens=2)
+    memory.feed("alpha " * 100)
+    memory.ask("Q?")
+    stored = memory.model.memories["bank"].store.facts("default")
+    assert stored and sum(len(f.text) for f in stored) < 600  # the head went to memory, the tail stayed
+    assert memory.written == len(memory.buffer) - (120 - memory._prompt_ids([{"role": "user", "content": "\n\nQ?"}]
+                                                                             ).shape[1] - 2)
+    memory.close()
+    full = Contender("full", backbone, tokenizer, window=120, max_new_tokens=2)
+    full.feed("beta " * 200)
+    assert full.ask("Q?") is None  # 1,000 bytes do not fit 512 positions
+    full.close()
