@@ -215,3 +215,26 @@ def test_every_relation_offers_several_wordings():
         assert len(relation.facts) >= 2 and len(relation.questions) >= 2, name
         assert len(set(relation.answers)) >= 10, name
         assert all(re.fullmatch(r"\w+", answer) for answer in relation.answers), name
+
+
+# --- multi-session recall ------------------------------------------------------------------------
+def test_multisession_users_state_each_asked_fact_once_among_filler():
+    from memlm.eval.tasks import multisession
+
+    users = multisession.generate(n_users=3, n_sessions=20, filler_turns=4, seed=5)
+    assert users == multisession.generate(n_users=3, n_sessions=20, filler_turns=4, seed=5)
+    assert users != multisession.generate(n_users=3, n_sessions=20, filler_turns=4, seed=6)
+    for user in users:
+        assert len(user.sessions) == 20 and all(len(session) == 5 for session in user.sessions)
+        assert len({q.attribute for q in user.questions}) == 20  # one fact per attribute
+        for question in user.questions:
+            messages = [message for message, _ in user.sessions[question.session]]
+            assert question.statement in messages
+            assert question.answer in question.statement and question.answer not in question.question
+
+
+def test_multisession_refuses_more_sessions_than_attributes():
+    from memlm.eval.tasks import multisession
+
+    with pytest.raises(ValueError, match="n_sessions"):
+        multisession.generate(n_sessions=len(multisession.ATTRIBUTES) + 1)

@@ -432,9 +432,9 @@ def eval_suite(
     ctx: typer.Context,
     suite: Annotated[str | None, typer.Option(
         help="quick (about 15 min on 2 CPU cores, lengths up to 16K) or full (a GPU; up to 128K)")] = None,
-    memory: Annotated[str, typer.Option(
+    memory: Annotated[str | None, typer.Option(
         "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag and any mechanism or "
-                               "preset name")] = "none,full,rag,recurrent,knn-joint,bank",
+                               "preset name [default: the suite's list]")] = None,
     tasks: Annotated[str, typer.Option(
         help="task families, comma-separated: babilong, recall, ppl, continual, generation")] =
         "babilong,recall,ppl,continual,generation",
@@ -443,6 +443,7 @@ def eval_suite(
                                            "(finished pairs are reused when rerun)")] = Path("eval-results"),
     samples: Annotated[int | None, typer.Option(min=1, help="override the suite's samples per length")] = None,
     lengths: Annotated[str | None, typer.Option(help="override the suite's BABILong lengths, e.g. 0,1024")] = None,
+    report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
@@ -455,8 +456,10 @@ def eval_suite(
         console.print(ctx.get_help())
         raise typer.Exit(0)
     from memlm import load_backbone
-    from memlm.eval.harness import run_suite
+    from memlm.eval.harness import DEFAULT_CONTENDERS, run_suite
 
+    if memory is None:
+        memory = ",".join(DEFAULT_CONTENDERS.get(suite, DEFAULT_CONTENDERS["quick"]))
     overrides: dict[str, Any] = {}
     if samples is not None:
         overrides["samples"] = samples
@@ -465,9 +468,9 @@ def eval_suite(
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
     started = time.perf_counter()
     written = run_suite(model, tokenizer, suite, [m.strip() for m in memory.split(",") if m.strip()], out,
-                        window=window, backbone_name=backbone or "SmolLM2-135M-Instruct",
+                        window=window, backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
                         families=[t.strip() for t in tasks.split(",") if t.strip()],
-                        command="memlm " + " ".join(sys.argv[1:]), **overrides)
+                        command="memlm " + " ".join(sys.argv[1:]), report=report, **overrides)
     console.print(f"finished in {(time.perf_counter() - started) / 60:.1f} min; wrote "
                   f"{', '.join(str(path) for path in written.values())}")
 
@@ -523,7 +526,9 @@ def eval_recall(
     users: Annotated[int, typer.Option(min=1, help="synthetic users")] = 5,
     sessions: Annotated[int, typer.Option(min=1, max=20, help="sessions per user, one fact each")] = 20,
     filler_turns: Annotated[int, typer.Option(min=0, help="chit-chat exchanges per session")] = 4,
-    systems: Annotated[str, typer.Option(help="comma-separated: none, full, bank")] = "none,full,bank",
+    systems: Annotated[str, typer.Option(help="contenders, comma-separated: none, full, rag or any mechanism / "
+                                              "preset")] = "none,full,bank",
+    window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
     seed: Annotated[int, typer.Option()] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the full report (JSON)")] = None,
     backbone: BackboneOpt = None,
@@ -539,15 +544,17 @@ def eval_recall(
 
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
     histories = multisession.generate(users, sessions, filler_turns, seed)
-    report = evaluate_multisession(model, tokenizer, histories, [s.strip() for s in systems.split(",") if s.strip()])
+    from memlm.eval.harness import check_contenders
+
+    names = check_contenders([s.strip() for s in systems.split(",") if s.strip()])
+    report = evaluate_multisession(model, tokenizer, histories, names, window=window)
     report["command"] = "memlm " + " ".join(sys.argv[1:])
     table = Table(title=f"multi-session recall: {users} users x {sessions} sessions")
-    for column in ("system", "recall", "exact", "questions", "seconds", "write ms/turn"):
+    for column in ("system", "recall", "exact", "questions", "seconds"):
         table.add_column(column)
     for name, result in report["systems"].items():
-        write_ms = result["write_ms_per_turn"]
         table.add_row(name, f"{result['recall']:.1%}", f"{result['exact']:.1%}", str(result["questions"]),
-                      f"{result['seconds']:.0f}", "-" if write_ms is None else f"{write_ms:.1f}")
+                      f"{result['seconds']:.0f}")
     console.print(table)
     if output is not None:
         atomic_write_json(output, report)

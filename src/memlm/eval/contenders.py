@@ -10,8 +10,13 @@ what falls out of the window is what distinguishes them:
 * `rag` — chunks of it are embedded with the offline MiniLM and the best `top_k` are put in the prompt;
 * any registered mechanism or preset (`recurrent`, `knn-joint`, `bank`, ...) — it is written to the
   memory in segments of `window` tokens as it leaves the window (`MemoryModel.memorize`); memories
-  that fuse through the prompt (the bank) then add what they retrieve for the question. Chat turns
-  also reach memories that learn from text (the bank's fact extraction) as text.
+  that fuse through the prompt (the bank) then add what they retrieve for the question.
+
+Chat turns (`observe_turn`) are handled as `ChatSession` handles them: each turn is memorised when it
+happens (`MemoryModel.observe_turn`: the bank extracts facts from its text, other memories get one
+write pass), the rag index gets it as one chunk, and the prompt holds the most recent turns, as
+chat messages, that fit the window. `new_session()` starts a new conversation: from then on the
+prompt holds only the new session's turns, except for `full`, which keeps every turn in context.
 
 New mechanisms need nothing here: any name the registry knows is a contender.
 """
@@ -45,7 +50,8 @@ class Contender:
         self.rag = RagIndex(tokenizer) if self.kind == "rag" else None
         self.buffer: list[int] = []
         self.written = 0  # tokens of `buffer` already handed to the memory / the rag index
-        self.chat = False  # the stream is chat turns (set by observe_turn)
+        self.turns: list[tuple[str, str]] = []  # chat exchanges (observe_turn)
+        self.session_start = 0  # index in `turns` where the current session began
 
     def describe(self) -> dict[str, Any]:
         """What identifies this contender's results (for caching)."""
@@ -57,7 +63,7 @@ class Contender:
         self.model.detach()
 
     def reset(self, user: str | None = None) -> None:
-        self.buffer, self.written, self.chat = [], 0, False
+        self.buffer, self.written, self.turns, self.session_start = [], 0, [], 0
         if user is not None:
             self.model.set_provenance(user=user)
         self.model.reset()
@@ -69,10 +75,33 @@ class Contender:
         self.buffer.extend(self.tokenizer(text.strip() + "\n", add_special_tokens=False).input_ids)
 
     def observe_turn(self, user_text: str, reply: str) -> None:
-        """A chat exchange: part of the stream, and learned from its text by memories that do."""
-        self.chat = True
-        self.model.observe_turn(user_text, reply)
-        self.feed(f"User: {user_text}\nAssistant: {reply}")
+        """A chat exchange, memorised as `ChatSession` does it."""
+        self.turns.append((user_text, reply))
+        if self.kind == "memory":
+            turn = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}]
+            turn_ids = self.tokenizer.apply_chat_template(turn, return_tensors="pt", return_dict=True)["input_ids"]
+            self.model.observe_turn(user_text, reply, turn_ids=turn_ids)
+        elif self.rag is not None:
+            self.rag.add(f"User: {user_text}\nAssistant: {reply}", split=False)
+
+    def new_session(self) -> None:
+        """A new conversation: earlier turns leave the prompt (all but `full` must remember them)."""
+        self.session_start = len(self.turns)
+
+    def _chat_messages(self, question: str) -> list[dict[str, str]] | None:
+        """The most recent exchanges that fit the window, then the question (None: `full` and they
+        do not all fit)."""
+        history: list[dict[str, str]] = []
+        limit = self.window - self.max_new_tokens
+        visible = self.turns if self.kind == "full" else self.turns[self.session_start:]
+        for user_text, reply in reversed(visible):
+            candidate = [{"role": "user", "content": user_text}, {"role": "assistant", "content": reply}, *history]
+            if self._prompt_ids([*candidate, {"role": "user", "content": question}]).shape[1] > limit:
+                if self.kind == "full":
+                    return None
+                break
+            history = candidate
+        return [*history, {"role": "user", "content": question}]
 
     def _flush(self, keep: int) -> None:
         """Hand everything but the last `keep` tokens to the memory or the rag index (once)."""
@@ -83,7 +112,7 @@ class Contender:
         if self.kind == "memory":
             with contextlib.ExitStack() as stack:
                 for memory in self.model.memories.values():
-                    if self.chat and memory.learns_from_text:  # chat text reached them in observe_turn
+                    if self.turns and memory.learns_from_text:  # chat text reached them in observe_turn
                         stack.enter_context(memory.segment_writes(False))
                 self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
         elif self.rag is not None:
@@ -99,14 +128,19 @@ class Contender:
     def ask(self, question: str, query: str | None = None) -> str | None:
         """Answer `question` (the instruction and question text) with the stream's tail in the prompt.
         `query` is what retrieval looks for (default: `question`). None if `full` cannot fit it."""
-        question_tokens = self._prompt_ids([{"role": "user", "content": "\n\n" + question}]).shape[1]
-        keep = max(0, self.window - question_tokens - self.max_new_tokens)
-        if self.kind == "full" and len(self.buffer) > keep:
-            return None
-        self._flush(keep)
-        tail = self.buffer[len(self.buffer) - keep:] if keep else []
-        content = (self.tokenizer.decode(tail).strip() + "\n\n" if tail else "") + question
-        messages = [{"role": "user", "content": content}]
+        if self.turns:  # a chat
+            messages = self._chat_messages(question)
+            if messages is None:
+                return None
+        else:
+            question_tokens = self._prompt_ids([{"role": "user", "content": "\n\n" + question}]).shape[1]
+            keep = max(0, self.window - question_tokens - self.max_new_tokens)
+            if self.kind == "full" and len(self.buffer) > keep:
+                return None
+            self._flush(keep)
+            tail = self.buffer[len(self.buffer) - keep:] if keep else []
+            content = (self.tokenizer.decode(tail).strip() + "\n\n" if tail else "") + question
+            messages = [{"role": "user", "content": content}]
         if self.rag is not None:
             messages = self.rag.augment(messages, query or question)
         messages, _ = self.model.augment_messages(messages, query=query or question)

