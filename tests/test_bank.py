@@ -333,3 +333,22 @@ def test_latent_fusion_reads_only_the_rows_own_facts(tokenizer):
     memory_model.reset()
     memory_model.write(torch.tensor([[10, 11, 12, 13], [90, 91, 92, 93]]))
     assert torch.allclose(memory_model(probe, write_memory=False).logits, row0_reads, atol=1e-6)
+
+
+def test_the_classic_six_facts_scenario_retrieves_relativity_first():
+    # The real MiniLM, no language model: what `memlm demo` shows with the model attached.
+    memory = memlm.Memory(None)
+    facts = [("Einstein developed the theory of relativity.", "science"),
+             ("The Great Wall of China is over 21,000 kilometres long.", "history"),
+             ("Photosynthesis turns sunlight, water and carbon dioxide into sugar.", "biology"),
+             ("Mount Everest is the highest mountain on Earth.", "geography"),
+             ("Shakespeare wrote Hamlet around 1600.", "literature"),
+             ("Water boils at 100 degrees Celsius at sea level.", "physics")]
+    for text, category in facts:
+        assert memory.add(text, user="classic", category=category, infer=False)[0]["event"] == "ADD"
+    assert memory.add("Einstein developed the theory of relativity!", user="classic", infer=False)[0]["event"] == "NONE"
+    listed = memory.get_all(user="classic")
+    assert [(f["memory"], f["category"]) for f in listed] == facts
+    hits = memory.search("Einstein's theory", user="classic", limit=3)
+    assert hits[0]["memory"] == "Einstein developed the theory of relativity."
+    assert len(hits) == 1 or hits[0]["score"] > hits[1]["score"]
