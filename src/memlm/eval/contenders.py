@@ -23,7 +23,6 @@ New mechanisms need nothing here: any name the registry knows is a contender.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -110,11 +109,7 @@ class Contender:
             return
         ids = self.buffer[self.written:end]
         if self.kind == "memory":
-            with contextlib.ExitStack() as stack:
-                for memory in self.model.memories.values():
-                    if self.turns and memory.learns_from_text:  # chat text reached them in observe_turn
-                        stack.enter_context(memory.segment_writes(False))
-                self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
+            self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
         elif self.rag is not None:
             self.rag.add(self.tokenizer.decode(ids))
         self.written = end
