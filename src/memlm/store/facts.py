@@ -18,6 +18,7 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -25,7 +26,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,21 @@ def text_key(text: str) -> str:
     normalized = unicodedata.normalize("NFKC", text).casefold()
     normalized = re.sub(r"\s+", " ", normalized).strip().rstrip(".!?;, ")
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def _one_faiss_thread() -> Iterator[None]:
+    """One query against a flat index is one sweep over memory: extra OpenMP threads only add their
+    wake-up cost and contend with torch's pool, which has just embedded the query (on 2 cores this
+    doubled the p95 of a search at 100K facts; benchmarks/bank_latency.py)."""
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def _blob(vector: np.ndarray | None) -> bytes | None:
@@ -362,7 +378,8 @@ class FactStore:
                 return []
             # Row filtering happens after the search: ask for more so enough survive it.
             wanted = min(len(index), k if row is None else max(4 * k, 64))
-            scores, found = index.search(query, wanted)
+            with _one_faiss_thread():
+                scores, found = index.search(query, wanted)
         pairs = [(int(i), float(s)) for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if i >= 0]
         if not pairs:
             return []
