@@ -96,3 +96,18 @@ def test_contenders_see_the_tail_and_memories_get_what_left_the_window(tokenizer
     full.feed("beta " * 200)
     assert full.ask("Q?") is None  # 1,000 bytes do not fit 512 positions
     full.close()
+
+
+def test_a_base_model_without_chat_template_is_asked_in_a_plain_transcript():
+    from tiny import tiny_tokenizer
+
+    from memlm.eval.contenders import PLAIN_CHAT_TEMPLATE
+
+    base_tokenizer = tiny_tokenizer()
+    base_tokenizer.chat_template = None
+    contender = Contender("none", tiny_model("llama"), base_tokenizer, window=160, max_new_tokens=2)
+    assert base_tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    prompt = base_tokenizer.decode(contender._prompt_ids([{"role": "user", "content": "Hi?"}])[0])
+    assert prompt == "User: Hi?\nAssistant:"
+    assert isinstance(contender.ask("Where is Mary?"), str)
+    contender.close()

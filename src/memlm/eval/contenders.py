@@ -32,6 +32,15 @@ from memlm.model import MemoryModel
 from memlm.registry import make_config
 
 BASELINES = ("none", "full", "rag")
+# Base models ship no chat template; they are asked in this plain transcript form instead (after the
+# BOS token, without which models such as Gemma degenerate).
+PLAIN_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 class Contender:
@@ -40,6 +49,8 @@ class Contender:
     def __init__(self, name: str, backbone: Any, tokenizer: Any, window: int = 1024, max_new_tokens: int = 16):
         self.name = name
         self.kind = name if name in BASELINES else "memory"
+        if getattr(tokenizer, "chat_template", None) is None:
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         self.tokenizer = tokenizer
         self.native_window = int(getattr(backbone.config, "max_position_embeddings", window))
         self.window = self.native_window if self.kind == "full" else min(window, self.native_window)
