@@ -357,7 +357,7 @@ class BankMemory(Memory):
         self._write_segments = config.write_segments
         self._measuring = False
         self._captured: torch.Tensor | None = None
-        self._latent_cache: tuple[tuple[str, int], list[int | None], torch.Tensor] | None = None
+        self._latent_cache: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None] | None = None
         store = FactStore(config.store, self.dimension, self.encoder_name)
         latent = self._latent_if_possible if config.uses_latent else None
         self.bank = FactBank(config, store, self.embed, measure=self.loss_improvement, latent=latent)
@@ -487,25 +487,28 @@ class BankMemory(Memory):
         if self.context.capturing and self._write_segments and not self._measuring:
             self._captured = hidden_states.detach()
 
-    def _latents(self) -> tuple[list[int | None], torch.Tensor] | None:
+    def _latents(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(row of each fact, -1 = every row; latent vectors) on `device`, rebuilt only when the
+        user's facts change: this runs on every forward, decode steps included."""
         user = self.bank.user
-        key = (user, self.store.version(user))
+        key = (user, self.store.version(user), device, dtype)
         if self._latent_cache is None or self._latent_cache[0] != key:
             _, rows, vectors = self.store.latents(user)
-            tensor = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, self.hidden_size)
-            self._latent_cache = (key, rows, tensor)
-        _, rows, tensor = self._latent_cache
-        return (rows, tensor) if rows else None
+            if not rows:
+                self._latent_cache = (key, None)
+            else:
+                row_ids = torch.tensor([-1 if r is None else r for r in rows], device=device)
+                latents = torch.from_numpy(np.stack(vectors)).to(device=device, dtype=dtype)
+                self._latent_cache = (key, (row_ids, latents))
+        return self._latent_cache[1]
 
     def _read_latent(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self._measuring or self.reader is None:
             return hidden_states
-        latents = self._latents()
+        latents = self._latents(hidden_states.device, hidden_states.dtype)
         if latents is None:
             return hidden_states
-        rows, vectors = latents
-        vectors = vectors.to(device=hidden_states.device, dtype=hidden_states.dtype)
-        rows_tensor = torch.tensor([-1 if r is None else r for r in rows], device=hidden_states.device)
+        rows_tensor, vectors = latents
         outputs = []
         for row_index in range(hidden_states.shape[0]):  # each batch row reads only its own facts
             visible = (rows_tensor == -1) | (rows_tensor == row_index)
