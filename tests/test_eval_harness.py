@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import torch
 from tiny import tiny_model
 
 import memlm
@@ -70,9 +71,16 @@ def test_finished_pairs_are_reused_and_changed_settings_rerun(tokenizer, tmp_pat
     original = Harness._run_babilong
     monkeypatch.setattr(Harness, "_run_babilong", lambda self, *a: calls.append(a) or original(self, *a))
     assert harness.run() == first and calls == []  # everything came from the cache
-    Harness(backbone, tokenizer, Suite("tiny", **{**TINY_SUITE, "samples": 2}), ["none"], tmp_path, window=160,
-            families=["babilong"], progress=False).run()
+    suite = Suite("tiny", **{**TINY_SUITE, "samples": 2})
+    Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"], progress=False).run()
     assert len(calls) == 1  # the changed suite setting invalidated the pair
+    backbone.config.name_or_path = "/elsewhere/same-weights"
+    Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"], progress=False).run()
+    assert len(calls) == 1  # the same weights loaded from another path reuse the pairs
+    with torch.no_grad():
+        backbone.get_input_embeddings().weight.mul_(2)
+    Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"], progress=False).run()
+    assert len(calls) == 2  # other weights do not
 
 
 def test_unknown_contenders_and_families_are_clear_errors(tokenizer, tmp_path):

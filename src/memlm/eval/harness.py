@@ -127,6 +127,9 @@ class Harness:
         self.log = log
         self.fingerprint = backbone_fingerprint(inspect_backbone(backbone))
         self.backbone_name = backbone_name or self.fingerprint["name"] or self.fingerprint["model_type"]
+        # Cached pairs are keyed by the weights, not by where they were loaded from: pairs run on a GPU
+        # host from a local copy of the model are reused by a report built elsewhere.
+        self.weights_key = {key: value for key, value in self.fingerprint.items() if key != "name"}
         self._samples: dict[tuple[str, int], list[babilong.Sample]] = {}
 
     # --- the grid ----------------------------------------------------------------------------
@@ -158,7 +161,7 @@ class Harness:
         contender = Contender(name, self.backbone, self.tokenizer, self.window, self.suite.max_new_tokens)
         try:
             key = hashlib.sha256(json.dumps({"task": task, "suite": self.suite.part(family),
-                                             "contender": contender.describe(), "backbone": self.fingerprint},
+                                             "contender": contender.describe(), "backbone": self.weights_key},
                                             sort_keys=True, default=str).encode()).hexdigest()
             path = self._cache_path(task, name)
             if path.exists():
