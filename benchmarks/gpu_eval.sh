@@ -9,9 +9,11 @@
 #                                                                original vectors 1.0000)
 #   ../shared/gpu/stage 0, run("bash .gpu/setup.sh"), ../shared/gpu/stage 1, then at once
 #   run("bash .gpu/setup.sh && source .gpu/env.sh && bash benchmarks/gpu_eval.sh run")
-#   run("bash benchmarks/gpu_eval.sh resume")                   continues an interrupted suite
-# Results ($OUT): multisession_recall.json and the suite's cached pairs; the report is built where
-# matplotlib and bert-score are installed: memlm eval --suite full --out <dir with the pairs>.
+#   run("bash benchmarks/gpu_eval.sh resume", carry=[".gpupairs"])  continues an interrupted suite
+# Results ($OUT): multisession_recall.json and the suite's cached pairs (copy them to .gpupairs/ to
+# resume in a later command); the report is built where bert-score is installed, from the same pairs
+# (keyed by the weights, not the path): memlm eval --suite full --out <dir holding pairs/>.
+# RECALL_SECONDS=0 skips the recall study; CONTENDERS and TASKS narrow the suite.
 set -uo pipefail
 site=$PWD/.gpusite
 out=${OUT:-out}
@@ -29,15 +31,22 @@ case "${1:-run}" in
     backbone=/tmp/SmolLM2-135M-Instruct
     nvidia-smi -L | tee "$out/device.txt"
     if [ "$1" = run ]; then  # convert the GGUF once; keep a plain copy for later commands
-      python3 -c "import memlm; m, t = memlm.load_backbone(); m.save_pretrained('$backbone'); t.save_pretrained('$backbone')"
-      timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
+      [ -d "$backbone" ] || python3 -c "import memlm; m, t = memlm.load_backbone(); m.save_pretrained('$backbone'); t.save_pretrained('$backbone')"
+      [ "${RECALL_SECONDS:-480}" != 0 ] && timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
         --dtype float32 --backbone "$backbone" -o "$out/multisession_recall.json" > "$out/recall.log" 2>&1
       tail -n 12 "$out/recall.log"
     fi
     [ "${SUITE_SECONDS:-500}" = 0 ] && exit 0
-    timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --tasks babilong,recall,ppl,continual \
-      --device cuda --dtype float32 --backbone "$backbone" --no-report --out /tmp/eval-full > "$out/suite.log" 2>&1
-    tail -c 600 "$out/suite.log"
+    # One process per contender, all at once: decoding a 135M model is latency-bound, so the GPU has
+    # room for several. Pairs finished in an earlier command come back through .gpupairs/ (carried).
+    mkdir -p /tmp/eval-full/pairs && cp .gpupairs/*.json /tmp/eval-full/pairs/ 2>/dev/null
+    for name in ${CONTENDERS:-none full rag recurrent knn-joint bank}; do
+      timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --memory "$name" \
+        --tasks "${TASKS:-babilong,recall,ppl,continual}" --device cuda --dtype float32 --backbone "$backbone" \
+        --no-report --out /tmp/eval-full > "$out/suite-$name.log" 2>&1 &
+    done
+    wait
+    for log in "$out"/suite-*.log; do echo "== $log"; tail -c 300 "$log"; done
     mkdir -p "$out/pairs" && cp /tmp/eval-full/pairs/*.json "$out/pairs/" 2>/dev/null
     ls "$out/pairs" | wc -l ;;
 esac

@@ -313,6 +313,30 @@ def test_chat_puts_retrieved_facts_in_the_prompt_and_learns_from_turns(tokenizer
     assert bob.last_memories == [] and fresh.memories["bank"].summary()["facts"] == 0
 
 
+def test_the_next_reply_is_biased_toward_the_tokens_of_the_facts_in_the_prompt(tokenizer):
+    fact = "The user's cat is called Miso."
+    fact_tokens = set(tokenizer(fact, add_special_tokens=False).input_ids) | set(
+        tokenizer(" " + fact, add_special_tokens=False).input_ids)
+
+    def reply_tokens(bias: float) -> tuple[set[int], list]:
+        memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion="prompt",
+                                                                          fact_token_bias=bias), tokenizer=tokenizer)
+        memory_model.memories["bank"].learn(fact, importance=1.0)
+        messages, used = memory_model.augment_messages([{"role": "user", "content": "cat?"}], query=fact)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        reply = memory_model.generate(ids, max_new_tokens=12, do_sample=False, write_memory=False)[0, ids.shape[1]:]
+        return set(reply.tolist()), memory_model.memories["bank"].logits_processors()
+
+    biased, left_over = reply_tokens(20.0)
+    assert biased <= fact_tokens  # a bonus of 20 logits leaves a random model nothing else to say
+    assert left_over == []  # the bonus applied to that one generate call only
+    unbiased, _ = reply_tokens(0.0)
+    assert not unbiased <= fact_tokens
+    with pytest.raises(memlm.ConfigError, match="fact_token_bias"):
+        memlm.BankConfig(fact_token_bias=-1.0)
+
+
 def test_segments_written_through_the_model_become_passages(tokenizer):
     memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone"), tokenizer=tokenizer)
     memory_model.memorize("alpha beta gamma. " * 8 + "delta epsilon zeta. " * 8, segment_length=40, progress=False)

@@ -184,6 +184,11 @@ class MemoryModel(nn.Module):
             self._memorize(input_ids[:, :split], head_mask, context_window, progress=False)
             input_ids = input_ids[:, split:]
             attention_mask = None if attention_mask is None else attention_mask[:, split:]
+        processors = [processor for memory in self.memories.values() for processor in memory.logits_processors()]
+        if processors:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *processors])
         output = self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if write_memory and self.memories and input_ids is not None:
             sequences = output if isinstance(output, torch.Tensor) else output.sequences

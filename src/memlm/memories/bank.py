@@ -14,6 +14,9 @@ reaches the model in two ways (`fusion`):
 
 * `prompt` — facts are placed in the prompt through the chat template (`fuse_messages`); works
   untrained, and is what `ChatSession` and the evaluation harness use;
+  While the model answers, the tokens of those facts get a small logit bonus (`fact_token_bias`,
+  `FactTokenBias`): a small model tends to answer from its prior ("a glass of wine") even with the
+  fact ("kefir") in front of it, and the bonus tips it toward copying;
 * `latent` — every position of the last decoder layer's output attends over the latent vectors of
   the row's facts (the backbone's own position-weighted mean of the fact's hidden states) and adds
   the result through a per-channel gate that starts at zero: untrained it changes nothing, training
@@ -37,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from transformers import LogitsProcessor
 
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, CorruptedFileError
@@ -79,6 +83,8 @@ class BankConfig(MemoryConfig):
         capacity: most facts kept per user (None: unbounded); `eviction` picks what goes.
         eviction: "importance" (lowest decayed importance first) or "oldest".
         importance_half_life: seconds of disuse after which importance halves (None: no decay).
+        fact_token_bias: logit bonus, during the next `generate()`, for every token of the facts prompt
+            fusion placed in the prompt (0: off; see `FactTokenBias`).
         write_segments: store segments written through `MemoryModel` as passages.
         latent_top_k: facts each position attends over in latent fusion.
     """
@@ -100,6 +106,7 @@ class BankConfig(MemoryConfig):
     capacity: int | None = None
     eviction: str = "importance"
     importance_half_life: float | None = None
+    fact_token_bias: float = 2.0
     write_segments: bool = True
     latent_top_k: int = 8
 
@@ -113,6 +120,7 @@ class BankConfig(MemoryConfig):
         check_name(self.user, "user id")
         check_range("duplicate_threshold", self.duplicate_threshold, 0.0, 1.0, mechanism="bank")
         check_range("min_similarity", self.min_similarity, -1.0, 1.0, mechanism="bank")
+        check_range("fact_token_bias", self.fact_token_bias, 0.0, 20.0, mechanism="bank")
         for name in ("top_k", "latent_top_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"bank: {name} must be a positive integer, got {getattr(self, name)!r}")
@@ -174,6 +182,22 @@ class LatentReader(nn.Module):
         weights = top_scores.softmax(dim=-1).unsqueeze(-1)  # (T, k, 1)
         read = (weights * values[top_index]).sum(dim=1)  # (T, C)
         return hidden_states + self.gate * read
+
+
+class FactTokenBias(LogitsProcessor):
+    """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts).
+
+    Measured on SmolLM2-135M-Instruct (multi-session recall, docs/bank.md): a bonus of 2 lifts recall
+    from 80% to 87%; 4 on content tokens alone makes replies ramble and drops it to 73%.
+    """
+
+    def __init__(self, token_ids: list[int], bias: float):
+        self.token_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+        self.bias = bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token_ids = self.token_ids.to(scores.device)
+        return scores.index_add(1, token_ids, scores.new_full((scores.shape[0], token_ids.numel()), self.bias))
 
 
 class FactBank:
@@ -358,6 +382,7 @@ class BankMemory(Memory):
         self._measuring = False
         self._captured: torch.Tensor | None = None
         self._latent_cache: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None] | None = None
+        self._fact_tokens: list[int] = []  # tokens of the facts just put in the prompt (next generate only)
         store = FactStore(config.store, self.dimension, self.encoder_name)
         latent = self._latent_if_possible if config.uses_latent else None
         self.bank = FactBank(config, store, self.embed, measure=self.loss_improvement, latent=latent)
@@ -378,7 +403,17 @@ class BankMemory(Memory):
 
     # How chats and the evaluation harness reach the bank (see `Memory`).
     def augment_messages(self, messages: list[dict[str, str]], query: str) -> tuple[list[dict[str, str]], list[Any]]:
-        return self.bank.fuse_messages(messages, query=query)
+        messages, used = self.bank.fuse_messages(messages, query=query)
+        self._fact_tokens = []
+        if used and self.config.fact_token_bias > 0 and self.context.tokenizer is not None:
+            for retrieved in used:  # with and without a leading space: either may start a word in the reply
+                for text in (retrieved.fact.text, " " + retrieved.fact.text):
+                    self._fact_tokens += self.context.tokenizer(text, add_special_tokens=False).input_ids
+        return messages, used
+
+    def logits_processors(self) -> list[Any]:
+        tokens, self._fact_tokens = self._fact_tokens, []
+        return [FactTokenBias(tokens, self.config.fact_token_bias)] if tokens else []
 
     def observe_turn(self, user_text: str, reply: str | None, judge: Callable[[str], bool] | None = None
                      ) -> list[LearnResult]:
@@ -552,6 +587,7 @@ class BankMemory(Memory):
     # --- state -------------------------------------------------------------------------------
     def reset(self, batch_size: int | None = None) -> None:
         """Forget every fact of the current user."""
+        self._fact_tokens = []
         if self.store.has_user(self.bank.user):
             self.store.delete_all(self.bank.user, actor="reset")
 

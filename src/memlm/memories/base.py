@@ -115,6 +115,11 @@ class Memory(nn.Module):
         leave the prompt alone."""
         return messages, []
 
+    def logits_processors(self) -> list[Any]:
+        """`transformers` logits processors this memory adds to the next `MemoryModel.generate()`
+        call (e.g. the bank's bonus for the tokens of the facts it just put in the prompt)."""
+        return []
+
     def observe_turn(self, user_text: str, reply: str | None, judge: Any = None) -> list[Any]:
         """A chat turn as text, for memories that learn from text rather than from hidden states
         (e.g. fact extraction; `judge` may vet sentences); returns what was learned."""
