@@ -10,10 +10,11 @@
 #   ../shared/gpu/stage 0, run("bash .gpu/setup.sh"), ../shared/gpu/stage 1, then at once
 #   run("bash .gpu/setup.sh && source .gpu/env.sh && bash benchmarks/gpu_eval.sh run")
 #   run("bash benchmarks/gpu_eval.sh resume", carry=[".gpupairs"])  continues an interrupted suite
-# Results ($OUT): multisession_recall.json and the suite's cached pairs (copy them to .gpupairs/ to
-# resume in a later command); the report is built where bert-score is installed, from the same pairs
+# Results ($OUT): multisession_recall.json and pairs.tgz, the suite's cached pairs (unpack it into
+# .gpupairs/ to resume in a later command); the report is built where bert-score is installed, from the same pairs
 # (keyed by the weights, not the path): memlm eval --suite full --out <dir holding pairs/>.
-# RECALL_SECONDS=0 skips the recall study; CONTENDERS and TASKS narrow the suite.
+# RECALL_SECONDS=0 skips the recall study; CONTENDERS and TASKS narrow the suite; JOBS splits it, e.g.
+# JOBS="bank:babilong/qa1 bank:babilong/qa2 bank:recall,ppl,continual".
 set -uo pipefail
 site=$PWD/.gpusite
 out=${OUT:-out}
@@ -37,16 +38,22 @@ case "${1:-run}" in
       tail -n 12 "$out/recall.log"
     fi
     [ "${SUITE_SECONDS:-500}" = 0 ] && exit 0
-    # One process per contender, all at once: decoding a 135M model is latency-bound, so the GPU has
-    # room for several. Pairs finished in an earlier command come back through .gpupairs/ (carried).
-    mkdir -p /tmp/eval-full/pairs && cp .gpupairs/*.json /tmp/eval-full/pairs/ 2>/dev/null
-    for name in ${CONTENDERS:-none full rag recurrent knn-joint bank}; do
-      timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --memory "$name" \
-        --tasks "${TASKS:-babilong,recall,ppl,continual}" --device cuda --dtype float32 --backbone "$backbone" \
-        --no-report --out /tmp/eval-full > "$out/suite-$name.log" 2>&1 &
+    # Several processes at once, one per JOBS entry ("contender:tasks"; default one per contender):
+    # decoding a 135M model is latency-bound, so the GPU has room for many. One CPU thread each keeps
+    # them from fighting over the host's cores. Finished pairs (and BABILong lengths) come back from
+    # earlier commands through .gpupairs/ (carried) or /tmp while the host stays warm.
+    mkdir -p /tmp/eval-full && [ -d .gpupairs/pairs ] && cp -rn .gpupairs/pairs /tmp/eval-full/
+    jobs=${JOBS:-}
+    [ -z "$jobs" ] && for name in ${CONTENDERS:-none full rag recurrent knn-lm bank}; do
+      jobs="$jobs $name:${TASKS:-babilong,recall,ppl,continual}"; done
+    for job in $jobs; do
+      name=${job%%:*} tasks=${job#*:}
+      OMP_NUM_THREADS=1 timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --memory "$name" \
+        --tasks "$tasks" --device cuda --dtype float32 --backbone "$backbone" --no-report --out /tmp/eval-full \
+        > "$out/suite-$name-${tasks//[\/,]/_}.log" 2>&1 &
     done
     wait
-    for log in "$out"/suite-*.log; do echo "== $log"; tail -c 300 "$log"; done
-    mkdir -p "$out/pairs" && cp /tmp/eval-full/pairs/*.json "$out/pairs/" 2>/dev/null
-    ls "$out/pairs" | wc -l ;;
+    for log in "$out"/suite-*.log; do echo "== $log"; grep -a "tokens:\|finished" "$log" | tail -n 3; done
+    tar czf "$out/pairs.tgz" -C /tmp/eval-full pairs  # one file: $OUT returns a limited number of files
+    ls /tmp/eval-full/pairs | wc -l ;;
 esac

@@ -83,6 +83,29 @@ def test_finished_pairs_are_reused_and_changed_settings_rerun(tokenizer, tmp_pat
     assert len(calls) == 2  # other weights do not
 
 
+def test_single_babilong_tasks_share_the_cache_and_a_stopped_pair_resumes_at_its_last_length(tokenizer, tmp_path,
+                                                                                             monkeypatch):
+    backbone = tiny_model("llama")
+    suite = Suite("tiny", **{**TINY_SUITE, "babilong_tasks": ("qa1", "qa2")})
+    only_qa2 = Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong/qa2"],
+                       progress=False)
+    assert only_qa2.tasks() == [("babilong", "babilong/qa2")]
+    asked = []
+    original = Contender.ask
+    monkeypatch.setattr(Contender, "ask", lambda self, *a, **k: asked.append(a) or original(self, *a, **k))
+    only_qa2.run()
+    assert len(asked) == 2  # two lengths, one sample each
+    (tmp_path / "pairs" / "babilong__qa2__none.json").unlink()  # as if stopped before the pair was finished
+    asked.clear()
+    everything = Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"],
+                         progress=False).run()
+    assert len(asked) == 2  # qa1 ran; qa2's lengths came from the per-length cache
+    assert {(r["task"], r["length"]) for r in everything} == {(f"babilong/{t}", n) for t in ("qa1", "qa2")
+                                                              for n in (0, 400)}
+    with pytest.raises(memlm.ConfigError, match="qa9"):
+        Harness(backbone, tokenizer, suite, ["none"], tmp_path, families=["babilong/qa9"])
+
+
 def test_unknown_contenders_and_families_are_clear_errors(tokenizer, tmp_path):
     with pytest.raises(memlm.ConfigError, match="hippocampus"):
         Harness(tiny_model("llama"), tokenizer, Suite("tiny"), ["none", "hippocampus"], tmp_path)

@@ -436,7 +436,8 @@ def eval_suite(
         "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag and any mechanism or "
                                "preset name [default: the suite's list]")] = None,
     tasks: Annotated[str, typer.Option(
-        help="task families, comma-separated: babilong, recall, ppl, continual, generation")] =
+        help="task families, comma-separated: babilong, recall, ppl, continual, generation; or single "
+             "BABILong tasks (babilong/qa3)")] =
         "babilong,recall,ppl,continual,generation",
     window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
     out: Annotated[Path, typer.Option(help="folder for results.json, results.md, plots and the pair cache "

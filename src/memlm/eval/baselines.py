@@ -26,13 +26,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 class RagIndex:
     """Chunks of text with MiniLM vectors; `augment()` puts the best ones in a system message."""
 
-    def __init__(self, tokenizer: Any, chunk_tokens: int = 128, top_k: int = 4, encoder: Any = None):
+    def __init__(self, tokenizer: Any, chunk_tokens: int = 128, top_k: int = 4, encoder: Any = None,
+                 device: str = "cpu"):
         from memlm.embeddings import sentence_encoder
 
         self.tokenizer = tokenizer
         self.chunk_tokens = chunk_tokens
         self.top_k = top_k
-        self.encoder = encoder or sentence_encoder()
+        self.encoder = encoder or sentence_encoder(device=device)
         self.chunks: list[str] = []
         self.index = FaissFlatIndex(self.encoder.dimension)
 

@@ -450,7 +450,7 @@ class BankMemory(Memory):
             if self._encoder is None:
                 from memlm.embeddings import sentence_encoder
 
-                self._encoder = sentence_encoder()
+                self._encoder = sentence_encoder(device=str(self.backbone_layout.device))  # beside the backbone
             return self._encoder.encode(texts)
         latents = self.latent_vectors(texts)
         return latents / np.linalg.norm(latents, axis=1, keepdims=True).clip(min=1e-6)
