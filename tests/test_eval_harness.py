@@ -142,3 +142,20 @@ def test_a_base_model_without_chat_template_is_asked_in_a_plain_transcript():
     assert prompt == "User: Hi?\nAssistant:"
     assert isinstance(contender.ask("Where is Mary?"), str)
     contender.close()
+
+
+def test_facts_learned_one_by_one_are_stored_as_facts_not_as_stream_segments(tokenizer):
+    from memlm.eval.tasks import continual_facts
+
+    items = continual_facts.generate(6, seed=0)
+    bank = Contender("bank", tiny_model("llama"), tokenizer, window=120, max_new_tokens=2)
+    for item in items:
+        bank.learn(item.fact)
+    bank.ask("Q?")  # the stream's head leaves the window here
+    stored = sorted(f.text for f in bank.model.memories["bank"].store.facts("default"))
+    assert stored == sorted(item.fact for item in items)
+    bank.close()
+    none = Contender("none", tiny_model("llama"), tokenizer, window=120, max_new_tokens=2)
+    none.learn(items[0].fact)
+    assert not none.facts_learned and none.buffer  # baselines only read it
+    none.close()

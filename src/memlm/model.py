@@ -267,6 +267,12 @@ class MemoryModel(nn.Module):
                 self.write(turn_ids)
         return learned
 
+    def learn_text(self, text: str) -> list[Any]:
+        """Give a statement to the memories that learn from text (`Memory.learn_text`, e.g. the bank
+        stores it as a fact); returns what they learned. Other memories see text only through writes."""
+        return [result for memory in self.memories.values() if memory.learns_from_text
+                for result in memory.learn_text(text)]
+
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
         """Label what the memories store from now on with a user and a session."""
         for memory in self.memories.values():

@@ -23,6 +23,7 @@ New mechanisms need nothing here: any name the registry knows is a contender.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -62,6 +63,7 @@ class Contender:
         self.written = 0  # tokens of `buffer` already handed to the memory / the rag index
         self.turns: list[tuple[str, str]] = []  # chat exchanges (observe_turn)
         self.session_start = 0  # index in `turns` where the current session began
+        self.facts_learned = False  # `learn` stored facts one by one: the stream's segments are not
 
     def describe(self) -> dict[str, Any]:
         """What identifies this contender's results (for caching)."""
@@ -74,6 +76,7 @@ class Contender:
 
     def reset(self, user: str | None = None) -> None:
         self.buffer, self.written, self.turns, self.session_start = [], 0, [], 0
+        self.facts_learned = False
         if user is not None:
             self.model.set_provenance(user=user)
         self.model.reset()
@@ -83,6 +86,19 @@ class Contender:
     # --- reading -----------------------------------------------------------------------------
     def feed(self, text: str) -> None:
         self.buffer.extend(self.tokenizer(text.strip() + "\n", add_special_tokens=False).input_ids)
+
+    def learn(self, text: str) -> None:
+        """One fact of a stream of facts (continual learning): it is read like any text (`feed`), and
+        memories that learn from text (the bank) also store it as a fact, instead of storing the
+        stream's segments."""
+        self.feed(text)
+        if self.kind == "memory" and self.learns_text:
+            self.model.learn_text(text)
+            self.facts_learned = True
+
+    @property
+    def learns_text(self) -> bool:
+        return any(memory.learns_from_text for memory in self.model.memories.values())
 
     def observe_turn(self, user_text: str, reply: str) -> None:
         """A chat exchange, memorised as `ChatSession` does it."""
@@ -120,7 +136,11 @@ class Contender:
             return
         ids = self.buffer[self.written:end]
         if self.kind == "memory":
-            self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
+            with contextlib.ExitStack() as stack:
+                if self.facts_learned:  # the facts are stored one by one already
+                    for memory in self.model.memories.values():
+                        stack.enter_context(memory.segment_writes(False))
+                self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
         elif self.rag is not None:
             self.rag.add(self.tokenizer.decode(ids))
         self.written = end

@@ -12,8 +12,8 @@ Tasks (generators in `memlm.eval.tasks`, deterministic by seed):
   BABILong's rule (the answer in the first sentence of the reply);
 * `recall/multi-session` — users state facts across 20 sessions of chit-chat, then ask; recall;
 * `ppl/<text>` — long-document perplexity (window-sized segments), on text not used for tuning;
-* `continual/facts` — a stream of facts, then paraphrased questions; recall, also by how many facts
-  were learned after the one asked about;
+* `continual/facts` — facts learned one by one (read as a stream; the bank also stores each as a
+  fact), then paraphrased questions; recall, also by how many facts were learned after the one asked about;
 * `generation/qa` — answers to paraphrased questions scored against reference sentences with BLEU,
   ROUGE and BERTScore.
 """
@@ -172,9 +172,11 @@ class Harness:
     def pair(self, family: str, task: str, name: str) -> PairResult:
         contender = Contender(name, self.backbone, self.tokenizer, self.window, self.suite.max_new_tokens)
         try:
-            key = hashlib.sha256(json.dumps({"task": task, "suite": self.suite.part(family),
-                                             "contender": contender.describe(), "backbone": self.weights_key},
-                                            sort_keys=True, default=str).encode()).hexdigest()
+            identity = {"task": task, "suite": self.suite.part(family), "contender": contender.describe(),
+                        "backbone": self.weights_key}
+            if family == "continual" and contender.learns_text:
+                identity["facts"] = "learned one by one"  # since the bank learns them as facts, not segments
+            key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
             self._pair_key = key
             path = self._cache_path(task, name)
             if path.exists():
@@ -278,7 +280,7 @@ class Harness:
         asked = items[step - 1::step][:self.suite.fact_questions]
         contender.reset()
         for item in items:
-            contender.feed(item.fact)
+            contender.learn(item.fact)
         details = []
         for item in asked:
             reply = contender.ask(f"{item.question} Answer briefly.", query=item.question)

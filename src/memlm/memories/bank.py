@@ -419,6 +419,9 @@ class BankMemory(Memory):
                      ) -> list[LearnResult]:
         return self.bank.remember_turn(user_text, reply, judge=judge)
 
+    def learn_text(self, text: str) -> list[LearnResult]:
+        return [self.bank.learn(text, source=text)]
+
     @property
     def learns_from_text(self) -> bool:
         return True

@@ -125,6 +125,11 @@ class Memory(nn.Module):
         (e.g. fact extraction; `judge` may vet sentences); returns what was learned."""
         return []
 
+    def learn_text(self, text: str) -> list[Any]:
+        """A statement to keep as it is (continual learning, one fact at a time); memories that learn
+        from text store it (the bank: one fact, importance measured). Returns what was learned."""
+        return []
+
     @contextmanager
     def segment_writes(self, enabled: bool) -> Iterator[None]:
         """Memories that also store written segments (e.g. `bank`) can be told not to, here."""
