@@ -41,6 +41,8 @@ from memlm.errors import ConfigError
 from memlm.serialization import atomic_write_bytes, atomic_write_json
 
 BASELINE = "none"
+# `length` is a context length for most families; for the forgetting curve it counts facts.
+AXIS_LABELS = {"continual": "facts learned after the one asked"}
 MISSING = "—"
 PARTIAL = "†"
 
@@ -231,6 +233,11 @@ def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
 
+def _axis(family: str) -> str:
+    """What a family's `length` means."""
+    return AXIS_LABELS.get(family, "context length (tokens)")
+
+
 def _headline_columns(records: Sequence[_Record]) -> list[_Column]:
     keys = list(dict.fromkeys((record.task, record.metric) for record in records))
     columns = []
@@ -326,9 +333,9 @@ def _markdown(prepared: Sequence[_Record], rows: Sequence[str], title: str, comm
         higher = columns[0].higher_is_better
         lines += [f"### {family} — {metric} {_arrow(higher)}", ""]
         if len(tasks) > 1:
-            lines += [f"Mean over {len(tasks)} tasks ({', '.join(tasks)}); columns are context lengths.", ""]
+            lines += [f"Mean over {len(tasks)} tasks ({', '.join(tasks)}); columns: {_axis(family)}.", ""]
         else:
-            lines += [f"Task {tasks[0]}; columns are context lengths.", ""]
+            lines += [f"Task {tasks[0]}; columns: {_axis(family)}.", ""]
         family_rows = [row for row in rows if any(row in column.cells for column in columns)]
         table, partial = _table("mechanism", family_rows, columns)
         lines += [table, ""]
@@ -402,7 +409,7 @@ def _plot_lengths(groups, rows: Sequence[str]) -> bytes:
             ax.set_ylim(-3, 103)
         title = tasks[0] if len(tasks) == 1 else f"{family} (mean of {len(tasks)} tasks)"
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("context length")
+        ax.set_xlabel(_axis(family))
         ax.set_ylabel(f"{metric}{' (%)' if percent else ''} {_arrow(columns[0].higher_is_better)}")
         ax.grid(True, alpha=0.3)
     for ax in axes[len(groups):]:
