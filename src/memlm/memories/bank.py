@@ -187,8 +187,8 @@ class LatentReader(nn.Module):
 class FactTokenBias(LogitsProcessor):
     """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts).
 
-    Measured on SmolLM2-135M-Instruct (multi-session recall, docs/bank.md): a bonus of 2 lifts recall
-    from 80% to 87%; 4 on content tokens alone makes replies ramble and drops it to 73%.
+    Measured on SmolLM2-135M-Instruct (multi-session recall, 100 questions, docs/bank.md): a bonus of
+    1.5-2.5 lifts recall from 80% to 87-88%; 4 on content tokens alone makes replies ramble (73%).
     """
 
     def __init__(self, token_ids: list[int], bias: float):
