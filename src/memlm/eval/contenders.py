@@ -58,7 +58,7 @@ class Contender:
         self.max_new_tokens = max_new_tokens
         specs = [make_config(name)] if self.kind == "memory" else []
         self.model = MemoryModel(backbone, specs, tokenizer=tokenizer)
-        self.rag = RagIndex(tokenizer, device=str(next(backbone.parameters()).device)) if self.kind == "rag" else None
+        self.rag = RagIndex(tokenizer, device=str(self.model.layout.device)) if self.kind == "rag" else None
         self.buffer: list[int] = []
         self.written = 0  # tokens of `buffer` already handed to the memory / the rag index
         self.turns: list[tuple[str, str]] = []  # chat exchanges (observe_turn)
