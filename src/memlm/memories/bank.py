@@ -13,10 +13,10 @@ with the time since the fact was last used, `importance_half_life`) and recency.
 reaches the model in two ways (`fusion`):
 
 * `prompt` — facts are placed in the prompt through the chat template (`fuse_messages`); works
-  untrained, and is what `ChatSession` and the evaluation harness use;
-  While the model answers, the tokens of those facts get a small logit bonus (`fact_token_bias`,
-  `FactTokenBias`): a small model tends to answer from its prior ("a glass of wine") even with the
-  fact ("kefir") in front of it, and the bonus tips it toward copying;
+  untrained, and is what `ChatSession` and the evaluation harness use. While the model answers,
+  the tokens of those facts get a small logit bonus (`fact_token_bias`, `FactTokenBias`): a small
+  model tends to answer from its prior ("a glass of wine") even with the fact ("kefir") in front of
+  it, and the bonus tips it toward copying;
 * `latent` — every position of the last decoder layer's output attends over the latent vectors of
   the row's facts (the backbone's own position-weighted mean of the fact's hidden states) and adds
   the result through a per-channel gate that starts at zero: untrained it changes nothing, training
