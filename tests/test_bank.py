@@ -14,7 +14,7 @@ from tiny import tiny_model
 
 import memlm
 from memlm.chat import ChatSession
-from memlm.memories.bank import BankConfig, FactBank
+from memlm.memories.bank import BankConfig, FactBank, fuse_facts
 from memlm.store.facts import FactNotFoundError, FactStore, UnknownUserError
 
 WORDS_DIM = 1024
@@ -311,6 +311,20 @@ def test_chat_puts_retrieved_facts_in_the_prompt_and_learns_from_turns(tokenizer
     bob = ChatSession(fresh, tokenizer, user="bob", generation={"max_new_tokens": 3, "do_sample": False})
     bob.ask("What is my cat called?")
     assert bob.last_memories == [] and fresh.memories["bank"].summary()["facts"] == 0
+
+
+def test_prompt_fusion_puts_the_most_relevant_fact_next_to_the_question():
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "What is my job?"}]
+    best, second = "The user works as a luthier.", "The user's hobby is pottery."
+    fused = fuse_facts(messages, [best, second])
+    assert fused[0]["content"].startswith("Be kind.") and fused[0]["content"].index(second) < fused[0][
+        "content"].index(best)
+    assert fused[1:3] == messages[1:3]  # earlier turns are kept, in order
+    recap_question, recap, question = fused[3:]
+    assert recap_question["role"] == "user" and recap["role"] == "assistant" and question == messages[-1]
+    assert recap["content"].endswith(best) and second in recap["content"]
+    assert fuse_facts(messages, []) == messages
 
 
 def test_the_next_reply_is_biased_toward_the_tokens_of_the_facts_in_the_prompt(tokenizer):

@@ -83,6 +83,27 @@ def test_finished_pairs_are_reused_and_changed_settings_rerun(tokenizer, tmp_pat
     assert len(calls) == 2  # other weights do not
 
 
+def test_a_revised_mechanism_recomputes_its_cached_pairs(tokenizer, tmp_path, monkeypatch, dummy_mechanism):
+    backbone = tiny_model("llama")
+    suite = Suite("tiny", **TINY_SUITE)
+    calls = []
+    original = Harness._run_babilong
+    monkeypatch.setattr(Harness, "_run_babilong", lambda self, *a: calls.append(a) or original(self, *a))
+
+    def run() -> None:
+        Harness(backbone, tokenizer, suite, ["dummy"], tmp_path, window=160, families=["babilong"],
+                progress=False).run()
+
+    run()
+    run()
+    assert len(calls) == 1  # cached
+    monkeypatch.setattr(DummyMemory, "revision", 1)  # its outputs changed for the same config
+    run()
+    assert len(calls) == 2
+    run()
+    assert len(calls) == 2  # and the new results are cached in turn
+
+
 def test_single_babilong_tasks_share_the_cache_and_a_stopped_pair_resumes_at_its_last_length(tokenizer, tmp_path,
                                                                                              monkeypatch):
     backbone = tiny_model("llama")

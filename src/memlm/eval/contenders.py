@@ -68,8 +68,14 @@ class Contender:
     def describe(self) -> dict[str, Any]:
         """What identifies this contender's results (for caching)."""
         configs = [memory.config.to_dict() for memory in self.model.memories.values()]
-        return {"name": self.name, "kind": self.kind, "window": self.window, "configs": configs,
-                "max_new_tokens": self.max_new_tokens}
+        identity = {"name": self.name, "kind": self.kind, "window": self.window, "configs": configs,
+                    "max_new_tokens": self.max_new_tokens}
+        # Only revised mechanisms carry a revision, so results cached before revisions existed stay valid.
+        revisions = {name: type(memory).revision for name, memory in self.model.memories.items()
+                     if type(memory).revision}
+        if revisions:
+            identity["revisions"] = revisions
+        return identity
 
     def close(self) -> None:
         self.model.detach()

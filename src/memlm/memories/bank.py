@@ -370,6 +370,7 @@ class BankMemory(Memory):
     """Continual-learning fact bank: stores what helps, retrieves by similarity and importance."""
 
     config_class = BankConfig
+    revision = 1  # 1: prompt fusion lists the facts with the most relevant last
     config: BankConfig
 
     def __init__(self, config: BankConfig, layout: BackboneLayout, context: MemoryContext):
@@ -679,27 +680,34 @@ def position_weighted_mean(hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def facts_block(facts: list[str]) -> str:
-    """How retrieved facts are listed for the model."""
+    """How retrieved facts are listed for the model, in the order given."""
     listed = "\n".join(f"- {fact}" for fact in facts)
     return (f"You remember facts about the user from earlier conversations:\n{listed}\n"
             f"Answer questions about the user from these facts, briefly.")
 
 
 def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[str, str]]:
-    """Prompt fusion: the facts go into the system message, and a short recap exchange (the user asks
-    what the assistant remembers, the assistant lists the facts) goes just before the last user
-    message. Measured on SmolLM2-135M-Instruct (multi-session recall, docs/bank.md), the recap lifts
-    recall from about 55% (facts in the system message alone) to about 85%: a small model repeats
-    what it has just said far more reliably than it reads a system message."""
+    """Prompt fusion of `facts`, most relevant first: they go into the system message, and a short
+    recap exchange (the user asks what the assistant remembers, the assistant lists the facts) goes
+    just before the last user message.
+
+    Two measured choices (SmolLM2-135M-Instruct, multi-session recall, docs/bank.md):
+    - the recap lifts recall from about 55% (facts in the system message alone) to about 85%: a
+      small model repeats what it has just said far more reliably than it reads a system message;
+    - the facts are listed in reverse, so the most relevant one comes last, next to the question: the
+      model copies the fact it read last, and with the best one first, nearly every wrong answer was
+      the second fact repeated (87% -> 91%, over 300 questions).
+    """
     if not facts:
         return messages
-    block = facts_block(facts)
+    nearest_last = list(reversed(facts))
+    block = facts_block(nearest_last)
     if messages and messages[0]["role"] == "system":
         system, rest = {"role": "system", "content": messages[0]["content"] + "\n\n" + block}, messages[1:]
     else:
         system, rest = {"role": "system", "content": block}, list(messages)
     recap = [{"role": "user", "content": "Is there anything you remember about me?"},
-             {"role": "assistant", "content": "Yes: " + " ".join(facts)}]
+             {"role": "assistant", "content": "Yes: " + " ".join(nearest_last)}]
     last_user = max((i for i, m in enumerate(rest) if m["role"] == "user"), default=len(rest))
     return [system, *rest[:last_user], *recap, *rest[last_user:]]
 

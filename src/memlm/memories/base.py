@@ -43,6 +43,9 @@ class Memory(nn.Module):
     """Base class: subclasses implement `attach()` and, if they remember, `write()` and state."""
 
     config_class: ClassVar[type[MemoryConfig]] = MemoryConfig
+    # Bumped when a change alters what the mechanism outputs for the same config and weights, so that
+    # evaluation results cached under the old behaviour are recomputed rather than reused.
+    revision: ClassVar[int] = 0
 
     def __init__(self, config: MemoryConfig, layout: BackboneLayout, context: MemoryContext):
         super().__init__()
