@@ -133,3 +133,19 @@ def test_chat_with_a_user_remembers_facts_across_runs(tiny_folder, tmp_path):
     other = run("--home", tmp_path, "chat", "--user", "bob", "--backbone", tiny_folder, "--max-new-tokens", 2,
                 input="/memories\n")
     assert "no memories yet" in other.output
+
+
+def test_eval_suite_settings_can_be_overridden_from_the_command_line(tiny_folder, tmp_path, monkeypatch):
+    from memlm.eval.contenders import Contender
+
+    answer_lengths = []
+    original = Contender.__init__
+    monkeypatch.setattr(Contender, "__init__", lambda self, *a, **k: answer_lengths.append(a[4]) or original(
+        self, *a, **k))
+    result = run("eval", "--suite", "quick", "--memory", "none", "--tasks", "babilong/qa2", "--lengths", "0",
+                 "--samples", 1, "--max-new-tokens", 2, "--no-report", "--backbone", tiny_folder,
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    pair = json.loads((tmp_path / "pairs" / "babilong__qa2__none.json").read_text())
+    assert [record["length"] for record in pair["records"]] == [0] and len(pair["details"]) == 1
+    assert answer_lengths == [2]  # the quick suite's 16 was overridden

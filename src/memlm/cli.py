@@ -444,6 +444,8 @@ def eval_suite(
                                            "(finished pairs are reused when rerun)")] = Path("eval-results"),
     samples: Annotated[int | None, typer.Option(min=1, help="override the suite's samples per length")] = None,
     lengths: Annotated[str | None, typer.Option(help="override the suite's BABILong lengths, e.g. 0,1024")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        min=1, help="override the suite's answer length in tokens (16)")] = None,
     report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
@@ -466,6 +468,8 @@ def eval_suite(
         overrides["samples"] = samples
     if lengths is not None:
         overrides["lengths"] = tuple(int(value) for value in lengths.split(","))
+    if max_new_tokens is not None:
+        overrides["max_new_tokens"] = max_new_tokens
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
     started = time.perf_counter()
     written = run_suite(model, tokenizer, suite, [m.strip() for m in memory.split(",") if m.strip()], out,
