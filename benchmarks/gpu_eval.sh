@@ -13,7 +13,7 @@
 # Results ($OUT): multisession_recall.json and pairs.tgz, the suite's cached pairs (unpack it into
 # .gpupairs/ to resume in a later command); the report is built where bert-score is installed, from the same pairs
 # (keyed by the weights, not the path): memlm eval --suite full --out <dir holding pairs/>.
-# RECALL_SECONDS=0 skips the recall study; CONTENDERS and TASKS narrow the suite; JOBS splits it, e.g.
+# RECALL_SECONDS=0 skips the recall study; RECALL_SEEDS="1 2" adds the bank on those seeds' users; CONTENDERS and TASKS narrow the suite; JOBS splits it, e.g.
 # JOBS="bank:babilong/qa1 bank:babilong/qa2 bank:recall,ppl,continual".
 set -uo pipefail
 site=$PWD/.gpusite
@@ -33,9 +33,16 @@ case "${1:-run}" in
     nvidia-smi -L | tee "$out/device.txt"
     if [ "$1" = run ]; then  # convert the GGUF once; keep a plain copy for later commands
       [ -d "$backbone" ] || python3 -c "import memlm; m, t = memlm.load_backbone(); m.save_pretrained('$backbone'); t.save_pretrained('$backbone')"
+      # RECALL_SEEDS: the bank alone on other seeds' users too, beside the main study
+      for seed in ${RECALL_SEEDS:-}; do
+        timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank --seed "$seed" \
+          --device cuda --dtype float32 --backbone "$backbone" -o "$out/multisession_recall_bank_seed$seed.json" \
+          > "$out/recall-seed$seed.log" 2>&1 &
+      done
       [ "${RECALL_SECONDS:-480}" != 0 ] && timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
         --dtype float32 --backbone "$backbone" -o "$out/multisession_recall.json" > "$out/recall.log" 2>&1
-      tail -n 12 "$out/recall.log"
+      wait
+      tail -n 12 "$out"/recall*.log
     fi
     [ "${SUITE_SECONDS:-500}" = 0 ] && exit 0
     # Several processes at once, one per JOBS entry ("contender:tasks"; default one per contender):
