@@ -187,8 +187,9 @@ class LatentReader(nn.Module):
 class FactTokenBias(LogitsProcessor):
     """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts).
 
-    Measured on SmolLM2-135M-Instruct (multi-session recall, 100 questions, docs/bank.md): a bonus of
-    1.5-2.5 lifts recall from 80% to 87-88%; 4 on content tokens alone makes replies ramble (73%).
+    Measured on SmolLM2-135M-Instruct (multi-session recall, docs/bank.md): without it, recall falls
+    from 88-91% to 74-77% (100 questions each on two sets of users); 4 on content tokens alone makes
+    replies ramble.
     """
 
     def __init__(self, token_ids: list[int], bias: float):
@@ -696,7 +697,7 @@ def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[st
       small model repeats what it has just said far more reliably than it reads a system message;
     - the facts are listed in reverse, so the most relevant one comes last, next to the question: the
       model copies the fact it read last, and with the best one first, nearly every wrong answer was
-      the second fact repeated (87% -> 91%, over 300 questions).
+      the second fact repeated (86.3% -> 90.7% over 300 questions; 93% on the default 100).
     """
     if not facts:
         return messages
