@@ -696,8 +696,10 @@ def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[st
     - the recap lifts recall from about 55% (facts in the system message alone) to about 85%: a
       small model repeats what it has just said far more reliably than it reads a system message;
     - the facts are listed in reverse, so the most relevant one comes last, next to the question: the
-      model copies the fact it read last, and with the best one first, nearly every wrong answer was
-      the second fact repeated (86.3% -> 90.7% over 300 questions; 93% on the default 100).
+      model tends to say the fact it read last, and with the best one first, 6 of 7 wrong answers
+      repeated the other fact (86.3% -> 90.7% over 300 questions; 93% on the default 100). The cost:
+      when the model recites both facts, the other one now comes first, so a reply cut at 16 tokens
+      can miss the answer (`benchmarks/fusion_order.py`).
     """
     if not facts:
         return messages
