@@ -29,7 +29,7 @@ from transformers import LogitsProcessorList
 import memlm
 from memlm.eval.scoring import contains, first_sentence
 from memlm.eval.tasks import multisession
-from memlm.memories.bank import BankConfig, FactTokenBias, fuse_facts
+from memlm.memories.bank import BankConfig, FactTokenBias, fact_token_ids, fuse_facts
 
 ORDERS = ("best_last", "best_first")
 
@@ -64,8 +64,7 @@ def answer(model, tokenizer, question: str, facts_in_prompt_order: list[str], bi
     messages = fuse_facts([{"role": "user", "content": question}], facts_in_prompt_order[::-1])
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True)["input_ids"]
-    fact_tokens = [t for fact in facts_in_prompt_order for text in (fact, " " + fact)
-                   for t in tokenizer(text, add_special_tokens=False).input_ids]
+    fact_tokens = fact_token_ids(tokenizer, facts_in_prompt_order)
     processors = LogitsProcessorList([FactTokenBias(fact_tokens, bias)] if bias and fact_tokens else [])
     output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                             do_sample=False, pad_token_id=tokenizer.pad_token_id, logits_processor=processors)
