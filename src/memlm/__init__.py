@@ -6,9 +6,15 @@ Example:
     >>> mm = memlm.attach(model, memlm.RecurrentConfig(decay=0.95), tokenizer=tokenizer)
     >>> ids = tokenizer("The capital of France is", return_tensors="pt")
     >>> print(tokenizer.decode(mm.generate(**ids, max_new_tokens=8)[0]))
+
+Names are imported on first use, so `import memlm` (and the torch-free `memlm.facts`) stays light.
 """
 
-from memlm.backbone import Backbone, load_backbone
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from memlm.config import MemoryConfig, load_configs
 from memlm.errors import (
     BackboneNotFoundError,
@@ -19,10 +25,6 @@ from memlm.errors import (
     MemoryStateError,
     UnknownMechanismError,
 )
-from memlm.memories.bank import BankConfig, BankMemory
-from memlm.memories.knn import KnnConfig, KnnMemory
-from memlm.memories.recurrent import RecurrentConfig, RecurrentMemory
-from memlm.model import MemoryModel, attach
 from memlm.registry import (
     available_mechanisms,
     available_presets,
@@ -31,17 +33,50 @@ from memlm.registry import (
     register_memory,
     register_preset,
 )
-from memlm.user_memory import Memory
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Backbone": "memlm.backbone", "load_backbone": "memlm.backbone",
+    "MemoryModel": "memlm.model", "attach": "memlm.model",
+    "RecurrentConfig": "memlm.memories.recurrent", "RecurrentMemory": "memlm.memories.recurrent",
+    "KnnConfig": "memlm.memories.knn", "KnnMemory": "memlm.memories.knn",
+    "BankConfig": "memlm.memories.bank", "BankMemory": "memlm.memories.bank",
+    "FactMemory": "memlm.facts.api",
+}
+# `memlm.Memory` is the fact API's first name, kept for code written against it (and for mem0 users).
+_ALIASES = {"Memory": ("memlm.facts.api", "FactMemory")}
+
+if TYPE_CHECKING:
+    from memlm.backbone import Backbone, load_backbone
+    from memlm.facts.api import FactMemory
+    from memlm.facts.api import FactMemory as Memory
+    from memlm.memories.bank import BankConfig, BankMemory
+    from memlm.memories.knn import KnnConfig, KnnMemory
+    from memlm.memories.recurrent import RecurrentConfig, RecurrentMemory
+    from memlm.model import MemoryModel, attach
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name], name
+    elif name in _ALIASES:
+        module, attribute = _ALIASES[name]
+    else:
+        raise AttributeError(f"module 'memlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "Backbone",
+    "BackboneNotFoundError",
     "BankConfig",
     "BankMemory",
-    "BackboneNotFoundError",
     "ConfigError",
     "CorruptedFileError",
+    "FactMemory",
     "IncompatibleMemoryError",
     "KnnConfig",
     "KnnMemory",

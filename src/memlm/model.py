@@ -30,7 +30,17 @@ from tqdm.auto import tqdm
 from memlm.config import MemoryConfig
 from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
 from memlm.hooks import backbone_fingerprint, check_fingerprint, inspect_backbone
-from memlm.memories.base import Memory, MemoryContext
+from memlm.memories.base import (
+    AuxiliaryLoss,
+    FileState,
+    InputRewriting,
+    Memory,
+    MemoryContext,
+    PromptFusion,
+    Provenance,
+    SegmentInputs,
+    TextLearning,
+)
 from memlm.registry import get_mechanism, make_config
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 
@@ -121,19 +131,50 @@ class MemoryModel(nn.Module):
                 memory.attach(self.layout)
 
     # --- running -----------------------------------------------------------------------------
+    def capable(self, capability: type) -> list[Any]:
+        """The attached memories that have `capability` (e.g. `PromptFusion`), in attach order."""
+        return [memory for memory in self.memories.values() if isinstance(memory, capability)]
+
+    def _rewrite_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None = None) -> SegmentInputs:
+        """Let `InputRewriting` memories change a segment's or prompt's inputs (e.g. prepend the
+        tokens they kept); positions follow the mask, so rows with shorter prefixes read as left-padded."""
+        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+        positions = position_ids if position_ids is not None else _positions(mask)
+        inputs = SegmentInputs(input_ids, mask, positions, 0)
+        for memory in self.capable(InputRewriting):
+            rewritten = memory.rewrite_inputs(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
+            inputs = rewritten._replace(prefix_length=inputs.prefix_length + rewritten.prefix_length)
+        return inputs
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 *, write_memory: bool | None = None, **kwargs: Any) -> Any:
         """The backbone's forward with memory. Writes after the pass (one segment), except on
-        cached decode steps; pass `write_memory=False` to only read."""
+        cached decode steps; pass `write_memory=False` to only read.
+
+        Memories that rewrite inputs (`InputRewriting`) prepend to `input_ids` on every pass that is
+        not a decode step; the returned logits cover the caller's tokens only."""
+        # transformers 5 renames `past_key_values` to `cache`; either marks a decode step when non-empty.
+        decode_step = _is_decode_step(kwargs.get("past_key_values", kwargs.get("cache")))
         if write_memory is None:
-            write_memory = not _is_decode_step(kwargs.get("past_key_values"))
+            write_memory = not decode_step
+        prefix_length = 0
+        if input_ids is not None and not decode_step and self.capable(InputRewriting):
+            inputs = self._rewrite_inputs(input_ids, attention_mask, kwargs.pop("position_ids", None))
+            input_ids, attention_mask, kwargs["position_ids"], prefix_length = inputs
+            if kwargs.get("labels") is not None and prefix_length:
+                labels = kwargs["labels"]
+                kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], prefix_length), -100), labels], 1)
         if not write_memory or not self.memories:
-            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        mask = attention_mask if attention_mask is not None else _ones_mask(reference)
-        with self._writing(mask, input_ids):
             output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            self._write()
+        else:
+            reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+            mask = attention_mask if attention_mask is not None else _ones_mask(reference)
+            with self._writing(mask, input_ids):
+                output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                self._write()
+        if prefix_length and getattr(output, "logits", None) is not None:
+            output.logits = output.logits[:, prefix_length:]
         return output
 
     @contextmanager
@@ -156,10 +197,10 @@ class MemoryModel(nn.Module):
 
     def _write_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """One forward pass over a segment or turn, only to write memory."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding aware
+        input_ids, attention_mask, position_ids, _ = self._rewrite_inputs(input_ids, attention_mask)
         with self._writing(attention_mask, input_ids):
-            self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, use_cache=False)
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
             self._write()
 
     def _begin_call(self) -> None:
@@ -176,6 +217,9 @@ class MemoryModel(nn.Module):
             context_window: if the prompt is longer, only its last `context_window` tokens stay in
                 the context; the earlier tokens are first streamed into memory in segments of
                 `context_window` tokens.
+
+        Returns what `transformers` returns, for the caller's prompt: tokens an `InputRewriting`
+        memory put in front of it are not part of the returned sequences.
         """
         self._begin_call()
         if context_window is not None and input_ids is not None and input_ids.shape[1] > context_window:
@@ -184,16 +228,24 @@ class MemoryModel(nn.Module):
             self._memorize(input_ids[:, :split], head_mask, context_window, progress=False)
             input_ids = input_ids[:, split:]
             attention_mask = None if attention_mask is None else attention_mask[:, split:]
-        processors = [processor for memory in self.memories.values() for processor in memory.logits_processors()]
+        processors = [processor for memory in self.capable(PromptFusion) for processor in memory.logits_processors()]
         if processors:
             from transformers import LogitsProcessorList
 
             kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *processors])
-        output = self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        prompt_ids, prompt_mask, prefix_length = input_ids, attention_mask, 0
+        if input_ids is not None and self.capable(InputRewriting):
+            prompt_ids, prompt_mask, _, prefix_length = self._rewrite_inputs(input_ids, attention_mask)
+        output = self.backbone.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+        if prefix_length:
+            if isinstance(output, torch.Tensor):
+                output = output[:, prefix_length:]
+            else:
+                output.sequences = output.sequences[:, prefix_length:]
         if write_memory and self.memories and input_ids is not None:
             sequences = output if isinstance(output, torch.Tensor) else output.sequences
-            prompt_mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
-            self._write_turn(input_ids, prompt_mask, sequences, kwargs.get("generation_config"))
+            mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+            self._write_turn(input_ids, mask, sequences, kwargs.get("generation_config"))
         return output
 
     @torch.no_grad()
@@ -242,40 +294,48 @@ class MemoryModel(nn.Module):
 
     def augment_messages(self, messages: list[dict[str, str]], query: str | None = None
                          ) -> tuple[list[dict[str, str]], list[Any]]:
-        """Let prompt-fusing memories (e.g. `bank`) add what they retrieve for `query` (default: the
-        last user message) to chat messages. Returns the messages and everything retrieved."""
+        """Let prompt-fusing memories (`PromptFusion`, e.g. `bank`) add what they retrieve for `query`
+        (default: the last user message) to chat messages. Returns the messages and everything retrieved."""
         if query is None:
             query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         used: list[Any] = []
-        for memory in self.memories.values():
+        for memory in self.capable(PromptFusion):
             messages, retrieved = memory.augment_messages(messages, query)
             used.extend(retrieved)
         return messages, used
 
     def observe_turn(self, user_text: str, reply: str | None = None, turn_ids: torch.Tensor | None = None,
                      judge: Any = None) -> list[Any]:
-        """Memorise one chat turn: memories that learn from text get the text (`observe_turn`), the
+        """Memorise one chat turn: memories that learn from text (`TextLearning`) get the text, the
         others get `turn_ids` (the templated turn) through one write pass. Returns what was learned."""
-        learned: list[Any] = []
-        textual = [m for m in self.memories.values() if m.learns_from_text]
-        for memory in textual:
-            learned.extend(memory.observe_turn(user_text, reply, judge))
+        textual = self.capable(TextLearning)
+        learned = [result for memory in textual for result in memory.observe_turn(user_text, reply, judge)]
         if turn_ids is not None and len(textual) < len(self.memories):
-            with contextlib.ExitStack() as stack:
-                for memory in textual:  # they already learned this turn from its text
-                    stack.enter_context(memory.segment_writes(False))
+            with self.segment_writes(False, textual):  # they already learned this turn from its text
                 self.write(turn_ids)
         return learned
 
     def learn_text(self, text: str) -> list[Any]:
-        """Give a statement to the memories that learn from text (`Memory.learn_text`, e.g. the bank
-        stores it as a fact); returns what they learned. Other memories see text only through writes."""
-        return [result for memory in self.memories.values() if memory.learns_from_text
-                for result in memory.learn_text(text)]
+        """Give a statement to the memories that learn from text (`TextLearning.learn_text`, e.g. the
+        bank stores it as a fact); returns what they learned. Other memories see text only through writes."""
+        return [result for memory in self.capable(TextLearning) for result in memory.learn_text(text)]
+
+    @contextmanager
+    def segment_writes(self, enabled: bool, memories: list[Any] | None = None) -> Iterator[None]:
+        """Turn storing written segments off (or on) in memories that learn from text, for a while."""
+        with contextlib.ExitStack() as stack:
+            for memory in self.capable(TextLearning) if memories is None else memories:
+                stack.enter_context(memory.segment_writes(enabled))
+            yield
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The sum of the memories' own training losses since the last call (`AuxiliaryLoss`), or None."""
+        losses = [loss for memory in self.capable(AuxiliaryLoss) if (loss := memory.auxiliary_loss()) is not None]
+        return torch.stack([loss.float() for loss in losses]).sum() if losses else None
 
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
-        """Label what the memories store from now on with a user and a session."""
-        for memory in self.memories.values():
+        """Label what the memories store from now on with a user and a session (`Provenance`)."""
+        for memory in self.capable(Provenance):
             memory.set_provenance(user=user, session=session)
 
     def reset(self, batch_size: int | None = None) -> None:
@@ -369,7 +429,8 @@ class MemoryModel(nn.Module):
         """Save what the memories remember (not their weights), atomically, to one file."""
         path = Path(directory) / STATE_FILE
         for name, memory in self.memories.items():
-            memory.save_state_files(Path(directory) / name)
+            if isinstance(memory, FileState):
+                memory.save_state_files(Path(directory) / name)
         tensors = {f"{name}.{key}": value for name, memory in self.memories.items()
                    for key, value in memory.state_tensors().items()}
         save_tensors(path, tensors, {
@@ -401,9 +462,10 @@ class MemoryModel(nn.Module):
         files = {}
         for name, memory in self.memories.items():  # check all before changing any
             memory.check_state_tensors(per_memory[name])
-            files[name] = memory.read_state_files(Path(directory) / name)
+            if isinstance(memory, FileState):
+                files[name] = memory.read_state_files(Path(directory) / name)
         for name, memory in self.memories.items():
-            memory.load_state_tensors(per_memory[name], files[name])
+            memory.load_state_tensors(per_memory[name], files.get(name))
 
 
 def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokenizer: Any = None
@@ -419,6 +481,11 @@ def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokeniz
     if isinstance(configs, (MemoryConfig, str, dict)):
         configs = [configs]
     return MemoryModel(model, configs, tokenizer=tokenizer)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding (left padding included)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _ones_mask(reference: torch.Tensor) -> torch.Tensor:

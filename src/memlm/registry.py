@@ -1,16 +1,17 @@
-"""The registry of memory mechanisms (PEFT-style: name -> config class + module class).
+"""The registry of memory mechanisms and presets (PEFT-style: name -> config class + module class).
 
-Adding a mechanism is one file in `memlm/memories/` that ends with::
-
-    register_memory("name", NameConfig, NameMemory)
-
-and one import line in `memlm/memories/__init__.py`. The contract tests iterate the registry, so
-the new mechanism is tested on every tiny backbone without further changes.
+One source of truth: the built-in mechanisms and presets are the two tables below. A mechanism's
+config declares its name (`mechanism = "recurrent"`), its module declares its config
+(`config_class = RecurrentConfig`), and modules are imported only when first asked for. Adding a
+built-in mechanism is one file in `memlm/memories/` plus one line in `BUILTIN_MECHANISMS`; code
+outside memlm calls `register_memory(ModuleClass)`. The contract tests iterate `available_mechanisms()`,
+so a new mechanism is tested on every tiny backbone without further changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memlm.config import MemoryConfig
@@ -18,6 +19,36 @@ from memlm.errors import ConfigError, UnknownMechanismError
 
 if TYPE_CHECKING:
     from memlm.memories.base import Memory
+
+BUILTIN_MECHANISMS: dict[str, str] = {
+    "recurrent": "memlm.memories.recurrent:RecurrentMemory",
+    "knn": "memlm.memories.knn:KnnMemory",
+    "bank": "memlm.memories.bank:BankMemory",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A ready-made config usable wherever a mechanism name is."""
+
+    config: dict[str, Any]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+BUILTIN_PRESETS: dict[str, Preset] = {
+    "knn-joint": Preset({"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512},
+                        "training-free kNN attention at every layer: the latest 512 items plus the top-32 older "
+                        "ones, each at its true distance"),
+    "knn-lm": Preset({"mechanism": "knn", "attention": "off", "knn_lm": True},
+                     "training-free kNN-LM over final hidden states"),
+    "knn-joint-lm": Preset({"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512,
+                            "knn_lm": True}, "knn-joint and knn-lm together"),
+    "bank-latent": Preset({"mechanism": "bank", "fusion": "latent"},
+                          "bank fused only through the gated latent reader (needs training)"),
+    "bank-backbone": Preset({"mechanism": "bank", "encoder": "backbone"},
+                            "bank retrieving with the backbone's own hidden states instead of MiniLM"),
+}
 
 
 @dataclass(frozen=True)
@@ -28,54 +59,72 @@ class Mechanism:
     description: str
 
 
-_REGISTRY: dict[str, Mechanism] = {}
+_registered: dict[str, Mechanism] = {}
+_presets: dict[str, Preset] = dict(BUILTIN_PRESETS)
 
 
-def register_memory(name: str, config_class: type[MemoryConfig], module_class: type[Memory]) -> None:
-    """Make a mechanism available to `attach()`, the CLI and the contract tests."""
-    if name in _REGISTRY and _REGISTRY[name].module_class is not module_class:
-        raise ConfigError(f"a different mechanism is already registered as {name!r}")
-    config_class.mechanism = name
+def _mechanism_of(module_class: type[Memory]) -> Mechanism:
+    config_class = module_class.config_class
+    name = config_class.mechanism
+    if not name:
+        raise ConfigError(f"{config_class.__name__} declares no mechanism name (set `mechanism = \"...\"`)")
     doc = (module_class.__doc__ or "").strip().splitlines()
-    _REGISTRY[name] = Mechanism(name, config_class, module_class, doc[0] if doc else "")
+    return Mechanism(name, config_class, module_class, doc[0] if doc else "")
+
+
+def register_memory(module_class: type[Memory]) -> Mechanism:
+    """Make a mechanism defined outside memlm available to `attach()`, the CLI and the contract tests.
+
+    Example:
+        >>> memlm.register_memory(EchoMemory)   # EchoMemory.config_class.mechanism == "echo"
+    """
+    mechanism = _mechanism_of(module_class)
+    existing = _registered.get(mechanism.name)
+    if mechanism.name in BUILTIN_MECHANISMS or (existing and existing.module_class is not module_class):
+        raise ConfigError(f"a different mechanism is already registered as {mechanism.name!r}")
+    _registered[mechanism.name] = mechanism
+    return mechanism
 
 
 def unregister_memory(name: str) -> None:
-    """Remove a mechanism (used by tests that register throwaway mechanisms)."""
-    _REGISTRY.pop(name, None)
-
-
-def _load_builtin_mechanisms() -> None:
-    import memlm.memories  # noqa: F401  (each module registers itself on import)
+    """Remove a mechanism registered with `register_memory` (tests register throwaway ones)."""
+    _registered.pop(name, None)
 
 
 def available_mechanisms() -> list[str]:
-    _load_builtin_mechanisms()
-    return sorted(_REGISTRY)
+    return sorted({*BUILTIN_MECHANISMS, *_registered})
 
 
 def get_mechanism(name: str) -> Mechanism:
-    _load_builtin_mechanisms()
+    if name not in _registered and name in BUILTIN_MECHANISMS:
+        module_path, class_name = BUILTIN_MECHANISMS[name].split(":")
+        module_class = getattr(importlib.import_module(module_path), class_name)
+        _registered[name] = _mechanism_of(module_class)
+        if _registered[name].name != name:
+            raise ConfigError(f"{BUILTIN_MECHANISMS[name]} declares mechanism {_registered.pop(name).name!r}, "
+                              f"not {name!r}")
     try:
-        return _REGISTRY[name]
+        return _registered[name]
     except KeyError:
         raise UnknownMechanismError(
-            f"unknown memory mechanism {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-            + (f"; presets: {', '.join(sorted(_PRESETS))}" if _PRESETS else "")
+            f"unknown memory mechanism {name!r}; available: {', '.join(available_mechanisms())}; "
+            f"presets: {', '.join(sorted(_presets))}"
         ) from None
-
-
-_PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def register_preset(name: str, config: dict[str, Any], description: str = "") -> None:
     """Name a ready-made config (e.g. "knn-joint") usable wherever a mechanism name is."""
-    _PRESETS[name] = {**config, "_description": description}
+    if name in BUILTIN_MECHANISMS or name in _registered:
+        raise ConfigError(f"{name!r} is a mechanism; a preset needs another name")
+    _presets[name] = Preset(dict(config), description)
 
 
 def available_presets() -> dict[str, str]:
-    _load_builtin_mechanisms()
-    return {name: preset["_description"] for name, preset in sorted(_PRESETS.items())}
+    return {name: preset.description for name, preset in sorted(_presets.items())}
+
+
+def get_preset(name: str) -> Preset | None:
+    return _presets.get(name)
 
 
 def make_config(spec: MemoryConfig | str | dict[str, Any], **overrides: Any) -> MemoryConfig:
@@ -84,10 +133,8 @@ def make_config(spec: MemoryConfig | str | dict[str, Any], **overrides: Any) -> 
     if isinstance(spec, MemoryConfig):
         return spec.replace(**overrides) if overrides else spec
     if isinstance(spec, str):
-        _load_builtin_mechanisms()
-        if spec in _PRESETS:
-            preset = {k: v for k, v in _PRESETS[spec].items() if k != "_description"}
-            return make_config({**preset, **overrides})
+        if spec in _presets:
+            return make_config({**_presets[spec].config, **overrides})
         return get_mechanism(spec).config_class.from_dict(overrides)
     if isinstance(spec, dict):
         if "mechanism" not in spec:

@@ -1,6 +1,19 @@
-"""Memory mechanisms, one per module. Importing this package registers all of them."""
+"""Memory mechanisms, one per module, and the `Memory` core they share (`base`).
 
-from memlm.memories import bank, knn, recurrent  # noqa: F401
-from memlm.memories.base import Memory, MemoryContext
+Mechanisms are registered in `memlm.registry.BUILTIN_MECHANISMS` and imported when first used.
+"""
 
-__all__ = ["Memory", "MemoryContext"]
+from memlm.memories.base import (
+    AuxiliaryLoss,
+    FileState,
+    InputRewriting,
+    Memory,
+    MemoryContext,
+    PromptFusion,
+    Provenance,
+    SegmentInputs,
+    TextLearning,
+)
+
+__all__ = ["AuxiliaryLoss", "FileState", "InputRewriting", "Memory", "MemoryContext", "PromptFusion", "Provenance",
+           "SegmentInputs", "TextLearning"]

@@ -33,13 +33,13 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from memlm.config import MemoryConfig, check_range
-from memlm.errors import ConfigError, CorruptedFileError, MemoryStateError
+from memlm.errors import ConfigError, CorruptedFileError
 from memlm.hooks import (
     ROUTED_ATTRIBUTE,
     BackboneLayout,
@@ -49,10 +49,9 @@ from memlm.hooks import (
     remove_attention_router,
     repeat_kv,
 )
-from memlm.memories.base import Memory, MemoryContext
-from memlm.registry import register_memory, register_preset
+from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
 from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
-from memlm.store.kv_store import EVICTION_POLICIES
+from memlm.store.kv_store import KV_EVICTION_POLICIES
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
@@ -91,6 +90,8 @@ class KnnConfig(MemoryConfig):
         max_distance: largest distance the relative scheme uses (default: the model's
             max_position_embeddings - 1, so rotations stay in the trained range).
     """
+
+    mechanism: ClassVar[str] = "knn"
 
     attention: str = "gated"
     layers: list[int] | str | None = None
@@ -138,13 +139,13 @@ class KnnConfig(MemoryConfig):
             raise ConfigError(f"knn: backend_options dtype must be float32, bfloat16 or float16, got {search_dtype!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"knn: backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.eviction not in EVICTION_POLICIES:
-            raise ConfigError(f"knn: eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
+        if self.eviction not in KV_EVICTION_POLICIES:
+            raise ConfigError(f"knn: eviction must be one of {KV_EVICTION_POLICIES}, got {self.eviction!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ConfigError(f"knn: capacity must be a positive integer or None, got {self.capacity!r}")
 
 
-class Retrieved(NamedTuple):
+class LayerRetrieval(NamedTuple):
     """Memory as one layer's queries see it: top-k items per query and the recent items shared by
     all queries, as raw q.k logits (-inf: nothing there)."""
 
@@ -191,7 +192,7 @@ def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return _rotate(keys, cos.unsqueeze(1), -sin.unsqueeze(1))
 
 
-class KnnMemory(Memory):
+class KnnMemory(Memory, FileState, Provenance):
     """External key/value memory: kNN attention (gated or joint) and training-free kNN-LM."""
 
     config_class = KnnConfig
@@ -229,22 +230,20 @@ class KnnMemory(Memory):
         self._positions: dict[int, int] = {}
         self._writes = 0
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
-        self._captured_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
         max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
         self._lm_query: torch.Tensor | None = None
-        self._lm_write: torch.Tensor | None = None
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
         self._device, self._dtype = layout.device, layout.dtype
         if self.attention_layers:
             self.track(_RouterHandle(layout.model, install_attention_router(layout.model)))
-            for slot, layer in enumerate(self.attention_layers):
+            for gate_index, layer in enumerate(self.attention_layers):
                 module = find_attention_module(layout.layers[layer])
-                setattr(module, ROUTED_ATTRIBUTE, partial(self._attend, slot, layer))
+                setattr(module, ROUTED_ATTRIBUTE, partial(self._attend, gate_index, layer))
                 self.track(_AttributeHandle(module, ROUTED_ATTRIBUTE))
                 self.track(module.register_forward_pre_hook(partial(self._capture_rotary, layer), with_kwargs=True))
         if self.config.knn_lm:
@@ -257,27 +256,18 @@ class KnnMemory(Memory):
             position_embeddings = args[1]
         self._rotary[layer] = position_embeddings
 
-    def _memory_row(self, row: int, batch_size: int) -> int | None:
+    def _memory_rows(self, batch_size: int) -> list[int] | None:
+        """The stored row each batch row reads (`Memory.source_rows`); None while nothing is stored."""
         stored_rows = self.store.row_count if self.store else 0
-        if stored_rows == 0:
-            return None
-        if batch_size == stored_rows:
-            return row
-        if batch_size % stored_rows == 0:  # beams / num_return_sequences repeat each row
-            return row // (batch_size // stored_rows)
-        if stored_rows > batch_size:  # a smaller batch reads the first rows' memories
-            return row
-        raise MemoryStateError(
-            f"knn: the memory holds {stored_rows} row(s) but the input has {batch_size}; "
-            f"call reset() to start a new batch")
+        return None if stored_rows == 0 else self.source_rows(batch_size, stored_rows).tolist()
 
     # --- kNN attention -----------------------------------------------------------------------
-    def _attend(self, slot: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+    def _attend(self, gate_index: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                 value: torch.Tensor, attention_mask: torch.Tensor | None, original: Any, *args: Any, **kwargs: Any):
         if self.context.capturing:
             rotary = self._rotary.get(layer)
             pre_rotation = key if rotary is None else _unrotate(key, *rotary)
-            self._captured_kv[layer] = (pre_rotation.detach(), value.detach())
+            self.capture(f"kv/{layer}", (pre_rotation.detach(), value.detach()))
         retrieved = self._retrieve(layer, query, kwargs.get("position_ids"), key.shape[2])
         if retrieved is None:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
@@ -293,7 +283,7 @@ class KnnMemory(Memory):
                                       retrieved.values)
                          + torch.einsum("bhtr,bhrd->bthd", memory_weights[..., top_k:].to(query.dtype),
                                         retrieved.recent_values))
-        gate = self.gate[slot].view(1, 1, -1, 1).to(local_output.dtype)
+        gate = self.gate[gate_index].view(1, 1, -1, 1).to(local_output.dtype)
         mixed = local_output + gate * (memory_output.to(local_output.dtype) - local_output)
         has_memory = torch.isfinite(memory_scores).any(-1).transpose(1, 2).unsqueeze(-1)  # (B, T, H, 1)
         return torch.where(has_memory, mixed, local_output), weights
@@ -322,7 +312,7 @@ class KnnMemory(Memory):
         return _rotate(_unrotate(query, *rotary), cos_d.view(1, 1, 1, -1), sin_d.view(1, 1, 1, -1))
 
     def _retrieve(self, layer: int, query: torch.Tensor, position_ids: torch.Tensor | None, key_length: int
-                  ) -> Retrieved | None:
+                  ) -> LayerRetrieval | None:
         """What each query attends to in memory (raw q.k logits, -inf where nothing): its top-k
         stored keys, plus the `recent` latest items of the current stream shared by all queries."""
         if self.store is None:
@@ -340,8 +330,9 @@ class KnnMemory(Memory):
         recent_values = torch.zeros(batch, heads, recent, dim, device=query.device, dtype=query.dtype)
         starts = torch.zeros(batch, dtype=torch.int64, device=query.device)
         found_any = False
+        memory_rows = self._memory_rows(batch)
         for row in range(batch):
-            memory_row = self._memory_row(row, batch)
+            memory_row = None if memory_rows is None else memory_rows[row]
             group = None if memory_row is None else self.store.group("attention", memory_row, layer)
             if group is None:
                 continue
@@ -366,7 +357,7 @@ class KnnMemory(Memory):
             scores = self._relative_scores(layer, query, keys, origins, starts, position_ids)
         else:
             scores = torch.einsum("bhtd,bhtkd->bhtk", search_query.float(), keys.float())
-        return Retrieved(scores.masked_fill(~valid, -math.inf), values, recent_scores, recent_values)
+        return LayerRetrieval(scores.masked_fill(~valid, -math.inf), values, recent_scores, recent_values)
 
     def _recent_items(self, row: int, layer: int, group: Any, query: torch.Tensor, position_ids: torch.Tensor,
                       start: torch.Tensor, recent_scores: torch.Tensor, recent_values: torch.Tensor) -> int | None:
@@ -410,7 +401,7 @@ class KnnMemory(Memory):
 
     @staticmethod
     def _joint_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         attention_mask: torch.Tensor | None, retrieved: Retrieved, scaling: float,
+                         attention_mask: torch.Tensor | None, retrieved: LayerRetrieval, scaling: float,
                          dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
         """One softmax over the local keys, the retrieved ones and the recent ones."""
         groups = query.shape[1] // key.shape[1]
@@ -435,8 +426,7 @@ class KnnMemory(Memory):
     # --- kNN-LM ------------------------------------------------------------------------------
     def _capture_lm_hidden(self, _module: nn.Module, args: tuple) -> None:
         self._lm_query = args[0]  # (B, T, C): the final hidden states the LM head reads
-        if self.context.capturing:
-            self._lm_write = args[0].detach()
+        self.capture("lm_hidden", args[0].detach())
 
     def _mix_logits(self, _model: nn.Module, _args: tuple, output: Any) -> Any:
         hidden, self._lm_query = self._lm_query, None
@@ -445,8 +435,9 @@ class KnnMemory(Memory):
             return output
         mixed = None
         batch = logits.shape[0]
+        memory_rows = self._memory_rows(batch)
         for row in range(batch):
-            memory_row = self._memory_row(row, batch)
+            memory_row = None if memory_rows is None else memory_rows[row]
             result = None if memory_row is None else self.store.search(
                 "lm", memory_row, -1, hidden[row].unsqueeze(0), self.config.lm_top_k)
             if result is None:
@@ -471,8 +462,8 @@ class KnnMemory(Memory):
         return self.store
 
     def write(self) -> None:
-        captured_kv, self._captured_kv = self._captured_kv, {}
-        lm_hidden, self._lm_write = self._lm_write, None
+        captured_kv = {int(name): value for name, value in self.captured_under("kv/").items()}
+        lm_hidden = self.captured("lm_hidden")
         self._writes += 1
         if (self._writes - 1) % self.config.update_freq:
             return
@@ -536,10 +527,6 @@ class KnnMemory(Memory):
         next_tokens = torch.tensor(tokens[1:], dtype=torch.int64, device=hidden.device)
         store.add("lm", row, -1, hidden[:count].unsqueeze(1), next_tokens, records)
 
-    def clear_captures(self) -> None:
-        self._captured_kv = {}
-        self._lm_write = None
-
     # --- state -------------------------------------------------------------------------------
     def begin_call(self) -> None:
         super().begin_call()
@@ -587,13 +574,3 @@ class KnnMemory(Memory):
                 "attention": self.config.attention, "layers": self.attention_layers,
                 "knn_lm": self.config.knn_lm, "backend": self.store_layout.backend}
 
-
-register_memory("knn", KnnConfig, KnnMemory)
-register_preset("knn-joint", {"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512},
-                "training-free kNN attention at every layer: the latest 512 items plus the top-32 older ones, "
-                "each at its true distance")
-register_preset("knn-lm", {"mechanism": "knn", "attention": "off", "knn_lm": True},
-                "training-free kNN-LM over final hidden states")
-register_preset("knn-joint-lm", {"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512,
-                                 "knn_lm": True},
-                "knn-joint and knn-lm together")

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from memlm.config import MemoryConfig, check_range
-from memlm.errors import ConfigError, IncompatibleMemoryError, MemoryStateError
+from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.hooks import BackboneLayout, add_capture_hook, add_input_hook, add_output_hook
-from memlm.memories.base import Memory, MemoryContext, expand_rows, masked_mean
-from memlm.registry import register_memory
+from memlm.memories.base import Memory, MemoryContext, masked_mean
 
 READ_POINTS = ("input", "middle", "top")
 
@@ -47,6 +46,7 @@ class RecurrentConfig(MemoryConfig):
         history_size: how many state norms to keep for `state_norm_history`.
     """
 
+    mechanism: ClassVar[str] = "recurrent"
     memory_size: int = 256
     decay: float = 0.95
     inject_input: bool = True
@@ -101,7 +101,6 @@ class RecurrentMemory(Memory):
         self.state: torch.Tensor | None = None  # (B, memory_size); None until the first write
         self.updates = 0
         self.norm_history: deque[float] = deque(maxlen=config.history_size)
-        self._captured: torch.Tensor | None = None
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
@@ -112,17 +111,12 @@ class RecurrentMemory(Memory):
         if "top" in self.readouts:
             self.track(add_output_hook(layout.layers[-1], lambda h: self._read("top", h)))
         # Writes summarise the final (normed) hidden states: the features the LM head reads.
-        self.track(add_capture_hook(layout.final_norm or layout.layers[-1], self._capture))
+        self.track(add_capture_hook(layout.final_norm or layout.layers[-1], lambda h: self.capture("hidden", h)))
 
     def _read(self, point: str, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.state is None:  # nothing remembered yet: a zero state reads as exactly zero
             return hidden_states
-        state = expand_rows(self.state, hidden_states.shape[0], "recurrent")
-        return self.readouts[point](hidden_states, state)
-
-    def _capture(self, hidden_states: torch.Tensor) -> None:
-        if self.context.capturing:
-            self._captured = hidden_states
+        return self.readouts[point](hidden_states, self.expand_rows(self.state, hidden_states.shape[0]))
 
     # --- state -------------------------------------------------------------------------------
     def reset(self, batch_size: int | None = None) -> None:
@@ -135,25 +129,18 @@ class RecurrentMemory(Memory):
         return torch.zeros(batch_size, self.config.memory_size, device=weight.device, dtype=weight.dtype)
 
     def write(self) -> None:
-        if self._captured is None:
+        hidden_states = self.captured("hidden")
+        if hidden_states is None:
             return
-        hidden_states, self._captured = self._captured, None
         pooled, has_tokens = masked_mean(hidden_states, self.context.attention_mask)  # (B, C), (B,)
         batch_size = pooled.shape[0]
         previous = self._zeros(batch_size) if self.state is None else self.state
-        if previous.shape[0] != batch_size:
-            raise MemoryStateError(
-                f"recurrent: the memory holds state for {previous.shape[0]} row(s) but the input "
-                f"has {batch_size}; call reset(batch_size={batch_size}) to start a new batch"
-            )
+        self.check_batch(previous.shape[0], batch_size)
         updated = self.config.decay * self.gru(pooled.to(previous.dtype), previous)  # (B, M)
         # Rows whose segment was all padding keep their state untouched.
         self.state = torch.where(has_tokens.unsqueeze(-1), updated, previous)
         self.updates += 1
         self.norm_history.append(float(self.state.detach().float().norm(dim=-1).mean()))
-
-    def clear_captures(self) -> None:
-        self._captured = None
 
     def detach_state(self) -> None:
         if self.state is not None:
@@ -198,6 +185,3 @@ class RecurrentMemory(Memory):
             "mode": self.config.mode,
             "read_points": list(self.config.read_points),
         }
-
-
-register_memory("recurrent", RecurrentConfig, RecurrentMemory)

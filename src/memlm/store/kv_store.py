@@ -41,7 +41,7 @@ from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
 LOCK_FILE = ".lock"
-EVICTION_POLICIES = ("oldest", "least_used")
+KV_EVICTION_POLICIES = ("oldest", "least_used")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class StoreLayout:
     eviction: str = "oldest"
 
     def validate(self) -> None:
-        if self.eviction not in EVICTION_POLICIES:
-            raise ConfigError(f"eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
+        if self.eviction not in KV_EVICTION_POLICIES:
+            raise ConfigError(f"eviction must be one of {KV_EVICTION_POLICIES}, got {self.eviction!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ConfigError(f"capacity must be a positive integer or None, got {self.capacity!r}")
 
