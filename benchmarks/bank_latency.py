@@ -161,7 +161,7 @@ def question_text(rng: random.Random) -> str:
 
 
 def unique(generate: Callable[[random.Random], str], rng: random.Random, count: int, seen: set[str]) -> list[str]:
-    from memlm.store.facts import text_key
+    from memlm.facts.store import text_key
 
     texts = []
     while len(texts) < count:
@@ -175,8 +175,8 @@ def unique(generate: Callable[[random.Random], str], rng: random.Random, count: 
 
 def unique_turns(rng: random.Random, count: int, seen: set[str]) -> list[str]:
     """Chat turns whose extracted facts are all new (so each add goes the whole way to an insert)."""
-    from memlm.extraction import extract_facts
-    from memlm.store.facts import text_key
+    from memlm.facts.extraction import extract_facts
+    from memlm.facts.store import text_key
 
     turns = []
     while len(turns) < count:
@@ -195,7 +195,7 @@ def random_unit_vectors(count: int, dimension: int, rng: np.random.Generator) ->
 
 def bulk_insert(store: Any, user: str, texts: list[str], vectors: np.ndarray) -> None:
     """Fill shortcut: the rows `FactStore.add` writes (fact, history entry, user), in one transaction."""
-    from memlm.store.facts import text_key
+    from memlm.facts.store import text_key
     from memlm.store.sqlite import transaction
 
     now = store.clock()
@@ -260,7 +260,7 @@ class OtherLoad:
 
 def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: list[str], write_texts: list[str],
             warmup: int) -> dict[str, Any]:
-    from memlm.store.facts import FactStore
+    from memlm.facts.store import FactStore
 
     store, dimension = memory.store, memory.store.dimension
     facts = store.count(USER)

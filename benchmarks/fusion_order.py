@@ -1,6 +1,6 @@
 """Where the bank's best fact goes in the prompt: first or last, measured on multi-session recall.
 
-The bank's prompt fusion (`memlm.memories.bank.fuse_facts`) lists the retrieved facts with the most
+The bank's prompt fusion (`memlm.fusion.fuse_facts`) lists the retrieved facts with the most
 relevant one last, next to the question. This script measures that choice against the reverse order
 on the multi-session users of several seeds, with the bank's own pipeline: facts extracted from every
 user message by `memlm.Memory` (the same rules, MiniLM and ranking as the bank), the top two kept
@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 import memlm
+from memlm.data import multisession
 from memlm.eval.scoring import contains, first_sentence
-from memlm.eval.tasks import multisession
-from memlm.memories.bank import BankConfig, FactTokenBias, fact_token_ids, fuse_facts
+from memlm.fusion import FactTokenBias, fact_token_ids, fuse_facts
+from memlm.memories.bank import BankConfig
 
 ORDERS = ("best_last", "best_first")
 

@@ -54,7 +54,7 @@ class ChatSession:
     system_prompt: str | None = None
     generation: dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 128, "do_sample": False})
     messages: list[dict[str, str]] = field(default_factory=list)
-    judge: Callable[[str], bool] | None = None  # extra fact extraction, e.g. extraction.model_judge
+    judge: Callable[[str], bool] | None = None  # extra fact extraction, e.g. memlm.facts.extraction.model_judge
 
     def __post_init__(self) -> None:
         if self.context_turns < 0:

@@ -266,7 +266,7 @@ def chat(
     persists across turns, and across restarts with --session or --user. Reads lines from stdin,
     so it can be scripted with a pipe."""
     from memlm.chat import ChatSession
-    from memlm.extraction import model_judge
+    from memlm.facts.extraction import model_judge
 
     specs = _memory_specs(memory, memory_config) if (memory or memory_config or adapter) else ["recurrent"]
     memory_model, tokenizer = _build_model(backbone, device, dtype, _bank_specs(specs, user), adapter)
@@ -543,8 +543,8 @@ def eval_recall(
     """Multi-session recall: users state facts across sessions among real chit-chat, then ask
     about them; the bank vs. no memory vs. the whole history in context."""
     from memlm import load_backbone
+    from memlm.data import multisession
     from memlm.eval.recall import evaluate_multisession
-    from memlm.eval.tasks import multisession
     from memlm.serialization import atomic_write_json
 
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
@@ -729,10 +729,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def _open_facts(path: Path | None) -> Any:
+    from memlm.facts import FactMemory
     from memlm.paths import facts_path
-    from memlm.user_memory import Memory
 
-    return Memory(path or facts_path())
+    return FactMemory(path or facts_path())
 
 
 def _print_facts(facts: list[dict[str, Any]], as_json: bool) -> None:
@@ -935,7 +935,7 @@ def _demo_bank(model: Any, tokenizer: Any) -> bool:
     bank = second_model.memories["bank"]
 
     console.rule("6. learning facts: importance, duplicates, retrieval")
-    bank.bank.user = "demo-classic"
+    bank.set_provenance(user="demo-classic")
     bank.reset()
     facts = [("Einstein developed the theory of relativity.", "science"),
              ("The Great Wall of China is over 21,000 kilometres long.", "history"),

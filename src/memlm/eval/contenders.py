@@ -23,12 +23,12 @@ New mechanisms need nothing here: any name the registry knows is a contender.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
 from memlm.eval.baselines import RagIndex
+from memlm.memories.base import TextLearning
 from memlm.model import MemoryModel
 from memlm.registry import make_config
 
@@ -104,7 +104,7 @@ class Contender:
 
     @property
     def learns_text(self) -> bool:
-        return any(memory.learns_from_text for memory in self.model.memories.values())
+        return bool(self.model.capable(TextLearning))
 
     def observe_turn(self, user_text: str, reply: str) -> None:
         """A chat exchange, memorised as `ChatSession` does it."""
@@ -142,10 +142,8 @@ class Contender:
             return
         ids = self.buffer[self.written:end]
         if self.kind == "memory":
-            with contextlib.ExitStack() as stack:
-                if self.facts_learned:  # the facts are stored one by one already
-                    for memory in self.model.memories.values():
-                        stack.enter_context(memory.segment_writes(False))
+            # Facts learned one by one are stored already: the stream's segments are not.
+            with self.model.segment_writes(not self.facts_learned):
                 self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
         elif self.rag is not None:
             self.rag.add(self.tokenizer.decode(ids))

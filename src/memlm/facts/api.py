@@ -1,12 +1,12 @@
-"""`memlm.Memory`: a mem0-style memory of facts per user, with no language model in the loop.
+"""`FactMemory` (also `memlm.Memory`): a mem0-style memory of facts per user, with no language model in the loop.
 
 Writes take milliseconds (rules extract facts from messages; MiniLM embeds them; SQLite stores them)
 and every call is scoped to one user: a user never sees another user's memories, because the store
-filters every query on the user (see `memlm.store.facts`). The same store file can back a chat
+filters every query on the user (see `memlm.facts.store`). The same store file can back a chat
 (`memlm chat --user alice`) and several processes at once.
 
 Example:
-    >>> memory = memlm.Memory("facts.sqlite")
+    >>> memory = memlm.FactMemory("facts.sqlite")
     >>> memory.add("Hi, I'm Ada and I live in Lisbon.", user="ada")
     >>> memory.search("Where does she live?", user="ada")[0]["memory"]
     'The user lives in Lisbon.'
@@ -14,18 +14,19 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
 
 from memlm.errors import ConfigError
-from memlm.memories.bank import BankConfig, FactBank, LearnResult
-from memlm.store.facts import MAX_SOURCE_CHARS, FactStore, check_text
+from memlm.facts.bank import FactBank, FactBankConfig, LearnResult
+from memlm.facts.store import MAX_SOURCE_CHARS, FactStore, check_text
 
 Messages = str | dict[str, str] | list[dict[str, str]]
 
 
-class Memory:
+class FactMemory:
     """Facts per user: add, search, get_all, get, update, delete, delete_all, history.
 
     Args:
@@ -35,7 +36,7 @@ class Memory:
         embed: texts -> unit vectors (default: the offline MiniLM); `encoder` names it in the store.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, config: BankConfig | None = None,
+    def __init__(self, path: str | os.PathLike | None = None, config: FactBankConfig | None = None,
                  embed: Callable[[list[str]], Any] | None = None, encoder: str = "minilm:all-MiniLM-L6-v2",
                  dimension: int | None = None):
         if embed is None:
@@ -44,15 +45,14 @@ class Memory:
             embed, dimension = sentence_encoder().encode, MINILM_DIMENSION
         elif dimension is None:
             raise ConfigError("Memory(embed=...) also needs dimension=")
-        config = (config or BankConfig()).replace(store=None if path is None else str(path), importance="constant",
-                                                  fusion="prompt")
+        config = dataclasses.replace(config or FactBankConfig(), importance="constant")
         self.store = FactStore(path, dimension, encoder)
         self.bank = FactBank(config, self.store, embed)
 
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> Memory:
+    def __enter__(self) -> FactMemory:
         return self
 
     def __exit__(self, *_: Any) -> None:

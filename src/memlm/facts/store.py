@@ -1,4 +1,4 @@
-"""The fact store behind the `bank` memory and `memlm.Memory`: SQLite rows plus per-user FAISS indexes.
+"""The fact store behind the `bank` memory and `memlm.FactMemory`: SQLite rows plus per-user FAISS indexes.
 
 Every fact belongs to exactly one user, and every read and write names that user: the SQL of each
 method filters on it and each user has a separate vector index, so one user's search can never
@@ -35,7 +35,6 @@ import numpy as np
 
 from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError
 from memlm.paths import check_name
-from memlm.store.index import FaissFlatIndex
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
 
 SCHEMA_VERSION = 1
@@ -178,6 +177,32 @@ def _blob(vector: np.ndarray | None) -> bytes | None:
     return None if vector is None else np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
+class UserIndex:
+    """Exact inner-product search over one user's fact vectors (FAISS `IndexIDMap2(IndexFlatIP)`), by
+    fact id. Exact on purpose: a user holds thousands of facts, not millions, and a missed fact is a
+    lost memory."""
+
+    def __init__(self, dimension: int):
+        import faiss
+
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(fact id, inner product) of the `k` best, best first."""
+        with _one_faiss_thread():
+            scores, found = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
+        return [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0]
+
+
 class FactStore:
     """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
 
@@ -199,7 +224,7 @@ class FactStore:
         self.clock = clock
         self.connection = connect(self.path, _SCHEMA, SCHEMA_VERSION)
         self._lock = threading.RLock()
-        self._indexes: dict[str, tuple[FaissFlatIndex, int]] = {}  # user -> (index, last change applied)
+        self._indexes: dict[str, tuple[UserIndex, int]] = {}  # user -> (index, last change applied)
         self._check_encoder()
 
     def _check_encoder(self) -> None:
@@ -377,10 +402,7 @@ class FactStore:
             if len(index) == 0:
                 return []
             # Row filtering happens after the search: ask for more so enough survive it.
-            wanted = min(len(index), k if row is None else max(4 * k, 64))
-            with _one_faiss_thread():
-                scores, found = index.search(query, wanted)
-        pairs = [(int(i), float(s)) for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if i >= 0]
+            pairs = index.search(query, min(len(index), k if row is None else max(4 * k, 64)))
         if not pairs:
             return []
         by_id = {fact.id: fact for fact in self._facts_by_id(user, [i for i, _ in pairs])}
@@ -393,12 +415,12 @@ class FactStore:
                                        [user, *ids])
         return [Fact(*row) for row in rows]
 
-    def _synced_index(self, user: str) -> FaissFlatIndex:
+    def _synced_index(self, user: str) -> UserIndex:
         """The user's index, first brought up to date with changes made by any process."""
         check_name(user, "user id")
         index, applied = self._indexes.get(user, (None, 0))
         if index is None:
-            index = FaissFlatIndex(self.dimension)
+            index = UserIndex(self.dimension)
         latest = self.version(user)
         if latest > applied:
             changes = self.connection.execute(

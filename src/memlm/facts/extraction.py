@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 # A first-person statement: the speaker talks about themselves (or their household).
 _FIRST_PERSON = re.compile(r"\b(i|i'm|im|i've|ive|i'd|i'll|my|mine|me|myself|we|we're|we've|our|ours|call me|"
@@ -121,6 +119,8 @@ def model_judge(model: Any, tokenizer: Any) -> Callable[[str], bool]:
 
     One forward pass per sentence: compares the next-token probability of "yes" and "no".
     """
+    import torch  # here, not at the top: the fact package runs without torch
+
     yes_id = tokenizer.encode(" yes", add_special_tokens=False)[-1]
     no_id = tokenizer.encode(" no", add_special_tokens=False)[-1]
 

@@ -1,0 +1,65 @@
+"""Prompt fusion: how retrieved facts reach a model through its prompt, and the logit bonus that
+helps a small model copy them.
+
+* `fuse_facts` puts the facts in the system message and replays them in a short recap exchange just
+  before the question: a small model repeats what it has just "said" far more reliably than it reads
+  a system message. The most relevant fact goes last, next to the question, because the model tends
+  to say the fact it read last.
+* `FactTokenBias` adds a small bonus to the logits of the facts' tokens while the model answers: a
+  small model tends to answer from its prior ("a glass of wine") even with the fact ("kefir") in front
+  of it, and the bonus tips it toward copying.
+
+What each choice buys, measured: docs/bank.md ("Prompt fusion").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+RECAP_QUESTION = "Is there anything you remember about me?"
+
+
+def facts_block(facts: list[str]) -> str:
+    """How retrieved facts are listed for the model, in the order given."""
+    listed = "\n".join(f"- {fact}" for fact in facts)
+    return (f"You remember facts about the user from earlier conversations:\n{listed}\n"
+            f"Answer questions about the user from these facts, briefly.")
+
+
+def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[str, str]]:
+    """Chat messages with `facts` (most relevant first) fused in: listed in the system message, and
+    recapped by the assistant just before the last user message, most relevant last."""
+    if not facts:
+        return messages
+    nearest_last = list(reversed(facts))
+    block = facts_block(nearest_last)
+    if messages and messages[0]["role"] == "system":
+        system, rest = {"role": "system", "content": messages[0]["content"] + "\n\n" + block}, messages[1:]
+    else:
+        system, rest = {"role": "system", "content": block}, list(messages)
+    recap = [{"role": "user", "content": RECAP_QUESTION},
+             {"role": "assistant", "content": "Yes: " + " ".join(nearest_last)}]
+    last_user = max((i for i, m in enumerate(rest) if m["role"] == "user"), default=len(rest))
+    return [system, *rest[:last_user], *recap, *rest[last_user:]]
+
+
+def fact_token_ids(tokenizer: Any, facts: list[str]) -> list[int]:
+    """The token ids `FactTokenBias` favours: each fact's tokens with and without a leading space,
+    since either form may start a word in the reply."""
+    return [token for fact in facts for text in (fact, " " + fact)
+            for token in tokenizer(text, add_special_tokens=False).input_ids]
+
+
+class FactTokenBias(LogitsProcessor):
+    """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts)."""
+
+    def __init__(self, token_ids: list[int], bias: float):
+        self.token_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+        self.bias = bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token_ids = self.token_ids.to(scores.device)
+        return scores.index_add(1, token_ids, scores.new_full((scores.shape[0], token_ids.numel()), self.bias))
