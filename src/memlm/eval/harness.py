@@ -6,16 +6,9 @@ contender's configs and window, the backbone's fingerprint), so an interrupted r
 stopped and a changed setting reruns only what it affects. The report (`results.json`,
 `results.md`, PNG plots) is rebuilt from all pairs at the end.
 
-Tasks (generators in `memlm.eval.tasks`, deterministic by seed):
-
-* `babilong/qa1..qa5` — bAbI facts hidden in essay / Gutenberg haystacks, at each length; accuracy by
-  BABILong's rule (the answer in the first sentence of the reply);
-* `recall/multi-session` — users state facts across 20 sessions of chit-chat, then ask; recall;
-* `ppl/<text>` — long-document perplexity (window-sized segments), on text not used for tuning;
-* `continual/facts` — facts learned one by one (read as a stream; the bank also stores each as a
-  fact), then paraphrased questions; recall, also by how many facts were learned after the one asked about;
-* `generation/qa` — answers to paraphrased questions scored against reference sentences with BLEU,
-  ROUGE and BERTScore.
+Tasks are families of `memlm.eval.tasks.EvalTask` (one module each, listed in
+`memlm.eval.tasks.TASK_FAMILIES`; their data comes from the seeded generators in `memlm.data`):
+`babilong/qa1..qa5`, `recall/multi-session`, `ppl/<text>`, `continual/facts`, `generation/qa`.
 """
 
 from __future__ import annotations
@@ -30,16 +23,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from memlm.data import babilong
 from memlm.errors import ConfigError
-from memlm.eval import scoring
 from memlm.eval.contenders import BASELINES, Contender
-from memlm.eval.recall import recall_rows
-from memlm.eval.tasks import babilong, continual_facts, multisession
+from memlm.eval.tasks import TASK_FAMILIES, PairResult, TaskRun, get_task
 from memlm.hooks import backbone_fingerprint, inspect_backbone
 from memlm.registry import available_mechanisms, available_presets
 from memlm.serialization import atomic_write_json, read_json
 
-FAMILIES = ("babilong", "recall", "ppl", "continual", "generation")
+FAMILIES = tuple(TASK_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -65,12 +57,9 @@ class Suite:
     max_new_tokens: int = 16
     seed: int = 0
 
-    def part(self, family: str) -> dict[str, Any]:
-        """The settings one family's results depend on."""
-        prefixes = {"babilong": ("babilong_tasks", "lengths", "long_", "samples"), "recall": ("recall_",),
-                    "ppl": ("ppl_",), "continual": ("facts", "fact_questions"), "generation": ("generation_",)}
-        values = asdict(self)
-        picked = {k: v for k, v in values.items() if k.startswith(prefixes[family])}
+    def part(self, prefixes: tuple[str, ...]) -> dict[str, Any]:
+        """The settings whose names start with one of `prefixes` (what a task family depends on)."""
+        picked = {k: v for k, v in asdict(self).items() if k.startswith(prefixes)}
         return {**picked, "seed": self.seed, "max_new_tokens": self.max_new_tokens}
 
     def lengths_for(self, task: str) -> tuple[int, ...]:
@@ -86,18 +75,10 @@ SUITES = {
     "full": Suite("full", lengths=(0, 1024, 4096, 16384, 65536, 131072), samples=3, recall_users=5,
                   facts=1000, fact_questions=100, generation_samples=50, ppl_tokens=32768),
 }
-# knn-joint attends over memory in every layer, a cost that grows with the square of the stream: on 2
-# CPU cores it alone takes ~13 minutes at 16K tokens, and on an H100 it did not finish BABILong qa1 (3
-# samples per length up to 128K) in 25 minutes. Both suites use the training-free kNN-LM preset; name
-# knn-joint with --memory to run it.
+# knn-joint attends over memory in every layer, a cost that grows with the stream, so both suites use
+# the training-free kNN-LM preset (name knn-joint with --memory to run it; timings in docs/eval.md).
 DEFAULT_CONTENDERS = {"quick": ("none", "full", "rag", "recurrent", "knn-lm", "bank"),
                       "full": ("none", "full", "rag", "recurrent", "knn-lm", "bank")}
-
-
-@dataclass
-class PairResult:
-    records: list[dict[str, Any]]
-    details: list[dict[str, Any]]
 
 
 def check_contenders(names: Sequence[str]) -> list[str]:
@@ -121,16 +102,14 @@ class Harness:
         self.contenders = check_contenders(contenders)
         # A family runs all its tasks; "babilong/qa3" runs that task alone (for splitting a run over
         # processes: the cache keys do not depend on the selection).
+        self.task_families = {family: get_task(family) for family in FAMILIES}
+        known_tasks = {task for family, runner in self.task_families.items() for task in runner.task_names(suite)}
         single_tasks = {entry for entry in families if "/" in entry}
-        known_tasks = {f"babilong/{task}" for task in suite.babilong_tasks}
         unknown = sorted((set(families) - single_tasks - set(FAMILIES)) | (single_tasks - known_tasks))
         if unknown:
-            raise ConfigError(f"unknown task families {unknown}; choose from {FAMILIES} or single BABILong "
+            raise ConfigError(f"unknown task families {unknown}; choose from {list(FAMILIES)} or single "
                               f"tasks {sorted(known_tasks)}")
-        self.single_tasks = single_tasks
-        self.requested = set(families)
-        self.families = [family for family in FAMILIES
-                         if family in families or any(task.startswith(f"{family}/") for task in single_tasks)]
+        self.selected = set(families)
         self.out_dir = Path(out_dir)
         self.window = window
         self.progress = progress
@@ -140,21 +119,13 @@ class Harness:
         # Cached pairs are keyed by the weights, not by where they were loaded from: pairs run on a GPU
         # host from a local copy of the model are reused by a report built elsewhere.
         self.weights_key = {key: value for key, value in self.fingerprint.items() if key != "name"}
-        self._samples: dict[tuple[str, int], list[babilong.Sample]] = {}
-        self._pair_key = ""
+        self._shared: dict[Any, Any] = {}  # what tasks reuse across contenders (e.g. generated samples)
 
     # --- the grid ----------------------------------------------------------------------------
     def tasks(self) -> list[tuple[str, str]]:
         """(family, task) in run order."""
-        tasks = []
-        for family in self.families:
-            if family == "babilong":
-                tasks += [(family, f"babilong/{task}") for task in self.suite.babilong_tasks
-                          if family in self.requested or f"babilong/{task}" in self.single_tasks]
-            else:
-                tasks.append((family, {"recall": "recall/multi-session", "ppl": "ppl/long-document",
-                                       "continual": "continual/facts", "generation": "generation/qa"}[family]))
-        return tasks
+        return [(family, task) for family, runner in self.task_families.items()
+                for task in runner.task_names(self.suite) if family in self.selected or task in self.selected]
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or load from cache) every pair; return all records."""
@@ -170,22 +141,21 @@ class Harness:
         return self.out_dir / "pairs" / f"{task.replace('/', '__')}__{name}.json"
 
     def pair(self, family: str, task: str, name: str) -> PairResult:
+        runner = self.task_families[family]
         contender = Contender(name, self.backbone, self.tokenizer, self.window, self.suite.max_new_tokens)
         try:
-            identity = {"task": task, "suite": self.suite.part(family), "contender": contender.describe(),
-                        "backbone": self.weights_key}
-            if family == "continual" and contender.learns_text:
-                identity["facts"] = "learned one by one"  # since the bank learns them as facts, not segments
+            identity = {"task": task, "suite": self.suite.part(runner.settings), "contender": contender.describe(),
+                        "backbone": self.weights_key, **runner.identity(contender)}
             key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-            self._pair_key = key
             path = self._cache_path(task, name)
             if path.exists():
                 cached = read_json(path)
                 if isinstance(cached, dict) and cached.get("key") == key:
                     return PairResult(cached["records"], cached["details"])
             started = time.perf_counter()
-            runner = getattr(self, f"_run_{family}")
-            result = runner(task, contender)
+            run = TaskRun(self.suite, self.tokenizer, self.window, self.out_dir, key, self.progress, self._shared,
+                          self.log)
+            result = runner.run(task, contender, run)
             seconds = time.perf_counter() - started
             for record in result.records:
                 record.update(task=record.get("task", task), family=family, mechanism=name,
@@ -195,126 +165,6 @@ class Harness:
             return result
         finally:
             contender.close()
-
-    # --- tasks -------------------------------------------------------------------------------
-    def _count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def _babilong_samples(self, task: str, length: int) -> list[babilong.Sample]:
-        # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
-        key = (task, length)
-        if key not in self._samples:
-            self._samples[key] = babilong.generate(task, self.suite.samples, length, self.suite.seed,
-                                                   self._count_tokens)
-        return self._samples[key]
-
-    def _run_babilong(self, task: str, contender: Contender) -> PairResult:
-        name = task.split("/")[1]
-        records, details = [], []
-        for length in self.suite.lengths_for(name):
-            # Each length is cached on its own as well: a long run stopped at 128K resumes there.
-            partial = self.out_dir / "pairs" / "partial" / f"{task.replace('/', '__')}__{contender.name}__{length}.json"
-            cached = read_json(partial) if partial.exists() else None
-            if isinstance(cached, dict) and cached.get("key") == self._pair_key:
-                records += cached["records"]
-                details += cached["details"]
-                continue
-            started = time.perf_counter()
-            samples = self._babilong_samples(name, length)
-            correct, answered = 0, 0
-            for sample in samples:
-                contender.reset()
-                contender.feed(sample.context)
-                reply = contender.ask(babilong.question_prompt(sample), query=sample.question)
-                if reply is None:  # does not fit `full`'s window
-                    continue
-                hit = scoring.babilong_correct(reply, sample.answer, babilong.LABELS[name], sample.question)
-                correct, answered = correct + hit, answered + 1
-                details.append({"length": length, "question": sample.question, "answer": sample.answer,
-                                "reply": reply, "correct": hit})
-            new_records = [{"length": length, "metric": "accuracy", "value": correct / answered, "n": answered,
-                            "higher_is_better": True}] if answered else []
-            new_details = [detail for detail in details if detail["length"] == length]
-            atomic_write_json(partial, {"key": self._pair_key, "records": new_records, "details": new_details})
-            records += new_records
-            if self.progress and length >= 16384:
-                tqdm.write(f"{task} x {contender.name} at {length} tokens: {correct}/{answered} correct "
-                           f"({time.perf_counter() - started:.0f} s)")
-        return PairResult(records, details)
-
-    def _run_recall(self, task: str, contender: Contender) -> PairResult:
-        users = multisession.generate(self.suite.recall_users, self.suite.recall_sessions,
-                                      self.suite.recall_filler_turns, self.suite.seed)
-        details = recall_rows(contender, users, questions=self.suite.recall_questions)
-        recall = sum(d["recalled"] for d in details) / max(1, len(details))
-        return PairResult([{"length": None, "metric": "recall", "value": recall, "n": len(details),
-                            "higher_is_better": True}], details)
-
-    def _run_ppl(self, task: str, contender: Contender) -> PairResult:
-        from memlm.data.corpora import CorpusNotFoundError, fetch_gutenberg, load_corpus
-        from memlm.eval.perplexity import context_perplexity, segment_perplexity
-
-        corpus = self.suite.ppl_corpus
-        try:
-            try:
-                text = load_corpus(corpus)
-            except CorpusNotFoundError:
-                fetch_gutenberg()
-                text = load_corpus(corpus)
-        except CorpusNotFoundError:
-            corpus, text = self.suite.ppl_fallback, load_corpus(self.suite.ppl_fallback)
-        if contender.kind == "rag":
-            return PairResult([], [{"skipped": "rag retrieves text for prompts; it has no perplexity of its own"}])
-        input_ids = self.tokenizer(text, return_tensors="pt").input_ids[0, :self.suite.ppl_tokens]
-        if contender.kind == "full":
-            result = context_perplexity(self.backbone, input_ids, self.window, contender.native_window, progress=False)
-        else:
-            result = segment_perplexity(contender.model, input_ids, self.window, contender.name, progress=False)
-        return PairResult([{"task": f"ppl/{corpus}", "length": None, "metric": "perplexity",
-                            "value": result.perplexity, "n": int(input_ids.shape[0]), "higher_is_better": False}],
-                          [result.to_dict()])
-
-    def _run_continual(self, task: str, contender: Contender) -> PairResult:
-        items = continual_facts.generate(self.suite.facts, self.suite.seed)
-        step = max(1, len(items) // self.suite.fact_questions)
-        asked = items[step - 1::step][:self.suite.fact_questions]
-        contender.reset()
-        for item in items:
-            contender.learn(item.fact)
-        details = []
-        for item in asked:
-            reply = contender.ask(f"{item.question} Answer briefly.", query=item.question)
-            if reply is None:
-                return PairResult([], [{"skipped": "the facts do not fit the native window"}])
-            details.append({"index": item.index, "since": len(items) - 1 - item.index, "question": item.question,
-                            "answer": item.answer, "reply": reply, "recalled": scoring.contains(reply, item.answer)})
-        records = [{"length": None, "metric": "recall", "value": sum(d["recalled"] for d in details) / len(details),
-                    "n": len(details), "higher_is_better": True}]
-        # Recall by how many facts came after the one asked about (in four bins): the forgetting curve.
-        bins = max(1, len(details) // 4)
-        ordered = sorted(details, key=lambda d: d["since"])
-        for start in range(0, len(ordered), bins):
-            chunk = ordered[start:start + bins]
-            records.append({"task": "continual/by-age", "length": int(chunk[-1]["since"]), "metric": "recall",
-                            "value": sum(d["recalled"] for d in chunk) / len(chunk), "n": len(chunk),
-                            "higher_is_better": True})
-        return PairResult(records, details)
-
-    def _run_generation(self, task: str, contender: Contender) -> PairResult:
-        from memlm.eval.metrics import generation_metrics
-
-        items = continual_facts.generate(self.suite.generation_samples, self.suite.seed + 1)
-        hypotheses, details = [], []
-        for item in items:
-            contender.reset()
-            contender.feed(item.fact)
-            reply = contender.ask(f"{item.question} Answer in one full sentence.", query=item.question) or ""
-            hypotheses.append(reply)
-            details.append({"question": item.question, "reference": item.fact, "reply": reply})
-        metrics = generation_metrics(hypotheses, [item.fact for item in items])
-        records = [{"length": None, "metric": metric, "value": value, "n": len(items), "higher_is_better": True}
-                   for metric, value in metrics.items() if metric in ("bleu", "rouge1", "rougeL", "bertscore_f1")]
-        return PairResult(records, details)
 
 
 def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,

@@ -1,6 +1,6 @@
 """Multi-session recall, run: any contender (the bank, rag, no memory, the whole history, ...).
 
-For each synthetic user (`memlm.eval.tasks.multisession`), every session's exchanges are shown to
+For each synthetic user (`memlm.data.multisession`), every session's exchanges are shown to
 the contender as a chat would show them (`Contender.observe_turn`: memories that learn from text,
 like the bank's fact extraction, get the text with no model call; other memories get a write pass),
 each session a conversation of its own. The questions come in a new session, so only memory (or,
@@ -21,9 +21,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from memlm.data.multisession import UserHistory
 from memlm.eval.contenders import Contender
 from memlm.eval.scoring import contains, exact_match, first_sentence
-from memlm.eval.tasks.multisession import UserHistory
 
 SYSTEMS = ("none", "full", "bank")
 

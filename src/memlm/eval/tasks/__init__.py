@@ -1,30 +1,31 @@
-"""Deterministic evaluation task generators (no dataset hub needed): BABILong-style bAbI questions in
-long haystacks (`babilong`) and a stream of made-up facts with paraphrased questions (`continual_facts`).
+"""Evaluation tasks, one family per module, each an `EvalTask` (see `base`).
 
-Example:
-    >>> from memlm.eval.tasks import continual_facts, generate_babilong
-    >>> len(generate_babilong("qa1", n=2, length=0, seed=0, count_tokens=len)), len(continual_facts.generate(5))
-    (2, 5)
+The families the harness knows are the table below; a module is imported when its family is first
+used. Adding a task family is one module here plus one line in `TASK_FAMILIES`.
 """
 
 from __future__ import annotations
 
-from memlm.eval.tasks import babilong, continual_facts
-from memlm.eval.tasks.babilong import TASKS, Sample, full_prompt, question_prompt, solve
-from memlm.eval.tasks.continual_facts import FactItem
+import importlib
 
-generate_babilong = babilong.generate
-generate_facts = continual_facts.generate
+from memlm.errors import ConfigError
+from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
-__all__ = [
-    "TASKS",
-    "FactItem",
-    "Sample",
-    "babilong",
-    "continual_facts",
-    "full_prompt",
-    "generate_babilong",
-    "generate_facts",
-    "question_prompt",
-    "solve",
-]
+TASK_FAMILIES: dict[str, str] = {
+    "babilong": "memlm.eval.tasks.babilong:BabilongTask",
+    "recall": "memlm.eval.tasks.recall:RecallTask",
+    "ppl": "memlm.eval.tasks.perplexity:PerplexityTask",
+    "continual": "memlm.eval.tasks.continual:ContinualTask",
+    "generation": "memlm.eval.tasks.generation:GenerationTask",
+}
+
+
+def get_task(family: str) -> EvalTask:
+    """The task family `family`, ready to run."""
+    if family not in TASK_FAMILIES:
+        raise ConfigError(f"unknown task family {family!r}; choose from {sorted(TASK_FAMILIES)}")
+    module, name = TASK_FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+__all__ = ["TASK_FAMILIES", "EvalTask", "PairResult", "TaskRun", "get_task"]

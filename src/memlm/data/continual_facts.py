@@ -7,7 +7,7 @@ the question's words against the stored sentence. Entities get one to four relat
 stream is shuffled, so facts about one entity arrive far apart.
 
 Example:
-    >>> from memlm.eval.tasks import continual_facts
+    >>> from memlm.data import continual_facts
     >>> item = continual_facts.generate(n=3, seed=0)[0]
     >>> item.entity in item.fact and item.answer in item.fact and item.answer not in item.question
     True
