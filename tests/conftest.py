@@ -8,6 +8,7 @@ from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
 
 import memlm
 import memlm.paths
+from memlm.memories.template import TemplateMemory
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -41,6 +42,11 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     return save_tiny_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# The template mechanism (src/memlm/memories/template.py) is held to the same contract as the
+# built-in ones, so the skeleton a new mechanism starts from is known to work.
+memlm.register_memory(TemplateMemory)
 
 
 @pytest.fixture(params=memlm.available_mechanisms())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,3 +32,49 @@ def hook_counts(model: nn.Module) -> int:
 def logits(model, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=input_ids, **kwargs).logits
+
+
+# --- facts without a language model ----------------------------------------------------------------
+WORDS_DIM = 1024
+
+
+def words_embed(texts: list[str]) -> np.ndarray:
+    """A deterministic bag-of-words embedding: texts sharing words are similar; no model needed."""
+    vectors = np.zeros((len(texts), WORDS_DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in re.findall(r"[a-z0-9]+", text.lower()):
+            vectors[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % WORDS_DIM] += 1.0
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-6)
+
+
+def text_embed(texts: list[str]) -> np.ndarray:
+    """A random unit vector per distinct text (seeded by its hash): unrelated texts are never duplicates."""
+    vectors = [np.random.default_rng(int(hashlib.md5(t.encode()).hexdigest()[:8], 16)).standard_normal(WORDS_DIM)
+               for t in texts]
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def words_bank(clock=None, measure=None, **config):
+    """A `FactBank` over an in-memory store with the bag-of-words embedding."""
+    from memlm.facts import FactBank, FactBankConfig, FactStore
+
+    store = FactStore(None, WORDS_DIM, "words", clock=clock or Clock())
+    return FactBank(FactBankConfig(**config), store, words_embed, measure=measure)
+
+
+def words_memory(path=None, **config):
+    """A `FactMemory` with the bag-of-words embedding."""
+    from memlm.facts import FactBankConfig, FactMemory
+
+    return FactMemory(path, config=FactBankConfig(**config), embed=words_embed, encoder="words", dimension=WORDS_DIM)

@@ -107,3 +107,40 @@ def test_cli_eval_ppl_json_and_memory_commands(tmp_path):
     assert deleted.returncode == 0, deleted.stderr
     left = json.loads(_memlm("memory", "search", "Lovelace", "--session", "doc", "--json", home=tmp_path).stdout)
     assert left == []
+
+
+def test_a_fact_the_model_already_knows_gains_less_importance_than_a_new_one(default_backbone):
+    model, tokenizer = default_backbone
+    memory_model = memlm.attach(model, memlm.BankConfig(importance="loss", fusion="prompt"), tokenizer=tokenizer)
+    try:
+        bank = memory_model.memories["bank"]
+        known = bank.loss_improvement("Paris is the capital of France.")
+        unknown = bank.loss_improvement("Zorvath Quibble keeps a teal ferret named Pemberly.")
+        assert 0.0 <= known < unknown <= 1.0
+        assert unknown > known + 0.1
+        stored = bank.learn("Zorvath Quibble keeps a teal ferret named Pemberly.")
+        assert stored.stored and stored.importance == unknown  # importance is the measured improvement
+    finally:
+        memory_model.detach()
+
+
+def test_the_bank_recalls_a_users_fact_in_a_later_session_after_a_restart(default_backbone, tmp_path):
+    from memlm.chat import ChatSession
+
+    model, tokenizer = default_backbone
+    config = {"mechanism": "bank", "store": str(tmp_path / "facts.sqlite"), "fusion": "prompt"}
+    generation = {"max_new_tokens": 32, "do_sample": False, "repetition_penalty": 1.1}
+    first = memlm.attach(model, config, tokenizer=tokenizer)
+    ChatSession(first, tokenizer, user="ada", session="one", home=tmp_path, generation=generation).ask(
+        "Hi! My name is Ada, and my dog is called Biscuit.")
+    first.detach()
+    second = memlm.attach(model, config, tokenizer=tokenizer)  # a new model: only the store file carries over
+    try:
+        chat = ChatSession(second, tokenizer, user="ada", session="two", home=tmp_path, generation=generation)
+        reply = chat.ask("What is my dog's name?")
+        assert "biscuit" in reply.lower(), reply
+        assert any("Biscuit" in hit.fact.text for hit in chat.last_memories)
+        other = ChatSession(second, tokenizer, user="bob", session="one", home=tmp_path, generation=generation)
+        assert "biscuit" not in other.ask("What is my dog's name?").lower()  # bob never said it
+    finally:
+        second.detach()

@@ -188,12 +188,24 @@ class TorchIndex(VectorIndex):
         return removed
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"vectors": _as_float32_numpy(self.vectors), "ids": self.ids.cpu().numpy()}
+        arrays = {"vectors": _as_float32_numpy(self.vectors), "ids": self.ids.cpu().numpy()}
+        if self.metric == "l2":
+            # Norms are taken before the vectors are stored in a lower precision: recomputing them from
+            # the stored vectors after a reload would shift every L2 score slightly.
+            arrays["squared_norms"] = _as_float32_numpy(self._squared_norms.data)
+        return arrays
 
     @classmethod
     def from_arrays(cls, dim, metric, options, arrays):
         index = cls(dim, metric, **options)
         index.add(arrays["vectors"], arrays["ids"])
+        if metric == "l2" and "squared_norms" in arrays:
+            norms = torch.as_tensor(np.asarray(arrays["squared_norms"], dtype=np.float32)).to(index.device)
+            if norms.shape != (len(index),):
+                raise CorruptedFileError(f"saved squared norms have shape {tuple(norms.shape)}, "
+                                         f"expected ({len(index)},)")
+            index._squared_norms = GrowableRows((), index.device, torch.float32)
+            index._squared_norms.append(norms)
         return index
 
 

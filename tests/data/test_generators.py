@@ -1,4 +1,4 @@
-"""Task generators for the evaluation harness: BABILong-style bAbI tasks, continual facts, scoring."""
+"""Data generators: BABILong-style bAbI tasks hidden in haystacks, continual facts, multi-session users."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from collections import Counter
 import pytest
 from tiny import tiny_tokenizer
 
-from memlm.eval import scoring
-from memlm.eval.tasks import babilong, continual_facts
+from memlm.data import babilong, continual_facts
 
 _TOKENIZER = tiny_tokenizer()
 
@@ -156,33 +155,6 @@ def test_rejects_unknown_task_and_negative_sizes():
 # --- Scoring --------------------------------------------------------------------------------------
 
 
-def test_babilong_rule_reads_only_the_first_sentence():
-    assert scoring.babilong_correct("The football is in the garden. Then John left.", "garden")
-    assert scoring.babilong_correct("GARDEN", "garden")
-    assert not scoring.babilong_correct("I am not sure. The football is in the garden.", "garden")
-    assert not scoring.babilong_correct("It is next to the gardener.", "garden")
-    assert not scoring.babilong_correct("Kitchen\nGarden", "garden")
-    assert not scoring.babilong_correct("", "garden")
-    labels = babilong.LABELS["qa1"]
-    assert not scoring.babilong_correct("Mary is in the garden or the kitchen.", "garden", labels)
-    # Rooms named by the question do not count against the answer.
-    assert scoring.babilong_correct("The bathroom is south of the kitchen.", "kitchen", labels,
-                                    question="What is the bathroom south of?")
-
-
-def test_first_sentence_and_matching_rules():
-    assert scoring.first_sentence("") == ""
-    assert scoring.first_sentence("  Office! Or not.") == "Office"
-    assert scoring.first_sentence("No end mark") == "No end mark"
-    assert scoring.first_sentence("Born in 1987.5 maybe") == "Born in 1987.5 maybe"
-    assert scoring.contains("Mango, I think.", "mango")
-    assert not scoring.contains("mangoes", "mango")
-    assert not scoring.contains("anything", "")
-    assert scoring.normalize("  The  Lucky-Number: 42! ") == "lucky number 42"
-    assert scoring.exact_match("The mango.", "mango")
-    assert not scoring.exact_match("A ripe mango", "mango")
-
-
 # --- Continual facts ------------------------------------------------------------------------------
 
 
@@ -219,7 +191,7 @@ def test_every_relation_offers_several_wordings():
 
 # --- multi-session recall ------------------------------------------------------------------------
 def test_multisession_users_state_each_asked_fact_once_among_filler():
-    from memlm.eval.tasks import multisession
+    from memlm.data import multisession
 
     users = multisession.generate(n_users=3, n_sessions=20, filler_turns=4, seed=5)
     assert users == multisession.generate(n_users=3, n_sessions=20, filler_turns=4, seed=5)
@@ -234,7 +206,7 @@ def test_multisession_users_state_each_asked_fact_once_among_filler():
 
 
 def test_multisession_refuses_more_sessions_than_attributes():
-    from memlm.eval.tasks import multisession
+    from memlm.data import multisession
 
     with pytest.raises(ValueError, match="n_sessions"):
         multisession.generate(n_sessions=len(multisession.ATTRIBUTES) + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -66,10 +67,17 @@ def test_remove_save_and_load(backend):
 
 
 def test_ivf_searches_exactly_until_it_has_trained():
-    index = make_index("faiss-ivf", 32, "ip", nlist=8, nprobe=8, train_size=500)
-    index.add(random_vectors(300), torch.arange(300))
+    # nprobe=1 of 8 lists: once trained, search is approximate; before, it must be exact.
+    index = make_index("faiss-ivf", 32, "ip", nlist=8, nprobe=1, train_size=500)
+    exact = make_index("torch", 32, "ip")
+    vectors, queries = random_vectors(300), random_vectors(16, seed=3)
+    index.add(vectors, torch.arange(300))
+    exact.add(vectors, torch.arange(300))
     assert not index.is_trained
-    assert index.search(random_vectors(1, seed=3), 5)[1].shape == (1, 5)
+    scores, found = index.search(queries, 5)
+    exact_scores, exact_found = exact.search(queries, 5)
+    assert torch.equal(found, exact_found)
+    torch.testing.assert_close(scores, exact_scores, atol=1e-4, rtol=1e-4)
     index.add(random_vectors(300, seed=2), torch.arange(300, 600))
     assert index.is_trained and len(index) == 600
 
@@ -185,10 +193,26 @@ def test_damaged_stores_are_refused(tmp_path):
         KeyValueStore.load(tmp_path)
     vectors.write_bytes(good)
 
+    intact = tmp_path.parent / "intact"
+    shutil.copytree(tmp_path, intact)
+
+    def restore():
+        shutil.rmtree(tmp_path)
+        shutil.copytree(intact, tmp_path)
+
     with sqlite3.connect(tmp_path / RECORDS_FILE) as connection:  # rows lost behind the store's back
         connection.execute("DELETE FROM records WHERE id <= 2")
     with pytest.raises(memlm.CorruptedFileError, match="2 vector\\(s\\) without a record row"):
         KeyValueStore.load(tmp_path)
+    restore()
+    with sqlite3.connect(tmp_path / RECORDS_FILE) as connection:  # a row whose vector never was saved
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(records)") if row[1] != "id"]
+        connection.execute(f"INSERT INTO records ({', '.join(columns)}) SELECT {', '.join(columns)} "
+                           f"FROM records WHERE id = 1")
+    with pytest.raises(memlm.CorruptedFileError, match="1 row\\(s\\) without a vector"):
+        KeyValueStore.load(tmp_path)
+    restore()
+    assert KeyValueStore.load(tmp_path).records.count() == 10  # the intact files still load
 
     other = StoreLayout({"attention": GroupSpec(heads=2, key_dim=16, value_dim=16)})
     with pytest.raises(memlm.IncompatibleMemoryError, match="another model"):
@@ -204,28 +228,45 @@ def test_damaged_stores_are_refused(tmp_path):
 
 
 SAVER = textwrap.dedent("""
-    import sys, torch
+    import sys, time, torch
     from memlm.store import GroupSpec, KeyValueStore, StoreLayout
     directory = sys.argv[1]
-    store = KeyValueStore(StoreLayout({"attention": GroupSpec(heads=2, key_dim=64, value_dim=64)}, capacity=3000))
+    store = KeyValueStore(StoreLayout({"attention": GroupSpec(heads=2, key_dim=64, value_dim=64)}, capacity=6000))
     step = 0
     while True:
-        keys, values = torch.randn(400, 2, 64), torch.randn(400, 2, 64)
-        store.add("attention", 0, 0, keys, values, [{"text": f"{step}-{i}", "sequence": step} for i in range(400)])
+        keys, values = torch.randn(800, 2, 64), torch.randn(800, 2, 64)
+        store.add("attention", 0, 0, keys, values, [{"text": f"{step}-{i}", "sequence": step} for i in range(800)])
+        print("begin", step, flush=True)
+        started = time.perf_counter()
         store.save(directory)
+        print("end", step, time.perf_counter() - started, flush=True)
         step += 1
-        print(step, flush=True)
 """)
 
 
-def test_kill_during_save_leaves_a_loadable_store(tmp_path):
-    for attempt in range(4):
+def test_kill_during_save_leaves_the_last_completed_save(tmp_path):
+    """Kill a saving process at random moments inside `save()`; the store must load as exactly the
+    last save that completed (every item of it, nothing of the interrupted one)."""
+    import random
+
+    rng, inside = random.Random(0), 0
+    for _ in range(30):
         process = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-        process.stdout.readline()  # at least one save completed
-        time.sleep(0.05 + 0.07 * attempt)  # then die somewhere inside a later save
+        lines = [process.stdout.readline().split() for _ in range(3)]  # begin 0, end 0, begin 1: in save 1
+        assert [line[:2] for line in lines] == [["begin", "0"], ["end", "0"], ["begin", "1"]]
+        time.sleep(rng.uniform(0.0, 0.8 * float(lines[1][2])))  # somewhere inside save 1, judging by save 0
         process.kill()
         process.wait()
+        landed_inside = "end" not in process.stdout.read()  # save 1 had not reported completion
+        inside += landed_inside
         store = KeyValueStore.load(tmp_path)  # consistency of rows and vectors is checked on load
-        assert 400 <= store.records.count() <= 3000
-        assert len(store) == store.records.count()
+        sequences = sorted({r.sequence for r in store.records.select()})
+        if landed_inside:  # the interrupted save 1 either committed entirely or not at all
+            assert sequences in ([0], [0, 1])
+        assert store.records.count() == 800 * len(sequences) == len(store)
         store.close()
+        for path in tmp_path.iterdir():
+            path.unlink()
+        if inside >= 4:
+            break
+    assert inside >= 4, "no kill landed inside a save: make the saves slower"

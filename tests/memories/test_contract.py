@@ -14,6 +14,17 @@ import memlm
 from memlm.model import ADAPTER_WEIGHTS_FILE
 from memlm.serialization import load_tensors
 
+# Every learned tensor each mechanism saves, for its default config on a tiny backbone: the weights
+# file must hold exactly these (no state: no GRU vector, slot contents or stored vectors).
+EXPECTED_WEIGHTS = {
+    "recurrent": {f"recurrent.gru.{name}" for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                 | {f"recurrent.readouts.{point}.{name}" for point in ("input", "middle", "top")
+                    for name in ("proj.weight", "gate")},
+    "knn": {"knn.gate"},
+    "bank": {f"bank.reader.{name}" for name in ("query.weight", "key.weight", "value.weight", "gate")},
+    "template": {"template.gate"},
+}
+
 
 def attach_and_write(backbone, mechanism, batch=None):
     """Attach a mechanism and write one segment, so its state is not empty."""
@@ -68,6 +79,38 @@ def test_batch_rows_are_independent(backbone, mechanism):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("copies", [2, 3])
+def test_repeated_rows_read_the_memory_of_the_row_they_repeat(backbone, mechanism, copies):
+    """Beam search and num_return_sequences run each input row `copies` times (repeat_interleave):
+    every copy must read its own row's memory, not another row's or none."""
+    memory_model = memlm.attach(backbone, mechanism)
+    randomize_memory_weights(memory_model)
+    memory_model.write(token_batch(seed=1))  # two rows with different memories
+    probe = token_batch(1, seed=2).expand(2, -1)  # the same tokens in both rows
+    per_row = logits(memory_model, probe, write_memory=False)
+    assert not torch.allclose(per_row[0], per_row[1], atol=1e-4)  # the rows' memories differ
+    repeated = logits(memory_model, probe.repeat_interleave(copies, dim=0), write_memory=False)
+    torch.testing.assert_close(repeated, per_row.repeat_interleave(copies, dim=0), atol=1e-5, rtol=1e-5)
+    beams = memory_model.generate(probe, max_new_tokens=3, num_beams=copies, num_return_sequences=copies,
+                                  do_sample=False, write_memory=False, pad_token_id=257)
+    assert beams.shape == (2 * copies, probe.shape[1] + 3)
+    with pytest.raises(memlm.MemoryStateError, match="reset"):
+        logits(memory_model, token_batch(3, seed=2), write_memory=False)  # 2 rows remembered, 3 asked
+
+
+def test_state_from_another_model_with_the_same_shape_is_refused(architecture, mechanism, tmp_path):
+    from tiny import tiny_model
+
+    saved = attach_and_write(tiny_model(architecture, seed=0), mechanism)
+    saved.save_state(tmp_path)
+    other = attach_and_write(tiny_model(architecture, seed=1), mechanism)  # same dims, other weights
+    before = {k: v.clone() for k, v in other.memories[mechanism].state_tensors().items()}
+    with pytest.raises(memlm.IncompatibleMemoryError, match="another model"):
+        other.load_state(tmp_path)
+    after = other.memories[mechanism].state_tensors()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_save_load_round_trips_weights_and_state(backbone, mechanism, tmp_path):
     memory_model = memlm.attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
@@ -79,7 +122,14 @@ def test_save_load_round_trips_weights_and_state(backbone, mechanism, tmp_path):
     expected_state = {k: v.clone() for k, v in memory_model.memories[mechanism].state_tensors().items()}
 
     saved, _ = load_tensors(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE)
-    assert set(saved) == set(memory_model.memories.state_dict())  # memory weights only
+    assert mechanism in EXPECTED_WEIGHTS, f"declare the weights {mechanism} saves in EXPECTED_WEIGHTS"
+    assert set(saved) == EXPECTED_WEIGHTS[mechanism]
+    # More remembered state must not change what the weights file holds.
+    memory_model.write(token_batch(seed=11))
+    memory_model.save_pretrained(tmp_path / "adapter-later")
+    later, _ = load_tensors(tmp_path / "adapter-later" / ADAPTER_WEIGHTS_FILE)
+    assert {k: v.shape for k, v in later.items()} == {k: v.shape for k, v in saved.items()}
+    assert all(torch.equal(later[k], saved[k]) for k in saved)
     backbone_tensors = {id(t) for t in [*backbone.parameters(), *backbone.buffers()]}
     assert not any(id(t) in backbone_tensors for t in [*memory_model.memories.parameters(),
                                                        *memory_model.memories.buffers()])

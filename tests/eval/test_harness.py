@@ -13,6 +13,7 @@ from tiny import tiny_model
 import memlm
 from memlm.eval.contenders import Contender
 from memlm.eval.harness import Harness, Suite, run_suite
+from memlm.eval.tasks.babilong import BabilongTask
 from memlm.memories.base import Memory
 
 TINY_SUITE = dict(babilong_tasks=("qa1",), lengths=(0, 400), long_lengths=(), samples=1, recall_users=1,
@@ -22,7 +23,7 @@ TINY_SUITE = dict(babilong_tasks=("qa1",), lengths=(0, 400), long_lengths=(), sa
 
 @dataclass
 class DummyConfig(memlm.MemoryConfig):
-    pass
+    mechanism = "dummy"
 
 
 class DummyMemory(Memory):
@@ -36,7 +37,7 @@ class DummyMemory(Memory):
 
 @pytest.fixture
 def dummy_mechanism():
-    memlm.register_memory("dummy", DummyConfig, DummyMemory)
+    memlm.register_memory(DummyMemory)
     yield "dummy"
     memlm.registry.unregister_memory("dummy")
 
@@ -55,6 +56,17 @@ def test_a_tiny_run_builds_the_report_and_a_new_mechanism_appears(tokenizer, tmp
     assert ("ppl/pg-essays", "rag") not in by_task and ("ppl/pg-essays", "dummy") in by_task
     # `full` is left out where the input exceeds the native window (512 positions); none never is.
     assert {r["length"] for r in records if r["task"] == "babilong/qa1" and r["mechanism"] == "none"} == {0, 400}
+    assert {r["length"] for r in records if r["task"] == "babilong/qa1" and r["mechanism"] == "full"} == {0}
+    # Each score is what the replies behind it say: accuracy = share of correct replies, per length.
+    for name in ("none", "full", "bank"):
+        pair = json.loads((tmp_path / "pairs" / f"babilong__qa1__{name}.json").read_text())
+        for record in pair["records"]:
+            replies = [d for d in pair["details"] if d["length"] == record["length"]]
+            assert record["n"] == len(replies) == TINY_SUITE["samples"]
+            assert record["value"] == sum(d["correct"] for d in replies) / len(replies)
+        recall = json.loads((tmp_path / "pairs" / f"recall__multi-session__{name}.json").read_text())
+        assert recall["records"][0]["value"] == (sum(d["recalled"] for d in recall["details"])
+                                                 / len(recall["details"]))
     markdown = written["results.md"].read_text()
     assert "| dummy " in markdown and "| bank " in markdown and "pytest" in markdown
     assert written["accuracy_vs_length.png"].read_bytes().startswith(b"\x89PNG")
@@ -68,8 +80,8 @@ def test_finished_pairs_are_reused_and_changed_settings_rerun(tokenizer, tmp_pat
                       progress=False)
     first = harness.run()
     calls = []
-    original = Harness._run_babilong
-    monkeypatch.setattr(Harness, "_run_babilong", lambda self, *a: calls.append(a) or original(self, *a))
+    original = BabilongTask.run
+    monkeypatch.setattr(BabilongTask, "run", lambda self, *a: calls.append(a) or original(self, *a))
     assert harness.run() == first and calls == []  # everything came from the cache
     suite = Suite("tiny", **{**TINY_SUITE, "samples": 2})
     Harness(backbone, tokenizer, suite, ["none"], tmp_path, window=160, families=["babilong"], progress=False).run()
@@ -87,8 +99,8 @@ def test_a_revised_mechanism_recomputes_its_cached_pairs(tokenizer, tmp_path, mo
     backbone = tiny_model("llama")
     suite = Suite("tiny", **TINY_SUITE)
     calls = []
-    original = Harness._run_babilong
-    monkeypatch.setattr(Harness, "_run_babilong", lambda self, *a: calls.append(a) or original(self, *a))
+    original = BabilongTask.run
+    monkeypatch.setattr(BabilongTask, "run", lambda self, *a: calls.append(a) or original(self, *a))
 
     def run() -> None:
         Harness(backbone, tokenizer, suite, ["dummy"], tmp_path, window=160, families=["babilong"],
@@ -166,7 +178,7 @@ def test_a_base_model_without_chat_template_is_asked_in_a_plain_transcript():
 
 
 def test_facts_learned_one_by_one_are_stored_as_facts_not_as_stream_segments(tokenizer):
-    from memlm.eval.tasks import continual_facts
+    from memlm.data import continual_facts
 
     items = continual_facts.generate(6, seed=0)
     bank = Contender("bank", tiny_model("llama"), tokenizer, window=120, max_new_tokens=2)

@@ -1,0 +1,33 @@
+"""Scoring rules: BABILong's first-sentence rule and answer matching."""
+
+from __future__ import annotations
+
+from memlm.data import babilong
+from memlm.eval import scoring
+
+
+def test_babilong_rule_reads_only_the_first_sentence():
+    assert scoring.babilong_correct("The football is in the garden. Then John left.", "garden")
+    assert scoring.babilong_correct("GARDEN", "garden")
+    assert not scoring.babilong_correct("I am not sure. The football is in the garden.", "garden")
+    assert not scoring.babilong_correct("It is next to the gardener.", "garden")
+    assert not scoring.babilong_correct("Kitchen\nGarden", "garden")
+    assert not scoring.babilong_correct("", "garden")
+    labels = babilong.LABELS["qa1"]
+    assert not scoring.babilong_correct("Mary is in the garden or the kitchen.", "garden", labels)
+    # Rooms named by the question do not count against the answer.
+    assert scoring.babilong_correct("The bathroom is south of the kitchen.", "kitchen", labels,
+                                    question="What is the bathroom south of?")
+
+
+def test_first_sentence_and_matching_rules():
+    assert scoring.first_sentence("") == ""
+    assert scoring.first_sentence("  Office! Or not.") == "Office"
+    assert scoring.first_sentence("No end mark") == "No end mark"
+    assert scoring.first_sentence("Born in 1987.5 maybe") == "Born in 1987.5 maybe"
+    assert scoring.contains("Mango, I think.", "mango")
+    assert not scoring.contains("mangoes", "mango")
+    assert not scoring.contains("anything", "")
+    assert scoring.normalize("  The  Lucky-Number: 42! ") == "lucky number 42"
+    assert scoring.exact_match("The mango.", "mango")
+    assert not scoring.exact_match("A ripe mango", "mango")

@@ -1,0 +1,143 @@
+"""`FactMemory` (`memlm.Memory`), the mem0-style API over the fact store: users, history, persistence,
+concurrent writers, bad input."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from helpers import WORDS_DIM, text_embed, words_embed, words_memory
+
+import memlm
+from memlm.facts import FactMemory, FactNotFoundError, UnknownUserError
+
+
+def test_a_user_never_sees_another_users_facts(tmp_path):
+    memory = words_memory(tmp_path / "facts.sqlite")
+    alice = memory.add("My password hint is purple elephant.", user="alice")[0]
+    memory.add("My favourite animal is the elephant.", user="bob")
+    hits = memory.search("purple elephant password hint", user="bob", min_similarity=-1)
+    assert hits and all(hit["user"] == "bob" for hit in hits)
+    with pytest.raises(FactNotFoundError):
+        memory.get(alice["id"], user="bob")
+    assert memory.delete(alice["id"], user="bob") is False
+    with pytest.raises(FactNotFoundError):
+        memory.update(alice["id"], "hacked", user="bob")
+    with pytest.raises(FactNotFoundError):
+        memory.history(alice["id"], user="bob")
+    assert memory.get(alice["id"], user="alice")["memory"] == "The user's password hint is purple elephant."
+    assert [f["user"] for f in memory.get_all(user="bob")] == ["bob"]
+
+
+def test_update_and_history_record_who_changed_what():
+    memory = words_memory()
+    fact_id = memory.add("I live in Porto.", user="ada")[0]["id"]
+    memory.update(fact_id, "The user lives in Lisbon.", user="ada")
+    assert memory.search("where lisbon", user="ada", min_similarity=-1)[0]["memory"] == "The user lives in Lisbon."
+    memory.delete(fact_id, user="ada")
+    history = memory.history(fact_id, user="ada")
+    assert [(h["action"], h["old_text"], h["new_text"]) for h in history] == [
+        ("add", None, "The user lives in Porto."),
+        ("update", "The user lives in Porto.", "The user lives in Lisbon."),
+        ("delete", "The user lives in Lisbon.", None)]
+    assert [h["actor"] for h in history] == ["chat", "api", "api"]
+    assert memory.get_all(user="ada") == []  # a known user with nothing left: empty, not an error
+
+
+def test_facts_survive_a_restart(tmp_path):
+    path = tmp_path / "facts.sqlite"
+    with words_memory(path) as memory:
+        memory.add("I have two cats named Tom and Jerry.", user="ada")
+    with words_memory(path) as reopened:
+        facts = reopened.get_all(user="ada")
+        assert [f["memory"] for f in facts] == ["The user has two cats named Tom and Jerry."]
+        assert reopened.search("cats", user="ada")[0]["id"] == facts[0]["id"]
+
+
+def _add_many(path: str, worker: int, count: int, start) -> None:
+    with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        start.wait(timeout=60)  # both writers begin together, so their writes overlap
+        for number in range(count):
+            memory.add(f"worker {worker} fact {number}", user="shared", infer=False)
+
+
+def test_two_processes_adding_to_one_store_lose_nothing(tmp_path):
+    path = str(tmp_path / "facts.sqlite")
+    words_memory(path).close()  # create it first, as a chat would
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_add_many, args=(path, worker, 60, start)) for worker in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        facts = memory.get_all(user="shared")
+        assert len(facts) == 120
+        assert len({f["id"] for f in facts}) == 120
+        # the writers really overlapped: their rows interleave in insertion order
+        writers_in_order = [int(f["memory"].split()[1]) for f in sorted(facts, key=lambda f: f["id"])]
+        switches = sum(a != b for a, b in zip(writers_in_order, writers_in_order[1:], strict=False))
+        assert switches >= 2, writers_in_order
+        # this process's index catches up with rows other processes wrote
+        assert memory.search("worker 1 fact 59", user="shared", limit=1)[0]["memory"] == "worker 1 fact 59"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"), ("   ", "empty"), ("x" * 10_000_000, "too long"),
+    (b"\x89PNG\r\n", "must be text"), ("abc\x00def", "control characters"), (42, "must be text"),
+])
+def test_bad_fact_text_is_refused_and_nothing_is_lost(text, message):
+    memory = words_memory()
+    memory.add("I like tea.", user="ada")
+    with pytest.raises(memlm.ConfigError, match=message):
+        memory.add(text, user="ada", infer=False)
+    assert [f["memory"] for f in memory.get_all(user="ada")] == ["The user likes tea."]
+
+
+def test_unknown_and_invalid_users_are_clear_errors():
+    memory = words_memory()
+    with pytest.raises(UnknownUserError, match="nobody"):
+        memory.search("anything", user="nobody")
+    with pytest.raises(UnknownUserError):
+        memory.get_all(user="nobody")
+    with pytest.raises(memlm.ConfigError, match="user id"):
+        memory.add("I like tea.", user="../etc")
+
+
+def test_a_corrupted_database_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "facts.sqlite"
+    with words_memory(path) as memory:
+        memory.add("I like tea.", user="ada")
+    path.write_bytes(b"this is not a database" * 100)
+    damaged = path.read_bytes()
+    with pytest.raises(memlm.CorruptedFileError):
+        words_memory(path)
+    assert path.read_bytes() == damaged
+
+
+def test_a_store_made_by_another_encoder_is_refused(tmp_path):
+    path = tmp_path / "facts.sqlite"
+    words_memory(path).close()
+    with pytest.raises(memlm.IncompatibleMemoryError, match="words"):
+        FactMemory(path, embed=words_embed, encoder="other-encoder", dimension=WORDS_DIM)
+
+
+def test_the_classic_six_facts_scenario_retrieves_relativity_first():
+    # The real MiniLM, no language model: what `memlm demo` shows with the model attached.
+    memory = FactMemory(None)
+    facts = [("Einstein developed the theory of relativity.", "science"),
+             ("The Great Wall of China is over 21,000 kilometres long.", "history"),
+             ("Photosynthesis turns sunlight, water and carbon dioxide into sugar.", "biology"),
+             ("Mount Everest is the highest mountain on Earth.", "geography"),
+             ("Shakespeare wrote Hamlet around 1600.", "literature"),
+             ("Water boils at 100 degrees Celsius at sea level.", "physics")]
+    for text, category in facts:
+        assert memory.add(text, user="classic", category=category, infer=False)[0]["event"] == "ADD"
+    assert memory.add("Einstein developed the theory of relativity!", user="classic", infer=False)[0]["event"] == "NONE"
+    listed = memory.get_all(user="classic")
+    assert [(f["memory"], f["category"]) for f in listed] == facts
+    hits = memory.search("Einstein's theory", user="classic", limit=3)
+    assert hits[0]["memory"] == "Einstein developed the theory of relativity."
+    assert len(hits) == 1 or hits[0]["score"] > hits[1]["score"]
