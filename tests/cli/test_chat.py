@@ -9,10 +9,10 @@ import pytest
 from memlm.cli.chat import CHAT_HELP
 
 
-def replies(output: str) -> list[str]:
+def replies(stdout: str) -> list[str]:
     """What the chat printed after each `you> ` prompt, one entry per input line (and a last, empty one
     for the end of input)."""
-    return [reply.strip() for reply in output.split("you> ")[1:]]
+    return [reply.strip() for reply in stdout.split("you> ")[1:]]
 
 
 def test_chat_session_persists_across_two_runs(run, tiny_folder, tmp_path):
@@ -38,7 +38,7 @@ def test_chat_reset_clears_memory_and_transcript(run, tiny_folder, tmp_path):
     args = ["--home", tmp_path, "chat", "--session", "r", "--backbone", tiny_folder, "--max-new-tokens", 2]
     first = run(*args, input="one\n/info\n/reset\n/info\n")
     assert first.exit_code == 0, first.output
-    _, info, reset, info_after, _ = replies(first.output)
+    _, info, reset, info_after, _ = replies(first.stdout)
     assert info.startswith("recurrent: updates=1, rows=1, state_norm=") and reset == "memory and transcript cleared"
     assert info_after == "recurrent: updates=0, rows=0, state_norm=0, decay=0.95"
     assert not (tmp_path / "sessions" / "r" / "transcript.jsonl").exists()
@@ -116,7 +116,7 @@ def ada(run, tiny_folder, tmp_path):
         result = run("--home", tmp_path, "chat", "--user", "ada", "--backbone", tiny_folder, "--max-new-tokens", 2,
                      input="".join(line + "\n" for line in lines))
         assert result.exit_code == 0, result.output
-        return replies(result.output)[:-1]
+        return replies(result.stdout)[:-1]  # stdout: the encoder's progress bars go to stderr
 
     told = chat("/remember My cat is called Miso.", "/remember I was born in Lisbon.",
                 "/remember I play the cello every Sunday.")

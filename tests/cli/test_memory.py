@@ -15,10 +15,10 @@ TEXT = "Ada keeps a telescope in the attic.\nThe fox sleeps.\n"
 
 @pytest.fixture
 def memorized(run, tiny_folder, tmp_path):
-    """The session 's' holding TEXT in a knn-joint memory, under tmp_path/home."""
+    """The session 's' holding TEXT in a knn-joint memory, under its own --home (not $MEMLM_HOME)."""
     source = tmp_path / "notes.txt"
     source.write_text(TEXT, encoding="utf-8")
-    home = tmp_path / "home"
+    home = tmp_path / "memorized-home"
     result = run("--home", home, "memorize", source, "--session", "s", "--backbone", tiny_folder,
                  "--segment-length", 16)
     assert result.exit_code == 0, result.output
@@ -68,8 +68,9 @@ def test_memory_list_pages_and_filters(run, memorized):
                                                                 ["2", "attention", "-1", "s", "1", "1", "d"]]
 
 
-def test_memory_list_by_path(run, memorized):
-    result = run("memory", "list", "--path", memorized / "sessions" / "s" / "knn", "--json", "--limit", 1)
+def test_memory_list_by_path(run, memorized, tmp_path):
+    result = run("--home", tmp_path / "elsewhere", "memory", "list", "--path", memorized / "sessions" / "s" / "knn",
+                 "--json", "--limit", 1)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["text"] == "A"
 
