@@ -1,8 +1,8 @@
 """What several commands share: their common options, the decoding options, typed errors shown as
 one line, and building the model they run on.
 
-Heavy modules (torch, transformers, memlm's model code) are imported inside the functions, so that
-`memlm --help` does not pay for them.
+Heavy modules (torch, transformers, memlm's model code) are imported inside the functions that use
+them, so that the command-line modules add nothing to the time `memlm --help` takes.
 """
 
 from __future__ import annotations
