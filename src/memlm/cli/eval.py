@@ -1,0 +1,165 @@
+"""`memlm eval`: the comparison suite (the group's own callback), and single evaluations as
+subcommands: `eval ppl` (long-document perplexity) and `eval recall` (multi-session recall)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from memlm.cli.options import (
+    BackboneOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MemoryOpt,
+    comma_list,
+    console,
+    friendly_errors,
+    memory_names,
+    read_text,
+)
+
+app = typer.Typer(help="Evaluate memories against baselines.", invoke_without_command=True)
+
+
+@app.callback()
+@friendly_errors
+def eval_suite(
+    ctx: typer.Context,
+    suite: Annotated[str | None, typer.Option(
+        help="quick (about 15 min on 2 CPU cores, lengths up to 16K) or full (a GPU; up to 128K)")] = None,
+    memory: Annotated[str | None, typer.Option(
+        "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag and any mechanism or "
+                               "preset name [default: the suite's list]")] = None,
+    tasks: Annotated[str, typer.Option(
+        help="task families, comma-separated: babilong, recall, ppl, continual, generation; or single "
+             "BABILong tasks (babilong/qa3)")] =
+        "babilong,recall,ppl,continual,generation",
+    window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
+    out: Annotated[Path, typer.Option(help="folder for results.json, results.md, plots and the pair cache "
+                                           "(finished pairs are reused when rerun)")] = Path("eval-results"),
+    samples: Annotated[int | None, typer.Option(min=1, help="override the suite's samples per length")] = None,
+    lengths: Annotated[str | None, typer.Option(help="override the suite's BABILong lengths, e.g. 0,1024")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        min=1, help="override the suite's answer length in tokens (16)")] = None,
+    report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Compare every memory mechanism and the baselines on the same tasks: `memlm eval --suite quick`.
+    Subcommands run single evaluations."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if suite is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(0)
+    from memlm import load_backbone
+    from memlm.eval.harness import DEFAULT_CONTENDERS, run_suite
+
+    contenders = DEFAULT_CONTENDERS.get(suite, DEFAULT_CONTENDERS["quick"]) if memory is None else comma_list(memory)
+    overrides: dict[str, Any] = {}
+    if samples is not None:
+        overrides["samples"] = samples
+    if lengths is not None:
+        overrides["lengths"] = tuple(int(value) for value in comma_list(lengths))
+    if max_new_tokens is not None:
+        overrides["max_new_tokens"] = max_new_tokens
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    started = time.perf_counter()
+    written = run_suite(model, tokenizer, suite, list(contenders), out, window=window,
+                        backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
+                        families=comma_list(tasks), command="memlm " + " ".join(sys.argv[1:]), report=report,
+                        **overrides)
+    console.print(f"finished in {(time.perf_counter() - started) / 60:.1f} min; wrote "
+                  f"{', '.join(str(path) for path in written.values())}")
+
+
+@app.command("ppl")
+@friendly_errors
+def eval_ppl(
+    file: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, help="UTF-8 text file to score")] = None,
+    corpus: Annotated[str | None, typer.Option(help="score a packaged corpus (see `memlm corpus list`)")] = None,
+    window: Annotated[int, typer.Option(min=2, help="tokens each segment sees in its context")] = 512,
+    memory: MemoryOpt = None,
+    max_tokens: Annotated[int | None, typer.Option(min=2, help="score only the first N tokens")] = None,
+    reference_context: Annotated[int | None, typer.Option(
+        help="also score each segment with this many tokens of real context, no memory (the ceiling)")] = None,
+    as_json: JsonOpt = False,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Long-document perplexity, segment by segment: each segment sees its window plus what memory
+    retrieves. Prints the baseline (no memory, same window) and every --memory variant side by side
+    (default: knn-joint, knn-lm and knn-joint-lm)."""
+    from memlm import load_backbone
+    from memlm.data import load_corpus
+    from memlm.eval.perplexity import compare_perplexity
+
+    if (file is None) == (corpus is None):
+        raise typer.BadParameter("give a FILE or --corpus NAME (not both)")
+    text = read_text(file) if file is not None else load_corpus(corpus)
+    source = str(file) if file is not None else corpus
+    names = memory_names(memory) or ["knn-joint", "knn-lm", "knn-joint-lm"]
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    report = compare_perplexity(model, tokenizer, text, window, {name: [name] for name in names},
+                                max_tokens=max_tokens, progress=not as_json, reference_context=reference_context)
+    report["source"] = source
+    report["memory_ppl"] = min(report["results"][name]["perplexity"] for name in names)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"perplexity of {source}: {report['tokens']:,} tokens, window {window}")
+    for column in ("memory", "perplexity", "vs. baseline", "seconds"):
+        table.add_column(column, justify="left" if column == "memory" else "right")
+    for label, result in report["results"].items():
+        table.add_row(label, f"{result['perplexity']:.2f}", f"{result['change_vs_baseline'] * 100:+.1f}%",
+                      f"{result['seconds']:.0f}")
+    console.print(table)
+
+
+@app.command("recall")
+@friendly_errors
+def eval_recall(
+    users: Annotated[int, typer.Option(min=1, help="synthetic users")] = 5,
+    sessions: Annotated[int, typer.Option(min=1, max=20, help="sessions per user, one fact each")] = 20,
+    filler_turns: Annotated[int, typer.Option(min=0, help="chit-chat exchanges per session")] = 4,
+    systems: Annotated[str, typer.Option(help="contenders, comma-separated: none, full, rag or any mechanism / "
+                                              "preset")] = "none,full,bank",
+    window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
+    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the full report (JSON)")] = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Multi-session recall: users state facts across sessions among real chit-chat, then ask
+    about them; the bank vs. no memory vs. the whole history in context."""
+    from memlm import load_backbone
+    from memlm.eval.harness import check_contenders
+    from memlm.eval.recall import evaluate_multisession
+    from memlm.data import multisession
+    from memlm.serialization import atomic_write_json
+
+    names = check_contenders(comma_list(systems))
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    histories = multisession.generate(users, sessions, filler_turns, seed)
+    report = evaluate_multisession(model, tokenizer, histories, names, window=window)
+    report["command"] = "memlm " + " ".join(sys.argv[1:])
+    table = Table(title=f"multi-session recall: {users} users x {sessions} sessions")
+    for column in ("system", "recall", "exact", "questions", "seconds"):
+        table.add_column(column)
+    for name, result in report["systems"].items():
+        table.add_row(name, f"{result['recall']:.1%}", f"{result['exact']:.1%}", str(result["questions"]),
+                      f"{result['seconds']:.0f}")
+    console.print(table)
+    if output is not None:
+        atomic_write_json(output, report)
+        console.print(f"wrote {output}")

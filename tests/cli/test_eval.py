@@ -1,0 +1,88 @@
+"""`memlm eval` on a tiny local backbone: the suite, `eval ppl` and `eval recall`, kept to seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memlm.eval.tasks import multisession
+
+
+def test_eval_without_a_suite_prints_its_help(run):
+    result = run("eval")
+    assert result.exit_code == 0, result.output
+    assert "Evaluate memories against baselines." in result.stdout and "--suite" in result.stdout
+    assert "│ ppl " in result.stdout and "│ recall " in result.stdout
+
+
+def test_eval_suite_settings_can_be_overridden_from_the_command_line(run, tiny_folder, tmp_path, monkeypatch):
+    from memlm.eval.contenders import Contender
+
+    answer_lengths = []
+    original = Contender.__init__
+    monkeypatch.setattr(Contender, "__init__", lambda self, *a, **k: answer_lengths.append(a[4]) or original(
+        self, *a, **k))
+    result = run("eval", "--suite", "quick", "--memory", "none", "--tasks", "babilong/qa2", "--lengths", "0",
+                 "--samples", 1, "--max-new-tokens", 2, "--no-report", "--backbone", tiny_folder,
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    pair = json.loads((tmp_path / "pairs" / "babilong__qa2__none.json").read_text())
+    assert [record["length"] for record in pair["records"]] == [0] and len(pair["details"]) == 1
+    assert answer_lengths == [2]  # the quick suite's 16 was overridden
+    assert not (tmp_path / "results.json").exists()  # --no-report
+
+
+def test_eval_recall_asks_each_user_about_each_session(run, tiny_folder, tmp_path):
+    report_file = tmp_path / "recall.json"
+    result = run("eval", "recall", "--users", 1, "--sessions", 2, "--filler-turns", 1, "--systems", "none,full",
+                 "--window", 64, "--seed", 3, "--output", report_file, "--backbone", tiny_folder)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    assert list(rows) == ["none", "full"] and all(row[2] == "2" for row in rows.values())  # questions
+    assert "multi-session recall: 1 users x 2 sessions" in result.stdout
+    assert f"wrote {report_file}" in result.stdout
+    report = json.loads(report_file.read_text())
+    assert (report["users"], report["sessions"], report["window"]) == (1, 2, 64)
+    assert report["command"].startswith("memlm ")
+    [history] = multisession.generate(1, 2, 1, 3)
+    for system in ("none", "full"):
+        asked = [(row["question"], row["answer"]) for row in report["systems"][system]["rows"]]
+        assert asked == [(question.question, question.answer) for question in history.questions]
+        assert f"{report['systems'][system]['recall']:.1%}" == rows[system][0]
+
+
+def test_eval_recall_rejects_unknown_systems(run, tiny_folder):
+    result = run("eval", "recall", "--systems", "none,hippocampus", "--backbone", tiny_folder)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ConfigError: unknown contender(s) ['hippocampus']")
+
+
+@pytest.fixture
+def document(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. Ada keeps a telescope in the attic.\n" * 3)
+    return path
+
+
+def test_eval_ppl_compares_each_memory_with_the_baseline(run, tiny_folder, document):
+    result = run("eval", "ppl", document, "--window", 16, "--memory", "knn-joint", "--max-tokens", 64, "--json",
+                 "--backbone", tiny_folder)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source"] == str(document) and (report["window"], report["tokens"]) == (16, 64)
+    assert list(report["results"]) == ["baseline", "knn-joint"]
+    assert report["memory_ppl"] == report["results"]["knn-joint"]["perplexity"]
+    table = run("eval", "ppl", document, "--window", 16, "--memory", "knn-joint", "--max-tokens", 64,
+                "--backbone", tiny_folder)
+    assert table.exit_code == 0, table.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in table.stdout.splitlines() if line.startswith("│")}
+    assert rows == {name: f"{result['perplexity']:.2f}" for name, result in report["results"].items()}
+
+
+@pytest.mark.parametrize("args", [[], ["--corpus", "pg-essays"]])
+def test_eval_ppl_needs_a_file_or_a_corpus(run, tiny_folder, document, args):
+    result = run("eval", "ppl", *([document] if args else []), *args, "--backbone", tiny_folder)
+    assert result.exit_code == 2 and "give a FILE or --corpus NAME (not both)" in result.output
