@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from memlm.eval.tasks import multisession
+from memlm.data import multisession
 
 
 def test_eval_without_a_suite_prints_its_help(run):

@@ -143,9 +143,9 @@ def eval_recall(
     """Multi-session recall: users state facts across sessions among real chit-chat, then ask
     about them; the bank vs. no memory vs. the whole history in context."""
     from memlm import load_backbone
+    from memlm.data import multisession
     from memlm.eval.harness import check_contenders
     from memlm.eval.recall import evaluate_multisession
-    from memlm.data import multisession
     from memlm.serialization import atomic_write_json
 
     names = check_contenders(comma_list(systems))

@@ -19,8 +19,8 @@ CategoryOpt = Annotated[str | None, typer.Option()]
 
 
 def _open_facts(path: Path | None) -> Any:
-    from memlm.paths import facts_path
     from memlm.facts import FactMemory
+    from memlm.paths import facts_path
 
     return FactMemory(path or facts_path())
 
