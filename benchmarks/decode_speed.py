@@ -9,6 +9,7 @@ even on a noisy machine. Two ratios are reported:
     python benchmarks/decode_speed.py                      # default model, recurrent, CPU
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --repeats 10
     python benchmarks/decode_speed.py --memory knn --stored 100000      # 100K items in the knn store
+    python benchmarks/decode_speed.py --memory importance --fill        # a full token-importance memory
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stored", type=int, default=0,
                         help="memorize this many tokens of Paul Graham essays first (e.g. 100000 for knn)")
+    parser.add_argument("--fill", action="store_true",
+                        help="fill token-keeping memories (importance) to max_memory_size before timing")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -61,6 +64,13 @@ def main() -> None:
         memory_model.memorize(ids, segment_length=512, progress=True)
     else:
         memory_model.write(encoded["input_ids"])  # a non-empty state, so reads really run
+    if args.fill:
+        from memlm.data.corpora import pg_essays
+
+        essay_ids = tokenizer(next(iter(pg_essays().values())), return_tensors="pt").input_ids.to(model.device)
+        for memory in memory_model.memories.values():
+            if hasattr(memory, "add_tokens"):  # the importance memory: every slot taken, the worst case
+                memory.add_tokens(essay_ids[:, :memory.config.max_memory_size])
     stored = {name: memory.summary() for name, memory in memory_model.memories.items()}
 
     timed_generate(model, encoded, 8)  # warm-up

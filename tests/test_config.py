@@ -57,3 +57,17 @@ def test_check_range_handles_bounds_and_non_numbers(value, low_open, high_open, 
 def test_every_shipped_config_loads(path):
     configs = memlm.load_configs(path)
     assert configs and all(isinstance(c, memlm.MemoryConfig) for c in configs)
+
+
+def test_lm2_settings_become_internal_slots_and_an_external_memory():
+    lm2 = Path(__file__).parents[1] / "configs" / "lm2.yaml"
+    slots, knn = memlm.load_configs(lm2)
+    assert (slots.mechanism, slots.memory_slots, slots.num_mem_heads) == ("slots", 16, 4)
+    assert (knn.mechanism, knn.attention, knn.top_k, knn.capacity, knn.chunk_size, knn.update_freq) == (
+        "knn", "gated", 32, 1_048_576, 1, 1)
+    only_internal = memlm.load_configs({"use_internal_memory": True, "memory_slots": 8, "retrieval_k": 4})
+    assert [c.mechanism for c in only_internal] == ["slots"] and only_internal[0].memory_slots == 8
+    with pytest.raises(memlm.ConfigError, match="retrievel_k"):
+        memlm.load_configs({"model": {"use_external_memory": True, "retrievel_k": 4}})
+    with pytest.raises(memlm.ConfigError, match="no memory"):
+        memlm.load_configs({"use_internal_memory": False, "use_external_memory": False})

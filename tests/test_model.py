@@ -186,6 +186,7 @@ class PrefixMemory(memlm.memories.Memory, memlm.memories.InputRewriting, memlm.m
 
     config_class = PrefixConfig
     PREFIX = (7, 8)
+    max_prefix_length = len(PREFIX)
 
     def attach(self, layout):
         self.seen: list[torch.Tensor] = []
@@ -197,8 +198,8 @@ class PrefixMemory(memlm.memories.Memory, memlm.memories.InputRewriting, memlm.m
         mask = torch.cat([torch.ones_like(prefix), attention_mask], dim=1)
         return memlm.memories.SegmentInputs(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), len(self.PREFIX))
 
-    def auxiliary_loss(self):
-        return torch.tensor(0.5)
+    def auxiliary_loss(self, row_losses=None):
+        return torch.tensor(0.5) if row_losses is None else row_losses.mean()
 
 
 def test_input_rewriting_prepends_to_every_segment_but_returns_the_callers_view():
@@ -219,4 +220,5 @@ def test_input_rewriting_prepends_to_every_segment_but_returns_the_callers_view(
     memory_model.write(prompt)
     assert memory_model.memories["prefix-test"].seen[-1][0, :2].tolist() == [7, 8]  # writes see it too
     assert memory_model.auxiliary_loss().item() == 0.5
+    assert memory_model.auxiliary_loss(torch.tensor([1.0, 3.0])).item() == 2.0  # each row's loss reaches it
     assert memlm.attach(backbone, "recurrent").auxiliary_loss() is None

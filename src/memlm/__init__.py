@@ -42,6 +42,9 @@ _LAZY = {
     "RecurrentConfig": "memlm.memories.recurrent", "RecurrentMemory": "memlm.memories.recurrent",
     "KnnConfig": "memlm.memories.knn", "KnnMemory": "memlm.memories.knn",
     "BankConfig": "memlm.memories.bank", "BankMemory": "memlm.memories.bank",
+    "SlotsConfig": "memlm.memories.slots", "SlotsMemory": "memlm.memories.slots",
+    "ImportanceConfig": "memlm.memories.importance", "ImportanceMemory": "memlm.memories.importance",
+    "AutoMemoryModule": "memlm.memories.importance",
     "FactMemory": "memlm.facts.api",
 }
 # `memlm.Memory` is the fact API's first name, kept for code written against it (and for mem0 users).
@@ -52,8 +55,10 @@ if TYPE_CHECKING:
     from memlm.facts.api import FactMemory
     from memlm.facts.api import FactMemory as Memory
     from memlm.memories.bank import BankConfig, BankMemory
+    from memlm.memories.importance import AutoMemoryModule, ImportanceConfig, ImportanceMemory
     from memlm.memories.knn import KnnConfig, KnnMemory
     from memlm.memories.recurrent import RecurrentConfig, RecurrentMemory
+    from memlm.memories.slots import SlotsConfig, SlotsMemory
     from memlm.model import MemoryModel, attach
 
 
@@ -70,6 +75,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AutoMemoryModule",
     "Backbone",
     "BackboneNotFoundError",
     "BankConfig",
@@ -77,6 +83,8 @@ __all__ = [
     "ConfigError",
     "CorruptedFileError",
     "FactMemory",
+    "ImportanceConfig",
+    "ImportanceMemory",
     "IncompatibleMemoryError",
     "KnnConfig",
     "KnnMemory",
@@ -87,6 +95,8 @@ __all__ = [
     "MemoryStateError",
     "RecurrentConfig",
     "RecurrentMemory",
+    "SlotsConfig",
+    "SlotsMemory",
     "UnknownMechanismError",
     "attach",
     "available_mechanisms",

@@ -6,6 +6,15 @@ A YAML file lists the memories to attach::
       - mechanism: recurrent
         decay: 0.95
         memory_size: 256
+
+or describes them with the LM2 paper's names (internal slots plus an external FAISS memory), under
+`model:` or at the top level (see `lm2_configs` and configs/lm2.yaml)::
+
+    model:
+      use_internal_memory: true
+      memory_slots: 16
+      use_external_memory: true
+      retrieval_k: 32
 """
 
 from __future__ import annotations
@@ -73,8 +82,38 @@ def check_range(name: str, value: float, low: float, high: float, *, low_open: b
         raise ConfigError(f"{prefix}{name} must be in {interval}, got {value!r}")
 
 
+# The LM2 + external memory settings, by the names the LM2 design uses, and what they become.
+LM2_KEYS = {
+    "use_internal_memory": None, "memory_slots": ("slots", "memory_slots"), "num_mem_heads": ("slots", "num_mem_heads"),
+    "memory_layers": ("slots", "layers"), "use_external_memory": None,
+    "external_memory_size": ("knn", "capacity"), "retrieval_k": ("knn", "top_k"), "chunk_size": ("knn", "chunk_size"),
+    "external_memory_update_freq": ("knn", "update_freq"), "external_memory_layers": ("knn", "layers"),
+}
+
+
+def lm2_configs(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Memory specs from LM2-style settings: `slots` if `use_internal_memory`, a gated `knn` if
+    `use_external_memory` (kNN attention whose per-head gate is learned, as LM2's memory gate is)."""
+    unknown = sorted(set(settings) - set(LM2_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown LM2 setting(s) {unknown}; known: {sorted(LM2_KEYS)}")
+    specs: dict[str, dict[str, Any]] = {}
+    if settings.get("use_internal_memory", False):
+        specs["slots"] = {"mechanism": "slots"}
+    if settings.get("use_external_memory", False):
+        specs["knn"] = {"mechanism": "knn", "attention": "gated"}
+    for key, value in settings.items():
+        target = LM2_KEYS[key]
+        if target is not None and target[0] in specs:
+            specs[target[0]][target[1]] = value
+    if not specs:
+        raise ConfigError("LM2 settings turn on no memory: set use_internal_memory and/or use_external_memory")
+    return list(specs.values())
+
+
 def load_configs(source: str | os.PathLike | dict | list) -> list[MemoryConfig]:
-    """Build memory configs from a YAML file path, a parsed dict (`{"memories": [...]}`) or a list."""
+    """Build memory configs from a YAML file path, a parsed dict (`{"memories": [...]}`, or LM2-style
+    settings under `model:` or at the top level) or a list."""
     from memlm.registry import make_config
 
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
@@ -82,6 +121,10 @@ def load_configs(source: str | os.PathLike | dict | list) -> list[MemoryConfig]:
             source = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise ConfigError(f"{source} is not valid YAML: {error}") from error
+    if isinstance(source, dict) and "memories" not in source:
+        settings = source.get("model", source)
+        if isinstance(settings, dict) and {"use_internal_memory", "use_external_memory"} & set(settings):
+            source = lm2_configs(settings)
     if isinstance(source, dict):
         source = source.get("memories", [])
     if not isinstance(source, list):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -193,8 +194,9 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, what: s
 # --- attention routing -------------------------------------------------------------------------
 # transformers picks each attention module's kernel through `config._attn_implementation` and the
 # global `AttentionInterface`. memlm registers one routing function per original implementation
-# ("memlm|sdpa", ...): modules that carry a `_memlm_attention` callable get it (with the original
-# kernel to fall back on); every other module runs the original kernel untouched.
+# ("memlm|sdpa", ...): modules that carry `_memlm_attention` handlers run them in the order they were
+# added, each handed the next one (the last: the original kernel) to call or not; every other module
+# runs the original kernel untouched. `add_attention_handler` adds one and returns its handle.
 
 ROUTED_ATTRIBUTE = "_memlm_attention"
 _ROUTER_PREFIX = "memlm|"
@@ -265,10 +267,18 @@ def install_attention_router(model: nn.Module) -> str:
         original = AttentionInterface._global_mapping.get(current, eager_attention)
 
         def route(module: nn.Module, query, key, value, attention_mask, *args: Any, **kwargs: Any):
-            handler = getattr(module, ROUTED_ATTRIBUTE, None)
-            if handler is None:
+            handlers = getattr(module, ROUTED_ATTRIBUTE, None)
+            if not handlers:
                 return original(module, query, key, value, attention_mask, *args, **kwargs)
-            return handler(module, query, key, value, attention_mask, original, *args, **kwargs)
+
+            def call(index: int, *call_args: Any, **call_kwargs: Any) -> Any:
+                if index == len(handlers):
+                    return original(*call_args, **call_kwargs)
+                module_, query_, key_, value_, mask_, *rest = call_args
+                return handlers[index](module_, query_, key_, value_, mask_, partial(call, index + 1), *rest,
+                                       **call_kwargs)
+
+            return call(0, module, query, key, value, attention_mask, *args, **kwargs)
 
         AttentionInterface.register(routed, route)
         mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(current)
@@ -280,3 +290,28 @@ def install_attention_router(model: nn.Module) -> str:
 
 def remove_attention_router(model: nn.Module, original: str) -> None:
     model.config._attn_implementation = original
+
+
+class AttentionHandlerHandle:
+    """Removes one attention handler; the last one removed from a model restores its original kernel."""
+
+    def __init__(self, model: nn.Module, module: nn.Module, handler: Callable, original: str):
+        self.model, self.module, self.handler, self.original = model, module, handler, original
+
+    def remove(self) -> None:
+        handlers = self.module.__dict__.get(ROUTED_ATTRIBUTE, [])
+        if self.handler in handlers:
+            handlers.remove(self.handler)
+        if not handlers:
+            self.module.__dict__.pop(ROUTED_ATTRIBUTE, None)
+        if not any(ROUTED_ATTRIBUTE in module.__dict__ for module in self.model.modules()):
+            remove_attention_router(self.model, self.original)
+
+
+def add_attention_handler(model: nn.Module, module: nn.Module, handler: Callable) -> AttentionHandlerHandle:
+    """Run `handler(module, query, key, value, attention_mask, next, *args, **kwargs)` in place of the
+    attention kernel of `module` (an attention module of `model`); `next(module, query, key, value,
+    attention_mask, *args, **kwargs)` runs the handlers added after it, then the original kernel."""
+    original = install_attention_router(model)
+    module.__dict__.setdefault(ROUTED_ATTRIBUTE, []).append(handler)
+    return AttentionHandlerHandle(model, module, handler, original)

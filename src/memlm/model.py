@@ -96,6 +96,7 @@ class MemoryModel(nn.Module):
             raise ConfigError(f"a {name!r} memory is already attached")
         memory = get_mechanism(name).module_class(config, self.layout, self.context)
         memory.to(device=self.layout.device, dtype=self.layout.dtype)
+        memory.train(self.backbone.training)  # a new module trains by default; follow the backbone
         try:
             memory.attach(self.layout)
         except BaseException:
@@ -195,13 +196,31 @@ class MemoryModel(nn.Module):
         for memory in self.memories.values():
             memory.write()
 
-    def _write_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """One forward pass over a segment or turn, only to write memory."""
+    def _write_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_labels: torch.Tensor | None = None) -> None:
+        """One forward pass over a segment or turn, only to write memory. When every memory needs the
+        backbone only up to some layer (`Memory.capture_depth`), the pass stops after it."""
         input_ids, attention_mask, position_ids, _ = self._rewrite_inputs(input_ids, attention_mask)
-        with self._writing(attention_mask, input_ids):
-            self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
-            self._write()
+        depths = [memory.capture_depth for memory in self.memories.values()]
+        stop = None
+        if depths and None not in depths and max(depths) < self.layout.num_layers - 1:
+            stop = self.layout.layers[max(depths)].register_forward_hook(_stop_forward)
+        self.context.token_labels = token_labels
+        try:
+            with self._writing(attention_mask, input_ids):
+                with contextlib.suppress(_ForwardStopped):
+                    self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False)
+                self._write()
+        finally:
+            self.context.token_labels = None
+            if stop is not None:
+                stop.remove()
+
+    def prefix_length(self) -> int:
+        """The most positions memories may put in front of a segment (`InputRewriting`): a segment of
+        a W-token window holds W minus this many tokens of the caller's."""
+        return sum(memory.max_prefix_length for memory in self.capable(InputRewriting))
 
     def _begin_call(self) -> None:
         for memory in self.memories.values():
@@ -258,12 +277,17 @@ class MemoryModel(nn.Module):
         reply_mask = _reply_mask(turn[:, prompt_length:], config.eos_token_id)
         self._write_pass(turn, torch.cat([prompt_mask.to(reply_mask.dtype), reply_mask], dim=1))
 
-    def write(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-        """Write one segment or turn to memory (one forward pass; nothing is generated)."""
+    def write(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_labels: torch.Tensor | None = None) -> None:
+        """Write one segment or turn to memory (one forward pass; nothing is generated).
+
+        `token_labels` (B, T), when the training data has them, say which tokens a later question
+        needs; memories that select tokens (`importance`) learn from them."""
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
-        self._write_pass(input_ids.to(self.layout.device), mask.to(self.layout.device))
+        labels = None if token_labels is None else token_labels.to(self.layout.device)
+        self._write_pass(input_ids.to(self.layout.device), mask.to(self.layout.device), labels)
 
     def memorize(self, inputs: torch.Tensor | str, attention_mask: torch.Tensor | None = None,
                  segment_length: int = 512, progress: bool = True) -> int:
@@ -328,9 +352,11 @@ class MemoryModel(nn.Module):
                 stack.enter_context(memory.segment_writes(enabled))
             yield
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """The sum of the memories' own training losses since the last call (`AuxiliaryLoss`), or None."""
-        losses = [loss for memory in self.capable(AuxiliaryLoss) if (loss := memory.auxiliary_loss()) is not None]
+    def auxiliary_loss(self, row_losses: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The sum of the memories' own training losses since the last call (`AuxiliaryLoss`), or None.
+        `row_losses` (B,) is each row's task loss (memories that learn from how their choices did use it)."""
+        losses = [loss for memory in self.capable(AuxiliaryLoss)
+                  if (loss := memory.auxiliary_loss(row_losses)) is not None]
         return torch.stack([loss.float() for loss in losses]).sum() if losses else None
 
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
@@ -481,6 +507,14 @@ def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokeniz
     if isinstance(configs, (MemoryConfig, str, dict)):
         configs = [configs]
     return MemoryModel(model, configs, tokenizer=tokenizer)
+
+
+class _ForwardStopped(Exception):
+    """Raised by a hook to end a write pass once the layers memories need have run."""
+
+
+def _stop_forward(_module: nn.Module, _args: tuple, _output: Any) -> None:
+    raise _ForwardStopped
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

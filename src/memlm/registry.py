@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 BUILTIN_MECHANISMS: dict[str, str] = {
     "recurrent": "memlm.memories.recurrent:RecurrentMemory",
+    "slots": "memlm.memories.slots:SlotsMemory",
     "knn": "memlm.memories.knn:KnnMemory",
     "bank": "memlm.memories.bank:BankMemory",
+    "importance": "memlm.memories.importance:ImportanceMemory",
 }
 
 

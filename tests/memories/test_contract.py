@@ -1,7 +1,8 @@
 """The contract every registered memory mechanism honours on every tiny backbone.
 
-Parametrized over `memlm.available_mechanisms()` x (GPT-2, Llama, Qwen2, Gemma3): a new mechanism
-is covered here as soon as it is registered.
+Parametrized over `memlm.available_mechanisms()` and the combinations below x (GPT-2, Llama, Qwen2,
+Gemma3): a new mechanism is covered here as soon as it is registered. A combination ("slots+knn",
+the internal + external pair) must honour the same contract as each of its parts.
 """
 
 from __future__ import annotations
@@ -22,13 +23,45 @@ EXPECTED_WEIGHTS = {
                     for name in ("proj.weight", "gate")},
     "knn": {"knn.gate"},
     "bank": {f"bank.reader.{name}" for name in ("query.weight", "key.weight", "value.weight", "gate")},
+    "slots": {f"slots.layer_memories.{layer}.{name}" for layer in (0, 1)
+              for name in ("read_query.weight", "slot_key_value.weight", "read_out.weight", "output_gate",
+                           "write_query.weight", "token_key_value.weight", "write_out.weight", "gates.weight",
+                           "gates.bias")},
+    "importance": {f"importance.scorer.{part}.{name}" for part in ("project", "neighbours", "out")
+                   for name in ("weight", "bias")},
     "template": {"template.gate"},
 }
 
 
+COMBINATIONS = ["slots+knn", "importance+recurrent"]
+
+
+@pytest.fixture(params=[*memlm.available_mechanisms(), *COMBINATIONS])
+def mechanism(request) -> str:
+    return request.param
+
+
+def specs(mechanism: str) -> list[str]:
+    return mechanism.split("+")
+
+
+def attach(backbone, mechanism):
+    return memlm.attach(backbone, specs(mechanism))
+
+
+def states(memory_model) -> dict[str, torch.Tensor]:
+    """Every memory's state tensors, by memory and entry."""
+    return {f"{name}.{key}": value.clone() for name, memory in memory_model.memories.items()
+            for key, value in memory.state_tensors().items()}
+
+
+def summaries(memory_model) -> dict[str, dict]:
+    return {name: memory.summary() for name, memory in memory_model.memories.items()}
+
+
 def attach_and_write(backbone, mechanism, batch=None):
     """Attach a mechanism and write one segment, so its state is not empty."""
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     memory_model.write(token_batch(seed=1) if batch is None else batch)
     return memory_model
 
@@ -45,14 +78,14 @@ def test_trained_memory_changes_logits(backbone, mechanism):
     # Guards the tests below: with non-zero weights the memory must actually act.
     input_ids = token_batch(seed=2)
     bare = logits(backbone, input_ids)
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     memory_model.write(token_batch(seed=1))
     assert not torch.allclose(logits(memory_model, input_ids, write_memory=False), bare, atol=1e-4)
 
 
 def test_generate_with_cache_equals_without(backbone, mechanism):
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     memory_model.write(token_batch(seed=1))
     prompt = token_batch(seed=3, length=6)
@@ -63,7 +96,7 @@ def test_generate_with_cache_equals_without(backbone, mechanism):
 
 
 def test_batch_rows_are_independent(backbone, mechanism):
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     first_segment, second_segment = token_batch(seed=4), token_batch(seed=5)
 
@@ -83,7 +116,7 @@ def test_batch_rows_are_independent(backbone, mechanism):
 def test_repeated_rows_read_the_memory_of_the_row_they_repeat(backbone, mechanism, copies):
     """Beam search and num_return_sequences run each input row `copies` times (repeat_interleave):
     every copy must read its own row's memory, not another row's or none."""
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     memory_model.write(token_batch(seed=1))  # two rows with different memories
     probe = token_batch(1, seed=2).expand(2, -1)  # the same tokens in both rows
@@ -104,26 +137,27 @@ def test_state_from_another_model_with_the_same_shape_is_refused(architecture, m
     saved = attach_and_write(tiny_model(architecture, seed=0), mechanism)
     saved.save_state(tmp_path)
     other = attach_and_write(tiny_model(architecture, seed=1), mechanism)  # same dims, other weights
-    before = {k: v.clone() for k, v in other.memories[mechanism].state_tensors().items()}
+    before = states(other)
     with pytest.raises(memlm.IncompatibleMemoryError, match="another model"):
         other.load_state(tmp_path)
-    after = other.memories[mechanism].state_tensors()
+    after = states(other)
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_save_load_round_trips_weights_and_state(backbone, mechanism, tmp_path):
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     memory_model.write(token_batch(seed=1))
     memory_model.save_pretrained(tmp_path / "adapter")
     memory_model.save_state(tmp_path / "state")
     probe = token_batch(seed=8)
     expected = logits(memory_model, probe, write_memory=False)
-    expected_state = {k: v.clone() for k, v in memory_model.memories[mechanism].state_tensors().items()}
+    expected_state = states(memory_model)
 
     saved, _ = load_tensors(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE)
-    assert mechanism in EXPECTED_WEIGHTS, f"declare the weights {mechanism} saves in EXPECTED_WEIGHTS"
-    assert set(saved) == EXPECTED_WEIGHTS[mechanism]
+    for name in specs(mechanism):
+        assert name in EXPECTED_WEIGHTS, f"declare the weights {name} saves in EXPECTED_WEIGHTS"
+    assert set(saved) == set().union(*(EXPECTED_WEIGHTS[name] for name in specs(mechanism)))
     # More remembered state must not change what the weights file holds.
     memory_model.write(token_batch(seed=11))
     memory_model.save_pretrained(tmp_path / "adapter-later")
@@ -138,7 +172,7 @@ def test_save_load_round_trips_weights_and_state(backbone, mechanism, tmp_path):
     restored.load_state(tmp_path / "state")
     for name, tensor in restored.memories.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
-    for key, value in restored.memories[mechanism].state_tensors().items():
+    for key, value in states(restored).items():
         assert torch.equal(value, expected_state[key]), key
     # Weights and state are bit-identical; BLAS may still round differently at new addresses.
     torch.testing.assert_close(logits(restored, probe, write_memory=False), expected, atol=1e-6, rtol=0)
@@ -148,7 +182,7 @@ def test_detach_restores_the_bare_model(backbone, mechanism):
     probe = token_batch(seed=9)
     bare = logits(backbone, probe)
     hooks_before = hook_counts(backbone)
-    memory_model = memlm.attach(backbone, mechanism)
+    memory_model = attach(backbone, mechanism)
     randomize_memory_weights(memory_model)
     memory_model.write(token_batch(seed=1))
     assert hook_counts(backbone) > hooks_before
@@ -161,7 +195,7 @@ def test_detach_restores_the_bare_model(backbone, mechanism):
 def test_weights_for_another_hidden_size_are_refused(architecture, mechanism, tmp_path):
     from tiny import tiny_model
 
-    small = memlm.attach(tiny_model(architecture, hidden_size=32), mechanism)
+    small = attach(tiny_model(architecture, hidden_size=32), mechanism)
     small.save_pretrained(tmp_path)
     wide = tiny_model(architecture, hidden_size=64)
     hooks_before = hook_counts(wide)
@@ -174,8 +208,8 @@ def test_corrupted_state_is_refused_and_current_state_kept(backbone, mechanism, 
     memory_model = attach_and_write(backbone, mechanism)
     good = memory_model.save_state(tmp_path / "good")
     good_bytes = good.read_bytes()
-    before = {k: v.clone() for k, v in memory_model.memories[mechanism].state_tensors().items()}
-    summary_before = memory_model.memories[mechanism].summary()
+    before = states(memory_model)
+    summary_before = summaries(memory_model)
 
     broken = tmp_path / "broken" / good.name
     broken.parent.mkdir()
@@ -188,7 +222,7 @@ def test_corrupted_state_is_refused_and_current_state_kept(backbone, mechanism, 
     with pytest.raises(memlm.CorruptedFileError, match="checksum"):
         memory_model.load_state(broken.parent)
 
-    after = memory_model.memories[mechanism].state_tensors()
+    after = states(memory_model)
     assert all(torch.equal(after[k], before[k]) for k in before)
-    assert memory_model.memories[mechanism].summary() == summary_before
+    assert summaries(memory_model) == summary_before
     assert good.read_bytes() == good_bytes

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import hook_counts, logits, randomize_memory_weights, token_batch
+from helpers import hook_counts, logits, randomize_memory_weights, token_batch, train_key_recall
 from tiny import tiny_model
 
 import memlm
@@ -145,40 +145,7 @@ def test_state_for_another_memory_size_is_refused(tmp_path):
     assert torch.equal(large.memories["recurrent"].state, before)
 
 
-def _train_key_recall(with_memory: bool, steps: int = 150) -> float:
-    """A key token appears in segment 1; the last position of segment 2 must predict it.
-    Returns the final cross-entropy on fresh data."""
-    torch.manual_seed(0)
-    backbone = tiny_model("llama", hidden_size=64)
-    model = memlm.attach(backbone, RecurrentConfig(memory_size=64, decay=1.0) if with_memory else [])
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    keys = torch.arange(100, 110)
-
-    def batch(size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = keys[torch.randint(0, 10, (size,))]
-        segment1 = torch.randint(0, 90, (size, 8))
-        segment1[:, 0] = key
-        segment2 = torch.full((size, 4), 200)  # carries no information about the key
-        return segment1, segment2, key
-
-    def loss_of(segment1, segment2, key) -> torch.Tensor:
-        model.reset()
-        model.write(segment1)
-        output = model(segment2, write_memory=False)
-        return torch.nn.functional.cross_entropy(output.logits[:, -1], key)
-
-    for _ in range(steps):
-        loss = loss_of(*batch())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        return loss_of(*batch(256)).item()
-
-
 def test_recurrent_memory_is_trainable_and_carries_information_across_segments():
     # Without memory nothing in segment 2 tells the key: the best possible loss is ln(10).
-    assert _train_key_recall(with_memory=False) > 0.9 * math.log(10)
-    assert _train_key_recall(with_memory=True) < 0.25 * math.log(10)
+    assert train_key_recall([]) > 0.9 * math.log(10)
+    assert train_key_recall(RecurrentConfig(memory_size=64, decay=1.0)) < 0.25 * math.log(10)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from memlm.cli import chat, corpus, demo, facts, generate, info, memory
+from memlm.cli import chat, corpus, demo, facts, generate, info, inspect, memory
 from memlm.cli import eval as evaluation  # the module; bound to `eval` it would hide the builtin here
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ app.command()(chat.chat)
 app.command()(info.info)
 app.command()(memory.memorize)
 app.command()(demo.demo)
+app.command()(inspect.inspect)
 app.add_typer(evaluation.app, name="eval")
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(memory.app, name="memory")

@@ -7,6 +7,7 @@ from memlm.memories.base import (
     AuxiliaryLoss,
     FileState,
     InputRewriting,
+    Inspectable,
     Memory,
     MemoryContext,
     PromptFusion,
@@ -15,5 +16,5 @@ from memlm.memories.base import (
     TextLearning,
 )
 
-__all__ = ["AuxiliaryLoss", "FileState", "InputRewriting", "Memory", "MemoryContext", "PromptFusion", "Provenance",
-           "SegmentInputs", "TextLearning"]
+__all__ = ["AuxiliaryLoss", "FileState", "InputRewriting", "Inspectable", "Memory", "MemoryContext", "PromptFusion",
+           "Provenance", "SegmentInputs", "TextLearning"]

@@ -21,6 +21,7 @@ abstract class a mechanism also derives from, which `MemoryModel` detects with `
 | `TextLearning` | gives chat turns and statements to the memory as text instead of a write pass |
 | `InputRewriting` | lets the memory change the inputs of each segment (e.g. prepend kept tokens) |
 | `AuxiliaryLoss` | adds the memory's own training loss to the trainer's |
+| `Inspectable` | draws the memory's activity over segments (`memlm inspect`) |
 
 Batch rows follow one rule (`source_rows`): a state of R rows serves a batch of R rows, or of k * R rows
 when beam search / `num_return_sequences` repeat each input row k times; anything else is an error.
@@ -52,6 +53,9 @@ class MemoryContext:
     attention_mask: torch.Tensor | None = None  # (B, T) of the pass being captured
     input_ids: torch.Tensor | None = None  # (B, T) of the pass being captured, when known
     tokenizer: Any = None  # lets memories record the text they store
+    # (B, T) per-token relevance of the caller's tokens in the pass being written, when the training
+    # data has it (1: a later question needs this token); memories that select tokens learn from it.
+    token_labels: torch.Tensor | None = None
 
 
 class Memory(nn.Module, ABC):
@@ -85,6 +89,12 @@ class Memory(nn.Module, ABC):
     @property
     def mechanism(self) -> str:
         return self.config.mechanism
+
+    @property
+    def capture_depth(self) -> int | None:
+        """The deepest decoder layer whose output `write()` needs; None: the whole forward pass. When
+        every attached memory names a layer, a write pass stops after the deepest of them."""
+        return None
 
     # --- hooks -------------------------------------------------------------------------------
     @abstractmethod
@@ -249,18 +259,32 @@ class SegmentInputs(NamedTuple):
 class InputRewriting(ABC):
     """Memories that change what the model reads, e.g. prepend the tokens they kept."""
 
+    @property
+    @abstractmethod
+    def max_prefix_length(self) -> int:
+        """The most positions this memory adds in front of a segment (it counts against the window)."""
+
     @abstractmethod
     def rewrite_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        position_ids: torch.Tensor) -> SegmentInputs:
         """Return the segment's new inputs; called once per segment or prompt (never per decode step)."""
 
 
+class Inspectable(ABC):
+    """Memories whose activity can be drawn over time (`memlm inspect`)."""
+
+    @abstractmethod
+    def activity(self) -> dict[str, Any]:
+        """A snapshot of the state after the latest write, as plain numbers or CPU tensors."""
+
+
 class AuxiliaryLoss(ABC):
     """Memories with a training objective of their own, added to the trainer's loss."""
 
     @abstractmethod
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """The loss accumulated since the last call (None: none), weighted as the memory sees fit."""
+    def auxiliary_loss(self, row_losses: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The loss accumulated since the last call (None: none), weighted as the memory sees fit.
+        `row_losses` (B,), each batch row's task loss, lets a memory learn from how its choices did."""
 
 
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None

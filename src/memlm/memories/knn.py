@@ -41,12 +41,10 @@ from torch import nn
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, CorruptedFileError
 from memlm.hooks import (
-    ROUTED_ATTRIBUTE,
     BackboneLayout,
+    add_attention_handler,
     additive_mask,
     find_attention_module,
-    install_attention_router,
-    remove_attention_router,
     repeat_kv,
 )
 from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
@@ -155,25 +153,6 @@ class LayerRetrieval(NamedTuple):
     recent_values: torch.Tensor  # (B, H, R, D)
 
 
-class _AttributeHandle:
-    """Removes an attribute memlm set on a backbone module (so `detach()` leaves nothing behind)."""
-
-    def __init__(self, module: nn.Module, name: str):
-        self.module, self.name = module, name
-
-    def remove(self) -> None:
-        if hasattr(self.module, self.name):
-            delattr(self.module, self.name)
-
-
-class _RouterHandle:
-    def __init__(self, model: nn.Module, original: str):
-        self.model, self.original = model, original
-
-    def remove(self) -> None:
-        remove_attention_router(self.model, self.original)
-
-
 def _rotate_half(states: torch.Tensor) -> torch.Tensor:
     first, second = states.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
@@ -240,11 +219,9 @@ class KnnMemory(Memory, FileState, Provenance):
     def attach(self, layout: BackboneLayout) -> None:
         self._device, self._dtype = layout.device, layout.dtype
         if self.attention_layers:
-            self.track(_RouterHandle(layout.model, install_attention_router(layout.model)))
             for gate_index, layer in enumerate(self.attention_layers):
                 module = find_attention_module(layout.layers[layer])
-                setattr(module, ROUTED_ATTRIBUTE, partial(self._attend, gate_index, layer))
-                self.track(_AttributeHandle(module, ROUTED_ATTRIBUTE))
+                self.track(add_attention_handler(layout.model, module, partial(self._attend, gate_index, layer)))
                 self.track(module.register_forward_pre_hook(partial(self._capture_rotary, layer), with_kwargs=True))
         if self.config.knn_lm:
             self.track(layout.model.get_output_embeddings().register_forward_pre_hook(self._capture_lm_hidden))

@@ -27,7 +27,7 @@ from torch import nn
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.hooks import BackboneLayout, add_capture_hook, add_input_hook, add_output_hook
-from memlm.memories.base import Memory, MemoryContext, masked_mean
+from memlm.memories.base import Inspectable, Memory, MemoryContext, masked_mean
 
 READ_POINTS = ("input", "middle", "top")
 
@@ -84,7 +84,7 @@ class GatedReadout(nn.Module):
         return hidden_states + read.unsqueeze(1).to(hidden_states.dtype)  # (B, T, C)
 
 
-class RecurrentMemory(Memory):
+class RecurrentMemory(Memory, Inspectable):
     """GRU memory state with decay, updated once per segment/turn, read at input/middle/top."""
 
     config_class = RecurrentConfig
@@ -175,6 +175,12 @@ class RecurrentMemory(Memory):
     def state_norm_history(self) -> list[float]:
         """Mean L2 norm of the state after each update (oldest first): makes drift visible."""
         return list(self.norm_history)
+
+    def activity(self) -> dict[str, Any]:
+        """The state of row 0 after the latest update (the GRU units) and its norm."""
+        state = self.state[0].detach().float().cpu() if self.state is not None else torch.zeros(
+            self.config.memory_size)
+        return {"state": state, "norm": float(state.norm())}
 
     def summary(self) -> dict[str, Any]:
         return {

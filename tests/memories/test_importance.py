@@ -1,0 +1,209 @@
+"""Behaviour specific to the `importance` memory (AutoMemoryModule): selection, riding along,
+provenance, learning the scorer, and the standalone module's original API."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import token_batch
+from tiny import tiny_model
+
+import memlm
+from memlm.memories.importance import AutoMemoryModule, ImportanceConfig, cap_tokens, select_tokens
+
+
+@pytest.mark.parametrize("options", [
+    {"threshold": 0.0}, {"threshold": 1.0}, {"threshold": "high"}, {"max_memory_size": 0},
+    {"max_memory_size": -3}, {"max_memory_size": 10**6}, {"context_tokens": -1}, {"exploration": 1.0},
+    {"label_weight": -1.0}, {"hidden_dim": 0},
+])
+def test_invalid_configs_are_refused(options):
+    with pytest.raises(memlm.ConfigError, match="importance"):
+        ImportanceConfig(**options)
+
+
+def test_selection_keeps_what_reaches_the_threshold_highest_first_ties_to_the_newer():
+    logits = torch.logit(torch.tensor([[0.9, 0.4, 0.7, 0.7, 0.95, 0.5]]))
+    valid = torch.tensor([[True, True, True, True, False, True]])  # position 4 is padding
+    keep, drawn = select_tokens(logits, valid, capacity=3, threshold=0.5)
+    assert drawn.tolist() == [[True, False, True, True, False, True]]
+    assert keep.tolist() == [[True, False, True, True, False, False]]  # 0.5 is the lowest of four
+    keep, _ = select_tokens(logits, valid, capacity=2, threshold=0.5)
+    assert keep.tolist() == [[True, False, False, True, False, False]]  # 0.7 twice: the newer one
+    assert cap_tokens(torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4), 1).tolist() == [[False] * 3 + [True]]
+
+
+def test_untrained_it_keeps_nothing_and_the_backbone_reads_its_own_input():
+    memory_model = memlm.attach(tiny_model("llama"), "importance")
+    memory_model.memorize(token_batch(2, length=40), segment_length=16, progress=False)
+    memory = memory_model.memories["importance"]
+    assert memory.kept_tokens() == [] and memory.summary()["segments"] == 3
+    assert memory.summary()["kept_tokens"] == [0, 0]
+
+
+def _keeping(memory_model, characters, tokenizer):
+    """Make the scorer keep exactly these characters' tokens (whatever their context), as a trained one would."""
+    memory = memory_model.memories["importance"]
+    chosen = {tokenizer(c, add_special_tokens=False).input_ids[0] for c in characters}
+
+    def score(hidden_states, mask=None):
+        ids = memory.context.input_ids
+        return torch.where(torch.isin(ids, torch.tensor(sorted(chosen))), 5.0, -5.0)
+
+    memory.scorer.forward = score
+    return memory
+
+
+def test_kept_tokens_ride_along_in_front_of_the_next_segment_with_their_provenance(tokenizer):
+    backbone = tiny_model("llama")
+    memory_model = memlm.attach(backbone, ImportanceConfig(max_memory_size=4), tokenizer=tokenizer)
+    memory_model.set_provenance(user="ada", session="s1")
+    memory = _keeping(memory_model, "KQ", tokenizer)
+    memory_model.memorize("abK cdQ ef", segment_length=5, progress=False)  # "abK c", "dQ ef"
+    items = memory.kept_tokens()
+    assert [(i["text"], i["position"], i["segment"], i["user"], i["session"]) for i in items] == [
+        ("K", 2, 0, "ada", "s1"), ("Q", 6, 1, "ada", "s1")]
+    assert all(i["score"] > 0.99 for i in items)
+    # The next segment reads "KQ" first: the same logits as the backbone reading it for real.
+    probe = tokenizer("xyz", return_tensors="pt").input_ids
+    expected = backbone(torch.cat([tokenizer("KQ", return_tensors="pt").input_ids, probe], dim=1)).logits[:, 2:]
+    torch.testing.assert_close(memory_model(probe, write_memory=False).logits, expected)
+    assert [i["text"] for i in memory.search("q")] == ["Q"]
+    assert memory.delete(text="K") == 1 and [i["text"] for i in memory.kept_tokens()] == ["Q"]
+
+
+def test_at_most_max_memory_size_tokens_are_kept_newest_winning_ties(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3), tokenizer=tokenizer)
+    memory = _keeping(memory_model, "ABCDE", tokenizer)
+    memory_model.memorize("A.B.C.D.E.", segment_length=4, progress=False)
+    assert "".join(i["text"] for i in memory.kept_tokens()) == "CDE"  # equal scores: the newest three
+    assert memory_model.prefix_length() == 3  # what a segment must leave room for in its window
+
+
+def test_a_write_that_needs_only_early_layers_stops_there():
+    backbone = tiny_model("llama", num_layers=4)
+    memory_model = memlm.attach(backbone, ImportanceConfig(score_layer=1))
+    calls = []
+    handles = [layer.register_forward_hook(lambda *_, i=i: calls.append(i)) for i, layer in
+               enumerate(memory_model.layout.layers)]
+    memory_model.write(token_batch(1, length=8))
+    assert calls == [0, 1]  # layers 2 and 3 were not needed
+    calls.clear()
+    memlm.attach(memory_model.detach(), ["importance", "recurrent"]).write(token_batch(1, length=8))
+    assert calls == [0, 1, 2, 3]  # recurrent reads the final states: the whole pass runs
+    for handle in handles:
+        handle.remove()
+
+
+def test_relevance_labels_train_the_scorer_and_bad_labels_are_refused():
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(score_layer=0))
+    memory_model.train()
+    segment = token_batch(2, length=10)
+    labels = (segment >= 200).float()
+    memory_model.write(segment, token_labels=labels)
+    loss = memory_model.auxiliary_loss()
+    assert loss is not None and loss.item() > 0
+    loss.backward()
+    assert memory_model.memories["importance"].scorer.out.weight.grad.abs().sum() > 0
+    assert memory_model.auxiliary_loss() is None  # handed over once
+    with pytest.raises(memlm.IncompatibleMemoryError, match="token_labels"):
+        memory_model.write(segment, token_labels=labels[:, :5])
+
+
+def test_the_scorer_learns_from_a_later_loss_to_keep_the_token_it_needs():
+    """A key (one of ten tokens) hides at a random place in segment 1; segment 2 must say it. No
+    labels: only REINFORCE on segment 2's loss tells the scorer which tokens were worth keeping."""
+    torch.manual_seed(0)
+    memory_model = memlm.attach(tiny_model("llama", hidden_size=64),
+                                ImportanceConfig(max_memory_size=2, score_layer=0, context_tokens=1))
+    memory = memory_model.memories["importance"]
+    scorer = set(map(id, memory.parameters()))
+    optimizer = torch.optim.Adam([
+        {"params": [p for p in memory_model.parameters() if id(p) not in scorer], "lr": 3e-3},
+        {"params": list(memory.parameters()), "lr": 1e-3}])
+    keys = torch.arange(100, 110)
+
+    def episode(size):
+        key = keys[torch.randint(0, 10, (size,))]
+        segment1 = torch.randint(0, 90, (size, 8))
+        segment1[torch.arange(size), torch.randint(0, 8, (size,))] = key
+        memory_model.reset()
+        memory_model.write(segment1)
+        logits = memory_model(torch.full((size, 4), 200), write_memory=False).logits[:, -1]
+        return key, torch.nn.functional.cross_entropy(logits, key, reduction="none")
+
+    memory_model.train()
+    torch.manual_seed(1)
+    for _ in range(600):
+        _, row_losses = episode(32)
+        loss = row_losses.mean() + memory_model.auxiliary_loss(row_losses)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    memory_model.eval()
+    with torch.no_grad():
+        key, row_losses = episode(256)
+    kept_key = (memory.kept_ids == key[:, None]).any(-1).float().mean().item()
+    kept = memory.kept_mask.sum(-1).float().mean().item()
+    assert kept_key > 0.6 and kept < 1.6  # the key, and little else, at the inference threshold
+    assert row_losses.mean().item() < 0.5 * math.log(10)
+
+
+class SentenceModel(torch.nn.Module):
+    """The AutoMemoryModule's original usage example: embedding -> memory -> LSTM -> linear."""
+
+    def __init__(self, vocab_size, token_dim, hidden_dim, max_memory_size):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab_size, token_dim)
+        self.memory_module = AutoMemoryModule(token_dim, hidden_dim, max_memory_size)
+        self.lstm = torch.nn.LSTM(token_dim, hidden_dim, batch_first=True)
+        self.fc = torch.nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, sentence_tokens, memory_context):
+        embedded_tokens = self.embedding(sentence_tokens)
+        memory_context, _ = self.memory_module(embedded_tokens, memory_context)
+        lstm_output, _ = self.lstm(memory_context)
+        return self.fc(lstm_output[:, -1])
+
+
+def test_the_original_usage_example_trains_and_its_loss_falls():
+    words = ["the", "cat", "dog", "sat", "ran", "on", "mat", "log", "fast", "slow", "home", "park"]
+    vocab = {word: index + 1 for index, word in enumerate(words)}  # 0 is padding
+    rng = torch.Generator().manual_seed(0)
+    sentences = []
+    for _ in range(64):  # "the cat sat on the mat" -> the next word names the animal's place
+        animal = ["cat", "dog"][int(torch.randint(0, 2, (1,), generator=rng))]
+        verb = ["sat", "ran"][int(torch.randint(0, 2, (1,), generator=rng))]
+        sentences.append(["the", animal, verb, "on", "the", "mat" if animal == "cat" else "log"])
+    inputs = torch.tensor([[vocab[w] for w in s[:-1]] for s in sentences])
+    targets = torch.tensor([vocab[s[-1]] for s in sentences])
+    torch.manual_seed(0)
+    model = SentenceModel(len(vocab) + 1, token_dim=16, hidden_dim=32, max_memory_size=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(60):
+        loss = loss_fn(model(inputs, None), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    context, scores = model.memory_module(model.embedding(inputs[:2]), None)
+    assert context.shape == (2, 4, 16) and scores.shape == (2, 5)  # memory first, then the new tokens
+    carried, scores = model.memory_module(model.embedding(inputs[:2]), context)  # the second call reads it
+    assert carried.shape == (2, 4, 16) and scores.shape == (2, 9)
+    with pytest.raises(memlm.ConfigError, match="width"):
+        model.memory_module(torch.zeros(2, 3, 7), None)
+
+
+def test_tokens_can_be_added_by_hand_within_capacity(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3), tokenizer=tokenizer)
+    memory = memory_model.memories["importance"]
+    memory.add_tokens(tokenizer("abcd", return_tensors="pt").input_ids, score=0.9)
+    assert "".join(i["text"] for i in memory.kept_tokens()) == "bcd"  # capacity 3: the newest win ties
+    memory.add_tokens(tokenizer("Z", return_tensors="pt").input_ids, score=0.95)
+    assert "".join(i["text"] for i in memory.kept_tokens()) == "cdZ"  # the best three, in stream order
+    assert [i["position"] for i in memory.kept_tokens()] == [2, 3, 4]
