@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from memlm.errors import MemoryStateError
+
 RECAP_QUESTION = "Is there anything you remember about me?"
 
 
@@ -54,12 +56,18 @@ def fact_token_ids(tokenizer: Any, facts: list[str]) -> list[int]:
 
 
 class FactTokenBias(LogitsProcessor):
-    """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts)."""
+    """Adds `bias` to the logits of a fixed set of tokens (the tokens of the retrieved facts): one set
+    for every row, or a list of sets, one per batch row (rows repeated by beams share their row's)."""
 
-    def __init__(self, token_ids: list[int], bias: float):
-        self.token_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+    def __init__(self, token_ids: list[int] | list[list[int]], bias: float):
+        per_row = token_ids if token_ids and isinstance(token_ids[0], list) else [token_ids]
+        self.rows = [torch.tensor(sorted(set(ids)), dtype=torch.long) for ids in per_row]
         self.bias = bias
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        token_ids = self.token_ids.to(scores.device)
-        return scores.index_add(1, token_ids, scores.new_full((scores.shape[0], token_ids.numel()), self.bias))
+        bonus = torch.zeros(len(self.rows), scores.shape[1], dtype=scores.dtype, device=scores.device)
+        for row, ids in enumerate(self.rows):
+            bonus[row, ids.to(scores.device)] = self.bias
+        if scores.shape[0] % len(self.rows):
+            raise MemoryStateError(f"fact-token bonus for {len(self.rows)} row(s) but the batch has {scores.shape[0]}")
+        return scores + bonus.repeat_interleave(scores.shape[0] // len(self.rows), dim=0)

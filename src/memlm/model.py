@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from memlm.config import MemoryConfig
 from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
 from memlm.hooks import backbone_fingerprint, check_fingerprint, inspect_backbone
+from memlm.lora import BackboneLora, LoraSettings
 from memlm.memories.base import (
     AuxiliaryLoss,
     FileState,
@@ -45,6 +46,7 @@ from memlm.registry import get_mechanism, make_config
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 
 ADAPTER_CONFIG_FILE = "memlm_config.json"
+LORA_PREFIX = "lora."  # LoRA weights sit beside the memories' in the weights file, under this prefix
 ADAPTER_WEIGHTS_FILE = "memory_weights.safetensors"
 STATE_FILE = "memory_state.safetensors"
 FORMAT_VERSION = 1
@@ -71,6 +73,7 @@ class MemoryModel(nn.Module):
         self.context = MemoryContext(tokenizer=tokenizer)
         self.memories = nn.ModuleDict()
         self._fingerprint: dict[str, Any] | None = None
+        self.lora: BackboneLora | None = None  # a LoRA adapter on the backbone (`add_lora`)
         try:
             for config in configs:
                 self.add_memory(config)
@@ -110,10 +113,25 @@ class MemoryModel(nn.Module):
         del self.memories[name]
 
     def detach(self) -> nn.Module:
-        """Remove every memory and hook; return the backbone exactly as it was."""
+        """Remove every memory, hook and adapter; return the backbone exactly as it was."""
         for name in list(self.memories):
             self.remove_memory(name)
+        self.remove_lora()
         return self.backbone
+
+    def add_lora(self, settings: LoraSettings | dict[str, Any]) -> BackboneLora:
+        """Put a LoRA adapter on the backbone's linear layers, in place (see `memlm.lora`)."""
+        if self.lora is not None:
+            raise ConfigError("a LoRA adapter is already attached")
+        if isinstance(settings, dict):
+            settings = LoraSettings.from_dict(settings)
+        self.lora = BackboneLora(self.backbone, settings, self.layout.num_layers)
+        return self.lora
+
+    def remove_lora(self) -> None:
+        if self.lora is not None:
+            self.lora.remove()
+            self.lora = None
 
     @contextmanager
     def paused(self) -> Iterator[nn.Module]:
@@ -125,9 +143,13 @@ class MemoryModel(nn.Module):
         """
         for memory in self.memories.values():
             memory.remove_hooks()
+        if self.lora is not None:
+            self.lora.enable(False)
         try:
             yield self.backbone
         finally:
+            if self.lora is not None:
+                self.lora.enable(True)
             for memory in self.memories.values():
                 memory.attach(self.layout)
 
@@ -316,15 +338,16 @@ class MemoryModel(nn.Module):
             self._write_pass(input_ids[:, segment], mask[:, segment])
         return len(starts)
 
-    def augment_messages(self, messages: list[dict[str, str]], query: str | None = None
+    def augment_messages(self, messages: list[dict[str, str]], query: str | None = None, row: int | None = None
                          ) -> tuple[list[dict[str, str]], list[Any]]:
         """Let prompt-fusing memories (`PromptFusion`, e.g. `bank`) add what they retrieve for `query`
-        (default: the last user message) to chat messages. Returns the messages and everything retrieved."""
+        (default: the last user message) to chat messages; `row`: the batch row whose memory the
+        messages are for. Returns the messages and everything retrieved."""
         if query is None:
             query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         used: list[Any] = []
         for memory in self.capable(PromptFusion):
-            messages, retrieved = memory.augment_messages(messages, query)
+            messages, retrieved = memory.augment_messages(messages, query, row=row)
             used.extend(retrieved)
         return messages, used
 
@@ -381,6 +404,10 @@ class MemoryModel(nn.Module):
             self._fingerprint = backbone_fingerprint(self.layout)
         return self._fingerprint
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What training updates: the memories' parameters and the LoRA adapter's, if attached."""
+        return [*self.memories.parameters(), *(self.lora.parameters() if self.lora is not None else [])]
+
     def memory_parameters(self) -> Iterator[nn.Parameter]:
         """The learnable parameters of the attached memories (what an optimizer should train)."""
         return self.memories.parameters()
@@ -400,10 +427,18 @@ class MemoryModel(nn.Module):
         }
 
     # --- learned weights (adapter) -----------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Save the memories' learned weights (safetensors) and configs (JSON), not the backbone."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        extra: dict[str, Any] | None = None) -> Path:
+        """Save the memories' learned weights and the LoRA adapter's, if any (safetensors; in `dtype`
+        if given, e.g. bfloat16 to halve a shipped preset), and their configs (JSON), not the backbone.
+        `extra` is recorded in the config (e.g. how the weights were trained)."""
         directory = Path(directory)
-        weights = {name: tensor for name, tensor in self.memories.state_dict().items()}
+        weights = dict(self.memories.state_dict())
+        if self.lora is not None:
+            weights.update({f"{LORA_PREFIX}{name}": tensor for name, tensor in self.lora.state_dict().items()})
+        if dtype is not None:
+            weights = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+                       for name, tensor in weights.items()}
         save_tensors(directory / ADAPTER_WEIGHTS_FILE, weights,
                      {"format": "memlm-weights", "backbone": self.fingerprint})
         atomic_write_json(directory / ADAPTER_CONFIG_FILE, {
@@ -411,6 +446,8 @@ class MemoryModel(nn.Module):
             "version": FORMAT_VERSION,
             "backbone": self.fingerprint,
             "memories": [memory.config.to_dict() for memory in self.memories.values()],
+            "lora": None if self.lora is None else self.lora.settings.to_dict(),
+            **({"extra": extra} if extra else {}),
         })
         return directory
 
@@ -430,6 +467,8 @@ class MemoryModel(nn.Module):
                           require_same_weights=False)
         model = cls(backbone, [make_config(entry) for entry in adapter["memories"]], tokenizer=tokenizer)
         try:
+            if adapter.get("lora"):
+                model.add_lora(LoraSettings.from_dict(adapter["lora"]))
             model._load_weights(tensors, source=directory)
         except BaseException:
             model.detach()
@@ -437,6 +476,12 @@ class MemoryModel(nn.Module):
         return model
 
     def _load_weights(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
+        lora = {name[len(LORA_PREFIX):]: tensor for name, tensor in tensors.items() if name.startswith(LORA_PREFIX)}
+        tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith(LORA_PREFIX)}
+        if lora and self.lora is None:
+            raise IncompatibleMemoryError(f"weights in {source} hold a LoRA adapter, but its config names none")
+        if self.lora is not None:
+            self.lora.load_state_dict(lora, source)
         expected = self.memories.state_dict()
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
@@ -448,7 +493,8 @@ class MemoryModel(nn.Module):
                 raise IncompatibleMemoryError(
                     f"memory weight {name} in {source} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(expected[name].shape)}")
-        self.memories.load_state_dict(tensors, strict=True)
+        self.memories.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()},
+                                      strict=True)
 
     # --- memory state ------------------------------------------------------------------------
     def save_state(self, directory: str | os.PathLike) -> Path:

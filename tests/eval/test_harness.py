@@ -124,8 +124,8 @@ def test_single_babilong_tasks_share_the_cache_and_a_stopped_pair_resumes_at_its
                        progress=False)
     assert only_qa2.tasks() == [("babilong", "babilong/qa2")]
     asked = []
-    original = Contender.ask
-    monkeypatch.setattr(Contender, "ask", lambda self, *a, **k: asked.append(a) or original(self, *a, **k))
+    original = Contender.answer_batch
+    monkeypatch.setattr(Contender, "answer_batch", lambda self, *a, **k: asked.append(a) or original(self, *a, **k))
     only_qa2.run()
     assert len(asked) == 2  # two lengths, one sample each
     (tmp_path / "pairs" / "babilong__qa2__none.json").unlink()  # as if stopped before the pair was finished

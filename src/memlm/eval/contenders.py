@@ -144,12 +144,23 @@ class Contender:
         if self.kind == "memory":
             # Facts learned one by one are stored already: the stream's segments are not.
             with self.model.segment_writes(not self.facts_learned):
-                self.model.memorize(torch.tensor([ids]), segment_length=self.window, progress=False)
+                self.model.memorize(torch.tensor([ids]), segment_length=self.segment_length, progress=False)
         elif self.rag is not None:
             self.rag.add(self.tokenizer.decode(ids))
         self.written = end
 
     # --- answering ---------------------------------------------------------------------------
+    @property
+    def segment_length(self) -> int:
+        """Tokens of text per memorized segment: the window less what memories put in front of it."""
+        return max(1, self.window - self.model.prefix_length())
+
+    def _tail_budget(self, question: str) -> int:
+        """Tokens of the stream's tail that fit in the prompt beside `question` and the answer (and
+        what memories put in front of the prompt)."""
+        question_tokens = self._prompt_ids([{"role": "user", "content": "\n\n" + question}]).shape[1]
+        return max(0, self.window - question_tokens - self.max_new_tokens - self.model.prefix_length())
+
     def _prompt_ids(self, messages: list[dict[str, str]]) -> torch.Tensor:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                   return_dict=True)["input_ids"]
@@ -163,8 +174,7 @@ class Contender:
             if messages is None:
                 return None
         else:
-            question_tokens = self._prompt_ids([{"role": "user", "content": "\n\n" + question}]).shape[1]
-            keep = max(0, self.window - question_tokens - self.max_new_tokens)
+            keep = self._tail_budget(question)
             if self.kind == "full" and len(self.buffer) > keep:
                 return None
             self._flush(keep)
@@ -179,3 +189,79 @@ class Contender:
                                      max_new_tokens=self.max_new_tokens, do_sample=False,
                                      pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def answer_batch(self, contexts: list[str], conversations: list[list[str]], queries: list[str] | None = None
+                     ) -> list[list[str] | None]:
+        """Many streams at once, one per batch row: each row reads its context, then answers its
+        questions in turn, each reply staying in the conversation (the first question carries the
+        instruction). Returns each row's replies, or None where `full` cannot fit the context.
+
+        What each row sees is what `feed` + `ask` would show it alone; rows only share the passes."""
+        rows = len(contexts)
+        queries = queries or [turns[0] for turns in conversations]
+        self.model.reset(batch_size=rows)
+        streams = [self.tokenizer(text.strip() + "\n", add_special_tokens=False).input_ids for text in contexts]
+        keeps = [self._tail_budget(turns[0]) for turns in conversations]
+        answered = [self.kind != "full" or len(stream) <= keep for stream, keep in zip(streams, keeps, strict=True)]
+        heads = [stream[:max(0, len(stream) - keep)] for stream, keep in zip(streams, keeps, strict=True)]
+        if self.kind == "memory" and any(heads):
+            width = max(len(head) for head in heads)
+            ids = torch.full((rows, width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros(rows, width, dtype=torch.long)
+            for row, head in enumerate(heads):
+                ids[row, :len(head)] = torch.tensor(head, dtype=torch.long)
+                mask[row, :len(head)] = 1
+            self.model.memorize(ids, mask, segment_length=self.segment_length, progress=False)
+        rags = [self._row_rag(head) for head in heads] if self.rag is not None else None
+        conversations_so_far: list[list[dict[str, str]]] = []
+        for stream, keep, turns in zip(streams, keeps, conversations, strict=True):
+            tail = stream[len(stream) - keep:] if keep else []
+            content = (self.tokenizer.decode(tail).strip() + "\n\n" if tail else "") + turns[0]
+            conversations_so_far.append([{"role": "user", "content": content}])
+        replies: list[list[str]] = [[] for _ in range(rows)]
+        for turn in range(max(len(turns) for turns in conversations)):
+            # Every row takes part in every pass (memory state is per row); rows with nothing to ask
+            # get a one-word prompt whose reply is dropped.
+            prompts, asking = [], []
+            for row in range(rows):
+                if not answered[row] or turn >= len(conversations[row]):
+                    prompts.append(self._prompt_ids([{"role": "user", "content": "."}])[0])
+                    asking.append(False)
+                    continue
+                messages = conversations_so_far[row]
+                if turn:
+                    messages.append({"role": "user", "content": conversations[row][turn]})
+                query = queries[row] if turn == 0 else conversations[row][turn]
+                if rags is not None:
+                    messages = rags[row].augment(messages, query)
+                messages, _ = self.model.augment_messages(messages, query=query, row=row)
+                prompts.append(self._prompt_ids(messages)[0])
+                asking.append(True)
+            if not any(asking):
+                break
+            for row, reply in enumerate(self._generate_rows(prompts)):
+                if asking[row]:
+                    replies[row].append(reply)
+                    conversations_so_far[row].append({"role": "assistant", "content": reply})
+        return [replies[row] if answered[row] else None for row in range(rows)]
+
+    def _row_rag(self, head: list[int]) -> RagIndex:
+        index = RagIndex(self.tokenizer, encoder=self.rag.encoder)
+        if head:
+            index.add(self.tokenizer.decode(head))
+        return index
+
+    def _generate_rows(self, prompts: list[torch.Tensor]) -> list[str]:
+        """Greedy replies to the prompts, left-padded into one batch (row i reads memory row i)."""
+        width = max(prompt.shape[0] for prompt in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for index, prompt in enumerate(prompts):
+            ids[index, width - prompt.shape[0]:] = prompt
+            mask[index, width - prompt.shape[0]:] = 1
+        device = self.model.layout.device
+        output = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), write_memory=False,
+                                     max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad)
+        return [text.strip() for text in self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]

@@ -44,6 +44,8 @@ class Suite:
     long_lengths: tuple[int, ...] = ()  # extra lengths, only for `long_tasks` (keeps a CPU suite short)
     long_tasks: tuple[str, ...] = ()
     samples: int = 2
+    babilong_haystack: str = "pg-essays"  # a corpus name (memlm corpus list) or a text file's path
+    batch_size: int = 1  # samples answered side by side, one per batch row (does not change results)
     recall_users: int = 2
     recall_sessions: int = 20
     recall_filler_turns: int = 4
@@ -145,7 +147,7 @@ class Harness:
         contender = Contender(name, self.backbone, self.tokenizer, self.window, self.suite.max_new_tokens)
         try:
             identity = {"task": task, "suite": self.suite.part(runner.settings), "contender": contender.describe(),
-                        "backbone": self.weights_key, **runner.identity(contender)}
+                        "backbone": self.weights_key, **runner.identity(contender, self.suite)}
             key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
             path = self._cache_path(task, name)
             if path.exists():

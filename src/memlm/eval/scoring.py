@@ -78,3 +78,18 @@ def babilong_correct(output: str, answer: str, labels: Iterable[str] = (), quest
         return False
     others = {label.lower() for label in labels if contains(sentence, label) and not contains(question, label)}
     return others <= {answer.strip().lower()}
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (sound at 0% and 100%, unlike mean ± 2 SE).
+
+    >>> [round(x, 3) for x in wilson_interval(95, 100)]
+    [0.888, 0.978]
+    """
+    if trials <= 0:
+        return (0.0, 1.0)
+    proportion = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (proportion + z * z / (2 * trials)) / denominator
+    half = z * ((proportion * (1 - proportion) / trials + z * z / (4 * trials * trials)) ** 0.5) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -129,7 +129,8 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         self._write_segments = config.write_segments
         self._measuring = False
         self._latent_cache: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None] | None = None
-        self._fact_tokens: list[int] = []  # tokens of the facts just put in the prompt (next generate only)
+        self._fact_tokens: dict[int, list[int]] = {}  # per row: tokens of the facts just put in its prompt
+        self._rows = 0  # rows of the batch `reset(batch_size)` announced
         store = FactStore(config.store, self.dimension, self.encoder_name)
         latent = self._latent_if_possible if config.uses_latent else None
         self.facts = FactBank(config, store, self.embed, measure=self.loss_improvement, latent=latent)
@@ -151,22 +152,30 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         return self.facts.user
 
     # --- PromptFusion ------------------------------------------------------------------------
-    def augment_messages(self, messages: list[dict[str, str]], query: str
+    def augment_messages(self, messages: list[dict[str, str]], query: str, row: int | None = None
                          ) -> tuple[list[dict[str, str]], list[RetrievedFact]]:
-        self._fact_tokens = []
+        """Fuse the facts retrieved for `query` (of batch row `row`'s facts and the shared ones, when
+        given) into `messages`; their tokens get the bonus in that row's next reply."""
+        key = 0 if row is None else row
+        if row is None or row == 0:
+            self._fact_tokens = {}
+        self._fact_tokens.pop(key, None)
         if not self.config.uses_prompt or not query.strip() or not self.store.has_user(self.user):
             return messages, []
-        used = self.facts.retrieve(query)
+        used = self.facts.retrieve(query, row=row)
         if not used:
             return messages, []
         texts = [r.fact.text for r in used]
         if self.config.fact_token_bias > 0 and self.context.tokenizer is not None:
-            self._fact_tokens = fact_token_ids(self.context.tokenizer, texts)
+            self._fact_tokens[key] = fact_token_ids(self.context.tokenizer, texts)
         return fuse_facts(messages, texts), used
 
     def logits_processors(self) -> list[Any]:
-        tokens, self._fact_tokens = self._fact_tokens, []
-        return [FactTokenBias(tokens, self.config.fact_token_bias)] if tokens else []
+        tokens, self._fact_tokens = self._fact_tokens, {}
+        if not tokens:
+            return []
+        rows = max(max(tokens) + 1, self._rows)
+        return [FactTokenBias([tokens.get(row, []) for row in range(rows)], self.config.fact_token_bias)]
 
     # --- TextLearning ------------------------------------------------------------------------
     def observe_turn(self, user_text: str, reply: str | None, judge: Callable[[str], bool] | None = None
@@ -288,7 +297,7 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
             return hidden_states
         fact_rows, vectors = latents
         batch_size = hidden_states.shape[0]
-        stored_rows = int(fact_rows.max()) + 1
+        stored_rows = max(int(fact_rows.max()) + 1, self._rows)
         # Facts written from batch row r serve the rows that read r (beams repeat each input row);
         # facts with no row serve every row.
         sources = self.source_rows(batch_size, stored_rows).tolist() if stored_rows > 0 else [None] * batch_size
@@ -324,8 +333,9 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
 
     # --- state -------------------------------------------------------------------------------
     def reset(self, batch_size: int | None = None) -> None:
-        """Forget every fact of the current user."""
-        self._fact_tokens = []
+        """Forget every fact of the current user; `batch_size` announces the rows of the coming batch."""
+        self._fact_tokens = {}
+        self._rows = batch_size or 0
         if self.store.has_user(self.user):
             self.store.delete_all(self.user, actor="reset")
 

@@ -220,12 +220,14 @@ class PromptFusion(ABC):
     """Memories that reach the model through the prompt."""
 
     @abstractmethod
-    def augment_messages(self, messages: list[dict[str, str]], query: str) -> tuple[list[dict[str, str]], list[Any]]:
-        """Add what was retrieved for `query` to the chat messages; return them and what was used."""
+    def augment_messages(self, messages: list[dict[str, str]], query: str, row: int | None = None
+                         ) -> tuple[list[dict[str, str]], list[Any]]:
+        """Add what was retrieved for `query` to the chat messages (those of batch row `row`, when
+        rows keep memories of their own); return them and what was used."""
 
     def logits_processors(self) -> list[Any]:
         """`transformers` logits processors for the next `generate()` (e.g. a bonus for the tokens of
-        what `augment_messages` just put in the prompt)."""
+        what `augment_messages` just put in the prompts of each row)."""
         return []
 
 

@@ -208,6 +208,7 @@ class KnnMemory(Memory, FileState, Provenance):
         self.sequence = 0
         self._positions: dict[int, int] = {}
         self._writes = 0
+        self._rows = 0  # rows of the batch `reset(batch_size)` announced
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
@@ -234,9 +235,12 @@ class KnnMemory(Memory, FileState, Provenance):
         self._rotary[layer] = position_embeddings
 
     def _memory_rows(self, batch_size: int) -> list[int] | None:
-        """The stored row each batch row reads (`Memory.source_rows`); None while nothing is stored."""
+        """The stored row each batch row reads (`Memory.source_rows`); None while nothing is stored.
+        A batch sized by `reset(batch_size)` counts all its rows, also those that stored nothing yet."""
         stored_rows = self.store.row_count if self.store else 0
-        return None if stored_rows == 0 else self.source_rows(batch_size, stored_rows).tolist()
+        if stored_rows == 0:
+            return None
+        return self.source_rows(batch_size, max(stored_rows, self._rows)).tolist()
 
     # --- kNN attention -----------------------------------------------------------------------
     def _attend(self, gate_index: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -515,6 +519,7 @@ class KnnMemory(Memory, FileState, Provenance):
             self.store.clear()
         self._positions = {}
         self._writes = 0
+        self._rows = batch_size or 0
 
     def set_provenance(self, user: str | None = None, session: str | None = None) -> None:
         self.user, self.session = user, session

@@ -1,31 +1,58 @@
 """`babilong/qa1` ... `babilong/qa5`: bAbI facts hidden in long haystacks (`memlm.data.babilong`),
-asked at each length; accuracy by BABILong's rule (the answer in the first sentence of the reply)."""
+asked at each length; accuracy by BABILong's rule (the answer in the first sentence of the reply),
+with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per batch row."""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from memlm.data import babilong
+from memlm.errors import ConfigError
 from memlm.eval import scoring
 from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
 
+@lru_cache(maxsize=4)
+def haystack_text(source: str) -> str:
+    """The haystack a suite names: a corpus (`memlm corpus list`) or a UTF-8 text file."""
+    from memlm.data.corpora import load_corpus
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"haystack {path} is not UTF-8 text ({error})") from None
+        if not babilong.split_sentences(text):
+            raise ConfigError(f"haystack {path} has no sentences")
+        return text
+    return load_corpus(source)
+
+
 class BabilongTask(EvalTask):
     family = "babilong"
-    settings = ("babilong_tasks", "lengths", "long_", "samples")
+    settings = ("babilong_tasks", "babilong_haystack", "lengths", "long_", "samples")
 
     def task_names(self, suite: Any) -> list[str]:
         return [f"babilong/{name}" for name in suite.babilong_tasks]
+
+    def identity(self, contender: Any, suite: Any) -> dict[str, Any]:
+        # A file's path says nothing about its content: key on the text itself.
+        return {"haystack_sha256": hashlib.sha256(haystack_text(suite.babilong_haystack).encode()).hexdigest()[:16]}
 
     @staticmethod
     def samples(run: TaskRun, name: str, length: int) -> list[babilong.Sample]:
         # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
         key = ("babilong", name, length)
         if key not in run.shared:
-            run.shared[key] = babilong.generate(name, run.suite.samples, length, run.suite.seed, run.count_tokens)
+            run.shared[key] = babilong.generate(name, run.suite.samples, length, run.suite.seed, run.count_tokens,
+                                                haystack=[haystack_text(run.suite.babilong_haystack)])
         return run.shared[key]
 
     def run(self, task: str, contender: Any, run: TaskRun) -> PairResult:
@@ -39,23 +66,31 @@ class BabilongTask(EvalTask):
                 details += cached["details"]
                 continue
             started = time.perf_counter()
-            correct, answered, new_details = 0, 0, []
-            for sample in self.samples(run, name, length):
-                contender.reset()
-                contender.feed(sample.context)
-                reply = contender.ask(babilong.question_prompt(sample), query=sample.question)
-                if reply is None:  # does not fit `full`'s window
-                    continue
-                hit = scoring.babilong_correct(reply, sample.answer, babilong.LABELS[name], sample.question)
-                correct, answered = correct + hit, answered + 1
-                new_details.append({"length": length, "question": sample.question, "answer": sample.answer,
-                                    "reply": reply, "correct": hit})
-            new_records = [{"length": length, "metric": "accuracy", "value": correct / answered, "n": answered,
-                            "higher_is_better": True}] if answered else []
+            samples = self.samples(run, name, length)
+            new_details = []
+            for first in range(0, len(samples), run.suite.batch_size):
+                batch = samples[first:first + run.suite.batch_size]
+                replies = contender.answer_batch([s.context for s in batch],
+                                                 [[babilong.question_prompt(s)] for s in batch],
+                                                 [s.question for s in batch])
+                for sample, reply in zip(batch, replies, strict=True):
+                    if reply is None:  # does not fit `full`'s window
+                        continue
+                    hit = scoring.babilong_correct(reply[0], sample.answer, babilong.LABELS[name], sample.question)
+                    new_details.append({"length": length, "question": sample.question, "answer": sample.answer,
+                                        "reply": reply[0], "correct": hit})
+            correct = sum(detail["correct"] for detail in new_details)
+            new_records = [accuracy_record(length, correct, len(new_details))] if new_details else []
             run.save_partial(task, contender.name, length, new_records, new_details)
             records += new_records
             details += new_details
             if run.progress and length >= 16384:
-                tqdm.write(f"{task} x {contender.name} at {length} tokens: {correct}/{answered} correct "
+                tqdm.write(f"{task} x {contender.name} at {length} tokens: {correct}/{len(new_details)} correct "
                            f"({time.perf_counter() - started:.0f} s)")
         return PairResult(records, details)
+
+
+def accuracy_record(length: int | None, correct: int, answered: int) -> dict[str, Any]:
+    """An accuracy record with its 95% Wilson interval."""
+    return {"length": length, "metric": "accuracy", "value": correct / answered, "n": answered,
+            "ci95": list(scoring.wilson_interval(correct, answered)), "higher_is_better": True}

@@ -73,8 +73,9 @@ class EvalTask(ABC):
 
     default_task: ClassVar[str] = ""
 
-    def identity(self, contender: Contender) -> dict[str, Any]:
-        """Extra facts about how `contender` runs this task that its cached result depends on."""
+    def identity(self, contender: Contender, suite: Any) -> dict[str, Any]:
+        """Extra facts its cached result depends on beyond the suite's settings (e.g. how `contender`
+        runs it, or the content of a file the suite names)."""
         return {}
 
     @abstractmethod

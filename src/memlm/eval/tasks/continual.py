@@ -15,7 +15,7 @@ class ContinualTask(EvalTask):
     settings = ("facts", "fact_questions")
     default_task = "continual/facts"
 
-    def identity(self, contender: Any) -> dict[str, Any]:
+    def identity(self, contender: Any, suite: Any) -> dict[str, Any]:
         # Memories that learn from text store each fact as a fact rather than the stream's segments.
         return {"facts": "learned one by one"} if contender.learns_text else {}
 
