@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +43,7 @@ from memlm.memories.base import (
     SegmentInputs,
     TextLearning,
 )
-from memlm.registry import get_mechanism, make_config
+from memlm.registry import get_mechanism, get_preset, make_config
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 
 ADAPTER_CONFIG_FILE = "memlm_config.json"
@@ -74,6 +75,7 @@ class MemoryModel(nn.Module):
         self.memories = nn.ModuleDict()
         self._fingerprint: dict[str, Any] | None = None
         self.lora: BackboneLora | None = None  # a LoRA adapter on the backbone (`add_lora`)
+        self._loading_weights = False  # set while from_pretrained/add_pretrained attach what they load
         try:
             for config in configs:
                 self.add_memory(config)
@@ -92,7 +94,13 @@ class MemoryModel(nn.Module):
 
     # --- attaching ---------------------------------------------------------------------------
     def add_memory(self, config: ConfigSpec) -> Memory:
-        """Attach one more memory (a config, a mechanism name, or a dict with `mechanism`)."""
+        """Attach one more memory (a config, a mechanism or preset name, or a dict with `mechanism`).
+        A trained preset's name attaches its memories, its LoRA adapter and their weights."""
+        preset = get_preset(config) if isinstance(config, str) else None
+        if preset is not None and preset.path is not None:
+            return self.add_pretrained(preset.path)
+        if isinstance(config, str) and (Path(config).expanduser() / ADAPTER_CONFIG_FILE).is_file():
+            return self.add_pretrained(Path(config).expanduser())  # a folder written by save_pretrained / memlm train
         config = make_config(config)
         name = config.mechanism
         if name in self.memories:
@@ -106,7 +114,35 @@ class MemoryModel(nn.Module):
             memory.remove_hooks()
             raise
         self.memories[name] = memory
+        if not self._loading_weights and memory.needs_training():
+            _warn_untrained(name)
         return memory
+
+    def add_pretrained(self, directory: str | os.PathLike) -> Memory:
+        """Attach the memories (and LoRA adapter) saved by `save_pretrained` in `directory`, with their
+        weights, beside any already attached; returns the last of them."""
+        directory = Path(directory)
+        adapter = _read_adapter(directory)
+        tensors, _ = load_tensors(directory / ADAPTER_WEIGHTS_FILE)
+        check_fingerprint(adapter["backbone"], self.fingerprint, what=f"memory weights in {directory}",
+                          require_same_weights=False)
+        added: list[str] = []
+        try:
+            self._loading_weights = True
+            for entry in adapter["memories"]:
+                added.append(self.add_memory(make_config(entry)).mechanism)
+            if adapter.get("lora"):
+                self.add_lora(LoraSettings.from_dict(adapter["lora"]))
+            self._load_weights(tensors, source=directory, only=added)
+        except BaseException:
+            for name in added:
+                self.remove_memory(name)
+            if adapter.get("lora"):
+                self.remove_lora()
+            raise
+        finally:
+            self._loading_weights = False
+        return self.memories[added[-1]]
 
     def remove_memory(self, name: str) -> None:
         self.memories[name].remove_hooks()
@@ -196,8 +232,9 @@ class MemoryModel(nn.Module):
             with self._writing(mask, input_ids):
                 output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
                 self._write()
-        if prefix_length and getattr(output, "logits", None) is not None:
-            output.logits = output.logits[:, prefix_length:]
+        logits = getattr(output, "logits", None)
+        if prefix_length and logits is not None and logits.shape[1] == input_ids.shape[1]:  # not logits_to_keep
+            output.logits = logits[:, prefix_length:]
         return output
 
     @contextmanager
@@ -455,34 +492,24 @@ class MemoryModel(nn.Module):
     def from_pretrained(cls, backbone: nn.Module, directory: str | os.PathLike,
                         tokenizer: Any = None) -> MemoryModel:
         """Attach memories saved by `save_pretrained` to `backbone`, with their learned weights."""
-        directory = Path(directory)
-        adapter = read_json(directory / ADAPTER_CONFIG_FILE)
-        if not isinstance(adapter, dict) or adapter.get("format") != "memlm-adapter":
-            raise CorruptedFileError(f"{directory / ADAPTER_CONFIG_FILE} is not a memlm adapter config")
-        if adapter.get("version", 0) > FORMAT_VERSION:
-            raise IncompatibleMemoryError(f"{directory} was saved by a newer memlm (format {adapter['version']})")
-        tensors, _ = load_tensors(directory / ADAPTER_WEIGHTS_FILE)
-        current = backbone_fingerprint(inspect_backbone(backbone))
-        check_fingerprint(adapter["backbone"], current, what=f"memory weights in {directory}",
-                          require_same_weights=False)
-        model = cls(backbone, [make_config(entry) for entry in adapter["memories"]], tokenizer=tokenizer)
+        model = cls(backbone, [], tokenizer=tokenizer)
         try:
-            if adapter.get("lora"):
-                model.add_lora(LoraSettings.from_dict(adapter["lora"]))
-            model._load_weights(tensors, source=directory)
+            model.add_pretrained(directory)
         except BaseException:
             model.detach()
             raise
         return model
 
-    def _load_weights(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    def _load_weights(self, tensors: dict[str, torch.Tensor], source: Path, only: list[str] | None = None) -> None:
+        """Load saved weights into the attached memories (`only` these, if given) and the LoRA adapter."""
         lora = {name[len(LORA_PREFIX):]: tensor for name, tensor in tensors.items() if name.startswith(LORA_PREFIX)}
         tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith(LORA_PREFIX)}
         if lora and self.lora is None:
             raise IncompatibleMemoryError(f"weights in {source} hold a LoRA adapter, but its config names none")
-        if self.lora is not None:
+        if lora and self.lora is not None:
             self.lora.load_state_dict(lora, source)
-        expected = self.memories.state_dict()
+        expected = {name: tensor for name, tensor in self.memories.state_dict().items()
+                    if only is None or name.split(".", 1)[0] in only}
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise IncompatibleMemoryError(
@@ -493,8 +520,8 @@ class MemoryModel(nn.Module):
                 raise IncompatibleMemoryError(
                     f"memory weight {name} in {source} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(expected[name].shape)}")
-        self.memories.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()},
-                                      strict=True)
+        own = {name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()}
+        self.memories.load_state_dict({**self.memories.state_dict(), **own}, strict=True)
 
     # --- memory state ------------------------------------------------------------------------
     def save_state(self, directory: str | os.PathLike) -> Path:
@@ -553,6 +580,33 @@ def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokeniz
     if isinstance(configs, (MemoryConfig, str, dict)):
         configs = [configs]
     return MemoryModel(model, configs, tokenizer=tokenizer)
+
+
+def _read_adapter(directory: Path) -> dict[str, Any]:
+    adapter = read_json(directory / ADAPTER_CONFIG_FILE)
+    if not isinstance(adapter, dict) or adapter.get("format") != "memlm-adapter":
+        raise CorruptedFileError(f"{directory / ADAPTER_CONFIG_FILE} is not a memlm adapter config")
+    if adapter.get("version", 0) > FORMAT_VERSION:
+        raise IncompatibleMemoryError(f"{directory} was saved by a newer memlm (format {adapter['version']})")
+    return adapter
+
+
+_warned: set[str] = set()
+
+
+def _warn_untrained(mechanism: str) -> None:
+    """Say once per mechanism that an untrained memory changes nothing, and where trained ones are."""
+    if mechanism in _warned:
+        return
+    _warned.add(mechanism)
+    from memlm.registry import available_presets, get_preset
+
+    trained = [name for name in available_presets() if (preset := get_preset(name)) is not None
+               and preset.weights is not None and mechanism in name]
+    hint = f"; trained presets: {', '.join(trained)}" if trained else ""
+    warnings.warn(f"memlm: the {mechanism!r} memory starts untrained: its gates are closed, so the model's output "
+                  f"equals the backbone's until it is trained (memlm train) or loaded with trained weights "
+                  f"(MemoryModel.from_pretrained){hint}", UserWarning, stacklevel=4)
 
 
 class _ForwardStopped(Exception):

@@ -11,7 +11,8 @@ so a new mechanism is tested on every tiny backbone without further changes.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memlm.config import MemoryConfig
@@ -31,11 +32,16 @@ BUILTIN_MECHANISMS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A ready-made config usable wherever a mechanism name is."""
+    """A ready-made config usable wherever a mechanism name is, or, with `weights`, trained memories
+    shipped in the package (`memlm/presets/<weights>/`: configs, weights, the training config and curves)."""
 
     config: dict[str, Any]
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.weights is None else Path(__file__).parent / "presets" / self.weights
 
 
 BUILTIN_PRESETS: dict[str, Preset] = {
@@ -136,6 +142,9 @@ def make_config(spec: MemoryConfig | str | dict[str, Any], **overrides: Any) -> 
         return spec.replace(**overrides) if overrides else spec
     if isinstance(spec, str):
         if spec in _presets:
+            if _presets[spec].weights is not None:
+                raise ConfigError(f"preset {spec!r} is trained weights, not a config: attach it with "
+                                  f"memlm.attach(model, {spec!r}) or --memory {spec}")
             return make_config({**_presets[spec].config, **overrides})
         return get_mechanism(spec).config_class.from_dict(overrides)
     if isinstance(spec, dict):

@@ -27,7 +27,7 @@ EXPECTED_WEIGHTS = {
               for name in ("read_query.weight", "slot_key_value.weight", "read_out.weight", "output_gate",
                            "write_query.weight", "token_key_value.weight", "write_out.weight", "gates.weight",
                            "gates.bias")},
-    "importance": {f"importance.scorer.{part}.{name}" for part in ("project", "neighbours", "out")
+    "importance": {f"importance.scorer.{part}.{name}" for part in ("norm", "project", "neighbours", "out")
                    for name in ("weight", "bias")},
     "template": {"template.gate"},
 }

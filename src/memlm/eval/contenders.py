@@ -29,8 +29,7 @@ import torch
 
 from memlm.eval.baselines import RagIndex
 from memlm.memories.base import TextLearning
-from memlm.model import MemoryModel
-from memlm.registry import make_config
+from memlm.model import MemoryModel, attach
 
 BASELINES = ("none", "full", "rag")
 # Base models ship no chat template; they are asked in this plain transcript form instead (after the
@@ -47,17 +46,21 @@ PLAIN_CHAT_TEMPLATE = (
 class Contender:
     """One column of the comparison. `name` is a baseline or a mechanism / preset name."""
 
-    def __init__(self, name: str, backbone: Any, tokenizer: Any, window: int = 1024, max_new_tokens: int = 16):
+    def __init__(self, name: str, backbone: Any, tokenizer: Any, window: int = 1024, max_new_tokens: int = 16,
+                 model: MemoryModel | None = None):
         self.name = name
-        self.kind = name if name in BASELINES else "memory"
+        self.kind = name if name in BASELINES and model is None else "memory"
         if getattr(tokenizer, "chat_template", None) is None:
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         self.tokenizer = tokenizer
         self.native_window = int(getattr(backbone.config, "max_position_embeddings", window))
         self.window = self.native_window if self.kind == "full" else min(window, self.native_window)
         self.max_new_tokens = max_new_tokens
-        specs = [make_config(name)] if self.kind == "memory" else []
-        self.model = MemoryModel(backbone, specs, tokenizer=tokenizer)
+        self.owns_model = model is None
+        if model is not None:
+            self.model = model
+        else:
+            self.model = attach(backbone, [name] if self.kind == "memory" else [], tokenizer=tokenizer)
         self.rag = RagIndex(tokenizer, device=str(self.model.layout.device)) if self.kind == "rag" else None
         self.buffer: list[int] = []
         self.written = 0  # tokens of `buffer` already handed to the memory / the rag index
@@ -77,8 +80,16 @@ class Contender:
             identity["revisions"] = revisions
         return identity
 
+    @classmethod
+    def around(cls, model: MemoryModel, tokenizer: Any, window: int = 1024, max_new_tokens: int = 16,
+               name: str = "model") -> Contender:
+        """A contender reading through a `MemoryModel` that already exists (e.g. one being trained);
+        `close()` leaves it attached."""
+        return cls(name, model.backbone, tokenizer, window, max_new_tokens, model=model)
+
     def close(self) -> None:
-        self.model.detach()
+        if self.owns_model:
+            self.model.detach()
 
     def reset(self, user: str | None = None) -> None:
         self.buffer, self.written, self.turns, self.session_start = [], 0, [], 0

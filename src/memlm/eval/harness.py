@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -45,6 +46,8 @@ class Suite:
     long_tasks: tuple[str, ...] = ()
     samples: int = 2
     babilong_haystack: str = "pg-essays"  # a corpus name (memlm corpus list) or a text file's path
+    followup_lengths: tuple[int, ...] = (0, 4096)
+    followup_samples: int = 2
     batch_size: int = 1  # samples answered side by side, one per batch row (does not change results)
     recall_users: int = 2
     recall_sessions: int = 20
@@ -71,11 +74,12 @@ class Suite:
 SUITES = {
     # Sized to finish in about 15 minutes on 2 CPU cores with the default model.
     "quick": Suite("quick", lengths=(0, 1024, 4096), long_lengths=(16384,), long_tasks=("qa1",), samples=1,
-                   recall_users=1, recall_questions=6, facts=200, fact_questions=8, generation_samples=6,
-                   ppl_tokens=2048),
-    # For a GPU: every length up to 128K tokens.
-    "full": Suite("full", lengths=(0, 1024, 4096, 16384, 65536, 131072), samples=3, recall_users=5,
-                  facts=1000, fact_questions=100, generation_samples=50, ppl_tokens=32768),
+                   followup_lengths=(0, 1024), followup_samples=2, recall_users=1, recall_questions=6, facts=200,
+                   fact_questions=8, generation_samples=6, ppl_tokens=2048),
+    # For a GPU: every length up to 128K tokens, 100 samples per cell, answered 100 at a time.
+    "full": Suite("full", lengths=(0, 1024, 4096, 16384, 32768, 65536, 131072), samples=100, batch_size=100,
+                  followup_lengths=(0, 4096, 16384, 65536), followup_samples=100, recall_users=5, facts=1000,
+                  fact_questions=100, generation_samples=50, ppl_tokens=32768),
 }
 # knn-joint attends over memory in every layer, a cost that grows with the stream, so both suites use
 # the training-free kNN-LM preset (name knn-joint with --memory to run it; timings in docs/eval.md).
@@ -83,9 +87,16 @@ DEFAULT_CONTENDERS = {"quick": ("none", "full", "rag", "recurrent", "knn-lm", "b
                       "full": ("none", "full", "rag", "recurrent", "knn-lm", "bank")}
 
 
+def file_label(name: str) -> str:
+    """A contender's name as part of a file name (a folder of weights becomes its path's words)."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_") or "contender"
+
+
 def check_contenders(names: Sequence[str]) -> list[str]:
+    """Baselines, mechanisms, presets, or folders of trained weights (`memlm train` output)."""
     known = {*BASELINES, *available_mechanisms(), *available_presets()}
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names
+               if name not in known and not (Path(name).expanduser() / "memlm_config.json").is_file()]
     if unknown:
         raise ConfigError(f"unknown contender(s) {unknown}; choose from baselines {list(BASELINES)}, "
                           f"mechanisms {available_mechanisms()} or presets {sorted(available_presets())}")
@@ -140,7 +151,7 @@ class Harness:
         return records
 
     def _cache_path(self, task: str, name: str) -> Path:
-        return self.out_dir / "pairs" / f"{task.replace('/', '__')}__{name}.json"
+        return self.out_dir / "pairs" / f"{task.replace('/', '__')}__{file_label(name)}.json"
 
     def pair(self, family: str, task: str, name: str) -> PairResult:
         runner = self.task_families[family]

@@ -135,6 +135,9 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         latent = self._latent_if_possible if config.uses_latent else None
         self.facts = FactBank(config, store, self.embed, measure=self.loss_improvement, latent=latent)
 
+    def needs_training(self) -> bool:
+        return self.config.fusion == "latent"  # prompt fusion works untrained
+
     # The fact bank's API, on the memory itself (`model.memories["bank"].learn(...)`).
     def learn(self, text: str, category: str | None = None, user: str | None = None, **kwargs: Any) -> LearnResult:
         return self.facts.learn(text, category, user, **kwargs)

@@ -90,6 +90,11 @@ class Memory(nn.Module, ABC):
     def mechanism(self) -> str:
         return self.config.mechanism
 
+    def needs_training(self) -> bool:
+        """True when, untrained, this memory changes nothing (its gates start closed): attaching it
+        from a config then says so once. Training-free memories return False."""
+        return False
+
     @property
     def capture_depth(self) -> int | None:
         """The deepest decoder layer whose output `write()` needs; None: the whole forward pass. When

@@ -117,6 +117,7 @@ class TokenScorer(nn.Module):
 
     def __init__(self, token_dim: int, hidden_dim: int, context_tokens: int):
         super().__init__()
+        self.norm = nn.LayerNorm(token_dim)  # hidden states come at any scale; the scorer reads their direction
         self.project = nn.Linear(token_dim, hidden_dim)
         self.neighbours = nn.Conv1d(hidden_dim, hidden_dim, 2 * context_tokens + 1, padding=context_tokens)
         self.out = nn.Linear(hidden_dim, 1)
@@ -125,7 +126,7 @@ class TokenScorer(nn.Module):
             self.out.bias.fill_(math.log(INITIAL_KEEP_PROBABILITY / (1 - INITIAL_KEEP_PROBABILITY)))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        features = nn.functional.gelu(self.project(tokens.to(self.project.weight.dtype)))  # (B, T, H)
+        features = nn.functional.gelu(self.project(self.norm(tokens.to(self.project.weight.dtype))))  # (B, T, H)
         if mask is not None:  # padding contributes nothing to its neighbours
             features = features * mask.unsqueeze(-1).to(features.dtype)
         mixed = nn.functional.gelu(self.neighbours(features.transpose(1, 2)).transpose(1, 2))  # (B, T, H)
@@ -180,6 +181,9 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         self._empty_state()
         self._prefix_length = 0  # prefix of the pass under way (set by rewrite_inputs)
         self._aux_loss: torch.Tensor | None = None
+
+    def needs_training(self) -> bool:
+        return True
 
     @property
     def capture_depth(self) -> int:

@@ -216,6 +216,9 @@ class KnnMemory(Memory, FileState, Provenance):
         self.max_distance = config.max_distance or int(max_positions) - 1
         self._lm_query: torch.Tensor | None = None
 
+    def needs_training(self) -> bool:
+        return self.config.attention == "gated"  # joint attention and kNN-LM work untrained
+
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
         self._device, self._dtype = layout.device, layout.dtype

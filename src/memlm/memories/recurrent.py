@@ -102,6 +102,9 @@ class RecurrentMemory(Memory, Inspectable):
         self.updates = 0
         self.norm_history: deque[float] = deque(maxlen=config.history_size)
 
+    def needs_training(self) -> bool:
+        return True
+
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
         if "input" in self.readouts:

@@ -154,6 +154,9 @@ class SlotsMemory(Memory, Inspectable):
         self.memory: torch.Tensor | None = None  # (B, L, N, C): slots of every chosen layer; None until a write
         self.updates = 0
 
+    def needs_training(self) -> bool:
+        return True
+
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
         for index, layer in enumerate(self.layers):

@@ -13,6 +13,7 @@ from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
 TASK_FAMILIES: dict[str, str] = {
     "babilong": "memlm.eval.tasks.babilong:BabilongTask",
+    "followup": "memlm.eval.tasks.followup:FollowupTask",
     "recall": "memlm.eval.tasks.recall:RecallTask",
     "ppl": "memlm.eval.tasks.perplexity:PerplexityTask",
     "continual": "memlm.eval.tasks.continual:ContinualTask",

@@ -4,7 +4,10 @@ with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import multiprocessing
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -51,8 +54,7 @@ class BabilongTask(EvalTask):
         # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
         key = ("babilong", name, length)
         if key not in run.shared:
-            run.shared[key] = babilong.generate(name, run.suite.samples, length, run.suite.seed, run.count_tokens,
-                                                haystack=[haystack_text(run.suite.babilong_haystack)])
+            run.shared[key] = generate_in_parallel(babilong.generate, name, run.suite.samples, length, run)
         return run.shared[key]
 
     def run(self, task: str, contender: Any, run: TaskRun) -> PairResult:
@@ -88,6 +90,37 @@ class BabilongTask(EvalTask):
                 tqdm.write(f"{task} x {contender.name} at {length} tokens: {correct}/{len(new_details)} correct "
                            f"({time.perf_counter() - started:.0f} s)")
         return PairResult(records, details)
+
+
+def generate_in_parallel(generate: Any, task: str | None, count: int, length: int, run: TaskRun) -> list[Any]:
+    """`count` samples from a generator (`babilong.generate`, or `generate_followup` with task None),
+    built by several processes when there are many long ones (the same samples as one process builds)."""
+    haystack = [haystack_text(run.suite.babilong_haystack)]
+    arguments = ([task] if task is not None else [])
+    workers = min(16, max(1, (os.cpu_count() or 1) - 1), count) if length >= 8192 and count >= 8 else 1
+    if workers == 1:
+        return generate(*arguments, count, length, run.suite.seed, run.count_tokens, haystack)
+    chunk = -(-count // workers)
+    jobs = [(first, min(chunk, count - first)) for first in range(0, count, chunk)]
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+        parts = pool.map(_generate_part, [(generate, arguments, n, length, run.suite.seed, run.tokenizer, haystack,
+                                           first) for first, n in jobs])
+        return [sample for part in parts for sample in part]
+
+
+def _generate_part(job: tuple) -> list[Any]:
+    generate, arguments, n, length, seed, tokenizer, haystack, first = job
+    count_tokens = _TokenCounter(tokenizer)
+    return generate(*arguments, n, length, seed, count_tokens, haystack, first=first)
+
+
+class _TokenCounter:
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def accuracy_record(length: int | None, correct: int, answered: int) -> dict[str, Any]:

@@ -46,7 +46,9 @@ class TaskRun:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _partial_path(self, task: str, contender: str, part: Any) -> Path:
-        return self.out_dir / "pairs" / "partial" / f"{task.replace('/', '__')}__{contender}__{part}.json"
+        from memlm.eval.harness import file_label
+
+        return self.out_dir / "pairs" / "partial" / f"{task.replace('/', '__')}__{file_label(contender)}__{part}.json"
 
     def load_partial(self, task: str, contender: str, part: Any) -> dict[str, Any] | None:
         """A part of a pair finished earlier under the same key (e.g. one length of a long run)."""
