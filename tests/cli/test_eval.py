@@ -86,3 +86,27 @@ def test_eval_ppl_compares_each_memory_with_the_baseline(run, tiny_folder, docum
 def test_eval_ppl_needs_a_file_or_a_corpus(run, tiny_folder, document, args):
     result = run("eval", "ppl", *([document] if args else []), *args, "--backbone", tiny_folder)
     assert result.exit_code == 2 and "give a FILE or --corpus NAME (not both)" in result.output
+
+
+def test_babilong_on_your_own_haystack_prints_accuracy_with_intervals_as_json(run, tiny_folder, tmp_path):
+    import json as json_module
+
+    haystack = tmp_path / "haystack.txt"
+    haystack.write_text("The harbour town slept under a grey sky. Ships passed in the fog without a sound. " * 30)
+    result = run("eval", "--suite", "quick", "--tasks", "babilong/qa1", "--haystack", haystack, "--lengths", "0,1K",
+                 "--samples", 2, "--memory", "none,recurrent", "--json", "--out", tmp_path / "out",
+                 "--backbone", tiny_folder, "--window", 256)
+    assert result.exit_code == 0, result.output
+    table = json_module.loads(result.stdout[result.stdout.index("{"):])
+    assert set(table) == {"babilong/qa1"} and set(table["babilong/qa1"]) == {"0", "1024"}
+    cell = table["babilong/qa1"]["1024"]["recurrent"]
+    assert cell["n"] == 2 and 0 <= cell["ci95"][0] <= cell["accuracy"] <= cell["ci95"][1] <= 1
+    pair = tmp_path / "out" / "pairs" / "babilong__qa1__none.json"
+    first_key = json_module.loads(pair.read_text())["key"]
+    haystack.write_text("Another text altogether, about orchards and rain. " * 40)  # the same path, new words
+    again = run("eval", "--suite", "quick", "--tasks", "babilong/qa1", "--haystack", haystack, "--lengths", "0,1K",
+                "--samples", 2, "--memory", "none", "--json", "--out", tmp_path / "out", "--backbone", tiny_folder,
+                "--window", 256)
+    assert again.exit_code == 0 and json_module.loads(pair.read_text())["key"] != first_key  # recomputed
+    bad = run("eval", "--suite", "quick", "--lengths", "4Q", "--backbone", tiny_folder, "--out", tmp_path / "bad")
+    assert bad.exit_code != 0 and "not a length" in bad.output

@@ -11,7 +11,7 @@ import torch
 from tiny import tiny_model
 
 import memlm
-from memlm.train import Example, Trainer, TrainConfig, collate
+from memlm.train import Example, TrainConfig, Trainer, collate
 
 KEYS = list(range(100, 110))
 

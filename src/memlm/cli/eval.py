@@ -35,17 +35,25 @@ def eval_suite(
     suite: Annotated[str | None, typer.Option(
         help="quick (about 15 min on 2 CPU cores, lengths up to 16K) or full (a GPU; up to 128K)")] = None,
     memory: Annotated[str | None, typer.Option(
-        "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag and any mechanism or "
-                               "preset name [default: the suite's list]")] = None,
+        "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag, any mechanism or "
+                               "preset name, or a folder of trained weights [default: the suite's list]")] = None,
     tasks: Annotated[str, typer.Option(
-        help="task families, comma-separated: babilong, recall, ppl, continual, generation; or single "
-             "BABILong tasks (babilong/qa3)")] =
-        "babilong,recall,ppl,continual,generation",
+        help="task families, comma-separated: babilong, followup, recall, ppl, continual, generation; or "
+             "single BABILong tasks (babilong/qa3)")] =
+        "babilong,followup,recall,ppl,continual,generation",
     window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
     out: Annotated[Path, typer.Option(help="folder for results.json, results.md, plots and the pair cache "
                                            "(finished pairs are reused when rerun)")] = Path("eval-results"),
     samples: Annotated[int | None, typer.Option(min=1, help="override the suite's samples per length")] = None,
-    lengths: Annotated[str | None, typer.Option(help="override the suite's BABILong lengths, e.g. 0,1024")] = None,
+    lengths: Annotated[str | None, typer.Option(
+        help="override the suite's BABILong lengths in tokens, e.g. 0,1K,4K,16K (K = 1024)")] = None,
+    haystack: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="your own text to hide the BABILong facts in [default: the Paul Graham essays]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="samples answered side by side, one per batch row (a GPU takes 100)")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print accuracy per task x length x contender as JSON")] = False,
     max_new_tokens: Annotated[int | None, typer.Option(
         min=1, help="override the suite's answer length in tokens (16)")] = None,
     report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
@@ -68,7 +76,12 @@ def eval_suite(
     if samples is not None:
         overrides["samples"] = samples
     if lengths is not None:
-        overrides["lengths"] = tuple(int(value) for value in comma_list(lengths))
+        overrides["lengths"] = tuple(parse_length(value) for value in comma_list(lengths))
+        overrides["long_lengths"] = ()  # exactly the lengths asked for
+    if haystack is not None:
+        overrides["babilong_haystack"] = str(haystack.resolve())
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
@@ -76,9 +89,35 @@ def eval_suite(
     written = run_suite(model, tokenizer, suite, list(contenders), out, window=window,
                         backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
                         families=comma_list(tasks), command="memlm " + " ".join(sys.argv[1:]), report=report,
-                        **overrides)
+                        progress=not as_json, **overrides)
+    if as_json:
+        print(json.dumps(accuracy_table(out), indent=2))
+        return
     console.print(f"finished in {(time.perf_counter() - started) / 60:.1f} min; wrote "
                   f"{', '.join(str(path) for path in written.values())}")
+
+
+def parse_length(value: str) -> int:
+    """A token count: 4096, 4K or 4k (K = 1024)."""
+    text = value.strip().upper()
+    try:
+        return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a length in tokens (e.g. 4096 or 4K)", param_hint="--lengths") \
+            from None
+
+
+def accuracy_table(out: Path) -> dict[str, Any]:
+    """Every accuracy record of the run folder's cached pairs: {task: {length: {contender: {value, n, ci95}}}}."""
+    table: dict[str, Any] = {}
+    for path in sorted((out / "pairs").glob("*.json")):
+        pair = json.loads(path.read_text(encoding="utf-8"))
+        for record in pair.get("records", []):
+            if record.get("metric") != "accuracy":
+                continue
+            cell = table.setdefault(record["task"], {}).setdefault(str(record["length"]), {})
+            cell[pair["contender"]] = {"accuracy": record["value"], "n": record["n"], "ci95": record.get("ci95")}
+    return table
 
 
 @app.command("ppl")

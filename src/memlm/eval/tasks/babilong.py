@@ -21,13 +21,20 @@ from memlm.eval import scoring
 from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
 
-@lru_cache(maxsize=4)
 def haystack_text(source: str) -> str:
     """The haystack a suite names: a corpus (`memlm corpus list`) or a UTF-8 text file."""
+    path = Path(source).expanduser()
+    stat = path.stat() if path.is_file() else None
+    return _haystack_text(source, stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+
+
+@lru_cache(maxsize=4)
+def _haystack_text(source: str, modified: int | None, size: int | None) -> str:
+    """Read once per version of a file (the key changes when the file does)."""
     from memlm.data.corpora import load_corpus
 
     path = Path(source).expanduser()
-    if path.is_file():
+    if modified is not None:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
