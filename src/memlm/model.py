@@ -362,7 +362,8 @@ class MemoryModel(nn.Module):
         if inputs.dim() == 1:
             inputs = inputs.unsqueeze(0)
         self._begin_call()
-        return self._memorize(inputs.to(self.layout.device), attention_mask, segment_length, progress)
+        mask = None if attention_mask is None else attention_mask.to(self.layout.device)
+        return self._memorize(inputs.to(self.layout.device), mask, segment_length, progress)
 
     def _memorize(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   segment_length: int, progress: bool) -> int:

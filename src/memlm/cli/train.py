@@ -20,6 +20,8 @@ def train(
         "--file", help="your own text file or JSONL chat transcript to train on (repeatable)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run folder's latest checkpoint")] = True,
     device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available]")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        "--backbone", "-b", help="override model.backbone (GGUF file, model folder or hub id)")] = None,
 ) -> None:
     """Train the memories a config describes: segment-recurrent, with a curriculum, checkpoints that
     resume exactly, CSV logs and PNG curves in the run folder; the weights land in <output>/final.
@@ -36,6 +38,8 @@ def train(
         overrides["train.batch_size"] = batch_size
     if files:
         overrides["data.files"] = [str(path) for path in files]
+    if backbone is not None:
+        overrides["model.backbone"] = backbone
     if overrides:
         loaded = loaded.replace(**overrides)
     result = Trainer(loaded, device=device).train(resume=resume)

@@ -145,25 +145,34 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     [True, True]
     """
     _check_task(task)
-    if n < 0 or length < 0:
-        raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
-    hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
     samples = []
-    for index in range(first, first + n):
-        # Separate generators: the story must not change when the haystack (or its availability) does.
-        story_rng = random.Random(f"babilong/story/{task}/{seed}/{index}")
-        place_rng = random.Random(f"babilong/haystack/{task}/{seed}/{index}")
+    for story_rng, place in _sample_sources(task, n, length, seed, count_tokens, haystack, first):
         facts, question, answer = _story(task, story_rng)
         if transform is not None:
             facts, question, answer = transform(facts, question, answer, story_rng)
-        if hay is None:
-            context = " ".join(facts)
-        else:
-            start = place_rng.randrange(len(hay.sentences))
-            fractions = sorted(place_rng.random() for _ in facts)
-            context = hay.context(facts, start, fractions, length)
-        samples.append(Sample(task, context, question, answer, tuple(facts), length, seed))
+        samples.append(Sample(task, place(facts), question, answer, tuple(facts), length, seed))
     return samples
+
+
+def _sample_sources(task: str, n: int, length: int, seed: int, count_tokens: Callable[[str], int],
+                    haystack: Sequence[str] | None, first: int) -> list[tuple[random.Random, Callable]]:
+    """For each sample: the random source of its story, and the function placing its facts in the
+    haystack at `length` tokens (their own random source: the story must not change when the haystack
+    does)."""
+    if n < 0 or length < 0:
+        raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
+    hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
+
+    def placer(place_rng: random.Random) -> Callable[[list[str]], str]:
+        def place(facts: list[str]) -> str:
+            if hay is None:
+                return " ".join(facts)
+            start = place_rng.randrange(len(hay.sentences))
+            return hay.context(facts, start, sorted(place_rng.random() for _ in facts), length)
+        return place
+
+    return [(random.Random(f"babilong/story/{task}/{seed}/{index}"),
+             placer(random.Random(f"babilong/haystack/{task}/{seed}/{index}"))) for index in range(first, first + n)]
 
 
 @dataclass(frozen=True)
@@ -193,24 +202,14 @@ def generate_followup(n: int, length: int, seed: int, count_tokens: Callable[[st
                       haystack: Sequence[str] | None = None, transform: StoryTransform | None = None,
                       first: int = 0) -> list[FollowupSample]:
     """`n` multi-turn samples (see `FollowupSample`), placed like `generate`'s."""
-    if n < 0 or length < 0:
-        raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
-    hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
     samples = []
-    for index in range(first, first + n):
-        story_rng = random.Random(f"babilong/story/{FOLLOWUP_TASK}/{seed}/{index}")
-        place_rng = random.Random(f"babilong/haystack/{FOLLOWUP_TASK}/{seed}/{index}")
+    for story_rng, place in _sample_sources(FOLLOWUP_TASK, n, length, seed, count_tokens, haystack, first):
         facts, questions, answers = _followup_story(story_rng)
         if transform is not None:  # the transform maps names and rooms through all turns alike
             joined = "\n".join(questions)
             facts, joined, answer_line = transform(facts, joined, "\n".join(answers), story_rng)
             questions, answers = tuple(joined.split("\n")), tuple(answer_line.split("\n"))
-        if hay is None:
-            context = " ".join(facts)
-        else:
-            start = place_rng.randrange(len(hay.sentences))
-            context = hay.context(facts, start, sorted(place_rng.random() for _ in facts), length)
-        samples.append(FollowupSample(context, tuple(facts), questions, answers, length, seed))
+        samples.append(FollowupSample(place(facts), tuple(facts), questions, answers, length, seed))
     return samples
 
 
