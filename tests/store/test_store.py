@@ -127,7 +127,7 @@ def test_eviction_of_least_used_items():
     store = KeyValueStore(layout(capacity=30, eviction="least_used"))
     ids = add_items(store, 30)
     group = store.group("attention", 0, 0)
-    keys = torch.stack([index.vectors[5] for index in group.indexes])  # item 5's keys, per head
+    keys = group.keys[:, 5]  # item 5's keys, per head
     for _ in range(3):
         store.search("attention", 0, 0, keys.unsqueeze(1), 1)  # item 5 is retrieved, others not
     add_items(store, 10, seed=1)
@@ -143,7 +143,7 @@ def test_delete_session_removes_its_vectors_and_rows_only():
     assert set(store.records.ids()) == set(bob.tolist())
     group = store.group("attention", 0, 0)
     assert set(group.ids.tolist()) == set(bob.tolist())
-    assert not torch.isin(group.indexes[0].ids, alice).any()
+    assert not torch.isin(group.ids, alice).any()
     assert store.delete(RecordFilter(text="item 3")) == 1  # by text match
     assert store.delete(RecordFilter(ids=[int(bob[0])])) == 1  # by id
     assert store.delete(RecordFilter(sequence=1)) == 13  # by sequence
