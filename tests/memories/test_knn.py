@@ -42,6 +42,43 @@ def test_joint_attention_over_all_of_memory_equals_full_context(architecture, to
     assert not torch.allclose(logits(memory_model, second, write_memory=False), full, atol=1e-3)
 
 
+@pytest.mark.parametrize("max_distance, offset", [(12, 0), (4, 0), (12, 100)])
+def test_relative_logits_match_rotating_each_key_to_its_clamped_distance(max_distance, offset):
+    """Reference: every stored key rotated to window position p - clamp(d, 1, max_distance) and
+    dotted with the query at p (d: its distance in the stream). Covers items within max_distance
+    (the stream block), beyond it (clamped) and both at once."""
+    from memlm.memories.knn import _rotate
+
+    backbone = tiny_model("llama")
+    first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=10, recent=0,
+                                                    max_distance=max_distance))
+    memory = memory_model.memories["knn"]
+    memory_model._begin_call()
+    memory_model.write(first)
+    memory._positions[0] += offset  # the window starts `offset` tokens after the stored segment
+    captured = []
+    retrieve = memory._retrieve
+
+    def spy(layer, query, position_ids, key_length):
+        result = retrieve(layer, query, position_ids, key_length)
+        captured.append((layer, query, result))
+        return result
+
+    memory._retrieve = spy
+    logits(memory_model, second, write_memory=False)
+    layer, query, result = captured[1]
+    group = memory.store.group("attention", 0, layer)
+    heads, length, dim = query.shape[1], query.shape[2], query.shape[3]
+    keys = group.values[..., :dim].repeat_interleave(heads // group.values.shape[0], dim=0)  # (H, N, D)
+    window = torch.arange(length).view(-1, 1)  # (T, 1)
+    distance = (10 + offset + window - group.origins[:, 1].view(1, -1)).clamp(1, max_distance)  # (T, N)
+    cos, sin = memory._rotary_at(layer, window - distance, query)  # (T, N, R)
+    placed = _rotate(keys.unsqueeze(1).expand(-1, length, -1, -1), cos, sin)  # (H, T, N, D)
+    expected = torch.einsum("htd,htnd->htn", query[0], placed)
+    torch.testing.assert_close(result.scores[0].sort(-1).values, expected.sort(-1).values, atol=1e-4, rtol=1e-4)
+
+
 def test_fixed_placement_differs_from_relative():
     backbone = tiny_model("llama")
     first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)

@@ -171,26 +171,12 @@ def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return _rotate(keys, cos.unsqueeze(1), -sin.unsqueeze(1))
 
 
-def _relative_logits(plain_query: torch.Tensor, keys: torch.Tensor, distances: torch.Tensor,
-                     cos_table: torch.Tensor, sin_table: torch.Tensor) -> torch.Tensor:
-    """Exact logits of retrieved keys placed `distances` tokens before their query, in float32.
-
-    plain_query (H, T, D) and keys (H, T, k, D) are un-rotated; distances (H, T, k). Rotary logits
-    depend only on the difference of positions, so q·R(p - d)k (the key placed at p - d, the query at
-    p) equals (R(d) q0)·k0 for the un-rotated pair: the query is turned by each pair's distance,
-    with cos/sin looked up in a table, never recomputed."""
-    rotated = cos_table.shape[-1]
-    half = rotated // 2
-    cos, sin = cos_table[distances], sin_table[distances]  # (H, T, k, R)
-    query = plain_query.float().unsqueeze(2)  # (H, T, 1, D)
-    keys = keys.float()
-    first, second = query[..., :half], query[..., half:rotated]
-    # R(d)q = q * cos + rotate_half(q) * sin, with rotate_half(q) = (-second, first)
-    logits = ((first * cos[..., :half] - second * sin[..., :half]) * keys[..., :half]).sum(-1)
-    logits += ((second * cos[..., half:] + first * sin[..., half:]) * keys[..., half:rotated]).sum(-1)
-    if rotated < query.shape[-1]:  # partial rotary: the tail is not rotated
-        logits += (query[..., rotated:] * keys[..., rotated:]).sum(-1)
-    return logits
+def _gather_rows(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """table (H, N, D) contiguous, positions (H, ...) -> (H, ..., D): row positions[h, ...] of head h,
+    as one index_select on the flattened table."""
+    heads, items, dim = table.shape
+    offsets = torch.arange(0, heads * items, items, device=positions.device).view(-1, *[1] * (positions.dim() - 1))
+    return table.view(heads * items, dim).index_select(0, (positions + offsets).flatten()).view(*positions.shape, dim)
 
 
 def _stack_rows(rows: list, query: torch.Tensor, k: int) -> LayerRetrieval:
@@ -294,12 +280,15 @@ class KnnMemory(Memory, FileState, Provenance):
         self._writes = 0
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # cos/sin by distance, per layer type
-        self._recent_cache: dict[tuple[int, int], tuple] = {}  # (layer, row) -> the rotated recent items
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # fixed rotations, per layer type
+        self._block_cache: dict[tuple[int, int], tuple] = {}  # (layer, row) -> the rotated stream block
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
         max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
         self._lm_query: torch.Tensor | None = None
+        # False: forward passes do not read the attention memory (writes then store what the bare
+        # backbone computes: a faster way to fill a large store, e.g. for benchmarks).
+        self.reading = True
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, layout: BackboneLayout) -> None:
@@ -365,16 +354,16 @@ class KnnMemory(Memory, FileState, Provenance):
             cos, sin = rotary_module(like, flat)
         return cos.reshape(*positions.shape, -1), sin.reshape(*positions.shape, -1)
 
-    def _distance_table(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of the layer's rotary embedding at positions 0..max(max_distance, memory_distance),
-        float32 (positions, R); computed once per layer type: distances index into it."""
+    def _fixed_rotations(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of the layer's rotary embedding at `memory_distance` (row 0: where candidates are
+        searched) and `max_distance` (row 1: where far items sit), float32 (2, R); once per layer type."""
         rotary_module = getattr(self._layout.base_model, "rotary_emb", None)
         if self._rotary_takes_layer_type is None and rotary_module is not None:
             self._rotary_takes_layer_type = "layer_type" in inspect.signature(rotary_module.forward).parameters
         kind = self._layout.base_model.config.layer_types[layer] if self._rotary_takes_layer_type else None
         table = self._tables.get((kind, device))
         if table is None:
-            positions = torch.arange(max(self.max_distance, self.config.memory_distance) + 1, device=device)
+            positions = torch.tensor([self.config.memory_distance, self.max_distance], device=device)
             like = torch.empty(1, device=device, dtype=torch.float32)
             table = tuple(part.float() for part in self._rotary_at(layer, positions, like))
             self._tables[(kind, device)] = table
@@ -385,10 +374,16 @@ class KnnMemory(Memory, FileState, Provenance):
         """What each query attends to in memory (raw q.k logits, -inf where nothing): its top-k
         stored keys, plus the `recent` latest items of the current stream shared by all queries.
 
-        Per batch row this is one batched search over every KV head of the layer (`MemoryGroup.
-        search_positions`), one gather of the retrieved [key, value] rows, and the exact logits at
-        true distances from a cached cos/sin table; nothing waits on the device."""
-        if self.store is None:
+        Per batch row: one batched search over every KV head of the layer (`MemoryGroup.
+        search_positions`), one gather of the retrieved [key, value] rows, and the exact logits as
+        batched dot products; nothing waits on the device.
+
+        Relative placement without per-pair rotations: rotary logits depend only on the difference
+        of positions, so an item of the current stream within `max_distance` of a query scores
+        q·k_w, with q the query as the layer rotated it and k_w the item's key rotated once to its
+        own (negative) window position (the `stream block`, shared with the recent items); every
+        other item sits at `max_distance`: R(max_distance)q0 · k0 with the un-rotated pair."""
+        if self.store is None or not self.reading:
             return None
         batch, heads, length, dim = query.shape
         memory_rows = self._memory_rows(batch)
@@ -402,12 +397,12 @@ class KnnMemory(Memory, FileState, Provenance):
         rotary = self._rotary.get(layer)
         relative = rotary is not None and self.config.positions == "relative"
         if rotary is not None:
-            cos_table, sin_table = self._distance_table(layer, query.device)
+            cos, sin = self._fixed_rotations(layer, query.device)
             plain_query = _unrotate(query, *rotary)  # as if at position 0
-            distance = self.config.memory_distance
-            search_query = _rotate(plain_query, cos_table[distance], sin_table[distance])
+            search_query = _rotate(plain_query, cos[0], sin[0])
+            far_query = _rotate(plain_query, cos[1], sin[1]) if relative else search_query
         else:
-            plain_query = search_query = query
+            search_query = far_query = query
         rows = []
         for row in range(batch):
             group = groups[row]
@@ -416,52 +411,61 @@ class KnnMemory(Memory, FileState, Provenance):
                 continue
             memory_row = memory_rows[row]
             start = self._positions.get(memory_row, 0)
-            recent_keys, recent_values = self._recent_block(layer, memory_row, group, start, query)
+            block_keys, block_values, block_positions, recent = self._stream_block(layer, memory_row, group, start,
+                                                                                   query)
             # Query heads h = j * groups + g share KV head j: search head j's keys with all of them.
             # Recent items are attended anyway: retrieval covers the older ones.
-            searchable = len(group) - recent_keys.shape[1]
             found = group.search_positions(search_query[row].reshape(self.num_kv_heads, group_size * length, dim),
-                                           k, searchable)
+                                           k, len(group) - recent)
             stored = group.gather_values(found.positions).view(heads, length, k, 2 * dim)  # [key, value]
             keys, values = stored[..., :dim], stored[..., dim:].to(query.dtype)
             valid = torch.isfinite(found.scores).view(heads, length, k)
             # The index only picks candidates (possibly approximately, or in lower precision): the
             # logits are recomputed from the stored keys.
-            if relative:
-                origins = group.origins[found.positions.view(heads, length, k)]  # (H, T, k, 2)
+            scores = torch.einsum("htd,htkd->htk", far_query[row].float(), keys.float())
+            block = block_keys.shape[1]
+            if relative and block:
+                in_block = (found.positions - (len(group) - block)).view(heads, length, k)
+                index = in_block.clamp(min=0)
                 row_positions = position_ids[row if position_ids.shape[0] > 1 else 0]  # (T,): may be shared
                 stream_positions = start + row_positions.to(query.device).view(1, length, 1)
-                distances = torch.where(origins[..., 0] == self.sequence, stream_positions - origins[..., 1],
-                                        self.max_distance).clamp_(1, self.max_distance)
-                scores = _relative_logits(plain_query[row], keys, distances, cos_table, sin_table)
-            else:
-                scores = torch.einsum("htd,htkd->htk", search_query[row].float(), keys.float())
-            recent_scores = (query[row] @ recent_keys.transpose(-1, -2)).float()  # (H, T, n)
-            rows.append((scores.masked_fill(~valid, -math.inf), values, recent_scores, recent_values))
+                near = (in_block >= 0) & (block_positions[index] >= stream_positions - self.max_distance)
+                near_scores = torch.einsum("htd,htkd->htk", query[row].float(),
+                                           _gather_rows(block_keys, index).float())
+                scores = torch.where(near, near_scores, scores)
+            recent_scores = (query[row] @ block_keys[:, block - recent:].transpose(-1, -2)).float()  # (H, T, n)
+            rows.append((scores.masked_fill(~valid, -math.inf), values, recent_scores,
+                         block_values[:, block - recent:]))
         return _stack_rows(rows, query, k)
 
-    def _recent_block(self, layer: int, memory_row: int, group: Any, start: int, query: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The latest items of the current stream (at most `recent`), keys rotated to their own
-        (negative) window positions so that q.k is the logit at their true distance, and values:
-        (H, n, D) each. Cached until the group changes: decode steps reuse it."""
+    def _stream_block(self, layer: int, memory_row: int, group: Any, start: int, query: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The latest items of the current stream that a query may see at their true distance: the
+        `recent` ones, and (relative scheme) every one within `max_distance`. Keys rotated to their
+        own (negative) window positions, so that q·k is the logit at their true distance, and values,
+        (H, n, D) each; their stream positions (n,); how many of the last are `recent` items.
+        Cached until the group changes: decode steps reuse it."""
         cache_key = (layer, memory_row)
         state = (group.version, self.sequence, start, query.dtype, query.device)
-        cached = self._recent_cache.get(cache_key)
+        cached = self._block_cache.get(cache_key)
         if cached is not None and cached[0] == state:
             return cached[1]
-        count = group.latest_count(self.sequence, self.config.recent) if self.config.recent else 0
+        rotary = self._rotary.get(layer) is not None
+        recent = group.latest_count(self.sequence, self.config.recent) if self.config.recent else 0
+        count = recent
+        if rotary and self.config.positions == "relative":
+            count = group.latest_count(self.sequence, max(self.max_distance, self.config.recent))
         dim, group_size = query.shape[-1], query.shape[1] // self.num_kv_heads
         _, stored, origins = group.latest(count)
         stored = stored.to(query.dtype)  # (KVH, n, 2D)
-        recent_keys = stored[..., :dim]
-        if count and self._rotary.get(layer) is not None:
+        keys = stored[..., :dim]
+        if count and rotary:
             window_positions = (origins[:, 1] - start).unsqueeze(0)  # (1, n): before the window, so negative
             cos, sin = self._rotary_at(layer, window_positions, query)  # (1, n, R)
-            recent_keys = _rotate(recent_keys, cos, sin)
-        block = (recent_keys.repeat_interleave(group_size, dim=0),
-                 stored[..., dim:].repeat_interleave(group_size, dim=0))
-        self._recent_cache[cache_key] = (state, block)
+            keys = _rotate(keys, cos, sin)
+        block = (keys.repeat_interleave(group_size, dim=0).contiguous(),
+                 stored[..., dim:].repeat_interleave(group_size, dim=0), origins[:, 1].contiguous(), recent)
+        self._block_cache[cache_key] = (state, block)
         return block
 
     @staticmethod

@@ -214,7 +214,9 @@ class MemoryGroup:
         parts = []
         for first in range(0, count, chunk):
             part = queries[:, first: first + chunk]
-            similarity = torch.matmul(part, keys.transpose(1, 2))  # (H, q, N)
+            # (H, q, N); one head as a plain matrix product: CPUs have no fast batched bf16 path for it
+            similarity = ((part[0] @ keys[0].T).unsqueeze(0) if heads == 1
+                          else torch.matmul(part, keys.transpose(1, 2)))
             if self._norms is not None:  # -|q - v|^2 = 2 q.v - |q|^2 - |v|^2, in float32
                 similarity = (2 * similarity.float() - part.float().pow(2).sum(-1, keepdim=True)
                               - self._norms.data[:, None, :limit])
@@ -251,8 +253,11 @@ class MemoryGroup:
         """Values at `positions` (H, Q, k) of each head: (H, Q, k, value_dim), or token ids (H, Q, k)."""
         if self.spec.value_dim is None:
             return self._values.data[positions]
-        head_index = torch.arange(self.spec.heads, device=positions.device).view(-1, 1, 1)
-        return self._values.data[head_index, positions]
+        table = self._values._data  # (H, capacity, value_dim), contiguous: one index_select of flat rows
+        heads, capacity, width = table.shape
+        offsets = torch.arange(0, heads * capacity, capacity, device=positions.device).view(-1, 1, 1)
+        flat = table.view(heads * capacity, width).index_select(0, (positions + offsets).flatten())
+        return flat.view(*positions.shape, width)
 
     def search(self, queries: torch.Tensor, k: int, below_id: int | None = None) -> SearchResult:
         """queries (heads, Q, key_dim) -> top-k of each query in its head's keys, with values and
