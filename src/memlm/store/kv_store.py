@@ -214,9 +214,7 @@ class MemoryGroup:
         parts = []
         for first in range(0, count, chunk):
             part = queries[:, first: first + chunk]
-            # (H, q, N); one head as a plain matrix product: CPUs have no fast batched bf16 path for it
-            similarity = ((part[0] @ keys[0].T).unsqueeze(0) if heads == 1
-                          else torch.matmul(part, keys.transpose(1, 2)))
+            similarity = _similarity(part, keys)  # (H, q, N)
             if self._norms is not None:  # -|q - v|^2 = 2 q.v - |q|^2 - |v|^2, in float32
                 similarity = (2 * similarity.float() - part.float().pow(2).sum(-1, keepdim=True)
                               - self._norms.data[:, None, :limit])
@@ -672,6 +670,19 @@ class KeyValueStore:
     def close(self) -> None:
         self._pending = []
         self._records.close()
+
+
+def _similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """queries (H, Q, D) . keys (H, N, D) -> (H, Q, N). On GPUs one batched product. CPUs have no
+    fast batched bf16 product: a plain one per head there, and for a few queries (decode steps)
+    keys @ queries.T, which streams the keys once instead of once per query."""
+    if keys.device.type != "cpu":
+        return torch.matmul(queries, keys.transpose(1, 2))
+    if queries.shape[1] <= 16:
+        return torch.stack([keys[head] @ queries[head].T for head in range(keys.shape[0])]).transpose(1, 2)
+    if keys.shape[0] == 1:
+        return (queries[0] @ keys[0].T).unsqueeze(0)
+    return torch.stack([queries[head] @ keys[head].T for head in range(keys.shape[0])])
 
 
 def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
