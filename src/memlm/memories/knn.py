@@ -161,9 +161,11 @@ def _rotate_half(states: torch.Tensor) -> torch.Tensor:
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Apply a rotary rotation: states (..., D), cos/sin broadcastable to (..., R), R <= D."""
     rotated = cos.shape[-1]
-    head, tail = states[..., :rotated], states[..., rotated:]
     cos, sin = cos.to(states.dtype), sin.to(states.dtype)
-    return torch.cat((head * cos + _rotate_half(head) * sin, tail), dim=-1)
+    if rotated == states.shape[-1]:
+        return torch.addcmul(states * cos, _rotate_half(states), sin)
+    head, tail = states[..., :rotated], states[..., rotated:]
+    return torch.cat((torch.addcmul(head * cos, _rotate_half(head), sin), tail), dim=-1)
 
 
 def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -399,8 +401,10 @@ class KnnMemory(Memory, FileState, Provenance):
         if rotary is not None:
             cos, sin = self._fixed_rotations(layer, query.device)
             plain_query = _unrotate(query, *rotary)  # as if at position 0
-            search_query = _rotate(plain_query, cos[0], sin[0])
-            far_query = _rotate(plain_query, cos[1], sin[1]) if relative else search_query
+            # at memory_distance (where candidates are searched) and max_distance (far items), at once
+            search_query, far_query = _rotate(plain_query, cos.view(2, 1, 1, 1, -1), sin.view(2, 1, 1, 1, -1))
+            if not relative:  # the fixed scheme scores every item at memory_distance
+                far_query = search_query
         else:
             search_query = far_query = query
         rows = []

@@ -102,7 +102,7 @@ class Candidates(NamedTuple):
     positions: torch.Tensor
 
 
-SCORE_BUDGET = 1 << 30  # bytes of one (heads, queries, items) score matrix; queries are cut into chunks above it
+SCORE_BUDGET = 1 << 30  # bytes of one (heads, queries, items) score matrix (4x on GPUs); queries are chunked above it
 
 
 class MemoryGroup:
@@ -210,7 +210,8 @@ class MemoryGroup:
             return Candidates(result[0], result[1])
         keys = self._keys.data[:, :limit]
         queries = queries.to(device, keys.dtype)
-        chunk = max(1, SCORE_BUDGET // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
+        budget = SCORE_BUDGET * (4 if device.type == "cuda" else 1)
+        chunk = max(1, budget // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
         parts = []
         for first in range(0, count, chunk):
             part = queries[:, first: first + chunk]
