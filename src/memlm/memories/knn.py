@@ -284,6 +284,7 @@ class KnnMemory(Memory, FileState, Provenance):
         self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # fixed rotations, per layer type
         self._block_cache: dict[tuple[int, int], tuple] = {}  # (layer, row) -> the rotated stream block
+        self._rows_cache: dict[tuple[int, int], list[int]] = {}  # (batch, stored rows) -> source rows
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
         max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
@@ -313,7 +314,12 @@ class KnnMemory(Memory, FileState, Provenance):
     def _memory_rows(self, batch_size: int) -> list[int] | None:
         """The stored row each batch row reads (`Memory.source_rows`); None while nothing is stored."""
         stored_rows = self.store.row_count if self.store else 0
-        return None if stored_rows == 0 else self.source_rows(batch_size, stored_rows).tolist()
+        if stored_rows == 0:
+            return None
+        rows = self._rows_cache.get((batch_size, stored_rows))
+        if rows is None:  # asked by every layer at every step: computed once per shape
+            rows = self._rows_cache[(batch_size, stored_rows)] = self.source_rows(batch_size, stored_rows).tolist()
+        return rows
 
     # --- kNN attention -----------------------------------------------------------------------
     def _attend(self, gate_index: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,

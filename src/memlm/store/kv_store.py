@@ -132,6 +132,7 @@ class MemoryGroup:
         self._hits = GrowableRows((), device, torch.int64)
         self._origins = GrowableRows((2,), device, torch.int64)  # (sequence, position) of each item
         self._runs: list[list[int]] = []  # [sequence, count] of consecutive items, oldest first (on the host)
+        self._offsets: tuple[int, torch.Tensor] | None = None  # (capacity, first row of each head)
         self.version = next(_VERSIONS)  # renewed by every change: readers cache what they derive from it
 
     def __len__(self) -> int:
@@ -254,8 +255,9 @@ class MemoryGroup:
             return self._values.data[positions]
         table = self._values._data  # (H, capacity, value_dim), contiguous: one index_select of flat rows
         heads, capacity, width = table.shape
-        offsets = torch.arange(0, heads * capacity, capacity, device=positions.device).view(-1, 1, 1)
-        flat = table.view(heads * capacity, width).index_select(0, (positions + offsets).flatten())
+        if self._offsets is None or self._offsets[0] != capacity:
+            self._offsets = (capacity, torch.arange(0, heads * capacity, capacity, device=table.device).view(-1, 1, 1))
+        flat = table.view(heads * capacity, width).index_select(0, (positions + self._offsets[1]).flatten())
         return flat.view(*positions.shape, width)
 
     def search(self, queries: torch.Tensor, k: int, below_id: int | None = None) -> SearchResult:
