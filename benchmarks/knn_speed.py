@@ -7,8 +7,8 @@ ratios hold on a noisy machine. For each index backend (`--backends`, default `t
   then writes) over the same segment, each timed with a device sync; total and ms/segment as the
   store grows. Up to `--memorize-max` stored tokens every segment is memorized for real; beyond it
   the store is filled by write-only passes (`KnnMemory.reading = False`: the bare forward's keys
-  are stored) and `--probes` real segments are timed at each checkpoint (every doubling and every
-  size), so 1M stored tokens fit in the time budget;
+  are stored) and the last `--probes` segments before each checkpoint (every doubling and every
+  size) are memorized and timed for real, so 1M stored tokens fit in the time budget;
 * decode: greedy tokens/s, bare vs knn-joint (`write_memory=False`), with each size stored;
 * exact search: the store's own search at one decode step (3 KV heads × N × 64 per layer) and a
   synthetic 1M × 576 bf16 index (one query), as bytes of keys read per second, against a device
@@ -180,7 +180,7 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
             bare = timed(lambda: backbone(input_ids=ids, use_cache=False), device)
         return bare, timed(lambda: memory_model.write(ids), device)
 
-    probes_left, started = 0, time.perf_counter()
+    started = time.perf_counter()
     for size in args.sizes:
         while stored < size:
             if time.perf_counter() > deadline:
@@ -188,21 +188,19 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
                 print(f"[{backend}] time budget spent at {stored} stored tokens", flush=True)
                 return result
             ids = segment_ids()
-            real = stored < args.memorize_max or probes_left > 0
+            # every segment up to memorize_max; beyond, the last `probes` before each checkpoint
+            real = stored < args.memorize_max or any(0 < mark - stored <= args.probes * segment for mark in marks)
             if real:
                 bare, with_memory = timed_pair(ids)
                 result["curve"].append({"stored": stored, "bare_ms": bare * 1e3, "memory_ms": with_memory * 1e3,
                                         "real_memorize": stored < args.memorize_max})
                 if stored < args.memorize_max:
                     real_bare, real_memory = real_bare + bare, real_memory + with_memory
-                probes_left = max(0, probes_left - 1)
             else:
                 memory.reading = False
                 memory_model.write(ids)
                 memory.reading = True
             index, stored = index + 1, stored + segment
-            if stored in marks and stored >= args.memorize_max:
-                probes_left = args.probes  # the next segments are timed for real
             if index % 16 == 0 or real and stored >= args.memorize_max:
                 last = result["curve"][-1] if result["curve"] else None
                 print(f"[{backend}] stored {stored:>8} tokens, {time.perf_counter() - started:6.1f} s"
@@ -213,7 +211,7 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
         if stored <= args.memorize_max:
             entry["memorize"] = {"mode": "every segment from an empty store", "segments": stored // segment,
                                  "bare_s": real_bare, "memory_s": real_memory, "ratio": real_memory / real_bare}
-        near = [point for point in result["curve"] if abs(point["stored"] - size) <= (args.probes + 1) * segment]
+        near = [point for point in result["curve"] if 0 < size - point["stored"] <= args.probes * segment]
         if near:
             entry["segments_at_size"] = {
                 "segments": len(near), "bare_ms": statistics.median(p["bare_ms"] for p in near),
