@@ -196,6 +196,8 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
                                         "real_memorize": stored < args.memorize_max})
                 if stored < args.memorize_max:
                     real_bare, real_memory = real_bare + bare, real_memory + with_memory
+            elif args.fill == "random":
+                random_fill(memory, ids)
             else:
                 memory.reading = False
                 memory_model.write(ids)
@@ -228,6 +230,23 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
         write_out()
     memory_model.detach()
     return result
+
+
+def random_fill(memory: Any, ids: torch.Tensor) -> None:
+    """Store one segment's worth of random keys and values at every attention layer, without a
+    forward pass: exact search costs the same whatever the keys hold, so decode timings with a
+    randomly filled store equal those with real text (`--fill random`, for slow machines)."""
+    from memlm.memories.knn import KnnRecords
+
+    store = memory._ensure_store()
+    count, start = ids.shape[1], memory._positions.get(0, 0)
+    device, dtype = memory._device, memory._dtype
+    shape = (memory.num_kv_heads, count, memory.head_dim)
+    keys = [torch.randn(shape, device=device, dtype=dtype) for _ in memory.attention_layers]
+    values = [torch.cat([key, torch.randn(shape, device=device, dtype=dtype)], dim=-1) for key in keys]
+    records = KnnRecords(ids[0].clone(), start, 1, False, None, None, memory.sequence, None)
+    store.add("attention", 0, memory.attention_layers, keys, values, records, heads_first=True)
+    memory._positions[0] = start + count
 
 
 def decode(memory_model: Any, memory: Any, encoded: Any, args: argparse.Namespace, device: torch.device) -> dict:
@@ -302,6 +321,8 @@ def main() -> None:
     parser.add_argument("--memorize-max", type=int, default=None,
                         help="memorize every segment up to this many stored tokens (cuda: 262144; cpu: all)")
     parser.add_argument("--probes", type=int, default=4, help="timed segments at each checkpoint beyond it")
+    parser.add_argument("--fill", choices=("forward", "random"), default="forward",
+                        help="beyond --memorize-max: store the bare forward's keys, or random keys (no forward)")
     parser.add_argument("--new-tokens", type=int, default=None, help="decode length (64 on cuda, 32 on cpu)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--search-size", type=int, default=None, help="synthetic index size (cuda: 1M; cpu: 256K)")
