@@ -2,6 +2,7 @@
 # What memlm measures on the lent GPU host, in two commands of under 10 minutes each:
 #   bash benchmarks/gpu_suite.sh 1    # exact GPU search, decode with knn, long-document perplexity
 #   bash benchmarks/gpu_suite.sh 2    # ANN search at 1M hidden states (on the host's CPUs)
+#   bash benchmarks/gpu_suite.sh 3    # knn-joint at 64K / 256K / 1M stored tokens (knn_speed.py)
 # docs/benchmarks.md says how the model, faiss and the corpora get there. Results go to $OUT.
 set -uo pipefail
 out=${OUT:-out}; mkdir -p "$out"
@@ -14,6 +15,9 @@ if [ "${1:-1}" = 1 ]; then
   timeout 250 python3 -m memlm.cli eval ppl --corpus gutenberg/milton/areopagitica --window 256 --device cuda \
     --dtype float32 --memory knn-joint,knn-lm,knn-joint-lm --reference-context 2048 --json \
     > "$out/ppl_areopagitica_cuda.json" 2> "$out/ppl.err"
+elif [ "${1:-1}" = 3 ]; then
+  timeout 570 python3 benchmarks/knn_speed.py --device cuda --dtype bfloat16 --sizes 65536,262144,1048576 \
+    --out "$out/knn_speed_h200.json" > "$out/knn_speed.log" 2>&1
 else
   timeout 560 python3 benchmarks/index_search.py --sizes 1000000 --data hidden --device cuda --queries 100 \
     --out "$out/index_1m_hidden.json" > "$out/index_1m_hidden.log" 2>&1

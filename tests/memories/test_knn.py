@@ -42,6 +42,47 @@ def test_joint_attention_over_all_of_memory_equals_full_context(architecture, to
     assert not torch.allclose(logits(memory_model, second, write_memory=False), full, atol=1e-3)
 
 
+@pytest.mark.parametrize("positions, max_distance, offset", [("relative", 12, 0), ("relative", 4, 0),
+                                                              ("relative", 12, 100), ("fixed", 12, 0)])
+def test_logits_match_rotating_each_key_to_its_clamped_distance(positions, max_distance, offset):
+    """Reference: every stored key rotated to window position p - clamp(d, 1, max_distance) and
+    dotted with the query at p (d: its distance in the stream; `fixed`: memory_distance). Covers
+    items within max_distance (the stream block), beyond it (clamped) and both at once."""
+    from memlm.memories.knn import _rotate
+
+    backbone = tiny_model("llama")
+    first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=10, recent=0,
+                                                    max_distance=max_distance, positions=positions,
+                                                    memory_distance=7))
+    memory = memory_model.memories["knn"]
+    memory_model._begin_call()
+    memory_model.write(first)
+    memory._positions[0] += offset  # the window starts `offset` tokens after the stored segment
+    captured = []
+    retrieve = memory._retrieve
+
+    def spy(layer, query, position_ids, key_length):
+        result = retrieve(layer, query, position_ids, key_length)
+        captured.append((layer, query, result))
+        return result
+
+    memory._retrieve = spy
+    logits(memory_model, second, write_memory=False)
+    layer, query, result = captured[1]
+    group = memory.store.group("attention", 0, layer)
+    heads, length, dim = query.shape[1], query.shape[2], query.shape[3]
+    keys = group.values[..., :dim].repeat_interleave(heads // group.values.shape[0], dim=0)  # (H, N, D)
+    window = torch.arange(length).view(-1, 1)  # (T, 1)
+    distance = (10 + offset + window - group.origins[:, 1].view(1, -1)).clamp(1, max_distance)  # (T, N)
+    if positions == "fixed":
+        distance = torch.full_like(distance, 7)
+    cos, sin = memory._rotary_at(layer, window - distance, query)  # (T, N, R)
+    placed = _rotate(keys.unsqueeze(1).expand(-1, length, -1, -1), cos, sin)  # (H, T, N, D)
+    expected = torch.einsum("htd,htnd->htn", query[0], placed)
+    torch.testing.assert_close(result.scores[0].sort(-1).values, expected.sort(-1).values, atol=1e-4, rtol=1e-4)
+
+
 def test_fixed_placement_differs_from_relative():
     backbone = tiny_model("llama")
     first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
@@ -96,6 +137,20 @@ def test_writes_record_provenance_and_can_be_deleted(tokenizer):
     assert memory_model.memories["knn"].delete(session="s1") == 6
     assert {r.session for r in store.records.select()} == {"s2"}
     assert len(store.group("attention", 0, 0)) == len(store.group("attention", 0, 1)) == 3
+
+
+def test_writes_leave_text_decoding_and_sqlite_to_the_first_read(tokenizer, monkeypatch):
+    memory_model = memlm.attach(tiny_model("llama"), KnnConfig(layers=[0, 1], knn_lm=True), tokenizer=tokenizer)
+    decoded = []
+    batch_decode = tokenizer.batch_decode
+    monkeypatch.setattr(tokenizer, "batch_decode", lambda spans, **kw: decoded.append(1) or batch_decode(spans, **kw))
+    memory_model.memorize("the cat sat on the mat", segment_length=8, progress=False)
+    store = memory_model.memories["knn"].store
+    assert not decoded and store._records.count() == 0  # writing decoded no text and touched no row
+    records = store.records.select()  # the first read writes them all
+    assert decoded and len(records) == store._records.count() == 22 + 19
+    assert [r.text for r in records if r.kind == "attention"][:4] == ["t", "h", "e", " "]
+    assert [r.token for r in records if r.kind == "lm"][:3] == [records[1].token, records[2].token, records[3].token]
 
 
 def test_gated_memory_is_trainable():

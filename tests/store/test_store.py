@@ -14,7 +14,7 @@ import torch
 
 import memlm
 from memlm.store import GroupSpec, KeyValueStore, RecordFilter, StoreLayout, make_index
-from memlm.store.index import index_from_arrays
+from memlm.store.index import TOPK_CHUNK, exact_topk, index_from_arrays
 from memlm.store.kv_store import RECORDS_FILE
 
 # Random vectors have no cluster structure, the hardest case for ANN: IVF has to probe 3/4 of its lists.
@@ -127,7 +127,7 @@ def test_eviction_of_least_used_items():
     store = KeyValueStore(layout(capacity=30, eviction="least_used"))
     ids = add_items(store, 30)
     group = store.group("attention", 0, 0)
-    keys = torch.stack([index.vectors[5] for index in group.indexes])  # item 5's keys, per head
+    keys = group.keys[:, 5]  # item 5's keys, per head
     for _ in range(3):
         store.search("attention", 0, 0, keys.unsqueeze(1), 1)  # item 5 is retrieved, others not
     add_items(store, 10, seed=1)
@@ -143,7 +143,7 @@ def test_delete_session_removes_its_vectors_and_rows_only():
     assert set(store.records.ids()) == set(bob.tolist())
     group = store.group("attention", 0, 0)
     assert set(group.ids.tolist()) == set(bob.tolist())
-    assert not torch.isin(group.indexes[0].ids, alice).any()
+    assert not torch.isin(group.ids, alice).any()
     assert store.delete(RecordFilter(text="item 3")) == 1  # by text match
     assert store.delete(RecordFilter(ids=[int(bob[0])])) == 1  # by id
     assert store.delete(RecordFilter(sequence=1)) == 13  # by sequence
@@ -270,3 +270,27 @@ def test_kill_during_save_leaves_the_last_completed_save(tmp_path):
         if inside >= 4:
             break
     assert inside >= 4, "no kill landed inside a save: make the saves slower"
+
+
+@pytest.mark.parametrize("length", [100, 4 * TOPK_CHUNK + 1, 9 * TOPK_CHUNK + 123])
+def test_two_stage_topk_finds_what_topk_finds(length):
+    scores = torch.randn(2, 3, length, generator=torch.Generator().manual_seed(length))
+    values, positions = exact_topk(scores, 32)
+    expected_values, expected_positions = scores.topk(32, dim=-1)
+    assert torch.equal(values, expected_values) and torch.equal(positions, expected_positions)
+
+
+def test_batched_search_skips_the_newest_items_and_counts_sequences_on_the_host():
+    store = KeyValueStore(layout())
+    add_items(store, 30, seed=0)
+    add_items(store, 10, seed=1)
+    group = store.group("attention", 0, 0)
+    assert group.latest_count(1, 100) == 10 and group.latest_count(1, 4) == 4 and group.latest_count(0, 100) == 0
+    queries = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(3))
+    similarity = queries @ group.keys.transpose(1, 2)  # (heads, 5, 40)
+    assert torch.equal(group.search_positions(queries, 3).positions, similarity.topk(3).indices)
+    assert torch.equal(group.search_positions(queries, 3, limit=30).positions, similarity[..., :30].topk(3).indices)
+    found = group.search_positions(queries, 50, limit=30)  # more than there are: padded, -inf
+    assert torch.isinf(found.scores[..., 30:]).all() and torch.isfinite(found.scores[..., :30]).all()
+    store.delete(RecordFilter(sequence=1, ids=[int(group.ids[39])]))
+    assert group.latest_count(1, 100) == 9 and len(group) == 39

@@ -49,7 +49,7 @@ from memlm.hooks import (
 )
 from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
 from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
-from memlm.store.kv_store import KV_EVICTION_POLICIES
+from memlm.store.kv_store import KV_EVICTION_POLICIES, RecordBatch
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
@@ -161,14 +161,86 @@ def _rotate_half(states: torch.Tensor) -> torch.Tensor:
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Apply a rotary rotation: states (..., D), cos/sin broadcastable to (..., R), R <= D."""
     rotated = cos.shape[-1]
-    head, tail = states[..., :rotated], states[..., rotated:]
     cos, sin = cos.to(states.dtype), sin.to(states.dtype)
-    return torch.cat((head * cos + _rotate_half(head) * sin, tail), dim=-1)
+    if rotated == states.shape[-1]:
+        return torch.addcmul(states * cos, _rotate_half(states), sin)
+    head, tail = states[..., :rotated], states[..., rotated:]
+    return torch.cat((torch.addcmul(head * cos, _rotate_half(head), sin), tail), dim=-1)
 
 
 def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Undo rotary embedding (a rotation by minus the angle): keys (B, KVH, T, D), cos/sin (B, T, R)."""
     return _rotate(keys, cos.unsqueeze(1), -sin.unsqueeze(1))
+
+
+def _gather_rows(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """table (H, N, D) contiguous, positions (H, ...) -> (H, ..., D): row positions[h, ...] of head h,
+    as one index_select on the flattened table."""
+    heads, items, dim = table.shape
+    offsets = torch.arange(0, heads * items, items, device=positions.device).view(-1, *[1] * (positions.dim() - 1))
+    return table.view(heads * items, dim).index_select(0, (positions + offsets).flatten()).view(*positions.shape, dim)
+
+
+def _stack_rows(rows: list, query: torch.Tensor, k: int) -> LayerRetrieval:
+    """Per-row (scores, values, recent_scores, recent_values) -> one LayerRetrieval; rows without
+    memory (None) and shorter recent blocks are padded with -inf logits and zero values."""
+    if len(rows) == 1:
+        scores, values, recent_scores, recent_values = rows[0]
+        return LayerRetrieval(scores.unsqueeze(0), values.unsqueeze(0), recent_scores.unsqueeze(0),
+                              recent_values.unsqueeze(0))
+    batch, heads, length, dim = query.shape
+    recent = max((row[2].shape[-1] for row in rows if row is not None), default=0)
+    scores = torch.full((batch, heads, length, k), -math.inf, device=query.device)
+    values = torch.zeros(batch, heads, length, k, dim, device=query.device, dtype=query.dtype)
+    recent_scores = torch.full((batch, heads, length, recent), -math.inf, device=query.device)
+    recent_values = torch.zeros(batch, heads, recent, dim, device=query.device, dtype=query.dtype)
+    for index, row in enumerate(rows):
+        if row is None:
+            continue
+        count = row[2].shape[-1]
+        scores[index], values[index] = row[0], row[1]
+        recent_scores[index, ..., :count], recent_values[index, :, :count] = row[2], row[3]
+    return LayerRetrieval(scores, values, recent_scores, recent_values)
+
+
+class KnnRecords(RecordBatch):
+    """Provenance of the items of one write, decoded to text only when the store writes its rows.
+
+    Attention items: one per chunk of `size` tokens from `start`; kNN-LM items (`lm`): one per token
+    but the last, recording the token it predicts."""
+
+    def __init__(self, tokens: torch.Tensor, start: int, size: int, lm: bool, user: str | None,
+                 session: str | None, sequence: int, tokenizer: Any):
+        self.tokens, self.start, self.size, self.lm = tokens, start, size, lm
+        self.user, self.session, self.sequence, self.tokenizer = user, session, sequence, tokenizer
+        count = tokens.shape[0]
+        self.count = count - 1 if lm else -(-count // size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def origins(self) -> torch.Tensor:
+        positions = self.start + torch.arange(self.count, dtype=torch.int64) * (1 if self.lm else self.size)
+        return torch.stack([torch.full_like(positions, self.sequence), positions], dim=1)
+
+    def _decode(self, spans: list[list[int]]) -> list[str]:
+        if self.tokenizer is None:
+            return [" ".join(map(str, span)) for span in spans]
+        return self.tokenizer.batch_decode(spans, skip_special_tokens=False)
+
+    def materialize(self) -> list[dict[str, Any]]:
+        tokens = self.tokens.tolist()
+        if self.lm:
+            spans = [(t, t + 1) for t in range(self.count)]
+            targets = tokens[1:]
+        else:
+            spans = [(a, min(a + self.size, len(tokens))) for a in range(0, len(tokens), self.size)]
+            targets = [tokens[a] for a, _ in spans]
+        texts = self._decode([tokens[a:b] for a, b in spans])
+        contexts = self._decode([tokens[max(0, a - CONTEXT_TOKENS):b] for a, b in spans])
+        return [{"user": self.user, "session": self.session, "sequence": self.sequence, "position": self.start + a,
+                 "token": target, "length": b - a, "text": text, "context": context}
+                for (a, b), target, text, context in zip(spans, targets, texts, contexts, strict=True)]
 
 
 class KnnMemory(Memory, FileState, Provenance):
@@ -211,10 +283,16 @@ class KnnMemory(Memory, FileState, Provenance):
         self._rows = 0  # rows of the batch `reset(batch_size)` announced
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._rotary_takes_layer_type: bool | None = None  # Gemma3's rotary module needs the layer type
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # fixed rotations, per layer type
+        self._block_cache: dict[tuple[int, int], tuple] = {}  # (layer, row) -> the rotated stream block
+        self._rows_cache: dict[tuple[int, int], list[int]] = {}  # (batch, stored rows) -> source rows
         self._layout = layout  # a plain dataclass: the backbone must not become a submodule of the memory
         max_positions = getattr(text_config, "max_position_embeddings", None) or text_config.n_positions
         self.max_distance = config.max_distance or int(max_positions) - 1
         self._lm_query: torch.Tensor | None = None
+        # False: forward passes do not read the attention memory (writes then store what the bare
+        # backbone computes: a faster way to fill a large store, e.g. for benchmarks).
+        self.reading = True
 
     def needs_training(self) -> bool:
         return self.config.attention == "gated"  # joint attention and kNN-LM work untrained
@@ -243,7 +321,11 @@ class KnnMemory(Memory, FileState, Provenance):
         stored_rows = self.store.row_count if self.store else 0
         if stored_rows == 0:
             return None
-        return self.source_rows(batch_size, max(stored_rows, self._rows)).tolist()
+        stored_rows = max(stored_rows, self._rows)
+        rows = self._rows_cache.get((batch_size, stored_rows))
+        if rows is None:  # asked by every layer at every step: computed once per shape
+            rows = self._rows_cache[(batch_size, stored_rows)] = self.source_rows(batch_size, stored_rows).tolist()
+        return rows
 
     # --- kNN attention -----------------------------------------------------------------------
     def _attend(self, gate_index: int, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -286,102 +368,121 @@ class KnnMemory(Memory, FileState, Provenance):
             cos, sin = rotary_module(like, flat)
         return cos.reshape(*positions.shape, -1), sin.reshape(*positions.shape, -1)
 
-    def _search_query(self, layer: int, query: torch.Tensor) -> torch.Tensor:
-        """The query as it would score a stored (un-rotated) key `memory_distance` tokens back."""
-        rotary = self._rotary.get(layer)
-        if rotary is None:
-            return query
-        distance = torch.tensor([self.config.memory_distance], device=query.device)
-        cos_d, sin_d = self._rotary_at(layer, distance, query)  # (1, R)
-        return _rotate(_unrotate(query, *rotary), cos_d.view(1, 1, 1, -1), sin_d.view(1, 1, 1, -1))
+    def _fixed_rotations(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of the layer's rotary embedding at `memory_distance` (row 0: where candidates are
+        searched) and `max_distance` (row 1: where far items sit), float32 (2, R); once per layer type."""
+        rotary_module = getattr(self._layout.base_model, "rotary_emb", None)
+        if self._rotary_takes_layer_type is None and rotary_module is not None:
+            self._rotary_takes_layer_type = "layer_type" in inspect.signature(rotary_module.forward).parameters
+        kind = self._layout.base_model.config.layer_types[layer] if self._rotary_takes_layer_type else None
+        table = self._tables.get((kind, device))
+        if table is None:
+            positions = torch.tensor([self.config.memory_distance, self.max_distance], device=device)
+            like = torch.empty(1, device=device, dtype=torch.float32)
+            table = tuple(part.float() for part in self._rotary_at(layer, positions, like))
+            self._tables[(kind, device)] = table
+        return table
 
     def _retrieve(self, layer: int, query: torch.Tensor, position_ids: torch.Tensor | None, key_length: int
                   ) -> LayerRetrieval | None:
         """What each query attends to in memory (raw q.k logits, -inf where nothing): its top-k
-        stored keys, plus the `recent` latest items of the current stream shared by all queries."""
-        if self.store is None:
+        stored keys, plus the `recent` latest items of the current stream shared by all queries.
+
+        Per batch row: one batched search over every KV head of the layer (`MemoryGroup.
+        search_positions`), one gather of the retrieved [key, value] rows, and the exact logits as
+        batched dot products; nothing waits on the device.
+
+        Relative placement without per-pair rotations: rotary logits depend only on the difference
+        of positions, so an item of the current stream within `max_distance` of a query scores
+        q·k_w, with q the query as the layer rotated it and k_w the item's key rotated once to its
+        own (negative) window position (the `stream block`, shared with the recent items); every
+        other item sits at `max_distance`: R(max_distance)q0 · k0 with the un-rotated pair."""
+        if self.store is None or not self.reading:
             return None
         batch, heads, length, dim = query.shape
-        groups, k, recent = heads // self.num_kv_heads, self.config.top_k, self.config.recent
+        memory_rows = self._memory_rows(batch)
+        groups = [None if memory_rows is None else self.store.group("attention", memory_rows[row], layer)
+                  for row in range(batch)]
+        if all(group is None for group in groups):
+            return None
+        group_size, k = heads // self.num_kv_heads, self.config.top_k
         if position_ids is None:
             position_ids = torch.arange(key_length - length, key_length, device=query.device).expand(batch, -1)
-        search_query = self._search_query(layer, query)
-        scores = torch.full((batch, heads, length, k), -math.inf, device=query.device)
-        keys = torch.zeros(batch, heads, length, k, dim, device=query.device, dtype=query.dtype)
-        values = torch.zeros_like(keys)
-        origins = torch.zeros(batch, heads, length, k, 2, dtype=torch.int64, device=query.device)
-        recent_scores = torch.full((batch, heads, length, recent), -math.inf, device=query.device)
-        recent_values = torch.zeros(batch, heads, recent, dim, device=query.device, dtype=query.dtype)
-        starts = torch.zeros(batch, dtype=torch.int64, device=query.device)
-        found_any = False
-        memory_rows = self._memory_rows(batch)
-        for row in range(batch):
-            memory_row = None if memory_rows is None else memory_rows[row]
-            group = None if memory_row is None else self.store.group("attention", memory_row, layer)
-            if group is None:
-                continue
-            found_any = True
-            starts[row] = self._positions.get(memory_row, 0)
-            first_recent_id = self._recent_items(row, layer, group, query[row], position_ids[row], starts[row],
-                                                 recent_scores, recent_values) if recent else None
-            # Query heads h = j * groups + g share KV head j: search head j's index with all of them.
-            # Recent items are attended anyway: retrieval covers the older ones.
-            result = group.search(search_query[row].reshape(self.num_kv_heads, groups * length, dim), k,
-                                  below_id=first_recent_id)
-            scores[row] = result.scores.reshape(heads, length, k)
-            stored = result.values.reshape(heads, length, k, 2, dim).to(query.dtype)  # [key, value] per item
-            keys[row], values[row] = stored[..., 0, :], stored[..., 1, :]
-            origins[row] = result.origins.reshape(heads, length, k, 2)
-        if not found_any:
-            return None
-        valid = torch.isfinite(scores)
-        # The index only picks candidates (possibly approximately, or in lower precision): the
-        # logits are recomputed from the stored keys.
-        if self._rotary.get(layer) is not None and self.config.positions == "relative":
-            scores = self._relative_scores(layer, query, keys, origins, starts, position_ids)
+        rotary = self._rotary.get(layer)
+        relative = rotary is not None and self.config.positions == "relative"
+        if rotary is not None:
+            cos, sin = self._fixed_rotations(layer, query.device)
+            plain_query = _unrotate(query, *rotary)  # as if at position 0
+            # at memory_distance (where candidates are searched) and max_distance (far items), at once
+            search_query, far_query = _rotate(plain_query, cos.view(2, 1, 1, 1, -1), sin.view(2, 1, 1, 1, -1))
+            if not relative:  # the fixed scheme scores every item at memory_distance
+                far_query = search_query
         else:
-            scores = torch.einsum("bhtd,bhtkd->bhtk", search_query.float(), keys.float())
-        return LayerRetrieval(scores.masked_fill(~valid, -math.inf), values, recent_scores, recent_values)
+            search_query = far_query = query
+        rows = []
+        for row in range(batch):
+            group = groups[row]
+            if group is None:
+                rows.append(None)
+                continue
+            memory_row = memory_rows[row]
+            start = self._positions.get(memory_row, 0)
+            block_keys, block_values, block_positions, recent = self._stream_block(layer, memory_row, group, start,
+                                                                                   query)
+            # Query heads h = j * groups + g share KV head j: search head j's keys with all of them.
+            # Recent items are attended anyway: retrieval covers the older ones.
+            found = group.search_positions(search_query[row].reshape(self.num_kv_heads, group_size * length, dim),
+                                           k, len(group) - recent)
+            stored = group.gather_values(found.positions).view(heads, length, k, 2 * dim)  # [key, value]
+            keys, values = stored[..., :dim], stored[..., dim:].to(query.dtype)
+            valid = torch.isfinite(found.scores).view(heads, length, k)
+            # The index only picks candidates (possibly approximately, or in lower precision): the
+            # logits are recomputed from the stored keys.
+            scores = torch.einsum("htd,htkd->htk", far_query[row].float(), keys.float())
+            block = block_keys.shape[1]
+            if relative and block:
+                in_block = (found.positions - (len(group) - block)).view(heads, length, k)
+                index = in_block.clamp(min=0)
+                row_positions = position_ids[row if position_ids.shape[0] > 1 else 0]  # (T,): may be shared
+                stream_positions = start + row_positions.to(query.device).view(1, length, 1)
+                near = (in_block >= 0) & (block_positions[index] >= stream_positions - self.max_distance)
+                near_scores = torch.einsum("htd,htkd->htk", query[row].float(),
+                                           _gather_rows(block_keys, index).float())
+                scores = torch.where(near, near_scores, scores)
+            recent_scores = (query[row] @ block_keys[:, block - recent:].transpose(-1, -2)).float()  # (H, T, n)
+            rows.append((scores.masked_fill(~valid, -math.inf), values, recent_scores,
+                         block_values[:, block - recent:]))
+        return _stack_rows(rows, query, k)
 
-    def _recent_items(self, row: int, layer: int, group: Any, query: torch.Tensor, position_ids: torch.Tensor,
-                      start: torch.Tensor, recent_scores: torch.Tensor, recent_values: torch.Tensor) -> int | None:
-        """Fill row `row` of recent_scores (B, H, T, R) / recent_values (B, H, R, D) with the latest
-        items of the current stream, rotated to their own (negative) window positions so that q.k is
-        the logit at their true distance. Returns the smallest id among them (None: none)."""
-        ids, stored, origins = group.latest(self.config.recent)
-        current = origins[:, 0] == self.sequence
-        ids, stored, origins = ids[current], stored[current], origins[current]
-        if ids.numel() == 0:
-            return None
-        count, dim = ids.shape[0], query.shape[-1]
-        groups = query.shape[0] // self.num_kv_heads
-        stored = stored.to(query.dtype)  # (n, KVH, 2D)
-        recent_keys = stored[..., :dim].transpose(0, 1)  # (KVH, n, D)
-        if self._rotary.get(layer) is not None:
+    def _stream_block(self, layer: int, memory_row: int, group: Any, start: int, query: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The latest items of the current stream that a query may see at their true distance: the
+        `recent` ones, and (relative scheme) every one within `max_distance`. Keys rotated to their
+        own (negative) window positions, so that q·k is the logit at their true distance, and values,
+        (H, n, D) each; their stream positions (n,); how many of the last are `recent` items.
+        Cached until the group changes: decode steps reuse it."""
+        cache_key = (layer, memory_row)
+        state = (group.version, self.sequence, start, query.dtype, query.device)
+        cached = self._block_cache.get(cache_key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        rotary = self._rotary.get(layer) is not None
+        recent = group.latest_count(self.sequence, self.config.recent) if self.config.recent else 0
+        count = recent
+        if rotary and self.config.positions == "relative":
+            count = group.latest_count(self.sequence, max(self.max_distance, self.config.recent))
+        dim, group_size = query.shape[-1], query.shape[1] // self.num_kv_heads
+        _, stored, origins = group.latest(count)
+        stored = stored.to(query.dtype)  # (KVH, n, 2D)
+        keys = stored[..., :dim]
+        if count and rotary:
             window_positions = (origins[:, 1] - start).unsqueeze(0)  # (1, n): before the window, so negative
             cos, sin = self._rotary_at(layer, window_positions, query)  # (1, n, R)
-            recent_keys = _rotate(recent_keys, cos, sin)
-        recent_keys = recent_keys.repeat_interleave(groups, dim=0)  # (H, n, D)
-        recent_scores[row, :, :, :count] = (query.float() @ recent_keys.float().transpose(-1, -2))  # (H, T, n)
-        recent_values[row, :, :count] = stored[..., dim:].transpose(0, 1).repeat_interleave(groups, dim=0)
-        return int(ids.min())
-
-    def _relative_scores(self, layer: int, query: torch.Tensor, keys: torch.Tensor, origins: torch.Tensor,
-                         starts: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Exact logits of retrieved keys placed at their true distance from each query.
-
-        A stored item written `distance` tokens before the query (same sequence) is rotated to the
-        window position `p - distance`; items of earlier sequences sit `max_distance` back; every
-        distance is clamped to [1, max_distance] so rotations stay in the range the model knows."""
-        length = query.shape[2]
-        window_positions = position_ids.to(query.device).view(-1, 1, length, 1)  # (B, 1, T, 1)
-        stream_positions = starts.view(-1, 1, 1, 1) + window_positions
-        same_sequence = origins[..., 0] == self.sequence
-        distance = torch.where(same_sequence, stream_positions - origins[..., 1], self.max_distance)
-        distance = distance.clamp(1, self.max_distance)  # (B, H, T, k)
-        cos, sin = self._rotary_at(layer, window_positions - distance, query)  # (B, H, T, k, R)
-        placed = _rotate(keys, cos, sin)
-        return torch.einsum("bhtd,bhtkd->bhtk", query.float(), placed.float())
+            keys = _rotate(keys, cos, sin)
+        block = (keys.repeat_interleave(group_size, dim=0).contiguous(),
+                 stored[..., dim:].repeat_interleave(group_size, dim=0), origins[:, 1].contiguous(), recent)
+        self._block_cache[cache_key] = (state, block)
+        return block
 
     @staticmethod
     def _joint_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -421,15 +522,15 @@ class KnnMemory(Memory, FileState, Provenance):
         batch = logits.shape[0]
         memory_rows = self._memory_rows(batch)
         for row in range(batch):
-            memory_row = None if memory_rows is None else memory_rows[row]
-            result = None if memory_row is None else self.store.search(
-                "lm", memory_row, -1, hidden[row].unsqueeze(0), self.config.lm_top_k)
-            if result is None:
+            group = None if memory_rows is None else self.store.group("lm", memory_rows[row], -1)
+            if group is None:
                 continue
-            scores, tokens = result.scores, result.values  # (1, T, k) negative squared distances, next tokens
-            weights = torch.softmax(scores[0].float() / self.config.lm_temperature, dim=-1).nan_to_num(0.0)
+            found = group.search_positions(hidden[row].unsqueeze(0), self.config.lm_top_k)
+            # (T, k) negative squared distances and next tokens
+            scores, tokens = found.scores[0], group.gather_values(found.positions)[0]
+            weights = torch.softmax(scores.float() / self.config.lm_temperature, dim=-1).nan_to_num(0.0)
             knn_probs = torch.zeros(logits.shape[1], logits.shape[2], device=logits.device)
-            knn_probs.scatter_add_(1, tokens[0].to(logits.device), weights.to(logits.device))  # (T, V)
+            knn_probs.scatter_add_(1, tokens.to(logits.device), weights.to(logits.device))  # (T, V)
             lm_probs = torch.softmax(logits[row].float(), dim=-1)
             mixture = self.config.lm_lambda * knn_probs + (1 - self.config.lm_lambda) * lm_probs
             if mixed is None:
@@ -455,61 +556,50 @@ class KnnMemory(Memory, FileState, Provenance):
         if input_ids is None or not (captured_kv or lm_hidden is not None):
             return
         store = self._ensure_store()
-        for row in range(input_ids.shape[0]):
-            positions = mask[row].bool().nonzero().squeeze(-1) if mask is not None else torch.arange(
-                input_ids.shape[1], device=input_ids.device)
-            tokens = input_ids[row, positions].tolist()
+        length = input_ids.shape[1]
+        counts = mask.sum(-1).tolist() if mask is not None else [length] * input_ids.shape[0]  # one host sync
+        for row, count in enumerate(counts):
+            # Every token valid (memorize, ppl): plain slices, no gathers.
+            positions = slice(None) if count == length else mask[row].bool().nonzero().squeeze(-1)
+            tokens = input_ids[row, positions].clone()
             start = self._positions.get(row, 0)
             if captured_kv:
                 self._write_attention(store, row, {layer: (keys[row][:, positions], values[row][:, positions])
                                                    for layer, (keys, values) in captured_kv.items()}, tokens, start)
-            if lm_hidden is not None and len(tokens) > 1:
+            if lm_hidden is not None and count > 1:
                 self._write_lm(store, row, lm_hidden[row, positions], tokens, start)
-            self._positions[row] = start + len(tokens)
+            self._positions[row] = start + count
 
-    def _provenance(self, position: int, token: int, length: int, text: str, context: str) -> dict[str, Any]:
-        return {"user": self.user, "session": self.session, "sequence": self.sequence, "position": position,
-                "token": token, "length": length, "text": text, "context": context}
-
-    def _decode(self, spans: list[list[int]]) -> list[str]:
-        tokenizer = self.context.tokenizer
-        if tokenizer is None:
-            return [" ".join(map(str, span)) for span in spans]
-        return tokenizer.batch_decode(spans, skip_special_tokens=False)
+    def _records(self, tokens: torch.Tensor, start: int, size: int, lm: bool = False) -> KnnRecords:
+        return KnnRecords(tokens, start, size, lm, self.user, self.session, self.sequence, self.context.tokenizer)
 
     def _write_attention(self, store: KeyValueStore, row: int, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                         tokens: list[int], start: int) -> None:
+                         tokens: torch.Tensor, start: int) -> None:
         """Keys/values (KVH, n, D) of one row's valid tokens at each layer -> one item per chunk of
         `chunk_size` tokens, stored in every layer under one id and one record."""
-        size, count = self.config.chunk_size, len(tokens)
+        size, count = self.config.chunk_size, tokens.shape[0]
         if count == 0:
             return
         chunks = [(first, min(first + size, count)) for first in range(0, count, size)]
 
-        def per_chunk(states: torch.Tensor) -> torch.Tensor:  # (KVH, n, D) -> (n_chunks, KVH, D)
+        def per_chunk(states: torch.Tensor) -> torch.Tensor:  # (KVH, n, D) -> (KVH, n_chunks, D)
             if size == 1:
-                return states.transpose(0, 1)
-            return torch.stack([states[:, a:b].mean(dim=1) for a, b in chunks])
+                return states
+            return torch.stack([states[:, a:b].mean(dim=1) for a, b in chunks], dim=1)
 
         layers = sorted(per_layer)
         keys = [per_chunk(per_layer[layer][0]) for layer in layers]
         # The value table keeps [key, value] per item: the relative scheme re-rotates retrieved keys.
         values = [torch.cat([key, per_chunk(per_layer[layer][1])], dim=-1) for key, layer in zip(keys, layers,
                                                                                                    strict=True)]
-        texts = self._decode([tokens[a:b] for a, b in chunks])
-        contexts = self._decode([tokens[max(0, a - CONTEXT_TOKENS):b] for a, b in chunks])
-        records = [self._provenance(start + a, tokens[a], b - a, text, context)
-                   for (a, b), text, context in zip(chunks, texts, contexts, strict=True)]
-        store.add("attention", row, layers if len(layers) > 1 else layers[0], keys, values, records)
+        store.add("attention", row, layers if len(layers) > 1 else layers[0], keys, values,
+                  self._records(tokens, start, size), heads_first=True)
 
-    def _write_lm(self, store: KeyValueStore, row: int, hidden: torch.Tensor, tokens: list[int], start: int) -> None:
+    def _write_lm(self, store: KeyValueStore, row: int, hidden: torch.Tensor, tokens: torch.Tensor, start: int) -> None:
         """hidden (n, C): the state at position t predicts token t + 1 (the segment's last has no target)."""
-        count = len(tokens) - 1
-        texts = self._decode([tokens[t: t + 1] for t in range(count)])
-        contexts = self._decode([tokens[max(0, t - CONTEXT_TOKENS): t + 1] for t in range(count)])
-        records = [self._provenance(start + t, tokens[t + 1], 1, texts[t], contexts[t]) for t in range(count)]
-        next_tokens = torch.tensor(tokens[1:], dtype=torch.int64, device=hidden.device)
-        store.add("lm", row, -1, hidden[:count].unsqueeze(1), next_tokens, records)
+        count = tokens.shape[0] - 1
+        store.add("lm", row, -1, hidden[:count].unsqueeze(1), tokens[1:].to(hidden.device),
+                  self._records(tokens, start, 1, lm=True))
 
     # --- state -------------------------------------------------------------------------------
     def begin_call(self) -> None:

@@ -116,6 +116,63 @@ class GrowableRows:
         self.append(kept)
 
 
+class GrowableHeads:
+    """A (heads, N, ...) tensor that grows along N with amortised O(1) appends: each head's rows stay
+    contiguous, so one batched matrix product searches every head at once."""
+
+    def __init__(self, heads: int, row_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
+        self._data = torch.empty(heads, 0, *row_shape, device=device, dtype=dtype)
+        self.size = 0
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self._data[:, : self.size]
+
+    def append(self, rows: torch.Tensor) -> None:
+        """rows (heads, n, ...)."""
+        needed = self.size + rows.shape[1]
+        if needed > self._data.shape[1]:
+            capacity = max(needed, 2 * self._data.shape[1], 1024)
+            capacity = 1 << (capacity - 1).bit_length()  # powers of two: 1,048,576 items fit exactly
+            grown = torch.empty(self._data.shape[0], capacity, *self._data.shape[2:], device=self._data.device,
+                                dtype=self._data.dtype)
+            grown[:, : self.size] = self.data
+            self._data = grown
+        self._data[:, self.size: needed] = rows.to(self._data.device, self._data.dtype)
+        self.size = needed
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep only the positions where `mask` (N,) is true (in order)."""
+        kept = self.data[:, mask].clone()
+        self.size = 0
+        self.append(kept)
+
+
+TOPK_CHUNK = 4096  # scores longer than this are reduced in two stages (see `exact_topk`)
+
+
+def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores.topk(k, dim=-1)` (values sorted, best first) for long rows, in two stages: the best k
+    of each block of TOPK_CHUNK, then the best k of those. One pass over the scores instead of the
+    many passes a radix select makes over a long row; the result is the same set."""
+    length = scores.shape[-1]
+    k = min(k, length)
+    if length <= 4 * TOPK_CHUNK or k > TOPK_CHUNK // 4:
+        return scores.topk(k, dim=-1)
+    blocks = length // TOPK_CHUNK
+    body = scores[..., : blocks * TOPK_CHUNK].unflatten(-1, (blocks, TOPK_CHUNK))
+    block_scores, block_positions = body.topk(k, dim=-1)  # (..., blocks, k)
+    offsets = torch.arange(0, blocks * TOPK_CHUNK, TOPK_CHUNK, device=scores.device).unsqueeze(-1)
+    candidates, positions = block_scores.flatten(-2), (block_positions + offsets).flatten(-2)
+    if blocks * TOPK_CHUNK < length:  # the tail block
+        tail = scores[..., blocks * TOPK_CHUNK:]
+        tail_scores, tail_positions = tail.topk(min(k, tail.shape[-1]), dim=-1)
+        candidates = torch.cat([candidates, tail_scores], dim=-1)
+        positions = torch.cat([positions, tail_positions + blocks * TOPK_CHUNK], dim=-1)
+    best_scores, best = candidates.topk(k, dim=-1)
+    return best_scores, positions.gather(-1, best)
+
+
 class TorchIndex(VectorIndex):
     """Exact search with a matrix product on CPU or GPU; vectors kept in `dtype` on `device`."""
 

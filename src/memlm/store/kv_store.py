@@ -23,6 +23,8 @@ committed one, rolls back rows written after it, and checks that vectors and row
 from __future__ import annotations
 
 import fcntl
+import itertools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -36,12 +38,13 @@ import torch
 
 from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
 from memlm.serialization import load_tensors, save_tensors
-from memlm.store.index import GrowableRows, VectorIndex, index_from_arrays, make_index
+from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
 from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
 LOCK_FILE = ".lock"
 KV_EVICTION_POLICIES = ("oldest", "least_used")
+_VERSIONS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -91,19 +94,46 @@ class SearchResult(NamedTuple):
     ids: torch.Tensor
 
 
+class Candidates(NamedTuple):
+    """Top-k of each query as positions in its group (`MemoryGroup.search_positions`): scores
+    (H, Q, k) float32, -inf where nothing was found; positions (H, Q, k) int64, 0 where nothing was."""
+
+    scores: torch.Tensor
+    positions: torch.Tensor
+
+
+SCORE_BUDGET = 1 << 30  # bytes of one (heads, queries, items) score matrix (4x on GPUs); queries are chunked above it
+
+
 class MemoryGroup:
-    """The vectors of one (kind, row, layer): one index per head, shared ids, values, use counts."""
+    """The vectors of one (kind, row, layer): keys per head, shared ids, values, use counts.
+
+    With the `torch` backend the keys of all heads are one (heads, N, key_dim) tensor on the store's
+    device (in the search dtype), searched by one batched product and a top-k, values are one
+    (heads, N, value_dim) tensor gathered by position: a search is a handful of kernels, without
+    host round trips. FAISS backends keep one index per head, searched head by head."""
 
     def __init__(self, spec: GroupSpec, layout: StoreLayout, device: torch.device, dtype: torch.dtype):
         self.spec = spec
+        self.backend = layout.backend
+        self.count_hits = layout.eviction == "least_used"
         options = _index_options(layout, device, dtype)
-        self.indexes: list[VectorIndex] = [
-            make_index(layout.backend, spec.key_dim, spec.metric, **options) for _ in range(spec.heads)]
+        self.indexes: list[VectorIndex] = []
+        if self.backend == "torch":
+            self._keys = GrowableHeads(spec.heads, (spec.key_dim,), device, options["dtype"])
+            self._norms = GrowableHeads(spec.heads, (), device, torch.float32) if spec.metric == "l2" else None
+        else:
+            self.indexes = [make_index(layout.backend, spec.key_dim, spec.metric, **options)
+                            for _ in range(spec.heads)]
         self._ids = GrowableRows((), device, torch.int64)  # ascending: ids are allocated in order
-        value_shape = () if spec.value_dim is None else (spec.heads, spec.value_dim)
-        self._values = GrowableRows(value_shape, device, torch.int64 if spec.value_dim is None else dtype)
+        self._values: GrowableRows | GrowableHeads = (
+            GrowableRows((), device, torch.int64) if spec.value_dim is None
+            else GrowableHeads(spec.heads, (spec.value_dim,), device, dtype))
         self._hits = GrowableRows((), device, torch.int64)
         self._origins = GrowableRows((2,), device, torch.int64)  # (sequence, position) of each item
+        self._runs: list[list[int]] = []  # [sequence, count] of consecutive items, oldest first (on the host)
+        self._offsets: tuple[int, torch.Tensor] | None = None  # (capacity, first row of each head)
+        self.version = next(_VERSIONS)  # renewed by every change: readers cache what they derive from it
 
     def __len__(self) -> int:
         return self._ids.size
@@ -112,56 +142,162 @@ class MemoryGroup:
     def ids(self) -> torch.Tensor:
         return self._ids.data
 
-    def add(self, ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, origins: torch.Tensor) -> None:
+    @property
+    def keys(self) -> torch.Tensor:
+        """The searched keys, (heads, N, key_dim) (torch backend)."""
+        return self._keys.data
+
+    @property
+    def values(self) -> torch.Tensor:
+        """(heads, N, value_dim), or (N,) token ids."""
+        return self._values.data
+
+    @property
+    def origins(self) -> torch.Tensor:
+        return self._origins.data
+
+    def add(self, ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, origins: torch.Tensor,
+            heads_first: bool = False) -> None:
         """ids (N,), keys (N, heads, key_dim), values (N, heads, value_dim) or (N,) token ids,
-        origins (N, 2): the (sequence, position) each item came from."""
-        if keys.shape[1:] != (self.spec.heads, self.spec.key_dim):
+        origins (N, 2) on the host: the (sequence, position) each item came from. With `heads_first`
+        keys and values come as (heads, N, ...)."""
+        head_axis = 0 if heads_first else 1
+        if keys.dim() != 3 or keys.shape[head_axis] != self.spec.heads or keys.shape[2] != self.spec.key_dim:
             raise IncompatibleMemoryError(
                 f"keys of shape {tuple(keys.shape)} do not fit heads={self.spec.heads}, width={self.spec.key_dim}")
-        for head, index in enumerate(self.indexes):
-            index.add(keys[:, head], ids)
+        per_head = keys if heads_first else keys.transpose(0, 1)
+        if self.backend == "torch":
+            self._keys.append(per_head)
+            if self._norms is not None:  # taken before the keys are stored in a lower precision
+                self._norms.append(per_head.float().pow(2).sum(-1))
+        else:
+            for head, index in enumerate(self.indexes):
+                index.add(per_head[head], ids)
         self._ids.append(ids)
-        self._values.append(values)
+        if self.spec.value_dim is None:
+            self._values.append(values)
+        else:
+            self._values.append(values if heads_first else values.transpose(0, 1))
         self._hits.append(torch.zeros_like(ids))
+        origins = origins.cpu()
         self._origins.append(origins)
+        sequences, counts = torch.unique_consecutive(origins[:, 0], return_counts=True)
+        for sequence, count in zip(sequences.tolist(), counts.tolist(), strict=True):
+            if self._runs and self._runs[-1][0] == sequence:
+                self._runs[-1][1] += count
+            else:
+                self._runs.append([sequence, count])
+        self.version = next(_VERSIONS)
 
-    def search(self, queries: torch.Tensor, k: int, below_id: int | None = None) -> SearchResult:
-        """queries (heads, Q, key_dim) -> top-k of each query in its head's index; with `below_id`,
-        the top-k among items with smaller ids only (the caller handles the newer ones itself)."""
+    def latest_count(self, sequence: int, limit: int) -> int:
+        """How many of the latest `limit` items come from `sequence` and are newer than every item of
+        another sequence (known on the host: no device round trip)."""
+        if not self._runs or self._runs[-1][0] != sequence:
+            return 0
+        return min(limit, self._runs[-1][1])
+
+    def search_positions(self, queries: torch.Tensor, k: int, limit: int | None = None) -> Candidates:
+        """queries (heads, Q, key_dim) -> the top-k of each query in its head's keys, among the first
+        `limit` items (all of them when None), as positions in this group; best first."""
+        limit = len(self) if limit is None else min(limit, len(self))
+        heads, count = queries.shape[0], queries.shape[1]
+        device = self._ids.data.device
+        take = min(k, limit)
+        if take == 0:
+            return Candidates(torch.full((heads, count, k), -math.inf, device=device),
+                              torch.zeros(heads, count, k, dtype=torch.int64, device=device))
+        if self.backend != "torch":
+            result = self._search_faiss(queries, k, None if limit >= len(self) else int(self.ids[limit]))
+            return Candidates(result[0], result[1])
+        keys = self._keys.data[:, :limit]
+        queries = queries.to(device, keys.dtype)
+        budget = SCORE_BUDGET * (4 if device.type == "cuda" else 1)
+        chunk = max(1, budget // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
+        parts = []
+        for first in range(0, count, chunk):
+            part = queries[:, first: first + chunk]
+            similarity = _similarity(part, keys)  # (H, q, N)
+            if self._norms is not None:  # -|q - v|^2 = 2 q.v - |q|^2 - |v|^2, in float32
+                similarity = (2 * similarity.float() - part.float().pow(2).sum(-1, keepdim=True)
+                              - self._norms.data[:, None, :limit])
+            parts.append(exact_topk(similarity, take))
+        scores = torch.cat([part[0] for part in parts], dim=1) if len(parts) > 1 else parts[0][0]
+        positions = torch.cat([part[1] for part in parts], dim=1) if len(parts) > 1 else parts[0][1]
+        scores = scores.float()
+        if take < k:
+            scores = torch.cat([scores, scores.new_full((heads, count, k - take), -math.inf)], dim=-1)
+            positions = torch.cat([positions, positions.new_zeros(heads, count, k - take)], dim=-1)
+        if self.count_hits:
+            self._hits.data.index_add_(0, positions.flatten(), torch.isfinite(scores).flatten().long())
+        return Candidates(scores, positions)
+
+    def _search_faiss(self, queries: torch.Tensor, k: int, below_id: int | None) -> tuple[torch.Tensor, ...]:
         device = self._ids.data.device
         excluded = 0 if below_id is None else int((self.ids >= below_id).sum())
         scores, found = zip(*(index.search(queries[head], k + excluded) for head, index in enumerate(self.indexes)),
                             strict=True)
         scores = torch.stack(scores).to(device)  # (H, Q, k + excluded)
-        found = torch.stack(found).to(device)  # (H, Q, k + excluded)
+        found = torch.stack(found).to(device)
         if excluded:  # drop the excluded ids, keep the best k of the rest (still best first)
             scores, best = scores.masked_fill(found >= below_id, float("-inf")).topk(k, dim=-1)
             found = found.gather(-1, best).masked_fill(torch.isinf(scores), -1)
         valid = found >= 0
         positions = torch.searchsorted(self.ids, found.clamp(min=0)).clamp(max=max(len(self) - 1, 0))
         valid &= self.ids[positions] == found  # guards against ids an ANN index still returns after removal
-        self._hits.data.index_add_(0, positions[valid], torch.ones_like(positions[valid]))
+        positions = positions.masked_fill(~valid, 0)
+        if self.count_hits:
+            self._hits.data.index_add_(0, positions.flatten(), valid.flatten().long())
+        return scores.masked_fill(~valid, float("-inf")), positions
+
+    def gather_values(self, positions: torch.Tensor) -> torch.Tensor:
+        """Values at `positions` (H, Q, k) of each head: (H, Q, k, value_dim), or token ids (H, Q, k)."""
         if self.spec.value_dim is None:
-            values = torch.where(valid, self._values.data[positions], 0)  # (H, Q, k) token ids
-        else:
-            head_index = torch.arange(self.spec.heads, device=device).view(-1, 1, 1).expand_as(positions)
-            values = self._values.data[positions, head_index]  # (H, Q, k, value_dim)
-            values = values * valid.unsqueeze(-1).to(values.dtype)
-        return SearchResult(scores.masked_fill(~valid, float("-inf")), values, valid, self._origins.data[positions],
-                            found)
+            return self._values.data[positions]
+        table = self._values._data  # (H, capacity, value_dim), contiguous: one index_select of flat rows
+        heads, capacity, width = table.shape
+        if self._offsets is None or self._offsets[0] != capacity:
+            self._offsets = (capacity, torch.arange(0, heads * capacity, capacity, device=table.device).view(-1, 1, 1))
+        flat = table.view(heads * capacity, width).index_select(0, (positions + self._offsets[1]).flatten())
+        return flat.view(*positions.shape, width)
+
+    def search(self, queries: torch.Tensor, k: int, below_id: int | None = None) -> SearchResult:
+        """queries (heads, Q, key_dim) -> top-k of each query in its head's keys, with values and
+        origins; with `below_id`, among items with smaller ids only."""
+        limit = None if below_id is None else int(torch.searchsorted(self.ids, torch.tensor(below_id,
+                                                                                            device=self.ids.device)))
+        scores, positions = self.search_positions(queries, k, limit)
+        valid = torch.isfinite(scores)
+        values = self.gather_values(positions)
+        values = torch.where(valid, values, 0) if self.spec.value_dim is None else values * valid.unsqueeze(-1)
+        found = self.ids[positions].masked_fill(~valid, -1) if len(self) else positions.fill_(-1)
+        origins = self._origins.data[positions] if len(self) else positions.new_zeros(*positions.shape, 2)
+        return SearchResult(scores, values, valid, origins, found)
 
     def latest(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The `count` most recently added items: ids (n,), values (n, ...), origins (n, 2)."""
-        return self.ids[-count:], self._values.data[-count:], self._origins.data[-count:]
+        """The `count` most recently added items: ids (n,), values (heads, n, ...) or (n,), origins (n, 2)."""
+        first = max(0, len(self) - count)
+        values = self._values.data[first:] if self.spec.value_dim is None else self._values.data[:, first:]
+        return self.ids[first:], values, self._origins.data[first:]
 
     def remove(self, ids: torch.Tensor) -> int:
         keep = ~torch.isin(self.ids, ids.to(self.ids.device))
         removed = len(self) - int(keep.sum())
         if removed:
-            for index in self.indexes:
-                index.remove(ids)
+            if self.backend == "torch":
+                self._keys.keep(keep)
+                if self._norms is not None:
+                    self._norms.keep(keep)
+            else:
+                for index in self.indexes:
+                    index.remove(ids)
+            # What each run of one sequence keeps: the running count of kept items at its ends.
+            ends = torch.tensor([count for _, count in self._runs], dtype=torch.int64).cumsum(0)
+            kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.long().cumsum(0).cpu()])[ends]
+            kept = torch.diff(kept_before, prepend=torch.zeros(1, dtype=torch.int64)).tolist()
+            self._runs = [[sequence, n] for (sequence, _), n in zip(self._runs, kept, strict=True) if n]
             for rows in (self._ids, self._values, self._hits, self._origins):
                 rows.keep(keep)
+            self.version = next(_VERSIONS)
         return removed
 
     def eviction_candidates(self, count: int, policy: str) -> torch.Tensor:
@@ -173,8 +309,16 @@ class MemoryGroup:
         return self.ids[order[:count]].clone()
 
     def to_arrays(self, prefix: str) -> dict[str, torch.Tensor]:
-        arrays = {f"{prefix}.ids": self.ids.cpu(), f"{prefix}.values": self._values.data.cpu(),
+        values = self._values.data if self.spec.value_dim is None else self._values.data.transpose(0, 1)
+        arrays = {f"{prefix}.ids": self.ids.cpu(), f"{prefix}.values": values.contiguous().cpu(),
                   f"{prefix}.hits": self._hits.data.cpu(), f"{prefix}.origins": self._origins.data.cpu()}
+        if self.backend == "torch":  # the format `TorchIndex.to_arrays` writes, one index per head
+            for head in range(self.spec.heads):
+                arrays[f"{prefix}.h{head}.vectors"] = self._keys.data[head].to("cpu", torch.float32).contiguous()
+                arrays[f"{prefix}.h{head}.ids"] = self.ids.cpu().clone()
+                if self._norms is not None:
+                    arrays[f"{prefix}.h{head}.squared_norms"] = self._norms.data[head].cpu().contiguous()
+            return arrays
         for head, index in enumerate(self.indexes):
             for name, array in index.to_arrays().items():
                 arrays[f"{prefix}.h{head}.{name}"] = torch.from_numpy(np.ascontiguousarray(array))
@@ -184,22 +328,90 @@ class MemoryGroup:
     def from_arrays(cls, spec: GroupSpec, layout: StoreLayout, arrays: dict[str, torch.Tensor], prefix: str,
                     device: torch.device, dtype: torch.dtype) -> MemoryGroup:
         group = cls(spec, layout, device, dtype)
-        options = _index_options(layout, device, dtype)
-        for head in range(spec.heads):
-            head_prefix = f"{prefix}.h{head}."
-            head_arrays = {name[len(head_prefix):]: tensor.numpy() for name, tensor in arrays.items()
-                           if name.startswith(head_prefix)}
-            group.indexes[head] = index_from_arrays(layout.backend, spec.key_dim, spec.metric, options, head_arrays)
         try:
-            group._ids.append(arrays[f"{prefix}.ids"])
-            group._values.append(arrays[f"{prefix}.values"])
-            group._hits.append(arrays[f"{prefix}.hits"])
-            group._origins.append(arrays[f"{prefix}.origins"])
+            ids, values = arrays[f"{prefix}.ids"], arrays[f"{prefix}.values"]
+            hits, origins = arrays[f"{prefix}.hits"], arrays[f"{prefix}.origins"]
+            if group.backend == "torch":
+                head_ids = [arrays[f"{prefix}.h{head}.ids"] for head in range(spec.heads)]
+                vectors = [arrays[f"{prefix}.h{head}.vectors"] for head in range(spec.heads)]
+                norms = [arrays.get(f"{prefix}.h{head}.squared_norms") for head in range(spec.heads)]
         except KeyError as error:
             raise CorruptedFileError(f"saved memory group {prefix} lacks {error}") from None
-        if any(len(index) != len(group) for index in group.indexes):
-            raise CorruptedFileError(f"saved memory group {prefix}: index sizes do not match its ids")
+        if group.backend == "torch":
+            if any(not torch.equal(head, ids) for head in head_ids) or any(v.shape[0] != len(ids) for v in vectors):
+                raise CorruptedFileError(f"saved memory group {prefix}: index sizes do not match its ids")
+            keys = torch.stack(vectors)
+            group._keys.append(keys)
+            if group._norms is not None:
+                group._norms.append(torch.stack(norms) if all(n is not None for n in norms)
+                                    else keys.float().pow(2).sum(-1))
+        else:
+            options = _index_options(layout, device, dtype)
+            for head in range(spec.heads):
+                head_prefix = f"{prefix}.h{head}."
+                head_arrays = {name[len(head_prefix):]: tensor.numpy() for name, tensor in arrays.items()
+                               if name.startswith(head_prefix)}
+                group.indexes[head] = index_from_arrays(layout.backend, spec.key_dim, spec.metric, options,
+                                                        head_arrays)
+            if any(len(index) != len(ids) for index in group.indexes):
+                raise CorruptedFileError(f"saved memory group {prefix}: index sizes do not match its ids")
+        if spec.value_dim is not None and (values.dim() != 3 or values.shape[:2] != (len(ids), spec.heads)):
+            raise CorruptedFileError(f"saved memory group {prefix}: values of shape {tuple(values.shape)}")
+        group._ids.append(ids)
+        group._values.append(values if spec.value_dim is None else values.transpose(0, 1))
+        group._hits.append(hits)
+        group._origins.append(origins)
+        if len(ids):
+            sequences, counts = torch.unique_consecutive(origins[:, 0], return_counts=True)
+            group._runs = [[s, n] for s, n in zip(sequences.tolist(), counts.tolist(), strict=True)]
         return group
+
+
+class RecordBatch:
+    """The provenance of N items, turned into record fields only when the rows are written (see
+    `KeyValueStore.flush_records`), so that text decoding stays off the write path."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def origins(self) -> torch.Tensor:
+        """(N, 2) int64 on the host: the (sequence, position) of each item (needed at once)."""
+        raise NotImplementedError
+
+    def materialize(self) -> list[dict[str, Any]]:
+        """One dict of record fields per item (user, session, sequence, position, token, ...)."""
+        raise NotImplementedError
+
+
+class RecordList(RecordBatch):
+    """Record fields given as dicts up front."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def origins(self) -> torch.Tensor:
+        return torch.tensor([[int(r.get("sequence", 0)), int(r.get("position", 0))] for r in self.records],
+                            dtype=torch.int64).reshape(-1, 2)
+
+    def materialize(self) -> list[dict[str, Any]]:
+        return self.records
+
+
+@dataclass
+class _PendingRows:
+    """Rows of one `add` not yet written to SQLite; `alive` marks those not removed since."""
+
+    first_id: int
+    count: int
+    kind: str
+    layer: int
+    row: int
+    created: float
+    records: RecordBatch
+    alive: np.ndarray | None = None
 
 
 class KeyValueStore:
@@ -217,49 +429,84 @@ class KeyValueStore:
         self.device = torch.device(device)
         self.dtype = dtype
         self.groups: dict[GroupKey, MemoryGroup] = {}
-        self.records = RecordStore(None)
+        self._records = RecordStore(None)
+        self._pending: list[_PendingRows] = []
         self.directory: Path | None = None
         self._next_id = 1
         self.row_count = 0  # batch rows that have ever been written (partitions)
 
+    @property
+    def records(self) -> RecordStore:
+        """The provenance rows, every item added so far included (rows are written lazily: see `add`)."""
+        self.flush_records()
+        return self._records
+
+    @records.setter
+    def records(self, records: RecordStore) -> None:
+        self._records = records
+
+    def flush_records(self) -> None:
+        """Write the rows of items added since the last flush, in one transaction. `add` leaves them
+        pending so that writing memory costs no text decoding and no SQLite on its hot path; every
+        read of the rows, `save`, `delete` and `stats` flush first, so nothing can see them missing."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        rows = []
+        for batch in pending:
+            provenance = batch.records.materialize()
+            for offset, values in enumerate(provenance):
+                if batch.alive is not None and not batch.alive[offset]:
+                    continue
+                rows.append(Record(
+                    id=batch.first_id + offset, kind=batch.kind, layer=batch.layer, row=batch.row,
+                    created=batch.created, user=values.get("user"), session=values.get("session"),
+                    sequence=int(values.get("sequence", 0)), position=int(values.get("position", 0)),
+                    token=int(values.get("token", -1)), length=int(values.get("length", 1)),
+                    text=str(values.get("text", "")), context=str(values.get("context", ""))))
+        if rows:
+            self._records.insert(rows)
+
     # --- writing -----------------------------------------------------------------------------
     def add(self, kind: str, row: int, layer: int | list[int], keys: torch.Tensor | list[torch.Tensor],
-            values: torch.Tensor | list[torch.Tensor], records: list[dict[str, Any]]) -> torch.Tensor:
-        """Store N items (keys (N, heads, key_dim)); `records` gives each one's provenance fields
-        (user, session, sequence, position, token, length, text, context). Returns the new ids.
+            values: torch.Tensor | list[torch.Tensor], records: list[dict[str, Any]] | RecordBatch,
+            heads_first: bool = False) -> torch.Tensor:
+        """Store N items (keys (N, heads, key_dim), or (heads, N, key_dim) with `heads_first`);
+        `records` gives each one's provenance fields (user, session, sequence, position, token,
+        length, text, context), as dicts or as a `RecordBatch` that builds them when they are
+        written. Returns the new ids.
 
         With a list of layers (and one keys/values tensor per layer) the items are stored in every
         one of those layers under the same ids and one record each (its `layer` is -1): deleting
-        or evicting an item then removes it from all layers at once."""
+        or evicting an item then removes it from all layers at once.
+
+        The SQLite rows are written later (`flush_records`), before anything reads them."""
         if kind not in self.layout.specs:
             raise ConfigError(f"this store holds kinds {sorted(self.layout.specs)}, not {kind!r}")
         layers = [layer] if isinstance(layer, int) else list(layer)
         keys_per_layer = [keys] if isinstance(keys, torch.Tensor) else list(keys)
         values_per_layer = [values] if isinstance(values, torch.Tensor) else list(values)
-        count = keys_per_layer[0].shape[0]
-        if len(records) != count or any(k.shape[0] != count for k in keys_per_layer):
-            raise ConfigError(f"{count} vectors but {len(records)} records")
+        batch = records if isinstance(records, RecordBatch) else RecordList(records)
+        count = keys_per_layer[0].shape[1 if heads_first else 0]
+        if len(batch) != count or any(k.shape[1 if heads_first else 0] != count for k in keys_per_layer):
+            raise ConfigError(f"{count} vectors but {len(batch)} records")
         if count == 0:
             return torch.empty(0, dtype=torch.int64)
-        ids = torch.arange(self._next_id, self._next_id + count, dtype=torch.int64)
-        now = time.time()
+        first_id = self._next_id
+        ids = torch.arange(first_id, first_id + count, dtype=torch.int64)
         record_layer = layers[0] if isinstance(layer, int) else -1
-        self.records.insert(
-            Record(id=int(i), kind=kind, layer=record_layer, row=row, created=now, user=r.get("user"),
-                   session=r.get("session"), sequence=int(r.get("sequence", 0)), position=int(r.get("position", 0)),
-                   token=int(r.get("token", -1)), length=int(r.get("length", 1)), text=str(r.get("text", "")),
-                   context=str(r.get("context", "")))
-            for i, r in zip(ids.tolist(), records, strict=True))
+        self._pending.append(_PendingRows(first_id, count, kind, record_layer, row, time.time(), batch))
         self._next_id += count
         self.row_count = max(self.row_count, row + 1)
-        origins = torch.tensor([[int(r.get("sequence", 0)), int(r.get("position", 0))] for r in records])
+        origins = batch.origins()
+        device_ids = ids.to(self.device)
         evict = None
         for layer_index, layer_keys, layer_values in zip(layers, keys_per_layer, values_per_layer, strict=True):
             group_key = (kind, row, layer_index)
             if group_key not in self.groups:
                 self.groups[group_key] = MemoryGroup(self.layout.specs[kind], self.layout, self.device, self.dtype)
             group = self.groups[group_key]
-            group.add(ids.to(self.device), layer_keys, layer_values, origins)
+            group.add(device_ids, layer_keys, layer_values, origins, heads_first=heads_first)
             capacity = self.layout.capacity
             if evict is None and capacity is not None and len(group) > capacity:
                 evict = group.eviction_candidates(len(group) - capacity, self.layout.eviction)
@@ -269,7 +516,17 @@ class KeyValueStore:
 
     def _remove(self, ids: torch.Tensor) -> int:
         removed = sum(group.remove(ids) for group in self.groups.values())
-        self.records.mark_deleted(ids.tolist())
+        ids = ids.cpu().numpy()
+        written = np.ones(len(ids), dtype=bool)
+        for batch in self._pending:  # rows not written yet are simply never written
+            inside = (ids >= batch.first_id) & (ids < batch.first_id + batch.count)
+            if inside.any():
+                if batch.alive is None:
+                    batch.alive = np.ones(batch.count, dtype=bool)
+                batch.alive[ids[inside] - batch.first_id] = False
+                written &= ~inside
+        if written.any():
+            self._records.mark_deleted(ids[written].tolist())
         return removed
 
     def delete(self, where: RecordFilter) -> int:
@@ -281,6 +538,7 @@ class KeyValueStore:
         return len(ids)
 
     def clear(self) -> None:
+        self._pending = []  # never written: nothing to delete
         self.delete(RecordFilter())
         self.groups.clear()
         self.row_count = 0
@@ -317,6 +575,7 @@ class KeyValueStore:
         commits there, and renames it into place: the rename is then the commit point."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self.flush_records()  # every saved vector has its row
         with _locked(directory):
             same_place = self.directory is not None and self.directory.resolve() == directory.resolve()
             staging = directory / f".{RECORDS_FILE}.{os.getpid()}.tmp"
@@ -332,8 +591,8 @@ class KeyValueStore:
             if not same_place:
                 records.close()  # checkpoints the staging WAL into its main file
                 os.replace(staging, directory / RECORDS_FILE)
-                self.records.close()
-                self.records = RecordStore(directory / RECORDS_FILE)
+                self._records.close()
+                self._records = RecordStore(directory / RECORDS_FILE)
                 self.directory = directory
             for stale in directory.glob("vectors-*.safetensors"):
                 if stale != _vector_file(directory, generation):
@@ -389,8 +648,8 @@ class KeyValueStore:
         if metadata.get("format") != "memlm-kv" or metadata.get("generation") != generation:
             raise CorruptedFileError(f"{vector_file} is not generation {generation} of a memlm store")
         store = cls(layout, device, dtype)
-        store.records.close()
-        store.records, store.directory = records, directory
+        store._records.close()
+        store._records, store.directory = records, directory
         for kind, row, layer in metadata["groups"]:
             if kind not in layout.specs:
                 raise CorruptedFileError(f"{vector_file} holds a group of unknown kind {kind!r}")
@@ -412,7 +671,21 @@ class KeyValueStore:
                 f"row, {missing_vectors} row(s) without a vector")
 
     def close(self) -> None:
-        self.records.close()
+        self._pending = []
+        self._records.close()
+
+
+def _similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """queries (H, Q, D) . keys (H, N, D) -> (H, Q, N). On GPUs one batched product. CPUs have no
+    fast batched bf16 product: a plain one per head there, and for a few queries (decode steps)
+    keys @ queries.T, which streams the keys once instead of once per query."""
+    if keys.device.type != "cpu":
+        return torch.matmul(queries, keys.transpose(1, 2))
+    if queries.shape[1] <= 16:
+        return torch.stack([keys[head] @ queries[head].T for head in range(keys.shape[0])]).transpose(1, 2)
+    if keys.shape[0] == 1:
+        return (queries[0] @ keys[0].T).unsqueeze(0)
+    return torch.stack([queries[head] @ keys[head].T for head in range(keys.shape[0])])
 
 
 def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
