@@ -15,11 +15,10 @@
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out" runs
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-} MEMLM_CACHE=/tmp/mcache MEMLM_HOME=/tmp/mhome PYTHONUNBUFFERED=1 \
-  TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} MEMLM_CACHE=/tmp/mcache MEMLM_HOME=/tmp/mhome PYTHONUNBUFFERED=1
 backbone=/tmp/SmolLM2-135M-Instruct
 TRAIN_MINUTES=${TRAIN_MINUTES:-7}
-EVAL_SECONDS=${EVAL_SECONDS:-530}
+EVAL_SECONDS=${EVAL_SECONDS:-480}
 
 prepare() {  # the training haystack, and the converted model once (later processes load it in seconds)
   mkdir -p /tmp/mcache/corpora
@@ -32,6 +31,7 @@ t.save_pretrained('$backbone')"
 case "${1:?usage: gpu_train.sh train|eval|bench}" in
   train)
     prepare
+    export TOKENIZERS_PARALLELISM=false  # the data workers are forked processes
     for name in ${RUNS:-babilong slots recurrent}; do
       python3 -m memlm.cli train --config "configs/train/$name.yaml" --output "runs/$name" --device cuda \
         --backbone "$backbone" \
@@ -60,11 +60,13 @@ case "${1:?usage: gpu_train.sh train|eval|bench}" in
     tar czf "$out/eval-pairs.tgz" -C /tmp eval-full/pairs $( [ -d /tmp/eval-small ] && echo eval-small/pairs ) ;;
   bench)
     prepare
-    python3 benchmarks/train_speed.py --backbone "$backbone" --device cuda --length 16384 --batch-size 32 \
-      --out "$out/train_speed.json" > "$out/train_speed.log" 2>&1
+    timeout 150 python3 benchmarks/train_speed.py --backbone "$backbone" --device cuda --length 16384 --batch-size 32 \
+      --steps 3 --out "$out/train_speed.json" > "$out/train_speed.log" 2>&1
     for memory in slots "importance --fill"; do
       python3 benchmarks/decode_speed.py --backbone "$backbone" --device cuda --dtype bfloat16 --new-tokens 128 \
         --memory $memory --json > "$out/decode-${memory%% *}.json" 2>> "$out/bench.log"
     done
-    tail -n 30 "$out"/train_speed.log; cat "$out"/decode-*.json | grep -a "ratio" ;;
+    timeout "${KNN_SECONDS:-210}" python3 benchmarks/knn_speed.py --device cuda --dtype bfloat16 \
+      --sizes 65536,262144,1048576 --out "$out/knn_speed_h200.json" > "$out/knn_speed.log" 2>&1
+    tail -n 30 "$out"/train_speed.log; cat "$out"/decode-*.json | grep -a "ratio"; tail -n 20 "$out/knn_speed.log" ;;
 esac

@@ -212,7 +212,8 @@ class Contender:
         rows = len(contexts)
         queries = queries or [turns[0] for turns in conversations]
         self.model.reset(batch_size=rows)
-        streams = [self.tokenizer(text.strip() + "\n", add_special_tokens=False).input_ids for text in contexts]
+        # One call for every row: a fast tokenizer encodes the batch on all its threads.
+        streams = self.tokenizer([text.strip() + "\n" for text in contexts], add_special_tokens=False).input_ids
         keeps = [self._tail_budget(turns[0]) for turns in conversations]
         answered = [self.kind != "full" or len(stream) <= keep for stream, keep in zip(streams, keeps, strict=True)]
         heads = [stream[:max(0, len(stream) - keep)] for stream, keep in zip(streams, keeps, strict=True)]

@@ -1,0 +1,53 @@
+"""Trained presets shipped in the package: small, complete, loaded by name, refused by other models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import tiny_model
+
+import memlm
+from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from memlm.registry import BUILTIN_PRESETS
+
+TRAINED = sorted(name for name, preset in BUILTIN_PRESETS.items() if preset.weights is not None)
+MAX_BYTES = 8 * 2**20
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_each_trained_preset_ships_small_weights_its_training_config_and_curves(name):
+    folder = BUILTIN_PRESETS[name].path
+    weights = folder / ADAPTER_WEIGHTS_FILE
+    assert weights.stat().st_size <= MAX_BYTES  # LoRA included
+    config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+    assert config["extra"]["train_config"]["model"] and config["extra"]["steps"] > 0
+    assert (folder / "curves.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(memlm.ConfigError, match="trained weights"):
+        memlm.make_config(name)  # a trained preset is weights, not a config
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_trained_preset_is_refused_by_a_model_it_was_not_trained_for(name):
+    backbone = tiny_model("llama")
+    with pytest.raises(memlm.IncompatibleMemoryError, match="hidden_size"):
+        memlm.attach(backbone, name)
+    assert not any(".lora_" in n for n, _ in backbone.named_parameters())  # nothing left behind
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", TRAINED)
+def test_a_trained_preset_loads_by_name_on_the_default_model_and_still_answers_paris(name, default_backbone):
+    model, tokenizer = default_backbone
+    memory_model = memlm.attach(model, name, tokenizer=tokenizer)
+    try:
+        for memory_name, memory in memory_model.memories.items():  # trained: not the fresh initialisation
+            fresh = type(memory)(memory.config, memory_model.layout, memory_model.context).state_dict()
+            assert any(not torch.equal(fresh[k].to(v.dtype), v.cpu()) for k, v in memory.state_dict().items()), memory_name
+        encoded = tokenizer("The capital of France is", return_tensors="pt")
+        reply = memory_model.generate(**encoded, max_new_tokens=8, do_sample=False, write_memory=False,
+                                      pad_token_id=tokenizer.pad_token_id)
+        assert "Paris" in tokenizer.decode(reply[0], skip_special_tokens=True)
+    finally:
+        memory_model.detach()
