@@ -33,3 +33,7 @@ class BackboneNotFoundError(MemlmError, OSError):
 
 class MemoryStateError(MemlmError, RuntimeError):
     """A memory's state does not fit the current call (e.g. batch size mismatch)."""
+
+
+class TrainingDivergedError(MemlmError, RuntimeError):
+    """Training produced non-finite gradients step after step (see `memlm.train.Trainer`)."""

@@ -207,3 +207,20 @@ def test_tokens_can_be_added_by_hand_within_capacity(tokenizer):
     memory.add_tokens(tokenizer("Z", return_tensors="pt").input_ids, score=0.95)
     assert "".join(i["text"] for i in memory.kept_tokens()) == "cdZ"  # the best three, in stream order
     assert [i["position"] for i in memory.kept_tokens()] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("length", [16, 2048])
+def test_the_reinforce_term_does_not_grow_with_the_number_of_decisions(length):
+    """A 16K-token sample makes 16K keep-or-drop decisions; a term that summed their log-probabilities
+    grew with the length until one update threw the scores to NaN (seen on the GPU at 4K tokens)."""
+    torch.manual_seed(0)
+    memory_model = memlm.attach(tiny_model("llama", hidden_size=64), ImportanceConfig(
+        max_memory_size=4, score_layer=0, label_weight=0.0, budget_weight=0.0))
+    memory_model.train()
+    memory_model.write(torch.randint(0, 250, (8, length)))
+    row_losses = torch.linspace(0.0, 7.0, 8)  # a wide spread of later losses
+    term = memory_model.auxiliary_loss(row_losses)
+    assert torch.isfinite(term) and abs(float(term)) < 15  # per decision: at most |log(exploration)|
+    term.backward()
+    scorer_grads = [p.grad.norm() for p in memory_model.memories["importance"].parameters() if p.grad is not None]
+    assert scorer_grads and max(float(g) for g in scorer_grads) < 50

@@ -189,3 +189,67 @@ def test_a_babilong_run_end_to_end_trains_saves_and_is_evaluated_by_the_harness(
     records = __import__("json").loads(written["results.json"].read_text())["records"]
     assert {r["task"] for r in records} == {"babilong/qa1", "followup/turn-1", "followup/turn-2", "followup/turn-3"}
     assert all("ci95" in r for r in records)
+
+
+class PoisonedSteps(KeyRecall):
+    """Key recall whose batches at `poisoned` steps make the loss NaN (as one overflowing bf16 batch
+    does); the others alternate between two kinds of batch."""
+
+    def __init__(self, poisoned):
+        super().__init__(batch_size=4)
+        self.poisoned = set(poisoned)
+
+    def batch(self, step, rank=0):
+        batch = super().batch(step, rank)
+        batch.kind = "poison" if step in self.poisoned else ("even" if step % 2 == 0 else "odd")
+        return batch
+
+
+def poison_aware(trainer):
+    """The step's loss is NaN on a poisoned batch (a NaN logit reaches every weight's gradient)."""
+    forward = trainer.step_module.forward
+
+    def step(batch):
+        outputs = forward(batch)
+        if batch.kind == "poison":
+            outputs["loss"] = outputs["loss"] * torch.tensor(math.nan)
+        return outputs
+
+    trainer.step_module.forward = step
+    return trainer
+
+
+def test_a_step_whose_gradient_is_not_finite_is_skipped_and_training_goes_on(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    trainer = poison_aware(Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": 8}], steps=6,
+                                          log_every=2), tiny_model("llama"), tokenizer, progress=False,
+                                   data=PoisonedSteps({2})))
+    weights = {}
+
+    def snapshot():
+        return [p.detach().clone() for p in trainer.model.trainable_parameters()]
+
+    original_step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        result = original_step(*args, **kwargs)
+        weights[trainer.step] = snapshot()
+        return result
+
+    trainer.optimizer.step = recording_step
+    trainer.train()
+    assert sorted(weights) == [0, 1, 3, 4, 5]  # no update at the poisoned step (index 2)
+    assert all(torch.isfinite(p).all() for p in trainer.model.trainable_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(weights[1], weights[5], strict=True))  # it kept learning
+    assert trainer.skipped_steps == 1
+    rows = (trainer.output / "log.csv").read_text().splitlines()
+    # One row per kind since the last row: the kinds of batch never alias with log_every.
+    kinds = [row.split(",")[4] for row in rows[1:]]
+    assert kinds == ["even", "odd", "poison", "odd", "even", "odd"] and rows[-1].endswith(",1")
+
+
+def test_a_run_that_keeps_diverging_stops_with_a_typed_error(tmp_path, tokenizer):
+    trainer = poison_aware(Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": 8}], steps=40),
+                                   tiny_model("llama"), tokenizer, progress=False, data=PoisonedSteps(range(40))))
+    with pytest.raises(memlm.errors.TrainingDivergedError, match="20 steps in a row"):
+        trainer.train()

@@ -203,7 +203,8 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         self.kept_positions = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # stream position
         self.kept_segments = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # segment written in
         self.kept_labels = torch.zeros(batch_size, 0, device=device)  # relevance label, when trained with labels
-        self.decision_log_probs: torch.Tensor | None = None  # (B,) while training: log p(this selection)
+        # While training: per row, the summed log-probability of this selection's decisions and their count.
+        self.decision_log_probs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.stream_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens seen per row
         self.segments = 0
         self.last_write: dict[str, Any] | None = None  # scores and decisions of the latest write (inspection)
@@ -266,8 +267,9 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             keep_probability = scores.clamp(min=self.config.exploration, max=1 - 1e-6)
             # The policy is the draw; the capacity cut after it is a fixed rule, not part of its probability.
             log_probs = torch.where(drawn, keep_probability.log(), torch.log1p(-keep_probability)) * mask
-            self.decision_log_probs = log_probs.sum(-1) + (0 if self.decision_log_probs is None
-                                                           else self.decision_log_probs)
+            decisions = (log_probs.sum(-1), mask.sum(-1).float())
+            self.decision_log_probs = decisions if self.decision_log_probs is None else tuple(
+                total + part for total, part in zip(self.decision_log_probs, decisions, strict=True))
         self.last_write = {"scores": scores.detach(), "kept": keep, "input_ids": input_ids, "mask": mask,
                            "prefix": prefix}
         self._store(keep, input_ids, scores, positions, segments, labels)
@@ -318,10 +320,14 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         loss, self._aux_loss = self._aux_loss, None
         log_probs, self.decision_log_probs = self.decision_log_probs, None
         if row_losses is not None and log_probs is not None and self.config.reinforce_weight > 0 \
-                and log_probs.shape[0] == row_losses.shape[0] > 1:
-            losses = row_losses.detach().float().to(log_probs.device)
-            advantage = losses - losses.mean()  # the batch mean as baseline
-            reinforce = self.config.reinforce_weight * (advantage * log_probs).mean()
+                and log_probs[0].shape[0] == row_losses.shape[0] > 1:
+            total, decisions = log_probs
+            losses = row_losses.detach().float().to(total.device)
+            # The batch mean as baseline, in units of the batch's spread; and the mean log-probability
+            # of one decision, not their sum: a 16K-token sample makes 16K decisions, and a summed
+            # term grows with the length until one update throws the scores (and the loss) to NaN.
+            advantage = (losses - losses.mean()) / losses.std().clamp(min=1e-3)
+            reinforce = self.config.reinforce_weight * (advantage * total / decisions.clamp(min=1)).mean()
             loss = reinforce if loss is None else loss + reinforce
         return loss
 
@@ -384,7 +390,7 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
 
     def detach_state(self) -> None:
         if self.decision_log_probs is not None:
-            self.decision_log_probs = self.decision_log_probs.detach()
+            self.decision_log_probs = tuple(part.detach() for part in self.decision_log_probs)
 
     _STATE = ("kept_ids", "kept_mask", "kept_scores", "kept_positions", "kept_segments", "stream_lengths")
 

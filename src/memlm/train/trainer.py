@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from memlm.errors import ConfigError, CorruptedFileError
+from memlm.errors import ConfigError, CorruptedFileError, TrainingDivergedError
 from memlm.model import MemoryModel
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 from memlm.train.config import TrainConfig
@@ -46,7 +46,9 @@ from memlm.train.data import HELDOUT_SEED_OFFSET, Batch, TrainingData
 LOG_FILE = "log.csv"
 EVAL_FILE = "eval.csv"
 FINAL_DIR = "final"
-LOG_FIELDS = ("step", "loss", "task_loss", "aux_loss", "kind", "length", "lr", "tokens_per_s", "seconds")
+LOG_FIELDS = ("step", "loss", "task_loss", "aux_loss", "kind", "length", "lr", "tokens_per_s", "seconds",
+              "skipped")
+MAX_SKIPPED_IN_A_ROW = 20
 
 
 class SegmentRecurrentLoss(nn.Module):
@@ -143,6 +145,7 @@ class Trainer:
             self.step_module, self.optimizer, self.scheduler)
         self.output = Path(config.output)
         self.step = 0
+        self.skipped_steps, self._skipped_in_a_row = 0, 0  # updates skipped for a non-finite gradient
         self.evaluations: list[dict[str, Any]] = []
         self._tensorboard = _tensorboard_writer(self.output) if self.accelerator.is_main_process else None
 
@@ -209,6 +212,7 @@ class Trainer:
         bar = tqdm(total=train.steps, initial=self.step, desc="training", unit="step",
                    disable=not (self.progress and self.accelerator.is_main_process))
         last_loss, started = math.nan, time.perf_counter()
+        window: dict[str, list[tuple[float, ...]]] = {}  # what happened since the last log row, per kind
         deadline = started + 60 * train.max_minutes if train.max_minutes else math.inf
         while self.step < train.steps:
             out_of_time = torch.tensor([float(time.perf_counter() > deadline)], device=self.accelerator.device)
@@ -221,9 +225,8 @@ class Trainer:
             with self.accelerator.accumulate(self.step_module), self.accelerator.autocast():
                 outputs = self.step_module(batch)
                 self.accelerator.backward(outputs["loss"])
-                if train.grad_clip and self.accelerator.sync_gradients:
-                    self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), train.grad_clip)
-                self.optimizer.step()
+                if self.accelerator.sync_gradients:
+                    self._step_if_finite(train.grad_clip)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -232,12 +235,12 @@ class Trainer:
             tokens_per_s = batch.tokens * self.accelerator.num_processes / max(seconds, 1e-9)
             bar.update()
             bar.set_postfix(loss=f"{last_loss:.3f}", kind=batch.kind, length=batch.length,
-                            tok_s=f"{tokens_per_s:,.0f}")
+                            tok_s=f"{tokens_per_s:,.0f}", **({"skipped": self.skipped_steps} if self.skipped_steps
+                                                            else {}))
+            window.setdefault(batch.kind, []).append(
+                (last_loss, float(outputs["task_loss"]), float(outputs["aux_loss"]), batch.length, tokens_per_s))
             if self.step % max(1, train.log_every) == 0 or self.step == train.steps:
-                self._log({"step": self.step, "loss": last_loss, "task_loss": float(outputs["task_loss"]),
-                           "aux_loss": float(outputs["aux_loss"]), "kind": batch.kind, "length": batch.length,
-                           "lr": self.scheduler.get_last_lr()[-1], "tokens_per_s": round(tokens_per_s),
-                           "seconds": round(time.perf_counter() - started, 1)})
+                self._log_window(window, time.perf_counter() - started)
             if train.eval_every and self.step % train.eval_every == 0:
                 self.evaluate()
             if train.save_every and self.step % train.save_every == 0 and self.step < train.steps:
@@ -315,6 +318,36 @@ class Trainer:
         return results
 
     # --- logging -------------------------------------------------------------------------------
+    def _step_if_finite(self, grad_clip: float) -> None:
+        """The optimizer step, unless the gradient is not finite: one overflowing batch (bf16, a long
+        sample) would otherwise turn every weight into NaN for the rest of the run. Too many such
+        batches in a row mean the run has diverged: stop with an error rather than burn the GPU."""
+        norm = self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), grad_clip or math.inf)
+        if torch.isfinite(torch.as_tensor(norm)).item():
+            self.optimizer.step()
+            self._skipped_in_a_row = 0
+            return
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        if self.progress and self.accelerator.is_main_process:
+            tqdm.write(f"step {self.step + 1}: gradient not finite; the update is skipped "
+                       f"({self.skipped_steps} skipped so far)")
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDivergedError(
+                f"{MAX_SKIPPED_IN_A_ROW} steps in a row had a non-finite gradient (step {self.step + 1}); "
+                "lower train.lr / train.memory_lr or the auxiliary loss weights, or train in fp32")
+
+    def _log_window(self, window: dict[str, list[tuple[float, ...]]], seconds: float) -> None:
+        """One log row per kind of batch seen since the last row (means over its steps): answer and
+        language-modelling losses differ by an order of magnitude and must not alias."""
+        for kind, values in window.items():
+            loss, task_loss, aux_loss, length, tokens_per_s = (sum(column) / len(column) for column in zip(*values))
+            self._log({"step": self.step, "loss": loss, "task_loss": task_loss, "aux_loss": aux_loss,
+                       "kind": kind, "length": round(length), "lr": self.scheduler.get_last_lr()[-1],
+                       "tokens_per_s": round(tokens_per_s), "seconds": round(seconds, 1),
+                       "skipped": self.skipped_steps})
+        window.clear()
+
     def _log(self, row: dict[str, Any]) -> None:
         self._append_csv(LOG_FILE, row)
         if self._tensorboard is not None:
@@ -349,7 +382,7 @@ class Trainer:
             save_tensors(staging / "optimizer.safetensors", tensors, {"format": "memlm-optimizer"})
             atomic_write_json(staging / "trainer_state.json", {
                 "step": self.step, "optimizer": layout, "scheduler": _json_safe(self.scheduler.state_dict()),
-                "rng": _rng_state(), "evaluations": self.evaluations})
+                "rng": _rng_state(), "evaluations": self.evaluations, "skipped_steps": self.skipped_steps})
             shutil.rmtree(directory, ignore_errors=True)
             staging.replace(directory)
             for old in sorted(self.output.glob("checkpoint-*"))[:-2]:  # keep the two latest
@@ -375,6 +408,7 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.evaluations = list(state.get("evaluations", []))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.progress and self.accelerator.is_main_process:
             tqdm.write(f"resumed from {directory} at step {self.step}")
 
@@ -477,19 +511,26 @@ def plot_curves(output: Path) -> Path | None:
     if (output / EVAL_FILE).exists():
         with (output / EVAL_FILE).open(encoding="utf-8") as handle:
             evaluations = list(csv.DictReader(handle))
-    figure, axes = plt.subplots(1, 2 if evaluations else 1, figsize=(13 if evaluations else 7, 4.2), squeeze=False)
-    steps = [int(r["step"]) for r in rows]
-    for name in ("loss", "task_loss", "aux_loss"):
-        axes[0][0].plot(steps, [float(r[name]) for r in rows], label=name, linewidth=1)
-    axes[0][0].set(title="training loss", xlabel="step", yscale="log")
-    axes[0][0].legend()
+    panels = 3 if evaluations else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    loss_axis, aux_axis = axes[0][0], axes[0][1]
+    for kind in dict.fromkeys(r["kind"] for r in rows):  # one curve per kind of batch (qa1, lm, ...)
+        mine = [r for r in rows if r["kind"] == kind]
+        loss_axis.plot([int(r["step"]) for r in mine], [float(r["task_loss"]) for r in mine], label=kind,
+                       linewidth=1)
+        aux_axis.plot([int(r["step"]) for r in mine], [float(r["aux_loss"]) for r in mine], label=kind,
+                      linewidth=1)
+    loss_axis.set(title="loss on the answers (lm: on the text)", xlabel="step", yscale="log")
+    loss_axis.legend(fontsize=7, ncol=2)
+    # The auxiliary loss (labels, budget, REINFORCE) may be negative: a linear scale.
+    aux_axis.set(title="auxiliary loss of the memories", xlabel="step")
     if evaluations:
         keys = [k for k in evaluations[0] if k != "step"]
         for key in keys:
-            axes[0][1].plot([int(e["step"]) for e in evaluations], [float(e[key]) for e in evaluations],
+            axes[0][2].plot([int(e["step"]) for e in evaluations], [float(e[key]) for e in evaluations],
                             marker="o", label=key)
-        axes[0][1].set(title="held-out accuracy", xlabel="step", ylim=(-0.02, 1.02))
-        axes[0][1].legend(fontsize=7, ncol=2)
+        axes[0][2].set(title="held-out accuracy", xlabel="step", ylim=(-0.02, 1.02))
+        axes[0][2].legend(fontsize=7, ncol=2)
     figure.tight_layout()
     path = output / "curves.png"
     figure.savefig(path, dpi=110)
