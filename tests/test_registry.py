@@ -39,6 +39,8 @@ def test_builtin_mechanisms_resolve_to_their_own_config_and_module():
 
 def test_presets_build_configs_and_accept_overrides():
     for name, preset in BUILTIN_PRESETS.items():
+        if preset.weights is not None:  # trained weights, not a config (tests/test_presets_shipped.py)
+            continue
         config = memlm.make_config(name)
         assert config.mechanism == preset.config["mechanism"]
         assert all(config.to_dict()[key] == value for key, value in preset.config.items())
@@ -88,7 +90,7 @@ def test_names_that_would_shadow_are_refused():
 
 
 def test_unknown_names_list_what_exists():
-    with pytest.raises(memlm.UnknownMechanismError, match="hippocampus.*available: bank.*presets: bank-backbone"):
+    with pytest.raises(memlm.UnknownMechanismError, match="hippocampus.*available: bank.*presets: .*bank-backbone"):
         memlm.make_config("hippocampus")
 
 

@@ -56,6 +56,14 @@ BUILTIN_PRESETS: dict[str, Preset] = {
                           "bank fused only through the gated latent reader (needs training)"),
     "bank-backbone": Preset({"mechanism": "bank", "encoder": "backbone"},
                             "bank retrieving with the backbone's own hidden states instead of MiniLM"),
+    # Trained on the H200 with `memlm train --config configs/train/<name>.yaml` (docs/train.md).
+    "babilong": Preset({}, "the best BABILong model: importance-babilong", weights="importance-babilong"),
+    "importance-babilong": Preset({}, "token-importance memory (160 kept tokens) + LoRA, trained on BABILong "
+                                      "qa1-qa5 and follow-ups to 16K tokens", weights="importance-babilong"),
+    "slots-babilong": Preset({}, "LM2 memory slots + LoRA, trained on BABILong qa1-qa5 to 4K tokens",
+                             weights="slots-babilong"),
+    "recurrent-babilong": Preset({}, "recurrent GRU memory + LoRA, trained on BABILong qa1-qa5 to 4K tokens",
+                                 weights="recurrent-babilong"),
 }
 
 
