@@ -78,3 +78,27 @@ def babilong_correct(output: str, answer: str, labels: Iterable[str] = (), quest
         return False
     others = {label.lower() for label in labels if contains(sentence, label) and not contains(question, label)}
     return others <= {answer.strip().lower()}
+
+
+# The model speaking as if it were the user ("I'm a sommelier", "My dog is called Biscuit") or about
+# the user in the third person ("The user's dog ..."): not a reply addressed to the user.
+_AS_THE_USER = re.compile(r"\b(?:my|mine|i'm|i am|i've|i have|i live|i work|i play|i love|i like|i drive|i speak|"
+                          r"i grow|i support|i was born|i always|i could|i do|i go|i moved)\b", re.IGNORECASE)
+_THIRD_PERSON_USER = re.compile(r"\b(?:the user|user's)\b", re.IGNORECASE)
+
+
+def clean_reply(output: str, answer: str, others: Iterable[str] = ()) -> bool:
+    """A reply a user would be glad to get: it contains `answer`, is addressed to the user (not "the
+    user ...", not the model claiming the user's facts as its own: "I'm a sommelier"), and recites
+    none of `others` (the user's other facts' answers).
+
+    >>> clean_reply("Your favourite colour is teal.", "teal", ["Biscuit"])
+    True
+    >>> clean_reply("The user's favourite colour is teal.", "teal"), clean_reply("I love teal.", "teal")
+    (False, False)
+    >>> clean_reply("Teal, and your dog is Biscuit.", "teal", ["Biscuit"])
+    False
+    """
+    if not contains(output, answer) or _THIRD_PERSON_USER.search(output) or _AS_THE_USER.search(output):
+        return False
+    return not any(contains(output, other) for other in others if other.strip())
