@@ -80,7 +80,7 @@ class FactBankConfig:
     importance_half_life: float | None = None
     retrieval: str = "hybrid:0.1"
     supersede: bool = True
-    supersede_similarity: float = 0.5
+    supersede_similarity: float = 0.4
     ttl: float | None = None
 
     def __post_init__(self) -> None:

@@ -50,8 +50,10 @@ _JOB = re.compile(
     rf"^(?:(?P<user>{_USER_SUBJECT})|(?P<name>{_NAME}))\s+{_FILLERS}(?:(?P<verb>works?|earns a living)\s+as|"
     rf"(?:'m|am|is)(?:\s+now)?)\s+(?:an?\s+)(?P<value>[\w -]+?)(?(verb)|\s+by\s+(?:trade|profession))"
     rf"(?:\s*,.*)?[.!]?$", re.IGNORECASE)
-_TRAILING = re.compile(r"\s+(?:these days|nowadays|now|at the moment|last year|this year|recently|for now|"
-                       r"by trade|by profession|actually)\b.*$", re.IGNORECASE)
+# Time phrases and asides after a value ("Oslo last month", "pilot these days") are not the value.
+_TRAILING = re.compile(r"\s+(?:these days|nowadays|now|at the moment|(?:last|this|next) \w+|recently|for now|"
+                       r"by trade|by profession|actually|(?:a |an |\w+ )?(?:days?|weeks?|months?|years?) ago|"
+                       r"since \w+|for (?:\w+ )?(?:days|weeks|months|years))\b.*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
