@@ -73,6 +73,10 @@ class EvalTask(ABC):
 
     default_task: ClassVar[str] = ""
 
+    def answer_tokens(self, suite: Any) -> int:
+        """How many new tokens each reply of this family may have (default: the suite's `max_new_tokens`)."""
+        return suite.max_new_tokens
+
     def identity(self, contender: Contender) -> dict[str, Any]:
         """Extra facts about how `contender` runs this task that its cached result depends on."""
         return {}

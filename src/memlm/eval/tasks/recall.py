@@ -12,7 +12,10 @@ from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
 class RecallTask(EvalTask):
     family = "recall"
-    settings = ("recall_",)
+    settings = ("recall_", "answer_tokens")
+
+    def answer_tokens(self, suite: Any) -> int:
+        return suite.answer_tokens
     default_task = "recall/multi-session"
 
     def run(self, task: str, contender: Any, run: TaskRun) -> PairResult:
