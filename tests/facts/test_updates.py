@@ -21,6 +21,7 @@ def memory():
 @pytest.mark.parametrize("old, new", [
     ("I live in Lisbon.", "I moved to Oslo."),
     ("I live in Lisbon.", "I moved from Lisbon to Oslo last month."),
+    ("I live in Lisbon.", "Big news: I moved to Oslo last month."),
     ("My phone number is 555-0100.", "My new number is 555-0199."),
     ("My favourite colour is teal.", "My favourite colour is maroon now."),
     ("I work as a baker.", "I work as a pilot these days."),
@@ -81,6 +82,7 @@ def test_slot_rules_explain_themselves():
     assert find_slot("By the way, my dog is called Biscuit.").attribute == "dog name"
     assert find_slot("I'm a sommelier by trade, actually.").value == "sommelier"
     assert find_slot("My sister is visiting soon.") is None
+    assert find_slot("Guess what, I moved to Oslo.").value == "oslo"  # a short lead-in is skipped
     why = conflict(find_slot("My new number is 555-0199."), find_slot("My phone number is 555-0100."))
     assert why == "same slot (the user's number): '555-0100' -> '555-0199'"
 

@@ -91,8 +91,21 @@ def _normalise_value(value: str) -> str:
     return value.strip()
 
 
+_LEAD_IN = re.compile(r"^(?P<lead>[^:;,\u2014\u2013]{1,40}?)\s*[:;,\u2014\u2013-]\s+(?P<rest>.+)$")
+
+
 def find_slot(sentence: str) -> Slot | None:
-    """The slot `sentence` fills, if one of the rules recognises it (see the module docstring)."""
+    """The slot `sentence` fills, if one of the rules recognises it (see the module docstring); a
+    short lead-in before a colon, dash or comma ("Big news: I moved to Oslo") is skipped."""
+    slot = _find_slot(sentence)
+    if slot is None:
+        match = _LEAD_IN.match(_clean(sentence))
+        if match and len(match.group("lead").split()) <= 4:
+            slot = _find_slot(match.group("rest"))
+    return slot
+
+
+def _find_slot(sentence: str) -> Slot | None:
     text = _clean(sentence)
     if not text or text.endswith("?"):
         return None
