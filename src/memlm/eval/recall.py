@@ -43,12 +43,15 @@ def recall_rows(contender: Contender, users: Sequence[UserHistory], progress: An
         step = max(1, len(user.questions) // questions) if questions else 1
         for question in user.questions[::step][:questions]:
             reply = contender.ask(question.question) or ""
+            retrieved = [getattr(m, "fact", m) for m in getattr(contender, "last_memories", [])]
+            retrieved = [getattr(f, "text", str(f)) for f in retrieved]
             others = [q.answer for q in user.questions if q.answer.lower() != question.answer.lower()]
             rows.append({"user": user.user, "attribute": question.attribute, "session": question.session,
                          "question": question.question, "answer": question.answer, "reply": reply,
                          "recalled": contains(reply, question.answer),
                          "exact": exact_match(first_sentence(reply), question.answer),
-                         "clean": clean_reply(reply, question.answer, others)})
+                         "clean": clean_reply(reply, question.answer, others, retrieved, question.question),
+                         "retrieved": retrieved})
             if progress is not None:
                 progress.update()
     return rows

@@ -87,10 +87,27 @@ _AS_THE_USER = re.compile(r"\b(?:my|mine|i'm|i am|i've|i have|i live|i work|i pl
 _THIRD_PERSON_USER = re.compile(r"\b(?:the user|user's)\b", re.IGNORECASE)
 
 
-def clean_reply(output: str, answer: str, others: Iterable[str] = ()) -> bool:
+def recites(output: str, fact: str, question: str = "") -> bool:
+    """Whether `output` repeats `fact`: at least two of the fact's content words (stemmed, not in the
+    question) and at least 60% of them appear in it.
+
+    >>> recites("You went to a small school, taught in English.", "I went to a really small school.")
+    True
+    """
+    from memlm.facts.lexical import tokenize
+
+    words = set(tokenize(fact)) - set(tokenize(question))
+    if len(words) < 2:
+        return False
+    return len(words & set(tokenize(output))) >= max(2, 0.6 * len(words))
+
+
+def clean_reply(output: str, answer: str, others: Iterable[str] = (), retrieved: Iterable[str] = (),
+                question: str = "") -> bool:
     """A reply a user would be glad to get: it contains `answer`, is addressed to the user (not "the
     user ...", not the model claiming the user's facts as its own: "I'm a sommelier"), and recites
-    none of `others` (the user's other facts' answers).
+    neither any of `others` (the user's other facts' answers) nor any `retrieved` fact that does not
+    hold the answer (`recites`).
 
     >>> clean_reply("Your favourite colour is teal.", "teal", ["Biscuit"])
     True
@@ -101,4 +118,6 @@ def clean_reply(output: str, answer: str, others: Iterable[str] = ()) -> bool:
     """
     if not contains(output, answer) or _THIRD_PERSON_USER.search(output) or _AS_THE_USER.search(output):
         return False
-    return not any(contains(output, other) for other in others if other.strip())
+    if any(contains(output, other) for other in others if other.strip()):
+        return False
+    return not any(recites(output, fact, question) for fact in retrieved if not contains(fact, answer))
