@@ -135,3 +135,22 @@ def test_bank_ttl_sets_every_new_facts_expiry():
     assert fact.expires_at == 1_010.0
     clock.now = 1_011.0
     assert bank.retrieve("locker code", min_similarity=-1) == []
+
+
+def test_a_question_about_a_slot_prefers_the_fact_that_fills_it():
+    """'Where do I live now?' asks for the slot "home"; "I moved to Ljubljana" fills it, chit-chat about
+    where one is from does not, though MiniLM puts it closer."""
+    from memlm.facts.slots import question_slot
+
+    assert question_slot("What's my dog called?") == "dog name"
+    assert question_slot("What do I do for a living?") == "job"
+    assert question_slot("Which colour do I like best?") is None
+    chatter = ["I love it when people guess where I am from.", "I moved to Ljubljana last year."]
+    order = {}
+    for bonus in (0.0, 0.2):
+        memory = FactMemory(None, config=memlm.facts.FactBankConfig(slot_bonus=bonus))
+        for text in chatter:
+            memory.add(text, user_id="ada")
+        order[bonus] = [h["memory"] for h in memory.search("Where do I live now?", user_id="ada")["results"]]
+    assert order[0.0][0] == "The user loves it when people guess where the user is from."
+    assert order[0.2][0] == "The user moved to Ljubljana last year."

@@ -12,8 +12,9 @@
 3. store it in the `FactStore`, then evict the user's facts beyond `capacity`.
 
 `retrieve(query)` is hybrid search: the user's facts nearest to the query's vector and those with the
-best BM25 score for its words are fused (`retrieval`, `memlm.facts.ranking`), then ranked by a blend
-of that relevance, importance (which decays with the time since the fact was last used,
+best BM25 score for its words are fused (`retrieval`, `memlm.facts.ranking`), plus `slot_bonus` for
+facts that fill the slot the question asks about ("Where do I live?" / "I moved to Oslo"), then
+ranked by a blend of that relevance, importance (which decays with the time since the fact was last used,
 `importance_half_life`) and recency. Superseded, expired and deleted facts are never returned.
 """
 
@@ -30,7 +31,7 @@ from memlm.config import check_range
 from memlm.errors import ConfigError
 from memlm.facts.extraction import extract_facts
 from memlm.facts.ranking import check_fusion, fuse_rankings
-from memlm.facts.slots import Slot, conflict, find_slot
+from memlm.facts.slots import Slot, conflict, find_slot, question_slot, same_attribute
 from memlm.facts.store import CONTROL_CHARACTERS, DuplicateFactError, Fact, FactStore, check_text
 from memlm.paths import check_name
 
@@ -62,6 +63,8 @@ class FactBankConfig:
         supersede_similarity: the cosine two facts of one slot need for the newer to replace the older,
             unless it says it is a change ("new", "moved", "now", ...).
         ttl: seconds a new fact stays retrievable (None: forever); `learn(expires_at=...)` sets one fact's.
+        slot_bonus: added to the relevance of the user's facts that fill the slot a question asks
+            about ("Where do I live?" and "I moved to Oslo": slot "home"; `memlm.facts.slots`).
     """
 
     user: str = "default"
@@ -82,6 +85,7 @@ class FactBankConfig:
     supersede: bool = True
     supersede_similarity: float = 0.4
     ttl: float | None = None
+    slot_bonus: float = 0.2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,6 +104,7 @@ class FactBankConfig:
             raise ConfigError(f"bank: capacity must be a positive integer or None, got {self.capacity!r}")
         check_fusion(self.retrieval)
         check_range("supersede_similarity", self.supersede_similarity, -1.0, 1.0, mechanism="bank")
+        check_range("slot_bonus", self.slot_bonus, 0.0, 10.0, mechanism="bank")
         for name in ("recency_half_life", "importance_half_life", "ttl"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -178,8 +183,9 @@ class FactBank:
                                    f"exact duplicate of fact {duplicate.id}")
             if embedding is None:
                 embedding = self.embed([embed_text or spoken or text])[0]
-            slot = find_slot(spoken or text) if self.config.supersede else None
-            replaced, why = self._superseded_by(user, slot, embedding, row) if slot is not None else ([], "")
+            slot = find_slot(spoken or text)
+            replaced, why = ([], "") if slot is None or not self.config.supersede else \
+                self._superseded_by(user, slot, embedding, row)
             if self.store.has_user(user):
                 nearest = self.store.search(user, embedding, 1 + len(replaced), row=row)
                 nearest = [(fact, cosine) for fact, cosine in nearest if fact.id not in {f.id for f in replaced}]
@@ -296,6 +302,12 @@ class FactBank:
                                strict=True))
         bm25 = {fact.id: score for fact, score in lexical}
         fused = fuse_rankings([(f.id, c) for f, c in dense], [(f.id, s) for f, s in lexical], method, cosines)
+        asked = question_slot(query) if self.config.slot_bonus else None
+        if asked is not None:
+            head = f"user|{asked.split()[-1]}"
+            fused = [(fact_id, relevance + (self.config.slot_bonus if facts[fact_id].slot == head
+                                            and _fills(facts[fact_id], asked) else 0.0))
+                     for fact_id, relevance in fused]
         now = self.store.clock()
         ranked = []
         for fact_id, relevance in fused:
@@ -319,6 +331,11 @@ def slot_key(slot: Slot | None) -> str | None:
     """What the store indexes a slot by: its subject and the last word of its attribute (the part
     every matching attribute shares, see `memlm.facts.slots.same_attribute`)."""
     return None if slot is None else f"{slot.subject}|{slot.attribute.split()[-1]}"
+
+
+def _fills(fact: Fact, attribute: str) -> bool:
+    slot = find_slot(fact.spoken or fact.text)
+    return slot is not None and slot.subject == "user" and same_attribute(attribute, slot.attribute)
 
 
 def _ids(facts: list[Fact]) -> str:

@@ -158,3 +158,35 @@ def conflict(new: Slot, old: Slot) -> str | None:
         return None  # one refines the other ("Lisbon" and "Lisbon near the river"): no contradiction
     owner = "the user's" if new.subject == "user" else f"{new.subject}'s"
     return f"same slot ({owner} {new.attribute}): {old.value!r} -> {new.value!r}"
+
+
+# Questions about one of the user's slots: "Where do I live?", "What do I do for a living?", "What is
+# my favourite colour?", "What's my dog called?", "What is the name of my sister?".
+_QUESTION_SLOTS = (
+    (re.compile(r"^(?:where|which (?:city|town|country)|what (?:city|town|country))\b.*"
+                r"\b(?:live|living|based|reside|home)\b", re.IGNORECASE), "home"),
+    (re.compile(r"\b(?:for a living|my (?:job|occupation|profession|line of work)|do for work)\b", re.IGNORECASE),
+     "job"),
+    (re.compile(r"^(?:what|who)(?:'s| is| are)? (?:the name of )?my ((?:[\w'-]+ ){0,3}?[\w'-]+?)(?:'s name)?"
+                r"(?: called| named)?\s*\??$", re.IGNORECASE), None),
+)
+
+
+def question_slot(question: str) -> str | None:
+    """The attribute of the user a question asks for, by the same vocabulary as `find_slot`, or None.
+
+    >>> question_slot("What's my dog called?"), question_slot("Where do I live now?")
+    ('dog name', 'home')
+    """
+    for pattern, attribute in _QUESTION_SLOTS:
+        match = pattern.search(question.strip())
+        if match is None:
+            continue
+        if attribute is not None:
+            return attribute
+        words = [re.sub(r"'s$", "", word.lower()) for word in match.group(1).split()]
+        words = [word for word in words if word not in _MODIFIERS]
+        if re.search(r"name of my|'s name|\bcalled\b|\bnamed\b", question, re.IGNORECASE):
+            words.append("name")
+        return " ".join(words) or None
+    return None

@@ -119,7 +119,7 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
 
     config_class = BankConfig
     # 1: prompt fusion lists the facts with the most relevant last; 2: hybrid retrieval (dense + BM25),
-    # superseded facts, the recap in the second person
+    # superseded facts, the recap in the second person, the question-slot bonus
     revision = 2
     config: BankConfig
 
