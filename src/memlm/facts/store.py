@@ -581,8 +581,12 @@ class FactStore:
                 "SELECT DISTINCT fact_id FROM history WHERE user = ? AND id > ? AND id <= ?", (user, applied, latest))
             changed = [row[0] for row in changes]
             if changed:
-                index.remove(np.asarray(changed, dtype=np.int64))
-                lexical.remove(changed)
+                # Both indexes hold the same ids; only those already there need removing (removing
+                # from a flat FAISS index rewrites it: ~70 ms at 100K facts, wasted on a new fact).
+                present = [fact_id for fact_id in changed if fact_id in lexical]
+                if present:
+                    index.remove(np.asarray(present, dtype=np.int64))
+                    lexical.remove(present)
                 for start in range(0, len(changed), 900):  # SQLite's bound-parameter limit
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))
