@@ -6,7 +6,9 @@ For each size (facts stored for one user) it measures, one call at a time as a c
   the user's FAISS flat index is searched (k=32), the facts are read from SQLite, ranked, and the
   returned ones are marked used (`touch`: one write transaction);
 * search_store: `FactStore.search(user, vector, 32)` with the question embedded beforehand — the store's
-  part alone (index sync check, FAISS search, SQLite read);
+  dense part alone (index sync check, FAISS search, SQLite read);
+* search_lexical: `FactStore.lexical_search(user, question, 32)` — the BM25 half of hybrid search
+  (tokenising the question, scoring the postings of its terms, SQLite read); search_total includes it;
 * query_embed: MiniLM embedding one question, alone;
 * touch: `FactStore.touch` of 5 found facts (the write transaction a search ends with: one fsync);
   search_total is roughly query_embed + search_store + touch;
@@ -274,6 +276,7 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
     for question in queries[:warmup]:
         memory.search(question, user=USER, limit=5)
         store.search(USER, encoder.encode([question])[0], QUERY_K)
+        store.lexical_search(USER, question, QUERY_K)
 
     embed_ms, vectors = [], []
     for question in queries:
@@ -285,9 +288,10 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
         elapsed, found = timed_ms(lambda v=vector: store.search(USER, v, QUERY_K))
         store_ms.append(elapsed)
         touch_ms.append(timed_ms(lambda ids=[fact.id for fact, _ in found[:5]]: store.touch(ids, USER))[0])
+    lexical_ms = [timed_ms(lambda q=question: store.lexical_search(USER, q, QUERY_K))[0] for question in queries]
     total_ms, hits = [], []
     for question in queries:
-        elapsed, found = timed_ms(lambda q=question: memory.search(q, user=USER, limit=5))
+        elapsed, found = timed_ms(lambda q=question: memory.search(q, user=USER, limit=5)["results"])
         total_ms.append(elapsed)
         hits.append(len(found))
 
@@ -295,7 +299,7 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
         memory.add(turn, user=USER)
     add_ms, per_turn, events = [], [], Counter()
     for turn in turns[warmup:]:
-        elapsed, results = timed_ms(lambda t=turn: memory.add(t, user=USER))
+        elapsed, results = timed_ms(lambda t=turn: memory.add(t, user=USER)["results"])
         add_ms.append(elapsed)
         per_turn.append(len(results))
         events.update(result["event"] for result in results)
@@ -310,6 +314,7 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
         "size": size, "facts_at_search": facts, "facts_after": store.count(USER),
         "cold_first_search_ms": round(cold_ms, 1), "sync_after_fill_ms": round(sync_ms, 1),
         "search_total_ms": percentiles(total_ms), "search_store_ms": percentiles(store_ms),
+        "search_lexical_ms": percentiles(lexical_ms),
         "query_embed_ms": percentiles(embed_ms), "touch_ms": percentiles(touch_ms),
         "results_per_search": round(float(np.mean(hits)), 2),
         "add_ms": percentiles(add_ms), "facts_per_turn": round(float(np.mean(per_turn)), 2),
@@ -415,6 +420,7 @@ def main() -> None:
     print(f"\nfill mode: {mode}; {args.queries} questions, {args.turns} turns per size; milliseconds; "
           "others: CPUs other processes used meanwhile")
     header = (f"{'threads':>7} | {'facts':>8} | {'search total p50/p95/p99':>24} | {'store only p50/p95/p99':>22} | "
+              f"{'bm25 p50/p95':>12} | "
               f"{'embed p50':>9} | {'touch p50':>9} | {'add p50/p95':>12} | {'store.add p50':>13} | "
               f"{'search after write p50':>22} | {'others':>6}")
     print(header)
@@ -425,7 +431,8 @@ def main() -> None:
 
     for row in rows:
         print(f"{row['threads']:>7} | {row['facts_at_search']:>8} | {triple(row['search_total_ms']):>24} | "
-              f"{triple(row['search_store_ms']):>22} | {row['query_embed_ms']['p50']:>9.1f} | "
+              f"{triple(row['search_store_ms']):>22} | {triple(row['search_lexical_ms'], (50, 95)):>12} | "
+              f"{row['query_embed_ms']['p50']:>9.1f} | "
               f"{row['touch_ms']['p50']:>9.1f} | "
               f"{triple(row['add_ms'], (50, 95)):>12} | {row['store_add_ms']['p50']:>13.1f} | "
               f"{row['search_after_write_ms']['p50']:>22.1f} | {row['other_processes_cpus'] or 0:>6.2f}")

@@ -54,7 +54,7 @@ def retrieved_facts(users: list[multisession.UserHistory], config: BankConfig) -
                 memory.add(message, user=user.user)
         for question in user.questions:
             hits = memory.search(question.question, user=user.user, limit=config.top_k,
-                                 min_similarity=config.min_similarity)
+                                 min_similarity=config.min_similarity)["results"]
             cases.append((question.question, question.answer, [hit["memory"] for hit in hits]))
     return cases
 

@@ -144,3 +144,31 @@ def test_the_bank_recalls_a_users_fact_in_a_later_session_after_a_restart(defaul
         assert "biscuit" not in other.ask("What is my dog's name?").lower()  # bob never said it
     finally:
         second.detach()
+
+
+def test_the_chat_answers_the_user_in_the_second_person_and_keeps_up_with_a_move(default_backbone, tmp_path):
+    """As a new user would try it: the answer says "your ...", not "The user's ...", and a move replaces
+    the old city (which stays in the history)."""
+    from memlm.chat import ChatSession
+
+    model, tokenizer = default_backbone
+    config = {"mechanism": "bank", "store": str(tmp_path / "facts.sqlite"), "fusion": "prompt"}
+    generation = {"max_new_tokens": 32, "do_sample": False}
+    mm = memlm.attach(model, config, tokenizer=tokenizer)
+    try:
+        chat = ChatSession(mm, tokenizer, user="ada", session="one", home=tmp_path, generation=generation)
+        chat.ask("My favourite colour is teal.")
+        chat.ask("I live in Lisbon.")
+        chat.ask("Big news: I moved to Oslo last month.")
+        later = ChatSession(mm, tokenizer, user="ada", session="two", home=tmp_path, generation=generation)
+        reply = later.ask("What's my favourite colour?")
+        assert "teal" in reply.lower() and "the user" not in reply.lower(), reply
+        assert "your" in reply.lower() or reply.strip().lower().startswith("teal"), reply
+        where = later.ask("Where do I live now?")
+        assert "oslo" in where.lower() and "lisbon" not in where.lower(), where
+        bank = mm.memories["bank"]
+        lisbon = next(f for f in bank.store.facts("ada", include_inactive=True) if "Lisbon" in f.text)
+        assert lisbon.status == "superseded"
+        assert bank.store.history(lisbon.id)[-1].action == "supersede"
+    finally:
+        mm.detach()

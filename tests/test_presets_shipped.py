@@ -44,7 +44,8 @@ def test_a_trained_preset_loads_by_name_on_the_default_model_and_still_answers_p
     try:
         for memory_name, memory in memory_model.memories.items():  # trained: not the fresh initialisation
             fresh = type(memory)(memory.config, memory_model.layout, memory_model.context).state_dict()
-            assert any(not torch.equal(fresh[k].to(v.dtype), v.cpu()) for k, v in memory.state_dict().items()), memory_name
+            trained = memory.state_dict().items()
+            assert any(not torch.equal(fresh[k].to(v.dtype), v.cpu()) for k, v in trained), memory_name
         encoded = tokenizer("The capital of France is", return_tensors="pt")
         reply = memory_model.generate(**encoded, max_new_tokens=8, do_sample=False, write_memory=False,
                                       pad_token_id=tokenizer.pad_token_id)

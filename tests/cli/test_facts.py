@@ -49,7 +49,8 @@ def test_users_are_kept_apart(facts):
     hits = facts("search", "locker code", "--user", "bob", "--json")
     assert hits and {hit["user"] for hit in hits} == {"bob"} and "4417" not in json.dumps(hits)
     [alice] = facts("list", "--user", "alice", "--json")
-    assert "deleted 0 fact(s)" in facts("delete", str(alice["id"]), "--user", "bob")
+    refused = facts("delete", str(alice["id"]), "--user", "bob", status=2)
+    assert refused.startswith("error: FactNotFoundError: ")  # another user's fact reads as missing
     assert len(facts("list", "--user", "alice", "--json")) == 1
 
 
@@ -68,8 +69,8 @@ def test_update_keeps_the_history(facts):
     assert updated.strip() == "updated [1] The user's locker code is 1234."
     history = facts("history", "1", "--user", "alice").splitlines()
     assert len(history) == 2
-    assert history[0].endswith("add    by chat: The user's locker code is 4417.")
-    assert history[1].endswith("update by api: The user's locker code is 1234.")
+    assert history[0].endswith("add       by chat: The user's locker code is 4417.")
+    assert history[1].endswith("update    by api: The user's locker code is 1234.")
     changes = facts("history", "1", "--user", "alice", "--json")
     assert [(change["action"], change["old_text"], change["new_text"]) for change in changes] == [
         ("add", None, "The user's locker code is 4417."),

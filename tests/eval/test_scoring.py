@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from memlm.data import babilong
 from memlm.eval import scoring
+from memlm.eval.scoring import clean_reply, recites
 
 
 def test_babilong_rule_reads_only_the_first_sentence():
@@ -31,3 +34,24 @@ def test_first_sentence_and_matching_rules():
     assert scoring.normalize("  The  Lucky-Number: 42! ") == "lucky number 42"
     assert scoring.exact_match("The mango.", "mango")
     assert not scoring.exact_match("A ripe mango", "mango")
+
+
+@pytest.mark.parametrize("reply, clean", [
+    ("Your favourite colour is teal.", True),
+    ("Teal.", True),
+    ("You told me you love teal, it's your favourite.", True),
+    ("The user's favourite colour is teal.", False),  # about the user, not to them
+    ("I love teal, it's my favourite.", False),  # the model speaks as if it were the user
+    ("Your favourite colour is teal and your dog is Biscuit.", False),  # another of the user's facts
+    ("You went to a really small school. Your favourite colour is teal.", False),  # recites a retrieved fact
+    ("Your favourite colour is maroon.", False),  # wrong
+])
+def test_a_clean_reply_answers_speaks_to_the_user_and_recites_nothing_else(reply, clean):
+    retrieved = ["I went to a really small school in the north.", "My favourite colour is teal."]
+    assert clean_reply(reply, "teal", ["Biscuit"], retrieved, "What is my favourite colour?") is clean
+
+
+def test_reciting_needs_most_of_a_facts_own_words():
+    assert recites("You grow basil on your balcony.", "I grow basil on my balcony.")
+    assert not recites("Your balcony is sunny.", "I grow basil on my balcony.")
+    assert not recites("Basil.", "I grow basil on my balcony.", "What do I grow on my balcony?")

@@ -14,26 +14,28 @@ from memlm.facts import FactMemory, FactNotFoundError, UnknownUserError
 
 def test_a_user_never_sees_another_users_facts(tmp_path):
     memory = words_memory(tmp_path / "facts.sqlite")
-    alice = memory.add("My password hint is purple elephant.", user="alice")[0]
+    alice = memory.add("My password hint is purple elephant.", user="alice")["results"][0]
     memory.add("My favourite animal is the elephant.", user="bob")
-    hits = memory.search("purple elephant password hint", user="bob", min_similarity=-1)
-    assert hits and all(hit["user"] == "bob" for hit in hits)
+    hits = memory.search("purple elephant password hint", user="bob", min_similarity=-1)["results"]
+    assert hits and all(hit["user"] == "bob" and hit["user_id"] == "bob" for hit in hits)
     with pytest.raises(FactNotFoundError):
         memory.get(alice["id"], user="bob")
-    assert memory.delete(alice["id"], user="bob") is False
+    with pytest.raises(FactNotFoundError):
+        memory.delete(alice["id"], user_id="bob")
     with pytest.raises(FactNotFoundError):
         memory.update(alice["id"], "hacked", user="bob")
     with pytest.raises(FactNotFoundError):
         memory.history(alice["id"], user="bob")
     assert memory.get(alice["id"], user="alice")["memory"] == "The user's password hint is purple elephant."
-    assert [f["user"] for f in memory.get_all(user="bob")] == ["bob"]
+    assert [f["user"] for f in memory.get_all(user="bob")["results"]] == ["bob"]
 
 
 def test_update_and_history_record_who_changed_what():
     memory = words_memory()
-    fact_id = memory.add("I live in Porto.", user="ada")[0]["id"]
+    fact_id = memory.add("I live in Porto.", user="ada")["results"][0]["id"]
     memory.update(fact_id, "The user lives in Lisbon.", user="ada")
-    assert memory.search("where lisbon", user="ada", min_similarity=-1)[0]["memory"] == "The user lives in Lisbon."
+    hits = memory.search("where lisbon", user="ada", min_similarity=-1)["results"]
+    assert hits[0]["memory"] == "The user lives in Lisbon."
     memory.delete(fact_id, user="ada")
     history = memory.history(fact_id, user="ada")
     assert [(h["action"], h["old_text"], h["new_text"]) for h in history] == [
@@ -41,7 +43,7 @@ def test_update_and_history_record_who_changed_what():
         ("update", "The user lives in Porto.", "The user lives in Lisbon."),
         ("delete", "The user lives in Lisbon.", None)]
     assert [h["actor"] for h in history] == ["chat", "api", "api"]
-    assert memory.get_all(user="ada") == []  # a known user with nothing left: empty, not an error
+    assert memory.get_all(user="ada") == {"results": []}  # a known user with nothing left: empty, not an error
 
 
 def test_facts_survive_a_restart(tmp_path):
@@ -49,9 +51,9 @@ def test_facts_survive_a_restart(tmp_path):
     with words_memory(path) as memory:
         memory.add("I have two cats named Tom and Jerry.", user="ada")
     with words_memory(path) as reopened:
-        facts = reopened.get_all(user="ada")
+        facts = reopened.get_all(user="ada")["results"]
         assert [f["memory"] for f in facts] == ["The user has two cats named Tom and Jerry."]
-        assert reopened.search("cats", user="ada")[0]["id"] == facts[0]["id"]
+        assert reopened.search("cats", user="ada")["results"][0]["id"] == facts[0]["id"]
 
 
 def _add_many(path: str, worker: int, count: int, start) -> None:
@@ -73,7 +75,7 @@ def test_two_processes_adding_to_one_store_lose_nothing(tmp_path):
         process.join(timeout=120)
         assert process.exitcode == 0
     with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
-        facts = memory.get_all(user="shared")
+        facts = memory.get_all(user="shared")["results"]
         assert len(facts) == 120
         assert len({f["id"] for f in facts}) == 120
         # the writers really overlapped: their rows interleave in insertion order
@@ -81,7 +83,7 @@ def test_two_processes_adding_to_one_store_lose_nothing(tmp_path):
         switches = sum(a != b for a, b in zip(writers_in_order, writers_in_order[1:], strict=False))
         assert switches >= 2, writers_in_order
         # this process's index catches up with rows other processes wrote
-        assert memory.search("worker 1 fact 59", user="shared", limit=1)[0]["memory"] == "worker 1 fact 59"
+        assert memory.search("worker 1 fact 59", user="shared", limit=1)["results"][0]["memory"] == "worker 1 fact 59"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -93,7 +95,7 @@ def test_bad_fact_text_is_refused_and_nothing_is_lost(text, message):
     memory.add("I like tea.", user="ada")
     with pytest.raises(memlm.ConfigError, match=message):
         memory.add(text, user="ada", infer=False)
-    assert [f["memory"] for f in memory.get_all(user="ada")] == ["The user likes tea."]
+    assert [f["memory"] for f in memory.get_all(user="ada")["results"]] == ["The user likes tea."]
 
 
 def test_unknown_and_invalid_users_are_clear_errors():
@@ -134,10 +136,11 @@ def test_the_classic_six_facts_scenario_retrieves_relativity_first():
              ("Shakespeare wrote Hamlet around 1600.", "literature"),
              ("Water boils at 100 degrees Celsius at sea level.", "physics")]
     for text, category in facts:
-        assert memory.add(text, user="classic", category=category, infer=False)[0]["event"] == "ADD"
-    assert memory.add("Einstein developed the theory of relativity!", user="classic", infer=False)[0]["event"] == "NONE"
-    listed = memory.get_all(user="classic")
+        assert memory.add(text, user="classic", category=category, infer=False)["results"][0]["event"] == "ADD"
+    again = memory.add("Einstein developed the theory of relativity!", user="classic", infer=False)
+    assert again["results"][0]["event"] == "NONE"
+    listed = memory.get_all(user="classic")["results"]
     assert [(f["memory"], f["category"]) for f in listed] == facts
-    hits = memory.search("Einstein's theory", user="classic", limit=3)
+    hits = memory.search("Einstein's theory", user="classic", limit=3)["results"]
     assert hits[0]["memory"] == "Einstein developed the theory of relativity."
     assert len(hits) == 1 or hits[0]["score"] > hits[1]["score"]

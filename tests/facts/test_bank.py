@@ -49,7 +49,7 @@ def test_ranking_blends_similarity_and_importance():
     blended = bank.retrieve("red apple pie", 2, min_similarity=-1)
     assert blended[0].fact.text == "green apple tree in the garden"
     assert blended[0].score > blended[1].score
-    assert blended[0].score == pytest.approx(blended[0].similarity + 5.0)
+    assert blended[0].score == pytest.approx(blended[0].relevance + 5.0)
 
 
 def test_recency_can_enter_the_blend():

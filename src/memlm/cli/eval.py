@@ -55,7 +55,10 @@ def eval_suite(
     as_json: Annotated[bool, typer.Option(
         "--json", help="print accuracy per task x length x contender as JSON")] = False,
     max_new_tokens: Annotated[int | None, typer.Option(
-        min=1, help="override the suite's answer length in tokens (16)")] = None,
+        min=1, help="override the suite's answer length in tokens for BABILong and generation (16)")] = None,
+    answer_tokens: Annotated[int | None, typer.Option(
+        min=1, help="override the answer length in tokens for the recall questions (multi-session, "
+                    "continual facts; 32)")] = None,
     report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
@@ -84,6 +87,8 @@ def eval_suite(
         overrides["batch_size"] = batch_size
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
+    if answer_tokens is not None:
+        overrides["answer_tokens"] = answer_tokens
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
     started = time.perf_counter()
     written = run_suite(model, tokenizer, suite, list(contenders), out, window=window,
@@ -174,6 +179,7 @@ def eval_recall(
                                               "preset")] = "none,full,bank",
     window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
     seed: Annotated[int, typer.Option()] = 0,
+    answer_tokens: Annotated[int, typer.Option(min=1, help="new tokens per reply")] = 32,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the full report (JSON)")] = None,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
@@ -190,14 +196,14 @@ def eval_recall(
     names = check_contenders(comma_list(systems))
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
     histories = multisession.generate(users, sessions, filler_turns, seed)
-    report = evaluate_multisession(model, tokenizer, histories, names, window=window)
+    report = evaluate_multisession(model, tokenizer, histories, names, window=window, max_new_tokens=answer_tokens)
     report["command"] = "memlm " + " ".join(sys.argv[1:])
     table = Table(title=f"multi-session recall: {users} users x {sessions} sessions")
-    for column in ("system", "recall", "exact", "questions", "seconds"):
+    for column in ("system", "recall", "clean", "exact", "questions", "seconds"):
         table.add_column(column)
     for name, result in report["systems"].items():
-        table.add_row(name, f"{result['recall']:.1%}", f"{result['exact']:.1%}", str(result["questions"]),
-                      f"{result['seconds']:.0f}")
+        table.add_row(name, f"{result['recall']:.1%}", f"{result['clean']:.1%}", f"{result['exact']:.1%}",
+                      str(result["questions"]), f"{result['seconds']:.0f}")
     console.print(table)
     if output is not None:
         atomic_write_json(output, report)

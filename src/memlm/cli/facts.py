@@ -46,7 +46,7 @@ def facts_add(text: Annotated[str, typer.Argument(help="a message (facts are ext
               as_json: JsonOpt = False) -> None:
     """Remember facts for a user."""
     with _open_facts(path) as memory:
-        results = memory.add(text, user=user, category=category, infer=not raw)
+        results = memory.add(text, user=user, category=category, infer=not raw)["results"]
     if as_json:
         console.print_json(json.dumps(results))
     for result in [] if as_json else results:
@@ -62,7 +62,7 @@ def facts_list(user: FactsUserOpt, path: FactsPathOpt = None, category: Category
                as_json: JsonOpt = False) -> None:
     """List a user's facts."""
     with _open_facts(path) as memory:
-        _print_facts(memory.get_all(user=user, category=category), as_json)
+        _print_facts(memory.get_all(user=user, category=category)["results"], as_json)
 
 
 @app.command("search")
@@ -71,7 +71,7 @@ def facts_search(query: Annotated[str, typer.Argument()], user: FactsUserOpt, pa
                  limit: LimitOpt = 5, as_json: JsonOpt = False) -> None:
     """A user's facts ranked for a query (similarity blended with importance)."""
     with _open_facts(path) as memory:
-        _print_facts(memory.search(query, user=user, limit=limit, min_similarity=-1.0), as_json)
+        _print_facts(memory.search(query, user=user, limit=limit, min_similarity=-1.0)["results"], as_json)
 
 
 @app.command("update")
@@ -93,9 +93,12 @@ def facts_delete(user: FactsUserOpt, fact_ids: Annotated[list[int] | None, typer
     """Delete facts by id (only the user's own), or all of them with --all."""
     with _open_facts(path) as memory:
         if all_facts:
-            deleted = memory.delete_all(user=user)
+            deleted = memory.delete_all(user=user)["deleted"]
         else:
-            deleted = sum(memory.delete(fact_id, user=user) for fact_id in fact_ids or [])
+            deleted = 0
+            for fact_id in fact_ids or []:
+                memory.delete(fact_id, user=user)
+                deleted += 1
     console.print(f"deleted {deleted} fact(s)")
 
 
@@ -114,4 +117,6 @@ def facts_history(fact_id: Annotated[int, typer.Argument()], user: FactsUserOpt,
     for change in changes:
         when = dt.datetime.fromtimestamp(change["time"], dt.timezone.utc).isoformat(timespec="seconds")
         text = change["new_text"] if change["new_text"] is not None else change["old_text"]
-        console.print(f"{when} {change['action']:6} by {change['actor']}: {text}", highlight=False, markup=False)
+        reason = f"  ({change['reason']})" if change.get("reason") else ""
+        console.print(f"{when} {change['action']:9} by {change['actor']}: {text}{reason}", highlight=False,
+                      markup=False)

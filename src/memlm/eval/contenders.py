@@ -67,6 +67,7 @@ class Contender:
         self.turns: list[tuple[str, str]] = []  # chat exchanges (observe_turn)
         self.session_start = 0  # index in `turns` where the current session began
         self.facts_learned = False  # `learn` stored facts one by one: the stream's segments are not
+        self.last_memories: list[Any] = []  # what prompt fusion placed in the prompt for the latest `ask`
 
     def describe(self) -> dict[str, Any]:
         """What identifies this contender's results (for caching)."""
@@ -194,7 +195,7 @@ class Contender:
             messages = [{"role": "user", "content": content}]
         if self.rag is not None:
             messages = self.rag.augment(messages, query or question)
-        messages, _ = self.model.augment_messages(messages, query=query or question)
+        messages, self.last_memories = self.model.augment_messages(messages, query=query or question)
         ids = self._prompt_ids(messages).to(self.model.layout.device)
         output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), write_memory=False,
                                      max_new_tokens=self.max_new_tokens, do_sample=False,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from memlm.data.multisession import UserHistory
 from memlm.eval.contenders import Contender
-from memlm.eval.scoring import contains, exact_match, first_sentence
+from memlm.eval.scoring import clean_reply, contains, exact_match, first_sentence
 
 SYSTEMS = ("none", "full", "bank")
 
@@ -43,10 +43,15 @@ def recall_rows(contender: Contender, users: Sequence[UserHistory], progress: An
         step = max(1, len(user.questions) // questions) if questions else 1
         for question in user.questions[::step][:questions]:
             reply = contender.ask(question.question) or ""
+            retrieved = [getattr(m, "fact", m) for m in getattr(contender, "last_memories", [])]
+            retrieved = [getattr(f, "text", str(f)) for f in retrieved]
+            others = [q.answer for q in user.questions if q.answer.lower() != question.answer.lower()]
             rows.append({"user": user.user, "attribute": question.attribute, "session": question.session,
                          "question": question.question, "answer": question.answer, "reply": reply,
                          "recalled": contains(reply, question.answer),
-                         "exact": exact_match(first_sentence(reply), question.answer)})
+                         "exact": exact_match(first_sentence(reply), question.answer),
+                         "clean": clean_reply(reply, question.answer, others, retrieved, question.question),
+                         "retrieved": retrieved})
             if progress is not None:
                 progress.update()
     return rows
@@ -68,7 +73,8 @@ def evaluate_multisession(model: Any, tokenizer: Any, users: Sequence[UserHistor
             contender.close()
         count = max(1, len(rows))
         results[system] = {"recall": sum(r["recalled"] for r in rows) / count,
-                           "exact": sum(r["exact"] for r in rows) / count, "questions": len(rows),
+                           "exact": sum(r["exact"] for r in rows) / count,
+                           "clean": sum(r["clean"] for r in rows) / count, "questions": len(rows),
                            "seconds": time.perf_counter() - started, "rows": rows}
     bar.close()
     return {"users": len(users), "sessions": len(users[0].sessions) if users else 0, "window": window,

@@ -93,3 +93,46 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     centre = (proportion + z * z / (2 * trials)) / denominator
     half = z * ((proportion * (1 - proportion) / trials + z * z / (4 * trials * trials)) ** 0.5) / denominator
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# The model speaking as if it were the user ("I'm a sommelier", "My dog is called Biscuit") or about
+# the user in the third person ("The user's dog ..."): not a reply addressed to the user.
+_AS_THE_USER = re.compile(r"\b(?:my|mine|i'm|i am|i've|i have|i live|i work|i play|i love|i like|i drive|i speak|"
+                          r"i grow|i support|i was born|i always|i could|i do|i go|i moved)\b", re.IGNORECASE)
+_THIRD_PERSON_USER = re.compile(r"\b(?:the user|user's)\b", re.IGNORECASE)
+
+
+def recites(output: str, fact: str, question: str = "") -> bool:
+    """Whether `output` repeats `fact`: at least two of the fact's content words (stemmed, not in the
+    question) and at least 60% of them appear in it.
+
+    >>> recites("You went to a small school, taught in English.", "I went to a really small school.")
+    True
+    """
+    from memlm.facts.lexical import tokenize
+
+    words = set(tokenize(fact)) - set(tokenize(question))
+    if len(words) < 2:
+        return False
+    return len(words & set(tokenize(output))) >= max(2, 0.6 * len(words))
+
+
+def clean_reply(output: str, answer: str, others: Iterable[str] = (), retrieved: Iterable[str] = (),
+                question: str = "") -> bool:
+    """A reply a user would be glad to get: it contains `answer`, is addressed to the user (not "the
+    user ...", not the model claiming the user's facts as its own: "I'm a sommelier"), and recites
+    neither any of `others` (the user's other facts' answers) nor any `retrieved` fact that does not
+    hold the answer (`recites`).
+
+    >>> clean_reply("Your favourite colour is teal.", "teal", ["Biscuit"])
+    True
+    >>> clean_reply("The user's favourite colour is teal.", "teal"), clean_reply("I love teal.", "teal")
+    (False, False)
+    >>> clean_reply("Teal, and your dog is Biscuit.", "teal", ["Biscuit"])
+    False
+    """
+    if not contains(output, answer) or _THIRD_PERSON_USER.search(output) or _AS_THE_USER.search(output):
+        return False
+    if any(contains(output, other) for other in others if other.strip()):
+        return False
+    return not any(recites(output, fact, question) for fact in retrieved if not contains(fact, answer))

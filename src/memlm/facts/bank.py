@@ -3,13 +3,19 @@
 `learn(text)` decides whether a fact is worth keeping and stores it with provenance:
 
 1. reject exact duplicates (same normalised text) and near-duplicates (cosine >= `duplicate_threshold`);
+   a fact that fills the same slot as an active fact with another value ("I moved to Oslo" after "I
+   live in Lisbon") is an update instead: it is stored and *supersedes* the old one, which stays in
+   the history, marked superseded, and is no longer retrieved (`memlm.facts.slots` has the rules);
 2. importance: the fact's loss improvement when a `measure` callable is given (the `bank` memory
    measures it with the language model) and `importance="loss"`, else 1.0; times the category's
    multiplier; below `min_importance` the fact is not stored;
 3. store it in the `FactStore`, then evict the user's facts beyond `capacity`.
 
-`retrieve(query)` ranks the user's facts by a blend of cosine similarity, importance (which decays
-with the time since the fact was last used, `importance_half_life`) and recency.
+`retrieve(query)` is hybrid search: the user's facts nearest to the query's vector and those with the
+best BM25 score for its words are fused (`retrieval`, `memlm.facts.ranking`), plus `slot_bonus` for
+facts that fill the slot the question asks about ("Where do I live?" / "I moved to Oslo"), then
+ranked by a blend of that relevance, importance (which decays with the time since the fact was last used,
+`importance_half_life`) and recency. Superseded, expired and deleted facts are never returned.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from memlm.config import check_range
 from memlm.errors import ConfigError
 from memlm.facts.extraction import extract_facts
+from memlm.facts.ranking import check_fusion, fuse_rankings
+from memlm.facts.slots import Slot, conflict, find_slot, question_slot, same_attribute
 from memlm.facts.store import CONTROL_CHARACTERS, DuplicateFactError, Fact, FactStore, check_text
 from memlm.paths import check_name
 
@@ -49,6 +57,14 @@ class FactBankConfig:
         capacity: most facts kept per user (None: unbounded); `eviction` picks what goes.
         eviction: "importance" (lowest decayed importance first) or "oldest".
         importance_half_life: seconds of disuse after which importance halves (None: no decay).
+        retrieval: how the dense and the lexical (BM25) rankings are fused: "hybrid:W" (cosine + W x
+            the query-normalised BM25), "rrf", "dense" or "lexical" (measured: docs/bank.md).
+        supersede: a new fact filling the same slot as an active one replaces it (see `memlm.facts.slots`).
+        supersede_similarity: the cosine two facts of one slot need for the newer to replace the older,
+            unless it says it is a change ("new", "moved", "now", ...).
+        ttl: seconds a new fact stays retrievable (None: forever); `learn(expires_at=...)` sets one fact's.
+        slot_bonus: added to the relevance of the user's facts that fill the slot a question asks
+            about ("Where do I live?" and "I moved to Oslo": slot "home"; `memlm.facts.slots`).
     """
 
     user: str = "default"
@@ -65,6 +81,11 @@ class FactBankConfig:
     capacity: int | None = None
     eviction: str = "importance"
     importance_half_life: float | None = None
+    retrieval: str = "hybrid:0.1"
+    supersede: bool = True
+    supersede_similarity: float = 0.4
+    ttl: float | None = None
+    slot_bonus: float = 0.2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,7 +102,10 @@ class FactBankConfig:
             raise ConfigError(f"bank: top_k must be a positive integer, got {self.top_k!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ConfigError(f"bank: capacity must be a positive integer or None, got {self.capacity!r}")
-        for name in ("recency_half_life", "importance_half_life"):
+        check_fusion(self.retrieval)
+        check_range("supersede_similarity", self.supersede_similarity, -1.0, 1.0, mechanism="bank")
+        check_range("slot_bonus", self.slot_bonus, 0.0, 10.0, mechanism="bank")
+        for name in ("recency_half_life", "importance_half_life", "ttl"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"bank: {name} must be positive, got {value!r}")
@@ -90,12 +114,14 @@ class FactBankConfig:
 
 
 class LearnResult(NamedTuple):
-    """What `learn()` did: `status` is "stored", "duplicate" or "not useful"."""
+    """What `learn()` did: `status` is "stored", "duplicate" or "not useful"; `superseded` lists the
+    facts the stored one replaced (the reason says why)."""
 
     status: str
     fact: Fact | None
     importance: float
     reason: str
+    superseded: tuple[Fact, ...] = ()
 
     @property
     def stored(self) -> bool:
@@ -105,8 +131,10 @@ class LearnResult(NamedTuple):
 class RetrievedFact(NamedTuple):
     fact: Fact
     score: float  # the blend used for ranking
-    similarity: float
+    similarity: float  # cosine of the retrieval vectors
     importance: float  # decayed
+    relevance: float = 0.0  # the fused dense + lexical score (the blend's first term)
+    lexical: float = 0.0  # BM25 score (0: no word in common)
 
 
 class FactBank:
@@ -133,12 +161,14 @@ class FactBank:
     def learn(self, text: str, category: str | None = None, user: str | None = None, *, source: str | None = None,
               session: str | None = None, importance: float | None = None, row: int | None = None,
               actor: str = "learn", embed_text: str | None = None, embedding: np.ndarray | None = None,
-              latent: np.ndarray | None = None) -> LearnResult:
+              latent: np.ndarray | None = None, spoken: str | None = None, expires_at: float | None = None,
+              metadata: dict | None = None, agent_id: str | None = None, run_id: str | None = None) -> LearnResult:
         """Store `text` as a fact if it is new and useful; the result says what happened and why.
 
         `embed_text` is what retrieval matches against (default: `text`); chat facts use the user's
-        own first-person sentence, since later questions come in the first person too. `embedding`
-        and `latent` skip computing them when the caller has them already.
+        own first-person sentence, since later questions come in the first person too, and keep it as
+        `spoken`. `embedding` and `latent` skip computing them when the caller has them already.
+        `expires_at` (unix time) ends the fact's retrieval (default: now + `ttl`, if set).
 
         Example:
             >>> bank.learn("Einstein developed the theory of relativity.", category="science")
@@ -152,9 +182,13 @@ class FactBank:
                 return LearnResult("duplicate", duplicate, duplicate.importance,
                                    f"exact duplicate of fact {duplicate.id}")
             if embedding is None:
-                embedding = self.embed([embed_text or text])[0]
+                embedding = self.embed([embed_text or spoken or text])[0]
+            slot = find_slot(spoken or text)
+            replaced, why = ([], "") if slot is None or not self.config.supersede else \
+                self._superseded_by(user, slot, embedding, row)
             if self.store.has_user(user):
-                nearest = self.store.search(user, embedding, 1, row=row)
+                nearest = self.store.search(user, embedding, 1 + len(replaced), row=row)
+                nearest = [(fact, cosine) for fact, cosine in nearest if fact.id not in {f.id for f in replaced}]
                 if nearest and nearest[0][1] >= self.config.duplicate_threshold:
                     fact, similarity = nearest[0]
                     return LearnResult("duplicate", fact, fact.importance,
@@ -168,18 +202,44 @@ class FactBank:
                                    f"importance {importance:.3f} is below min_importance {self.config.min_importance}")
             if latent is None and self.latent is not None:
                 latent = self.latent([text])[0]
+            if expires_at is None and self.config.ttl is not None:
+                expires_at = self.store.clock() + self.config.ttl
             try:
                 fact = self.store.add(user, text, embedding, importance=importance, category=category,
                                       source=source, session=session or self.session, row=row, latent=latent,
-                                      actor=actor)
+                                      actor=actor, spoken=spoken, expires_at=expires_at, metadata=metadata,
+                                      agent_id=agent_id, run_id=run_id, supersedes=[f.id for f in replaced],
+                                      reason=why or None, slot=slot_key(slot))
             except DuplicateFactError:  # another process stored the same text a moment ago
                 duplicate = self.store.find_duplicate(user, text, row)
                 return LearnResult("duplicate", duplicate, importance, "exact duplicate (stored concurrently)")
             self.evict(user)
-            return LearnResult("stored", fact, importance, f"importance {importance:.3f}")
+            reason = f"importance {importance:.3f}" + (f"; supersedes {_ids(replaced)}: {why}" if replaced else "")
+            return LearnResult("stored", fact, importance, reason, tuple(replaced))
+
+    def _superseded_by(self, user: str, slot: Slot, embedding: np.ndarray, row: int | None
+                       ) -> tuple[list[Fact], str]:
+        """The user's active facts that a new fact filling `slot` replaces, and why."""
+        candidates = self.store.slot_facts(user, slot_key(slot), row)
+        if not candidates:
+            return [], ""
+        cosines = self.store.embeddings(user, [f.id for f in candidates]) @ np.asarray(embedding, dtype=np.float32)
+        replaced, reasons = [], []
+        for fact, cosine in zip(candidates, cosines.tolist(), strict=True):
+            old = find_slot(fact.spoken or fact.text)
+            why = conflict(slot, old) if old is not None else None
+            if why is None:
+                continue
+            if slot.change:
+                why += "; the new statement says it is a change"
+            elif cosine < self.config.supersede_similarity:
+                continue
+            replaced.append(fact)
+            reasons.append(f"{why} (cosine {cosine:.2f})")
+        return replaced, "; ".join(reasons)
 
     def remember_turn(self, user_text: str, reply: str | None = None, *, judge: Callable[[str], bool] | None = None,
-                      user: str | None = None) -> list[LearnResult]:
+                      user: str | None = None, **kwargs: Any) -> list[LearnResult]:
         """Extract facts from a user message and learn them; the raw turn is kept as their source.
 
         Rules only (plus `judge` if given) and constant importance: no model call, so a turn is
@@ -188,7 +248,7 @@ class FactBank:
         # The source is provenance, not input to validate: a reply may hold any character.
         source = CONTROL_CHARACTERS.sub(" ", f"user: {user_text}" + (f"\nassistant: {reply}" if reply else ""))
         return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
-                           embed_text=fact.sentence)
+                           spoken=fact.sentence, **kwargs)
                 for fact in extract_facts(user_text, judge)]
 
     # --- forgetting --------------------------------------------------------------------------
@@ -217,25 +277,66 @@ class FactBank:
 
     # --- retrieving --------------------------------------------------------------------------
     def retrieve(self, query: str, k: int | None = None, user: str | None = None, *, row: int | None = None,
-                 min_similarity: float | None = None, touch: bool = True) -> list[RetrievedFact]:
-        """The user's best facts for `query`, ranked by the configured blend, with their scores."""
+                 min_similarity: float | None = None, touch: bool = True,
+                 accept: Callable[[Fact], bool] | None = None) -> list[RetrievedFact]:
+        """The user's best live facts for `query`, ranked by the configured blend, with their scores.
+
+        Hybrid: the `max(4k, 32)` nearest facts by vector and the same number by BM25 are fused
+        (`retrieval`); `min_similarity` is a floor on the fused relevance; `accept` filters facts
+        (e.g. on metadata) before ranking.
+        """
         query = check_text(query, "query")
         user = self.store.require_user(user or self.user)
         k = k or self.config.top_k
         floor = self.config.min_similarity if min_similarity is None else min_similarity
-        candidates = self.store.search(user, self.embed([query])[0], max(4 * k, 32), row=row)
+        vector = np.asarray(self.embed([query])[0], dtype=np.float32)
+        pool = max(4 * k, 32)
+        method = self.config.retrieval
+        dense = self.store.search(user, vector, pool, row=row, accept=accept) if method != "lexical" else []
+        lexical = self.store.lexical_search(user, query, pool, row=row, accept=accept) if method != "dense" else []
+        facts = {fact.id: fact for fact, _ in dense + lexical}
+        cosines = {fact.id: cosine for fact, cosine in dense}
+        only_lexical = [fact.id for fact, _ in lexical if fact.id not in cosines]
+        if only_lexical:
+            cosines.update(zip(only_lexical, (self.store.embeddings(user, only_lexical) @ vector).tolist(),
+                               strict=True))
+        bm25 = {fact.id: score for fact, score in lexical}
+        fused = fuse_rankings([(f.id, c) for f, c in dense], [(f.id, s) for f, s in lexical], method, cosines)
+        asked = question_slot(query) if self.config.slot_bonus else None
+        if asked is not None:
+            head = f"user|{asked.split()[-1]}"
+            fused = [(fact_id, relevance + (self.config.slot_bonus if facts[fact_id].slot == head
+                                            and _fills(facts[fact_id], asked) else 0.0))
+                     for fact_id, relevance in fused]
         now = self.store.clock()
         ranked = []
-        for fact, similarity in candidates:
-            if similarity < floor:
+        for fact_id, relevance in fused:
+            if relevance < floor:
                 continue
+            fact = facts[fact_id]
             importance = self.decayed_importance(fact, now)
             recency = 0.5 ** (max(0.0, now - fact.last_used) / self.config.recency_half_life)
-            score = (self.config.similarity_weight * similarity + self.config.importance_weight * importance
+            score = (self.config.similarity_weight * relevance + self.config.importance_weight * importance
                      + self.config.recency_weight * recency)
-            ranked.append(RetrievedFact(fact, score, similarity, importance))
+            ranked.append(RetrievedFact(fact, score, cosines.get(fact_id, 0.0), importance, relevance,
+                                        bm25.get(fact_id, 0.0)))
         ranked.sort(key=lambda r: (-r.score, r.fact.id))
         ranked = ranked[:k]
         if touch and ranked:
             self.store.touch([r.fact.id for r in ranked], user)
         return ranked
+
+
+def slot_key(slot: Slot | None) -> str | None:
+    """What the store indexes a slot by: its subject and the last word of its attribute (the part
+    every matching attribute shares, see `memlm.facts.slots.same_attribute`)."""
+    return None if slot is None else f"{slot.subject}|{slot.attribute.split()[-1]}"
+
+
+def _fills(fact: Fact, attribute: str) -> bool:
+    slot = find_slot(fact.spoken or fact.text)
+    return slot is not None and slot.subject == "user" and same_attribute(attribute, slot.attribute)
+
+
+def _ids(facts: list[Fact]) -> str:
+    return ", ".join(f"fact {fact.id}" for fact in facts)

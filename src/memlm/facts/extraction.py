@@ -133,3 +133,64 @@ def model_judge(model: Any, tokenizer: Any) -> Callable[[str], bool]:
         return bool(logits[yes_id] > logits[no_id])
 
     return judge
+
+
+# --- the second person: how facts about the user are put to the model, and so to the user --------
+_TO_SECOND = [
+    (r"\bI am\b", "you are"), (r"\bI'm\b", "you're"), (r"\bim\b", "you're"), (r"\bI was\b", "you were"),
+    (r"\bI've\b", "you've"), (r"\bI'd\b", "you'd"), (r"\bI'll\b", "you'll"), (r"\bI\b", "you"),
+    (r"\bmy\b", "your"), (r"\bmine\b", "yours"), (r"\bmyself\b", "yourself"), (r"\bme\b", "you"),
+    (r"\bwe're\b", "you're"), (r"\bwe've\b", "you've"), (r"\bwe\b", "you"), (r"\bour\b", "your"),
+    (r"\bours\b", "yours"), (r"\bus\b", "you"),
+]
+_THIRD_TO_SECOND = [
+    (r"\bthe user's\b", "your"), (r"\bthe user is\b", "you are"), (r"\bthe user was\b", "you were"),
+    (r"\bthe user has\b", "you have"), (r"\bthe user does\b", "you do"), (r"\bthe user doesn't\b", "you don't"),
+    (r"\bthe user does not\b", "you do not"),
+]
+_THIRD_VERB = re.compile(r"\bthe user ((?:really|also|just|never|always|usually|often|still|actually|sometimes|"
+                         r"mostly|only) )?([a-z]+)\b", re.IGNORECASE)
+
+
+def _base_verb(match: re.Match[str]) -> str:
+    adverb, verb = match.group(1) or "", match.group(2)
+    lowered = verb.lower()
+    if lowered in _NO_ENDING or lowered.endswith(("ed", "ing", "n't")) or not lowered.endswith("s"):
+        base = verb
+    elif lowered.endswith("ies") and len(lowered) > 4:
+        base = verb[:-3] + "y"
+    elif lowered.endswith(("shes", "ches", "xes", "zes", "oes", "sses")):
+        base = verb[:-2]
+    else:
+        base = verb[:-1]
+    return f"you {adverb}{base}"
+
+
+def _capitalised(text: str) -> str:
+    text = text.strip()
+    return text[0].upper() + text[1:] if text else text
+
+
+def second_person(text: str, spoken: str | None = None) -> str:
+    """A fact about the user, addressed to the user: "Your dog is called Biscuit.", "You live in Oslo."
+
+    From the user's own sentence (`spoken`) when there is one, else from the stored third-person
+    text ("The user's dog ..."); a fact about anyone else is returned unchanged.
+
+    >>> second_person("The user's dog is called Biscuit.", "Oh, my dog is called Biscuit.")
+    'Your dog is called Biscuit.'
+    >>> second_person("The user lives in Oslo.")
+    'You live in Oslo.'
+    """
+    if spoken:
+        sentence = _REMEMBER.sub("", _LEADING.sub("", spoken.strip())).strip() or spoken.strip()
+        for pattern, replacement in _TO_SECOND:
+            sentence = re.sub(pattern, replacement, sentence, flags=re.IGNORECASE)
+    else:
+        sentence = text
+        for pattern, replacement in _THIRD_TO_SECOND:
+            sentence = re.sub(pattern, replacement, sentence, flags=re.IGNORECASE)
+        sentence = _THIRD_VERB.sub(_base_verb, sentence)
+        sentence = re.sub(r"\bthe user\b", "you", sentence, flags=re.IGNORECASE)
+    sentence = _capitalised(sentence)
+    return sentence if sentence.endswith((".", "!", "?")) else sentence + "."

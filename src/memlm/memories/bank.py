@@ -34,6 +34,7 @@ from torch import nn
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, CorruptedFileError
 from memlm.facts.bank import FactBank, FactBankConfig, LearnResult, RetrievedFact
+from memlm.facts.extraction import second_person
 from memlm.facts.store import CONTROL_CHARACTERS, FactStore
 from memlm.fusion import FactTokenBias, fact_token_ids, facts_block, fuse_facts
 from memlm.hooks import BackboneLayout, add_capture_hook, add_output_hook
@@ -117,7 +118,9 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
     """Continual-learning fact bank: stores what helps, retrieves by similarity and importance."""
 
     config_class = BankConfig
-    revision = 1  # 1: prompt fusion lists the facts with the most relevant last
+    # 1: prompt fusion lists the facts with the most relevant last; 2: hybrid retrieval (dense + BM25),
+    # superseded facts, the recap in the second person, the question-slot bonus
+    revision = 2
     config: BankConfig
 
     def __init__(self, config: BankConfig, layout: BackboneLayout, context: MemoryContext):
@@ -169,9 +172,10 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         if not used:
             return messages, []
         texts = [r.fact.text for r in used]
+        addressed = [second_person(r.fact.text, r.fact.spoken) for r in used]
         if self.config.fact_token_bias > 0 and self.context.tokenizer is not None:
-            self._fact_tokens[key] = fact_token_ids(self.context.tokenizer, texts)
-        return fuse_facts(messages, texts), used
+            self._fact_tokens[key] = fact_token_ids(self.context.tokenizer, addressed)
+        return fuse_facts(messages, texts, addressed), used
 
     def logits_processors(self) -> list[Any]:
         tokens, self._fact_tokens = self._fact_tokens, {}

@@ -341,7 +341,8 @@ class Trainer:
         """One log row per kind of batch seen since the last row (means over its steps): answer and
         language-modelling losses differ by an order of magnitude and must not alias."""
         for kind, values in window.items():
-            loss, task_loss, aux_loss, length, tokens_per_s = (sum(column) / len(column) for column in zip(*values))
+            loss, task_loss, aux_loss, length, tokens_per_s = \
+                (sum(column) / len(column) for column in zip(*values, strict=True))
             self._log({"step": self.step, "loss": loss, "task_loss": task_loss, "aux_loss": aux_loss,
                        "kind": kind, "length": round(length), "lr": self.scheduler.get_last_lr()[-1],
                        "tokens_per_s": round(tokens_per_s), "seconds": round(seconds, 1),

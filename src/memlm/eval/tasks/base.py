@@ -75,6 +75,10 @@ class EvalTask(ABC):
 
     default_task: ClassVar[str] = ""
 
+    def answer_tokens(self, suite: Any) -> int:
+        """How many new tokens each reply of this family may have (default: the suite's `max_new_tokens`)."""
+        return suite.max_new_tokens
+
     def identity(self, contender: Contender, suite: Any) -> dict[str, Any]:
         """Extra facts its cached result depends on beyond the suite's settings (e.g. how `contender`
         runs it, or the content of a file the suite names)."""

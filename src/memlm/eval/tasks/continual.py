@@ -12,7 +12,10 @@ from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 
 class ContinualTask(EvalTask):
     family = "continual"
-    settings = ("facts", "fact_questions")
+    settings = ("facts", "fact_questions", "answer_tokens")
+
+    def answer_tokens(self, suite: Any) -> int:
+        return suite.answer_tokens
     default_task = "continual/facts"
 
     def identity(self, contender: Any, suite: Any) -> dict[str, Any]:
