@@ -86,3 +86,19 @@ def test_eval_ppl_compares_each_memory_with_the_baseline(run, tiny_folder, docum
 def test_eval_ppl_needs_a_file_or_a_corpus(run, tiny_folder, document, args):
     result = run("eval", "ppl", *([document] if args else []), *args, "--backbone", tiny_folder)
     assert result.exit_code == 2 and "give a FILE or --corpus NAME (not both)" in result.output
+
+
+def test_eval_human_adds_the_votes_to_a_report(run, tmp_path):
+    from memlm.eval.human import VoteStore
+
+    store = VoteStore(tmp_path / "votes.sqlite")
+    for choice in ("A", "B", "A"):
+        store.vote(store.add("ada", "a prompt", "m+bank", "m", "yes", "no").id, "ada", choice)
+    store.close()
+    result = run("eval", "human", "--out", tmp_path / "report", "--votes", tmp_path / "votes.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "human evaluation: 3 votes" in result.output and "67% [" in result.output
+    assert (tmp_path / "report" / "human_eval.png").is_file()
+    assert "## Human evaluation" in (tmp_path / "report" / "results.md").read_text()
+    missing = run("eval", "human", "--out", tmp_path / "x", "--votes", tmp_path / "none.sqlite")
+    assert missing.exit_code == 2 and "no votes" in missing.output

@@ -74,12 +74,27 @@ class ChatJob:
 
 
 class _Streamer(TextIteratorStreamer):
-    """transformers' text streamer, handing each finished piece of text to a callback (which puts it
-    on the event loop) instead of a blocking queue."""
+    """transformers' text streamer, sending every token's text as soon as it is whole (the base class
+    waits for the end of a word) to a callback that puts it on the event loop."""
 
     def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         self._on_text = on_text
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1:
+            if value.shape[0] > 1:
+                raise ValueError("streaming supports one sequence only")
+            value = value[0]
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):  # a character split over tokens: wait for the rest of it
+            return
+        self.on_finalized_text(text[self.print_len:])
+        self.print_len = len(text)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
         if text:
@@ -361,7 +376,7 @@ class Engine:
             tail = trimmer.flush()
             if tail:
                 job.emit(("delta", tail))
-            reply = self.tokenizer.decode(generated, skip_special_tokens=True)
+            reply = self.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             reply = _cut_at_stop(reply, job.stop).strip()
             eos = _eos_ids(self.model.backbone.generation_config, self.tokenizer)
             ended = bool(len(generated)) and int(generated[-1]) in eos

@@ -159,7 +159,8 @@ def create_mcp(facts: FactsAdapter, identify: Callable[[Context | None], Princip
 
 
 def mcp_route(server: MCPServer, auth: Any) -> Any:
-    """A Starlette route serving `server`'s tools at /mcp (streamable HTTP, stateless, JSON answers).
+    """A Starlette route serving `server`'s tools at /mcp (streamable HTTP, stateless; answers stream as SSE,
+    so progress notifications reach the client).
 
     In keys mode a request without a valid key is refused (401) before it reaches the MCP layer; the
     tools then read the same key to know whom they act for. Host and Origin checks are the app's
@@ -173,7 +174,7 @@ def mcp_route(server: MCPServer, auth: Any) -> Any:
     from memlm.server.auth import key_from_headers
     from memlm.server.errors import error_response
 
-    server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True,
+    server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=False,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     handler = StreamableHTTPASGIApp(server.session_manager)
 

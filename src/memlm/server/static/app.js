@@ -112,7 +112,7 @@ async function connect() {
   }
   try {
     const me = await api("/v1/me");
-    $("#user-badge").textContent = me.auth === "local" ? `${me.user} · no key, local only` : `${me.user}${me.role === "admin" ? " · admin" : ""}`;
+    $("#user-badge").textContent = me.auth === "local" ? `${me.user} (local, no key)` : `${me.user}${me.role === "admin" ? " · admin" : ""}`;
     $("#key-form").hidden = true;
     notice("");
   } catch (error) { notice(error.message); }
@@ -302,7 +302,7 @@ async function searchDocuments() {
   const query = $("#document-query").value.trim();
   if (!query) return;
   try {
-    const data = await api(`/v1/documents/search?query=${encodeURIComponent(query)}&limit=20`);
+    const data = await api(`/v1/documents/search?query=${encodeURIComponent(query)}&limit=10`);
     $("#document-hits").replaceChildren(...(data.results.length ? data.results.map((h) =>
       el("li", {}, el("b", {}, h.title || h.document_id), ` · token ${h.position} · …${h.context}`)) : [el("li", { class: "muted" }, "not found")]));
   } catch (error) { notice(error.message); }
