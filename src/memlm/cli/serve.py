@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +70,9 @@ def serve(
     model, tokenizer = build_model(backbone, device, dtype, server_memories(specs, home), adapter)
     if report is None and Path("docs/results/eval-quick/results.json").is_file():
         report = Path("docs/results/eval-quick")
-    settings = ServerSettings(home=home, auth=mode, local_user=user, host=host, cors_origins=cors_origin or [],
+    default_model = backbone is None and not os.environ.get("MEMLM_GGUF")
+    settings = ServerSettings(name="SmolLM2-135M-Instruct" if default_model else None,  # not the GGUF file's stem
+                              home=home, auth=mode, local_user=user, host=host, cors_origins=cors_origin or [],
                               max_body_bytes=max_body_kb * 1024, max_document_chars=max_document_chars,
                               max_tokens_limit=max_tokens_limit, max_queue=max_queue, report_dir=report, mcp=mcp,
                               generation={"max_new_tokens": max_tokens, "repetition_penalty": repetition_penalty,
@@ -79,15 +82,15 @@ def serve(
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
     console.print(f"memlm serve: {engine.default_model} (memories: {', '.join(engine.memory_names) or 'none'}) "
-                  f"on {base}", highlight=False)
+                  f"on {base}", highlight=False, soft_wrap=True)
     if mode == "local":
         console.print(f"[yellow]no API key configured: every request acts as the local user {user!r}; listening on "
                       f"{host} only. Create keys with `memlm keys create --user NAME` to serve several users.[/]",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     else:
         console.print(f"API keys required ({keys.active_count()} active); send 'Authorization: Bearer <key>'",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     console.print(f"  web page  {base}/\n  OpenAI    {base}/v1  (e.g. OpenAI(base_url='{base}/v1', api_key=...))\n"
                   f"  API docs  {base}/docs" + (f"\n  MCP       {base}/mcp" if mcp else "")
-                  + (f"\n  report    {report}" if report else ""), highlight=False)
+                  + (f"\n  report    {report}" if report else ""), highlight=False, soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
