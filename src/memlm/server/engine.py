@@ -170,6 +170,25 @@ class StopTrimmer:
         return out
 
 
+class TurnEmbeddings:
+    """The bank's embedding function for one turn: the query and the sentences the turn will learn from
+    are embedded in one batch when the turn starts (one sentence-encoder call instead of one per text);
+    texts it was not told about are embedded as usual."""
+
+    def __init__(self, embed: Callable[[list[str]], Any], texts: list[str]):
+        self.embed = embed
+        unique = list(dict.fromkeys(t for t in texts if t))
+        self.cache = dict(zip(unique, embed(unique), strict=True)) if unique else {}
+
+    def __call__(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.embed(missing), strict=True))
+        return np.stack([self.cache[t] for t in texts])
+
+
 class Engine:
     """Runs every model job of the server on one worker thread (see the module docstring).
 
@@ -304,6 +323,22 @@ class Engine:
         if "bank" in self.model.memories:
             self.model.memories["bank"].embed(["warm up"])
 
+    @contextlib.contextmanager
+    def _turn_embeddings(self, bank: Any, query: str) -> Iterator[None]:
+        """While a turn runs, the bank embeds from one batch made at its start (`TurnEmbeddings`)."""
+        if bank is None or not query:
+            yield
+            return
+        from memlm.facts.extraction import extract_facts
+
+        facts = bank.facts
+        original = facts.embed
+        facts.embed = TurnEmbeddings(original, [query, *(fact.sentence for fact in extract_facts(query))])
+        try:
+            yield
+        finally:
+            facts.embed = original
+
     # --- chat --------------------------------------------------------------------------------
     def chat(self, job: ChatJob) -> None:
         """One chat completion (worker thread): events go to `job.emit`:
@@ -329,10 +364,10 @@ class Engine:
         self.model.set_provenance(user=job.user, session="chat")
         timings["state_load_ms"] = (time.perf_counter() - start) * 1000
         bank = self.model.memories["bank"] if "bank" in job.memories else None
-        query = next((m["content"] for m in reversed(job.messages) if m["role"] == "user"), "")
-        with self._only(job.memories):
+        query = next((m["content"] for m in reversed(job.messages) if m["role"] == "user"), "").strip()
+        start = time.perf_counter()  # the memory's read: the turn's one batch of embeddings, then the search
+        with self._only(job.memories), self._turn_embeddings(bank, query if job.learn else ""):
             messages, used = job.messages, []
-            start = time.perf_counter()
             if bank is not None and query.strip():
                 messages, used = bank.augment_messages(job.messages, query)
             timings["memory_search_ms"] = (time.perf_counter() - start) * 1000
