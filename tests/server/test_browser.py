@@ -21,6 +21,15 @@ REPORT = Path(__file__).resolve().parents[2] / "docs" / "results" / "eval-quick"
 pytestmark = pytest.mark.browser
 
 
+def until(page, expression: str, timeout: float = 60) -> None:
+    """Wait until a JS expression is true. Polled from here: Playwright's wait_for_function would eval()
+    inside the page, which the page's Content-Security-Policy (rightly) forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def browser():
     if not CHROMIUM.exists():
@@ -113,7 +122,7 @@ def test_the_page_end_to_end(browser, live, shots, tmp_path):
         text_file = tmp_path / "zebras.txt"
         text_file.write_text("The zebra Zoltan lives in Kenya near a blue lake. " * 20)
         page.set_input_files("#document-file", str(text_file))
-        page.wait_for_function("document.querySelector('#document-text').value.length > 100")
+        until(page, "document.querySelector('#document-text').value.length > 100")
         assert page.input_value("#document-title") == "zebras.txt"
         page.click("#document-submit")
         page.wait_for_selector("#document-progress[data-status=done]", timeout=60_000)
@@ -142,7 +151,7 @@ def test_the_page_end_to_end(browser, live, shots, tmp_path):
         # 5. the report: plots of the evaluation and the human votes
         page.click("[data-tab=report]")
         page.wait_for_selector("#plots img >> nth=1")
-        page.wait_for_function("[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth)")
+        until(page, "[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator("#report-human tbody tr").count() == 2
         page.screenshot(path=str(shots / "server-report.png"), full_page=True)
         assert not errors, errors
