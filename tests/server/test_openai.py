@@ -220,3 +220,27 @@ def test_a_full_queue_answers_503(make_app):
         ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
                          headers=bearer("ignored"))
         assert ok.status_code == 200
+
+
+def test_a_client_that_leaves_stops_its_generation(live):
+    import httpx2
+
+    with live() as (url, app):
+        engine = app.state.engine
+        slow = engine.model.backbone.register_forward_pre_hook(lambda *_: time.sleep(0.04))
+        (space,) = engine.tokenizer.encode(" ", add_special_tokens=False)
+        body = {"model": BANK, "max_tokens": 100, "stream": True, "logit_bias": {str(space): 100},
+                "messages": [{"role": "user", "content": "My cat is called Tom."}]}
+        try:
+            with httpx2.Client(timeout=30) as client, client.stream("POST", f"{url}/v1/chat/completions",
+                                                                     json=body) as response:
+                for line in response.iter_lines():
+                    if '"content": " "' in line:
+                        break  # the first token arrived: leave
+            left = time.perf_counter()
+            engine.submit(lambda: None).result(timeout=30)  # the worker is free once generation stopped
+            waited = time.perf_counter() - left
+        finally:
+            slow.remove()
+        assert waited < 2.0  # 100 tokens at 40 ms would take 4 s
+        assert app.state.facts.get_all("local") == []  # an abandoned turn teaches nothing
