@@ -244,3 +244,21 @@ def test_a_client_that_leaves_stops_its_generation(live):
             slow.remove()
         assert waited < 2.0  # 100 tokens at 40 ms would take 4 s
         assert app.state.facts.get_all("local") == []  # an abandoned turn teaches nothing
+
+
+def test_users_key_value_memories_stay_in_their_own_folders(make_app, keys, home):
+    import sqlite3
+
+    with TestClient(make_app("knn-joint"), base_url=BASE) as client:
+        for user, text in (("alice", "alpha alpha"), ("bob", "bravo bravo"), ("alice", "again")):
+            response = client.post("/v1/chat/completions", headers=bearer(keys[user]), json={
+                "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+            assert response.status_code == 200, response.text
+    counts = {}
+    for user in ("alice", "bob"):
+        path = home / "users" / user / "sessions" / "server.knn" / "knn" / "records.sqlite"
+        with sqlite3.connect(path) as db:
+            counts[user] = dict(db.execute("SELECT user, COUNT(*) FROM records GROUP BY user").fetchall())
+            assert db.execute("SELECT COUNT(*) FROM records WHERE deleted_at IS NOT NULL").fetchone()[0] == 0
+    assert set(counts["alice"]) == {"alice"} and set(counts["bob"]) == {"bob"}  # nothing of one in the other's
+    assert counts["alice"]["alice"] > counts["bob"]["bob"] > 0  # alice's two turns, bob's one

@@ -38,6 +38,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import TextIteratorStreamer
 
 from memlm.errors import ConfigError
+from memlm.memories.base import FileState
 from memlm.memories.knn import CONTEXT_TOKENS
 from memlm.model import STATE_FILE, MemoryModel
 from memlm.paths import check_name, user_dir
@@ -300,7 +301,14 @@ class Engine:
         self._save_if_dirty()
         self._loaded_user = None
         for name in self.stateful:
-            self.model.memories[name].reset()
+            memory = self.model.memories[name]
+            store = getattr(memory, "store", None) if isinstance(memory, FileState) else None
+            if store is not None:
+                # A store loaded from the previous user's folder writes there: let go of it (never clear it
+                # in place), so that nothing of the next user ever lands in that folder.
+                store.close()
+                memory.store = None
+            memory.reset()
         directory = self.state_dir(user)
         if (directory / STATE_FILE).exists():
             self.model.load_state(directory)
