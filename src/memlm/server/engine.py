@@ -373,12 +373,15 @@ class Engine:
         timings["state_load_ms"] = (time.perf_counter() - start) * 1000
         bank = self.model.memories["bank"] if "bank" in job.memories else None
         query = next((m["content"] for m in reversed(job.messages) if m["role"] == "user"), "").strip()
-        start = time.perf_counter()  # the memory's read: the turn's one batch of embeddings, then the search
+        # The memory's read: the turn's one batch of embeddings, then the search. Timed on the clock and in
+        # this thread's CPU time (which other processes taking the CPU do not inflate).
+        start, cpu = time.perf_counter(), time.thread_time()
         with self._only(job.memories), self._turn_embeddings(bank, query if job.learn else ""):
             messages, used = job.messages, []
             if bank is not None and query.strip():
                 messages, used = bank.augment_messages(job.messages, query)
             timings["memory_search_ms"] = (time.perf_counter() - start) * 1000
+            timings["memory_search_cpu_ms"] = (time.thread_time() - cpu) * 1000
             prompt_ids = self._template(messages, add_generation_prompt=True)
             max_new = int(job.generation.get("max_new_tokens", 128))
             if prompt_ids.shape[1] + max_new > self.context_length:
@@ -426,11 +429,12 @@ class Engine:
             finish = "stop" if ended or trimmer.stopped or _hit_stop(self.tokenizer.decode(generated), job.stop) \
                 else ("length" if len(generated) >= max_new else "stop")
             learned: list[Any] = []
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             if job.learn and not job.cancelled.is_set() and query.strip():
                 if bank is not None:
                     learned = bank.observe_turn(query, reply)
                 timings["memory_write_ms"] = (time.perf_counter() - start) * 1000
+                timings["memory_write_cpu_ms"] = (time.thread_time() - cpu) * 1000
                 others = [name for name in job.memories if name != "bank"]
                 if others:
                     start = time.perf_counter()
@@ -441,7 +445,7 @@ class Engine:
                     self._save_if_dirty()
                     timings["state_write_ms"] = (time.perf_counter() - start) * 1000
             else:
-                timings["memory_write_ms"] = 0.0
+                timings["memory_write_ms"] = timings["memory_write_cpu_ms"] = 0.0
         timings["total_ms"] = (time.perf_counter() - job.submitted) * 1000
         job.emit(("end", {"reply": reply, "finish_reason": finish,
                           "usage": {"prompt_tokens": int(prompt_ids.shape[1]), "completion_tokens": int(len(generated)),
