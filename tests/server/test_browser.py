@@ -154,6 +154,11 @@ def test_the_page_end_to_end(browser, live, shots, tmp_path):
         until(page, "[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator("#report-human tbody tr").count() == 2
         page.screenshot(path=str(shots / "server-report.png"), full_page=True)
+
+        # 6. the API tab lists every route from the OpenAPI schema
+        page.click("[data-tab=api]")
+        page.wait_for_selector("#api-table tbody tr >> nth=19")
+        assert page.locator("#api-table tr", has_text="/v1/chat/completions").count() == 1
         assert not errors, errors
 
 

@@ -28,6 +28,8 @@ def test_keys_mode_refuses_requests_without_a_valid_key(keyed_client, keys):
 
 def test_the_page_and_server_info_need_no_key(keyed_client):
     assert keyed_client.get("/").status_code == 200
+    assert keyed_client.get("/openapi.json").json()["info"]["title"] == "memlm"
+    assert keyed_client.get("/docs").status_code == 404  # FastAPI's page would load scripts from a CDN
     assert keyed_client.get("/static/app.js").status_code == 200
     info = keyed_client.get("/v1/server").json()
     assert info["auth"] == "keys" and info["default_model"] == "tiny-llama+bank+recurrent"

@@ -91,6 +91,7 @@ def serve(
         console.print(f"API keys required ({keys.active_count()} active); send 'Authorization: Bearer <key>'",
                       highlight=False, soft_wrap=True)
     console.print(f"  web page  {base}/\n  OpenAI    {base}/v1  (e.g. OpenAI(base_url='{base}/v1', api_key=...))\n"
-                  f"  API docs  {base}/docs" + (f"\n  MCP       {base}/mcp" if mcp else "")
+                  f"  API       {base}/openapi.json (listed on the page's API tab)"
+                  + (f"\n  MCP       {base}/mcp" if mcp else "")
                   + (f"\n  report    {report}" if report else ""), highlight=False, soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

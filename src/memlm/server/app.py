@@ -9,6 +9,7 @@ Example (what tests do, with a tiny model):
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -136,6 +137,10 @@ def create_app(model: MemoryModel, tokenizer: Any, settings: ServerSettings | No
             if mcp_server is not None:
                 await stack.enter_async_context(mcp_server.session_manager.run())
             await engine.run(engine.warm_up, force=True)
+            # Everything loaded so far (model, tokenizer, encoder) lives as long as the server: keep it out of
+            # the garbage collector's full passes, which otherwise scan it all and pause a turn.
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:
@@ -143,8 +148,12 @@ def create_app(model: MemoryModel, tokenizer: Any, settings: ServerSettings | No
                 engine.close()
                 adapter.close()
                 votes.close()
+                documents.close()
+                keys.close()
 
-    app = FastAPI(title="memlm", version=memlm.__version__, lifespan=lifespan,
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN: off (no internet; the page's CSP).
+    # The schema is at /openapi.json, and the web page's API tab lists it.
+    app = FastAPI(title="memlm", version=memlm.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Chat with memory (OpenAI-compatible), a per-user memory API (mem0-style), "
                               "documents memorized into a key/value memory, human evaluation, and MCP tools at "
                               "/mcp. Authenticate with `Authorization: Bearer <key>` (`memlm keys create`), "

@@ -178,6 +178,9 @@ class Documents:
             self.db.execute("DELETE FROM documents WHERE id = ? AND user = ?", (document_id, user))
         return deleted
 
+    def close(self) -> None:
+        self.db.close()
+
     async def shutdown(self) -> None:
         for task in list(self.tasks.values()):
             task.cancel()

@@ -125,6 +125,7 @@ function showTab(name) {
   if (name === "documents") loadDocuments();
   if (name === "compare") loadSummary();
   if (name === "report") loadReport();
+  if (name === "api") loadApi();
 }
 
 // --- chat --------------------------------------------------------------------------------------
@@ -379,6 +380,23 @@ async function loadReport() {
     $("#report-human tbody").replaceChildren(...(human.length ? human.map((c) => el("tr", {}, el("td", {}, c.mechanism),
       el("td", {}, String(c.n)), el("td", {}, `${percent(c.win_rate)} [${percent(c.ci_low)}–${percent(c.ci_high)}]`)))
       : [el("tr", {}, el("td", { colspan: "3", class: "muted" }, "no votes yet (Compare tab)"))]));
+  } catch (error) { notice(error.message); }
+}
+
+// --- API ---------------------------------------------------------------------------------------
+async function loadApi() {
+  $("#api-base").textContent = location.origin + "/v1";
+  $("#mcp-url").textContent = location.origin + "/mcp";
+  try {
+    const schema = await api("/openapi.json");
+    const rows = [];
+    for (const [path, operations] of Object.entries(schema.paths)) {
+      for (const [method, operation] of Object.entries(operations)) {
+        rows.push(el("tr", {}, el("td", {}, el("code", {}, method.toUpperCase())), el("td", {}, el("code", {}, path)),
+          el("td", {}, operation.summary || "")));
+      }
+    }
+    $("#api-table tbody").replaceChildren(...rows);
   } catch (error) { notice(error.message); }
 }
 
