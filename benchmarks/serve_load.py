@@ -353,8 +353,16 @@ def main() -> None:
     print(json.dumps({**report, "results": {k: v for k, v in summary.items() if k != "raw_turns"}}, indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.write_text(dump(report))
         print(f"wrote {args.out}")
+
+
+def dump(report: dict[str, Any]) -> str:
+    """The report as indented JSON, with one line per turn in `raw_turns` (thousands of them)."""
+    raw = report["results"]["raw_turns"]
+    text = json.dumps({**report, "results": {**report["results"], "raw_turns": "RAW"}}, indent=2)
+    lines = ",\n    ".join(json.dumps(turn, separators=(",", ":")) for turn in raw)
+    return text.replace('"raw_turns": "RAW"', f'"raw_turns": [\n    {lines}\n  ]' if raw else '"raw_turns": []') + "\n"
 
 
 if __name__ == "__main__":
