@@ -111,3 +111,19 @@ def test_babilong_on_your_own_haystack_prints_accuracy_with_intervals_as_json(ru
     assert again.exit_code == 0 and json_module.loads(pair.read_text())["key"] != first_key  # recomputed
     bad = run("eval", "--suite", "quick", "--lengths", "4Q", "--backbone", tiny_folder, "--out", tmp_path / "bad")
     assert bad.exit_code != 0 and "not a length" in bad.output
+
+
+def test_eval_human_adds_the_votes_to_a_report(run, tmp_path):
+    from memlm.eval.human import VoteStore
+
+    store = VoteStore(tmp_path / "votes.sqlite")
+    for choice in ("A", "B", "A"):
+        store.vote(store.add("ada", "a prompt", "m+bank", "m", "yes", "no").id, "ada", choice)
+    store.close()
+    result = run("eval", "human", "--out", tmp_path / "report", "--votes", tmp_path / "votes.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "human evaluation: 3 votes" in result.output and "67% [" in result.output
+    assert (tmp_path / "report" / "human_eval.png").is_file()
+    assert "## Human evaluation" in (tmp_path / "report" / "results.md").read_text()
+    missing = run("eval", "human", "--out", tmp_path / "x", "--votes", tmp_path / "none.sqlite")
+    assert missing.exit_code == 2 and "no votes" in missing.output

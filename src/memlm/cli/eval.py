@@ -208,3 +208,37 @@ def eval_recall(
     if output is not None:
         atomic_write_json(output, report)
         console.print(f"wrote {output}")
+
+
+@app.command("human")
+@friendly_errors
+def eval_human(
+    out: Annotated[Path, typer.Option(help="report folder to add the human evaluation to (created if missing)")],
+    votes: Annotated[Path | None, typer.Option(help="votes database [default: <home>/human_eval.sqlite]")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Summarise the blind pairwise votes cast on `memlm serve`'s compare page (win rates with 95%
+    intervals) and add them to the evaluation report in OUT: results.json, results.md, human_eval.png."""
+    from memlm.eval.human import VoteStore, summarise, votes_path, write_human_report
+
+    path = votes or votes_path()
+    if not path.is_file():
+        raise typer.BadParameter(f"no votes at {path}: vote on the Compare tab of `memlm serve` first",
+                                 param_hint="--votes")
+    store = VoteStore(path)
+    try:
+        summary = summarise(store.votes())
+        written = write_human_report(out, store)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"human evaluation: {summary['votes']} votes")
+    for column in ("contender", "votes", "wins", "ties", "losses", "win rate [95% CI]"):
+        table.add_column(column)
+    for row in summary["contenders"]:
+        table.add_row(row["mechanism"], str(row["n"]), str(row["wins"]), str(row["ties"]), str(row["losses"]),
+                      f"{row['win_rate']:.0%} [{row['ci_low']:.0%}-{row['ci_high']:.0%}]")
+    console.print(table)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False)
