@@ -610,6 +610,58 @@ class FactStore:
                                             [user, *ids]).fetchall())
         return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
 
+    # --- consistency -------------------------------------------------------------------------
+    def check(self) -> dict[str, int]:
+        """Check the store's consistency; raise `CorruptedFileError` listing what is wrong.
+
+        Checks SQLite's own `integrity_check`, then per user: every fact row has a user row, an
+        embedding of the store's width and an `add` in its history; and the in-memory FAISS and BM25
+        indexes, brought up to date from the change log, hold exactly the ids of the user's active
+        facts. Returns counts (users, facts, active facts) when everything agrees."""
+        import faiss
+
+        from memlm.errors import CorruptedFileError
+
+        problems: list[str] = []
+        with self._lock:
+            verdict = [row[0] for row in self.connection.execute("PRAGMA integrity_check")]
+            if verdict != ["ok"]:
+                problems.append(f"integrity_check: {'; '.join(map(str, verdict[:5]))}")
+            users = set(self.users())
+            fact_users = {row[0] for row in self.connection.execute("SELECT DISTINCT user FROM facts")}
+            if fact_users - users:
+                problems.append(f"facts of unregistered users {sorted(fact_users - users)[:5]}")
+            width = 4 * self.dimension
+            bad = self.connection.execute("SELECT COUNT(*) FROM facts WHERE length(embedding) != ?",
+                                          (width,)).fetchone()[0]
+            if bad:
+                problems.append(f"{bad} fact(s) with an embedding of the wrong width")
+            unlogged = self.connection.execute(
+                "SELECT COUNT(*) FROM facts WHERE id NOT IN (SELECT fact_id FROM history WHERE action = 'add')"
+            ).fetchone()[0]
+            if unlogged:
+                problems.append(f"{unlogged} fact(s) without an 'add' in the history")
+            total = active_total = 0
+            for user in sorted(users | fact_users):
+                active = {row[0] for row in self.connection.execute(
+                    "SELECT id FROM facts WHERE user = ? AND status = 'active'", (user,))}
+                total += self.count(user, include_inactive=True)
+                active_total += len(active)
+                try:
+                    index, lexical = self._synced_indexes(user)
+                except MemlmError:
+                    continue  # a name check_name refuses: already reported as a bad user above
+                vector_ids = set(faiss.vector_to_array(index.index.id_map).tolist())
+                lexical_ids = {fact_id for fact_id in lexical._slot}
+                if vector_ids != active:
+                    problems.append(f"user {user!r}: vector index holds {sorted(vector_ids - active)[:5]} "
+                                    f"that are not active facts and misses {sorted(active - vector_ids)[:5]}")
+                if lexical_ids != active:
+                    problems.append(f"user {user!r}: lexical index disagrees with the active facts")
+        if problems:
+            raise CorruptedFileError(f"fact store {self.path or ':memory:'} is inconsistent: " + "; ".join(problems))
+        return {"users": len(users), "facts": total, "active": active_total}
+
     # --- copies ------------------------------------------------------------------------------
     def copy_to(self, path: Path) -> None:
         copy_database(self.connection, path)
