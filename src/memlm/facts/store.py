@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError
+from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError, storage_error
 from memlm.facts.lexical import LexicalIndex
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
@@ -275,7 +275,10 @@ class FactStore:
                  clock: Callable[[], float] = time.time):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise storage_error(error, str(self.path)) from error
         self.dimension = dimension
         self.encoder = encoder
         self.clock = clock

@@ -36,13 +36,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
+from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError, StorageError
 from memlm.serialization import load_tensors, save_tensors
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
 from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
 LOCK_FILE = ".lock"
+LOCK_TIMEOUT_S = 60.0  # how long save()/load() wait for another process's lock
 KV_EVICTION_POLICIES = ("oldest", "least_used")
 _VERSIONS = itertools.count(1)
 
@@ -707,7 +708,18 @@ def _vector_file(directory: Path, generation: int) -> Path:
 def _locked(directory: Path) -> Iterator[None]:
     """An exclusive lock on the store directory, so two processes never save into it at once."""
     with (directory / LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"another process has held the lock of the memory store in {directory} for "
+                        f"{LOCK_TIMEOUT_S} s ({directory / LOCK_FILE}): wait for its save to finish or stop "
+                        "that process, then retry; the last saved state is unchanged") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
