@@ -579,6 +579,124 @@ def _open_copy(writer: str, copy: Path) -> str | None:
     return None
 
 
+# --- concurrency: many users on one fact store --------------------------------------------------------
+def open_memory(path: Path):
+    from memlm.facts import FactMemory
+
+    return FactMemory(path, embed=hash_embed, encoder="hash", dimension=DIM)
+
+
+def user_session(memory, user: str, seconds: float, seed: int) -> dict[str, Any]:
+    """One user doing mixed add / search / update / delete / get_all on `memory` for `seconds`,
+    keeping its own model of what it stored (it is the only writer of its user)."""
+    rng = random.Random(seed)
+    model: dict[int, str] = {}
+    errors, foreign, ops, step = [], [], 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        step += 1
+        ops += 1
+        roll = rng.random()
+        try:
+            if roll < 0.4 or not model:
+                text = f"{user} note {seed} {step} {rng.randint(0, 10**9)}"
+                for entry in memory.add(text, user_id=user, infer=False)["results"]:
+                    if entry["event"] == "ADD":
+                        model[int(entry["id"])] = entry["memory"]
+            elif roll < 0.7:
+                hits = memory.search(f"{user} note {rng.randint(0, step)}", user_id=user, limit=5)["results"]
+                foreign += [f"search gave {hit['user_id']}'s fact {hit['id']}" for hit in hits
+                            if hit["user_id"] != user]
+                foreign += [f"search gave unknown fact {hit['id']}" for hit in hits if int(hit["id"]) not in model]
+            elif roll < 0.85:
+                fact_id = rng.choice(sorted(model))
+                text = f"{user} changed {seed} {step} {rng.randint(0, 10**9)}"
+                model[fact_id] = memory.update(fact_id, text, user_id=user)["memory"]
+            elif roll < 0.95:
+                fact_id = rng.choice(sorted(model))
+                memory.delete(fact_id, user_id=user)
+                del model[fact_id]
+            else:
+                listed = memory.get_all(user_id=user)["results"]
+                foreign += [f"get_all gave {entry['user_id']}'s fact" for entry in listed if entry["user_id"] != user]
+                got = {int(entry["id"]): entry["memory"] for entry in listed}
+                if got != model:
+                    errors.append(f"get_all disagrees with the model ({len(got)} vs {len(model)} facts)")
+        except Exception as error:  # noqa: BLE001 - every exception is a failure here
+            errors.append(f"{type(error).__name__}: {error}")
+    return {"user": user, "ops": ops, "errors": errors, "foreign": foreign, "model": model}
+
+
+def user_process_main(path: str, user: str, seconds: float, seed: int) -> None:
+    memory = open_memory(Path(path))
+    result = user_session(memory, user, seconds, seed)
+    memory.close()
+    print(json.dumps({**result, "model": {str(k): v for k, v in result["model"].items()}}), flush=True)
+
+
+def concurrency_campaign(path: Path, users: int, seconds: float, processes: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
+    """`users` users at once on one store file: half in threads sharing one `Memory` (one SQLite
+    connection), half in separate processes (`processes`, default users // 2). Then every user's
+    facts are compared with its model, and `delete_all` of one user must remove exactly that user."""
+    import threading
+
+    processes = users // 2 if processes is None else processes
+    names = [f"user{i:03d}" for i in range(users)]
+    memory = open_memory(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")]))}
+    children = [subprocess.Popen([sys.executable, str(HERE / "campaign.py"), "user", str(path), name, str(seconds),
+                                  str(seed + i)], stdout=subprocess.PIPE, text=True, env=env)
+                for i, name in enumerate(names[:processes])]
+    time.sleep(min(2.0, seconds))  # let the processes import before the clock of the threads starts
+    results: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda n=name, i=i: results.append(user_session(memory, n, seconds, seed + i)))
+               for i, name in enumerate(names) if i >= processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for child in children:
+        out, _ = child.communicate(timeout=seconds + 120)
+        if child.returncode != 0:
+            results.append({"user": "?", "ops": 0, "errors": [f"process exited {child.returncode}"], "foreign": [],
+                            "model": {}})
+            continue
+        result = json.loads(out.strip().splitlines()[-1])
+        results.append({**result, "model": {int(k): v for k, v in result["model"].items()}})
+    report: dict[str, Any] = {"users": users, "threads": users - processes, "processes": processes,
+                              "seconds": seconds, "ops": sum(r["ops"] for r in results),
+                              "errors": sum(len(r["errors"]) for r in results),
+                              "foreign_results": sum(len(r["foreign"]) for r in results),
+                              "lost_writes": 0, "phantom": 0, "examples": []}
+    for r in results:
+        report["examples"] += [f"{r['user']}: {text}" for text in (r["errors"] + r["foreign"])[:2]]
+    fresh = open_memory(path)  # read back through a new connection: what is on disk
+    fresh.store.check()
+    expected = {r["user"]: r["model"] for r in results}
+    for name, model in expected.items():
+        got = {int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]} \
+            if fresh.store.has_user(name) else {}
+        report["lost_writes"] += sum(1 for i, text in model.items() if got.get(i) != text)
+        report["phantom"] += sum(1 for i in got if i not in model)
+    victim = names[0]
+    if fresh.store.has_user(victim):
+        fresh.delete_all(user_id=victim)
+    survivors_ok = all(
+        ({int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]}
+         if fresh.store.has_user(name) else {}) == model
+        for name, model in expected.items() if name != victim)
+    report["delete_all_exact"] = (survivors_ok and not fresh.get_all(user_id=victim)["results"]
+                                  and not fresh.store.count(victim, include_inactive=True))
+    fresh.store.check()
+    fresh.close()
+    memory.close()
+    return report
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["zygote"]:
         zygote_main()
+    elif sys.argv[1] == "user":
+        user_process_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))

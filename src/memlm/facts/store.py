@@ -260,6 +260,61 @@ class UserIndex:
         return [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0]
 
 
+class _Rows:
+    """A statement's result, read in full while the connection was held."""
+
+    def __init__(self, rows: list[tuple], lastrowid: int | None, rowcount: int):
+        self.rows, self.lastrowid, self.rowcount = rows, lastrowid, rowcount
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.rows)
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return list(self.rows)
+
+
+class SerializedConnection:
+    """One SQLite connection shared by threads, used by one thread at a time (the store's lock), each
+    statement read to the end before the lock is released.
+
+    Sharing the bare connection let one thread's unfinished SELECT keep a read snapshot open while
+    another thread began a write transaction on the same connection; in WAL mode SQLite then
+    answers "database is locked" at once (a stale snapshot cannot be upgraded), without waiting."""
+
+    def __init__(self, connection: sqlite3.Connection, lock: threading.RLock):
+        self.raw, self._lock = connection, lock
+
+    def execute(self, sql: str, parameters: Any = ()) -> _Rows:
+        with self._lock:
+            cursor = self.raw.execute(sql, parameters)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return _Rows(rows, cursor.lastrowid, cursor.rowcount)
+
+    def executemany(self, sql: str, parameters: Any) -> _Rows:
+        with self._lock:
+            cursor = self.raw.executemany(sql, parameters)
+            return _Rows([], cursor.lastrowid, cursor.rowcount)
+
+    def executescript(self, script: str) -> None:
+        with self._lock:
+            self.raw.executescript(script)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def backup(self, target: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.raw.backup(getattr(target, "raw", target), **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self.raw.close()
+
+
 class FactStore:
     """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
 
@@ -282,8 +337,8 @@ class FactStore:
         self.dimension = dimension
         self.encoder = encoder
         self.clock = clock
-        self.connection = connect(self.path, _SCHEMA, SCHEMA_VERSION)
         self._lock = threading.RLock()
+        self.connection = SerializedConnection(connect(self.path, _SCHEMA, SCHEMA_VERSION), self._lock)
         # user -> (vector index, lexical index, last change applied)
         self._indexes: dict[str, tuple[UserIndex, LexicalIndex, int]] = {}
         self._migrate()
@@ -672,7 +727,7 @@ class FactStore:
     def replace_with(self, other: FactStore) -> None:
         """Make this (in-memory) store an exact copy of `other`."""
         with self._lock:
-            other.connection.backup(self.connection)
+            other.connection.backup(self.connection.raw)
             self._indexes.clear()
 
 

@@ -68,6 +68,18 @@ def set_meta(connection: sqlite3.Connection, key: str, value: Any) -> None:
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed on success, rolled back on any error."""
+    lock = getattr(connection, "_lock", None)  # a shared connection (memlm.facts.store) is held throughout
+    if lock is not None:
+        with lock:
+            with _transaction(connection):
+                yield connection
+        return
+    with _transaction(connection):
+        yield connection
+
+
+@contextmanager
+def _transaction(connection: Any) -> Iterator[Any]:
     try:
         connection.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as error:
