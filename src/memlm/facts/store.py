@@ -276,6 +276,30 @@ class _Rows:
         return list(self.rows)
 
 
+@contextlib.contextmanager
+def _damage_is_typed(connection: sqlite3.Connection) -> Iterator[None]:
+    """A damaged file can pass `connect` and fail later, on the page a query reads: report that as
+    `CorruptedFileError` (integrity violations and lock / disk errors keep their own handling)."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.DatabaseError as error:
+        from memlm.errors import CorruptedFileError
+
+        name = next((row[2] for row in _safe_list(connection)), "the fact store")
+        if isinstance(error, sqlite3.OperationalError) and "decode" not in str(error).lower():
+            raise storage_error(error, name) from error  # locked, disk full, read-only: not damage
+        raise CorruptedFileError(f"{name} is damaged ({error}); restore it from a backup") from error
+
+
+def _safe_list(connection: sqlite3.Connection) -> list[tuple]:
+    try:
+        return connection.execute("PRAGMA database_list").fetchall()
+    except sqlite3.Error:
+        return []
+
+
 class SerializedConnection:
     """One SQLite connection shared by threads, used by one thread at a time (the store's lock), each
     statement read to the end before the lock is released.
@@ -288,13 +312,13 @@ class SerializedConnection:
         self.raw, self._lock = connection, lock
 
     def execute(self, sql: str, parameters: Any = ()) -> _Rows:
-        with self._lock:
+        with self._lock, _damage_is_typed(self.raw):
             cursor = self.raw.execute(sql, parameters)
             rows = cursor.fetchall() if cursor.description is not None else []
             return _Rows(rows, cursor.lastrowid, cursor.rowcount)
 
     def executemany(self, sql: str, parameters: Any) -> _Rows:
-        with self._lock:
+        with self._lock, _damage_is_typed(self.raw):
             cursor = self.raw.executemany(sql, parameters)
             return _Rows([], cursor.lastrowid, cursor.rowcount)
 
