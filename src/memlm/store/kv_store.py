@@ -26,6 +26,7 @@ import fcntl
 import itertools
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError, StorageError
+from memlm.errors import (
+    ConfigError,
+    CorruptedFileError,
+    IncompatibleMemoryError,
+    MemlmError,
+    StorageError,
+    storage_error,
+)
 from memlm.serialization import load_tensors, save_tensors
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
 from memlm.store.records import Record, RecordFilter, RecordStore
@@ -623,9 +631,20 @@ class KeyValueStore:
         if not (directory / RECORDS_FILE).is_file():
             raise FileNotFoundError(f"no memory store in {directory} (missing {RECORDS_FILE})")
         with _locked(directory):
-            records = RecordStore(directory / RECORDS_FILE)
+            try:
+                records = RecordStore(directory / RECORDS_FILE)
+            except sqlite3.DatabaseError as error:
+                raise _damaged(directory, error) from error
             try:
                 return cls._open(directory, records, device, dtype, expected_layout)
+            except MemlmError:
+                records.close()
+                raise
+            except (sqlite3.DatabaseError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+                    RuntimeError) as error:
+                # A file that parses but holds nonsense (a damaged row, a layout that is not a layout).
+                records.close()
+                raise _damaged(directory, error) from error
             except BaseException:
                 records.close()
                 raise
@@ -698,6 +717,14 @@ def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype
     if layout.backend == "torch":
         options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype)
     return options
+
+
+def _damaged(directory: Path, error: BaseException) -> MemlmError:
+    if isinstance(error, sqlite3.OperationalError) and any(
+            word in str(error).lower() for word in ("locked", "busy", "readonly", "full", "unable to open")):
+        return storage_error(error, str(directory / RECORDS_FILE))
+    return CorruptedFileError(f"the memory store in {directory} is damaged ({type(error).__name__}: {error}); "
+                              "restore it from a backup or delete it to start empty")
 
 
 def _vector_file(directory: Path, generation: int) -> Path:
