@@ -212,9 +212,9 @@ class FactsAdapter:
         if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
             raise ConfigError("category must be a string of 1-64 characters")
         with self._lock:
-            results = self.memory.add(messages, user=user, category=category, infer=infer)
+            results = self.memory.add(messages, user=user, category=category, infer=infer)["results"]
             for result in results:
-                if result["event"] == "ADD" and result["id"] is not None:
+                if result["event"] in ("ADD", "UPDATE") and result["id"] is not None:
                     self._set_scope(result["id"], user, agent_id, run_id, metadata)
             scopes = self._scopes(user, [r["id"] for r in results if r["id"] is not None])
         out = []
