@@ -168,3 +168,18 @@ def test_a_kv_store_with_damaged_records_is_a_corrupted_file_error(tmp_path):
     _damage_pages(tmp_path / "records.sqlite")
     with pytest.raises(CorruptedFileError):
         KeyValueStore.load(tmp_path)
+
+
+@pytest.mark.parametrize("fact_id", [2**63, -2**63 - 1, "9" * 30])
+def test_a_fact_id_beyond_64_bits_is_a_config_error(tmp_path, fact_id):
+    """Ids past SQLite's INTEGER raised OverflowError from the driver (found by the API fuzzing)."""
+    from campaign import open_memory
+
+    memory = open_memory(tmp_path / "facts.sqlite")
+    memory.add("The user likes tea.", user_id="alice", infer=False)
+    for call in (memory.get, memory.delete, memory.history):
+        with pytest.raises(MemlmError):
+            call(fact_id, user_id="alice")
+    with pytest.raises(MemlmError):
+        memory.update(fact_id, "x", user_id="alice")
+    memory.close()

@@ -763,6 +763,8 @@ def check_id(fact_id: Any) -> int:
         if not fact_id.strip().isdigit():
             raise ConfigError(f"a fact id must be an integer, got {fact_id!r}")
         fact_id = int(fact_id.strip())
+    if not -2**63 <= int(fact_id) < 2**63:  # SQLite's INTEGER: a larger id cannot name a fact
+        raise ConfigError(f"a fact id must fit in 64 bits, got {fact_id}")
     return int(fact_id)
 
 
