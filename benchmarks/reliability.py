@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--writers", default=",".join(WRITERS))
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: crash,concurrency,hostile,environment")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: crash,concurrency,hostile,environment")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "reliability.json")
     args = parser.parse_args()
@@ -66,7 +67,8 @@ def main() -> None:
             try:
                 for writer in args.writers.split(","):
                     started = time.perf_counter()
-                    result = crash_campaign(writer, scratch / f"crash-{writer}", args.kills, args.seed, zygote).to_dict()
+                    result = crash_campaign(writer, scratch / f"crash-{writer}", args.kills, args.seed,
+                                            zygote).to_dict()
                     result["seconds"] = round(time.perf_counter() - started, 1)
                     crashes.append(result)
                     print(json.dumps(result), flush=True)

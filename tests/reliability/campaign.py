@@ -123,10 +123,7 @@ def write_kv(directory: Path, acks: Acks, seed: int) -> None:
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    if (directory / "records.sqlite").exists():
-        store = KeyValueStore.load(directory)
-    else:
-        store = KeyValueStore(_kv_layout())
+    store = KeyValueStore.load(directory) if (directory / "records.sqlite").exists() else KeyValueStore(_kv_layout())
     tag = f"{os.getpid()}-{seed}"
     step = 0
     while True:
@@ -142,8 +139,9 @@ def write_kv(directory: Path, acks: Acks, seed: int) -> None:
 
 def _state_model():
     sys.path.insert(0, str(TESTS))
-    import memlm
     from tiny import tiny_model
+
+    import memlm
 
     return memlm.attach(tiny_model("llama"), "recurrent")
 
@@ -300,9 +298,7 @@ class FactsModel:
 
     def apply(self, op: list[Any]) -> None:
         kind = op[0]
-        if kind == "add":
-            self.facts[op[2]] = (op[1], op[3])
-        elif kind == "update":
+        if kind == "add" or kind == "update":
             self.facts[op[2]] = (op[1], op[3])
         elif kind == "delete":
             self.facts.pop(op[2], None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from campaign import DIM, hash_embed, open_memory
+from campaign import hash_embed, open_memory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -193,12 +192,12 @@ def test_a_damaged_kv_store_loads_or_raises_a_memlm_error(valid_files, tmp_path_
         store.close()
 
 
+message = st.dictionaries(st.sampled_from(["role", "content", "x"]),
+                          st.one_of(st.text(max_size=20), st.integers(), st.none(), st.lists(st.integers())),
+                          max_size=3)
 jsonl = st.one_of(st.binary(max_size=300),
-                  st.lists(st.one_of(st.builds(json.dumps, st.dictionaries(st.sampled_from(["role", "content", "x"]),
-                                                                           st.one_of(st.text(max_size=20), st.integers(),
-                                                                                     st.none(), st.lists(st.integers())),
-                                                                           max_size=3)),
-                                     st.text(max_size=30)), max_size=6).map(lambda ls: "\n".join(ls).encode()))
+                  st.lists(st.one_of(st.builds(json.dumps, message), st.text(max_size=30)), max_size=6)
+                  .map(lambda lines: "\n".join(lines).encode()))
 
 
 @FUZZ

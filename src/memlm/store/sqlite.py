@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,8 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed on success, rolled back on any error."""
     lock = getattr(connection, "_lock", None)  # a shared connection (memlm.facts.store) is held throughout
     if lock is not None:
-        with lock:
-            with _transaction(connection):
-                yield connection
+        with lock, _transaction(connection):
+            yield connection
         return
     with _transaction(connection):
         yield connection
@@ -89,10 +88,8 @@ def _transaction(connection: Any) -> Iterator[Any]:
         connection.execute("COMMIT")
     except BaseException as error:
         if connection.in_transaction:
-            try:
+            with suppress(sqlite3.Error):  # SQLite may already have rolled back (e.g. after an I/O error)
                 connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite may already have rolled back (e.g. after an I/O error)
         if isinstance(error, sqlite3.OperationalError):
             raise storage_error(error, _name(connection)) from error
         raise
