@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.memlm-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench reliability clean
 
 demo: $(STAMP)
 	$(BIN)/memlm demo
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/decode_speed.py
+
+# The full reliability campaign (docs/reliability.md); the bounded version runs in `make test`.
+reliability: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reliability.py --kills 200 --fuzz 10000 --users 32
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -23,6 +23,7 @@ from memlm.errors import (
     IncompatibleMemoryError,
     MemlmError,
     MemoryStateError,
+    StorageError,
     UnknownMechanismError,
 )
 from memlm.registry import (
@@ -93,6 +94,7 @@ __all__ = [
     "MemoryConfig",
     "MemoryModel",
     "MemoryStateError",
+    "StorageError",
     "RecurrentConfig",
     "RecurrentMemory",
     "SlotsConfig",

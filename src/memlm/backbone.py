@@ -239,10 +239,16 @@ def verify_cache(folder: Path) -> None:
     except FileNotFoundError:
         raise CorruptedFileError(f"{folder} has no {CACHE_MANIFEST} (an interrupted conversion?)") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not files:
+    if not files or not isinstance(files, dict):
         raise CorruptedFileError(f"{folder / CACHE_MANIFEST} lists no files")
+    root = folder.resolve()
     for name, expected in files.items():
+        if (not isinstance(expected, dict) or not isinstance(expected.get("size"), int)
+                or not isinstance(expected.get("sha256"), str)):
+            raise CorruptedFileError(f"{folder / CACHE_MANIFEST} has a malformed entry for {name!r}")
         path = folder / name
+        if not name or path.resolve().parent != root:  # only plain file names inside the cache folder
+            raise CorruptedFileError(f"{folder / CACHE_MANIFEST} names a file outside its folder: {name!r}")
         if not path.is_file() or path.stat().st_size != expected["size"]:
             raise CorruptedFileError(f"{path} is missing or has the wrong size")
         if _sha256_file(path) != expected["sha256"]:

@@ -86,6 +86,7 @@ class ChatSession:
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.directory / TRANSCRIPT_FILE)
         with (self.directory / TRANSCRIPT_FILE).open("a", encoding="utf-8") as handle:
             for message in new_messages:
                 handle.write(json.dumps(message, ensure_ascii=False) + "\n")
@@ -147,6 +148,39 @@ class ChatSession:
         if self.directory is not None:
             (self.directory / TRANSCRIPT_FILE).unlink(missing_ok=True)
             self.model.save_state(self.directory)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line (a crash while appending; `read_transcript` skips it) before appending,
+    so the next message starts a line of its own instead of fusing with the torn bytes into a
+    damaged line in the middle of the file."""
+    try:
+        handle = path.open("r+b")
+    except FileNotFoundError:
+        return
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        block, end = 1 << 16, size
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        logger.warning("dropping a torn last line of %s before appending", path)
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_transcript(path: Path) -> list[dict[str, str]]:

@@ -57,6 +57,8 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MemoryConfig:
+        if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+            raise ConfigError(f"{cls.mechanism}: options must be a mapping of names to values, got {values!r}")
         values = {k: v for k, v in values.items() if k != "mechanism"}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -119,7 +121,7 @@ def load_configs(source: str | os.PathLike | dict | list) -> list[MemoryConfig]:
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         try:
             source = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise ConfigError(f"{source} is not valid YAML: {error}") from error
     if isinstance(source, dict) and "memories" not in source:
         settings = source.get("model", source)

@@ -37,3 +37,39 @@ class MemoryStateError(MemlmError, RuntimeError):
 
 class TrainingDivergedError(MemlmError, RuntimeError):
     """Training produced non-finite gradients step after step (see `memlm.train.Trainer`)."""
+
+
+class StorageError(MemlmError, OSError):
+    """The file system refused a read or write: disk full, file too large, read-only or missing
+    permissions, or another process holding the lock. The message says what to do; the last
+    committed state is left as it was."""
+
+
+_ERRNO_HINTS = {
+    "ENOSPC": "the disk is full: free some space and retry",
+    "EDQUOT": "the disk quota is exhausted: free some space and retry",
+    "EFBIG": "the file size limit was reached (ulimit -f): raise it or free space and retry",
+    "EACCES": "permission denied: make the directory writable for this user (or point MEMLM_HOME elsewhere)",
+    "EPERM": "permission denied: make the directory writable for this user (or point MEMLM_HOME elsewhere)",
+    "EROFS": "the file system is read-only: point MEMLM_HOME (or the path) at a writable place",
+}
+
+
+def storage_error(error: BaseException, what: str) -> StorageError:
+    """A `StorageError` for an `OSError` or `sqlite3.OperationalError` met while writing `what`."""
+    import errno
+
+    name = errno.errorcode.get(getattr(error, "errno", None) or 0, "")
+    text = str(error).lower()
+    if name in _ERRNO_HINTS:
+        hint = _ERRNO_HINTS[name]
+    elif "locked" in text or "busy" in text:
+        hint = "another process holds its write lock: close the other memlm process using it, or retry later"
+    elif "full" in text or "disk i/o" in text:
+        hint = "the disk is full or the file size limit was reached: free space (or raise ulimit -f) and retry"
+    elif "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text:
+        hint = ("it cannot be written here (read-only or missing permissions): make the directory writable, "
+                "or point MEMLM_HOME elsewhere")
+    else:
+        hint = "the file system refused the operation"
+    return StorageError(f"could not write {what}: {hint} ({error}); the last saved state is unchanged")

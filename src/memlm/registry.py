@@ -158,5 +158,7 @@ def make_config(spec: MemoryConfig | str | dict[str, Any], **overrides: Any) -> 
     if isinstance(spec, dict):
         if "mechanism" not in spec:
             raise ConfigError(f"memory config {spec!r} has no 'mechanism' key")
+        if not isinstance(spec["mechanism"], str):
+            raise ConfigError(f"a memory config's 'mechanism' must be a name, got {spec['mechanism']!r}")
         return get_mechanism(spec["mechanism"]).config_class.from_dict({**spec, **overrides})
     raise ConfigError(f"cannot build a memory config from {type(spec).__name__}")

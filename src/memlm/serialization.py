@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_dumps
 
-from memlm.errors import CorruptedFileError
+from memlm.errors import CorruptedFileError, StorageError, storage_error
 
 CHECKSUM_KEY = "memlm.sha256"
 
@@ -37,16 +37,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise storage_error(error, str(path)) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, StorageError):
+            raise storage_error(error, str(path)) from error
         raise
     _fsync_directory(path.parent)
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError
+from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError, storage_error
 from memlm.facts.lexical import LexicalIndex
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
@@ -260,6 +260,85 @@ class UserIndex:
         return [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0]
 
 
+class _Rows:
+    """A statement's result, read in full while the connection was held."""
+
+    def __init__(self, rows: list[tuple], lastrowid: int | None, rowcount: int):
+        self.rows, self.lastrowid, self.rowcount = rows, lastrowid, rowcount
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.rows)
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return list(self.rows)
+
+
+@contextlib.contextmanager
+def _damage_is_typed(connection: sqlite3.Connection) -> Iterator[None]:
+    """A damaged file can pass `connect` and fail later, on the page a query reads: report that as
+    `CorruptedFileError` (integrity violations and lock / disk errors keep their own handling)."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.DatabaseError as error:
+        from memlm.errors import CorruptedFileError
+
+        name = next((row[2] for row in _safe_list(connection)), "the fact store")
+        if isinstance(error, sqlite3.OperationalError) and "decode" not in str(error).lower():
+            raise storage_error(error, name) from error  # locked, disk full, read-only: not damage
+        raise CorruptedFileError(f"{name} is damaged ({error}); restore it from a backup") from error
+
+
+def _safe_list(connection: sqlite3.Connection) -> list[tuple]:
+    try:
+        return connection.execute("PRAGMA database_list").fetchall()
+    except sqlite3.Error:
+        return []
+
+
+class SerializedConnection:
+    """One SQLite connection shared by threads, used by one thread at a time (the store's lock), each
+    statement read to the end before the lock is released.
+
+    Sharing the bare connection let one thread's unfinished SELECT keep a read snapshot open while
+    another thread began a write transaction on the same connection; in WAL mode SQLite then
+    answers "database is locked" at once (a stale snapshot cannot be upgraded), without waiting."""
+
+    def __init__(self, connection: sqlite3.Connection, lock: threading.RLock):
+        self.raw, self._lock = connection, lock
+
+    def execute(self, sql: str, parameters: Any = ()) -> _Rows:
+        with self._lock, _damage_is_typed(self.raw):
+            cursor = self.raw.execute(sql, parameters)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return _Rows(rows, cursor.lastrowid, cursor.rowcount)
+
+    def executemany(self, sql: str, parameters: Any) -> _Rows:
+        with self._lock, _damage_is_typed(self.raw):
+            cursor = self.raw.executemany(sql, parameters)
+            return _Rows([], cursor.lastrowid, cursor.rowcount)
+
+    def executescript(self, script: str) -> None:
+        with self._lock:
+            self.raw.executescript(script)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def backup(self, target: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.raw.backup(getattr(target, "raw", target), **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self.raw.close()
+
+
 class FactStore:
     """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
 
@@ -275,12 +354,15 @@ class FactStore:
                  clock: Callable[[], float] = time.time):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise storage_error(error, str(self.path)) from error
         self.dimension = dimension
         self.encoder = encoder
         self.clock = clock
-        self.connection = connect(self.path, _SCHEMA, SCHEMA_VERSION)
         self._lock = threading.RLock()
+        self.connection = SerializedConnection(connect(self.path, _SCHEMA, SCHEMA_VERSION), self._lock)
         # user -> (vector index, lexical index, last change applied)
         self._indexes: dict[str, tuple[UserIndex, LexicalIndex, int]] = {}
         self._migrate()
@@ -610,6 +692,58 @@ class FactStore:
                                             [user, *ids]).fetchall())
         return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
 
+    # --- consistency -------------------------------------------------------------------------
+    def check(self) -> dict[str, int]:
+        """Check the store's consistency; raise `CorruptedFileError` listing what is wrong.
+
+        Checks SQLite's own `integrity_check`, then per user: every fact row has a user row, an
+        embedding of the store's width and an `add` in its history; and the in-memory FAISS and BM25
+        indexes, brought up to date from the change log, hold exactly the ids of the user's active
+        facts. Returns counts (users, facts, active facts) when everything agrees."""
+        import faiss
+
+        from memlm.errors import CorruptedFileError
+
+        problems: list[str] = []
+        with self._lock:
+            verdict = [row[0] for row in self.connection.execute("PRAGMA integrity_check")]
+            if verdict != ["ok"]:
+                problems.append(f"integrity_check: {'; '.join(map(str, verdict[:5]))}")
+            users = set(self.users())
+            fact_users = {row[0] for row in self.connection.execute("SELECT DISTINCT user FROM facts")}
+            if fact_users - users:
+                problems.append(f"facts of unregistered users {sorted(fact_users - users)[:5]}")
+            width = 4 * self.dimension
+            bad = self.connection.execute("SELECT COUNT(*) FROM facts WHERE length(embedding) != ?",
+                                          (width,)).fetchone()[0]
+            if bad:
+                problems.append(f"{bad} fact(s) with an embedding of the wrong width")
+            unlogged = self.connection.execute(
+                "SELECT COUNT(*) FROM facts WHERE id NOT IN (SELECT fact_id FROM history WHERE action = 'add')"
+            ).fetchone()[0]
+            if unlogged:
+                problems.append(f"{unlogged} fact(s) without an 'add' in the history")
+            total = active_total = 0
+            for user in sorted(users | fact_users):
+                active = {row[0] for row in self.connection.execute(
+                    "SELECT id FROM facts WHERE user = ? AND status = 'active'", (user,))}
+                total += self.count(user, include_inactive=True)
+                active_total += len(active)
+                try:
+                    index, lexical = self._synced_indexes(user)
+                except MemlmError:
+                    continue  # a name check_name refuses: already reported as a bad user above
+                vector_ids = set(faiss.vector_to_array(index.index.id_map).tolist())
+                lexical_ids = {fact_id for fact_id in lexical._slot}
+                if vector_ids != active:
+                    problems.append(f"user {user!r}: vector index holds {sorted(vector_ids - active)[:5]} "
+                                    f"that are not active facts and misses {sorted(active - vector_ids)[:5]}")
+                if lexical_ids != active:
+                    problems.append(f"user {user!r}: lexical index disagrees with the active facts")
+        if problems:
+            raise CorruptedFileError(f"fact store {self.path or ':memory:'} is inconsistent: " + "; ".join(problems))
+        return {"users": len(users), "facts": total, "active": active_total}
+
     # --- copies ------------------------------------------------------------------------------
     def copy_to(self, path: Path) -> None:
         copy_database(self.connection, path)
@@ -617,7 +751,7 @@ class FactStore:
     def replace_with(self, other: FactStore) -> None:
         """Make this (in-memory) store an exact copy of `other`."""
         with self._lock:
-            other.connection.backup(self.connection)
+            other.connection.backup(self.connection.raw)
             self._indexes.clear()
 
 
@@ -629,6 +763,8 @@ def check_id(fact_id: Any) -> int:
         if not fact_id.strip().isdigit():
             raise ConfigError(f"a fact id must be an integer, got {fact_id!r}")
         fact_id = int(fact_id.strip())
+    if not -2**63 <= int(fact_id) < 2**63:  # SQLite's INTEGER: a larger id cannot name a fact
+        raise ConfigError(f"a fact id must fit in 64 bits, got {fact_id}")
     return int(fact_id)
 
 

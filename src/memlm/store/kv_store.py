@@ -26,6 +26,7 @@ import fcntl
 import itertools
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +37,21 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
+from memlm.errors import (
+    ConfigError,
+    CorruptedFileError,
+    IncompatibleMemoryError,
+    MemlmError,
+    StorageError,
+    storage_error,
+)
 from memlm.serialization import load_tensors, save_tensors
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
 from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
 LOCK_FILE = ".lock"
+LOCK_TIMEOUT_S = 60.0  # how long save()/load() wait for another process's lock
 KV_EVICTION_POLICIES = ("oldest", "least_used")
 _VERSIONS = itertools.count(1)
 
@@ -622,9 +631,20 @@ class KeyValueStore:
         if not (directory / RECORDS_FILE).is_file():
             raise FileNotFoundError(f"no memory store in {directory} (missing {RECORDS_FILE})")
         with _locked(directory):
-            records = RecordStore(directory / RECORDS_FILE)
+            try:
+                records = RecordStore(directory / RECORDS_FILE)
+            except sqlite3.DatabaseError as error:
+                raise _damaged(directory, error) from error
             try:
                 return cls._open(directory, records, device, dtype, expected_layout)
+            except MemlmError:
+                records.close()
+                raise
+            except (sqlite3.DatabaseError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+                    RuntimeError) as error:
+                # A file that parses but holds nonsense (a damaged row, a layout that is not a layout).
+                records.close()
+                raise _damaged(directory, error) from error
             except BaseException:
                 records.close()
                 raise
@@ -699,6 +719,14 @@ def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype
     return options
 
 
+def _damaged(directory: Path, error: BaseException) -> MemlmError:
+    if isinstance(error, sqlite3.OperationalError) and any(
+            word in str(error).lower() for word in ("locked", "busy", "readonly", "full", "unable to open")):
+        return storage_error(error, str(directory / RECORDS_FILE))
+    return CorruptedFileError(f"the memory store in {directory} is damaged ({type(error).__name__}: {error}); "
+                              "restore it from a backup or delete it to start empty")
+
+
 def _vector_file(directory: Path, generation: int) -> Path:
     return directory / f"vectors-{generation:06d}.safetensors"
 
@@ -707,7 +735,18 @@ def _vector_file(directory: Path, generation: int) -> Path:
 def _locked(directory: Path) -> Iterator[None]:
     """An exclusive lock on the store directory, so two processes never save into it at once."""
     with (directory / LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"another process has held the lock of the memory store in {directory} for "
+                        f"{LOCK_TIMEOUT_S} s ({directory / LOCK_FILE}): wait for its save to finish or stop "
+                        "that process, then retry; the last saved state is unchanged") from None
+                time.sleep(0.05)
         try:
             yield
         finally:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from memlm.errors import CorruptedFileError
+from memlm.errors import CorruptedFileError, storage_error
 
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 BUSY_TIMEOUT_S = 30
@@ -45,6 +45,13 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
         elif int(version) > schema_version:
             raise CorruptedFileError(f"{path} was written by a newer memlm (schema {version})")
         return connection
+    except sqlite3.OperationalError as error:
+        # Not damage: locked, read-only, no permission, disk full. Say so instead of "corrupted".
+        if path is not None and path.exists() and "not a database" in str(error):
+            raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
+        raise storage_error(error, str(path)) from error
+    except PermissionError as error:
+        raise storage_error(error, str(path)) from error
     except sqlite3.DatabaseError as error:
         raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
 
@@ -61,13 +68,39 @@ def set_meta(connection: sqlite3.Connection, key: str, value: Any) -> None:
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed on success, rolled back on any error."""
-    connection.execute("BEGIN IMMEDIATE")
+    lock = getattr(connection, "_lock", None)  # a shared connection (memlm.facts.store) is held throughout
+    if lock is not None:
+        with lock, _transaction(connection):
+            yield connection
+        return
+    with _transaction(connection):
+        yield connection
+
+
+@contextmanager
+def _transaction(connection: Any) -> Iterator[Any]:
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        raise storage_error(error, _name(connection)) from error
     try:
         yield connection
-    except BaseException:
-        connection.execute("ROLLBACK")
+        connection.execute("COMMIT")
+    except BaseException as error:
+        if connection.in_transaction:
+            with suppress(sqlite3.Error):  # SQLite may already have rolled back (e.g. after an I/O error)
+                connection.execute("ROLLBACK")
+        if isinstance(error, sqlite3.OperationalError):
+            raise storage_error(error, _name(connection)) from error
         raise
-    connection.execute("COMMIT")
+
+
+def _name(connection: sqlite3.Connection) -> str:
+    try:
+        row = connection.execute("PRAGMA database_list").fetchone()
+        return (row[2] if row and row[2] else "the in-memory database")
+    except sqlite3.Error:
+        return "the database"
 
 
 def copy_database(connection: sqlite3.Connection, path: Path) -> None:

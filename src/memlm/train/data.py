@@ -280,9 +280,13 @@ class TrainingData:
         return collate(examples, self.pad_id, "lm", width)
 
     def _file_example_source(self, path: Path) -> tuple[str, Any]:
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path} is not UTF-8 text ({error})") from None
         if path.suffix == ".jsonl":
             turns = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for number, line in enumerate(content.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -295,7 +299,7 @@ class TrainingData:
             if not any(turn["role"] == "assistant" for turn in turns):
                 raise ConfigError(f"{path} has no assistant turn to learn")
             return "chat", turns
-        ids = self.tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+        ids = self.tokenizer(content, add_special_tokens=False).input_ids
         if len(ids) < 2:
             raise ConfigError(f"{path} holds no text to learn")
         return "text", ids

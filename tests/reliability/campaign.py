@@ -1,0 +1,698 @@
+"""The reliability campaign's machinery, shared by `tests/reliability` (bounded) and
+`benchmarks/reliability.py` (full scale).
+
+Crash campaign. Each writer runs in a child process that writes in a loop and reports every write
+on an *acknowledgement file*: a `B ...` line (unbuffered `os.write`) before the call and a `K ...`
+line after the call returned. A write with a `K` line was acknowledged to the caller; the parent
+kills the child with SIGKILL at a random moment, reopens the store, runs its consistency check and
+verifies that every acknowledged write is there (and nothing that was never written, or was
+acknowledged deleted, is). The one write in flight at the kill (a `B` without its `K`) may have
+landed or not, but only whole.
+
+Children are forked from a *zygote*: a separate interpreter started with `subprocess` that imports
+numpy/faiss/torch/transformers once and forks one writer per kill, before it has run any torch op
+(so no thread pools exist yet); the test process itself never forks. This keeps a kill at ~0.1-0.3 s
+instead of the ~2 s an interpreter needs to import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
+DIM = 16
+WRITERS = ("facts", "kv", "state", "transcript")
+USERS = ("u0", "u1", "u2")
+
+
+def hash_embed(texts: list[str]) -> np.ndarray:
+    """A random unit vector per distinct text, seeded by its hash (no model)."""
+    vectors = np.stack([np.random.default_rng(int(hashlib.md5(t.encode()).hexdigest()[:8], 16)).standard_normal(DIM)
+                        for t in texts]).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def open_facts(path: Path):
+    from memlm.facts.store import FactStore
+
+    return FactStore(path, DIM, "hash")
+
+
+# --- acknowledgement files --------------------------------------------------------------------------
+class Acks:
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def begin(self, *fields: Any) -> None:
+        os.write(self.fd, ("B " + json.dumps(fields) + "\n").encode())
+
+    def ack(self, *fields: Any) -> None:
+        os.write(self.fd, ("K " + json.dumps(fields) + "\n").encode())
+
+
+def read_acks(path: Path) -> tuple[list[list[Any]], list[Any] | None]:
+    """(acknowledged operations in order, the operation in flight or None)."""
+    acked, pending = [], None
+    if not path.exists():
+        return acked, pending
+    for line in path.read_text().splitlines():
+        if line.startswith("B "):
+            pending = json.loads(line[2:])
+        elif line.startswith("K "):
+            acked.append(json.loads(line[2:]))
+            pending = None
+    return acked, pending
+
+
+# --- writers (run in the forked child) ----------------------------------------------------------------
+def write_facts(directory: Path, acks: Acks, seed: int) -> None:
+    rng = random.Random(seed)
+    store = open_facts(directory / "facts.sqlite")
+    tag = f"{os.getpid()}-{seed}"
+    step = 0
+    while True:
+        step += 1
+        user = rng.choice(USERS)
+        live = [fact.id for fact in store.facts(user)] if store.has_user(user) else []
+        roll = rng.random()
+        if roll < 0.6 or not live:
+            text = f"fact {tag} {step} {rng.random():.6f}"
+            acks.begin("add", user, text)
+            fact = store.add(user, text, hash_embed([text])[0], importance=1.0)
+            acks.ack("add", user, fact.id, text)
+        elif roll < 0.8:
+            fact_id, text = rng.choice(live), f"updated {tag} {step}"
+            acks.begin("update", user, fact_id, text)
+            store.update(fact_id, user, text, hash_embed([text])[0])
+            acks.ack("update", user, fact_id, text)
+        elif roll < 0.99:
+            fact_id = rng.choice(live)
+            acks.begin("delete", user, fact_id)
+            store.delete([fact_id], user)
+            acks.ack("delete", user, fact_id)
+        else:
+            acks.begin("delete_all", user)
+            store.delete_all(user)
+            acks.ack("delete_all", user)
+
+
+def _kv_layout():
+    from memlm.store import GroupSpec, StoreLayout
+
+    return StoreLayout({"attention": GroupSpec(heads=2, key_dim=16, value_dim=16)})
+
+
+def write_kv(directory: Path, acks: Acks, seed: int) -> None:
+    import torch
+
+    from memlm.store import KeyValueStore
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    store = KeyValueStore.load(directory) if (directory / "records.sqlite").exists() else KeyValueStore(_kv_layout())
+    tag = f"{os.getpid()}-{seed}"
+    step = 0
+    while True:
+        step += 1
+        count = rng.randint(1, 200)
+        texts = [f"{tag}-{step}-{i}" for i in range(count)]
+        store.add("attention", 0, 0, torch.randn(count, 2, 16), torch.randn(count, 2, 16),
+                  [{"text": text, "sequence": step} for text in texts])
+        acks.begin("save", texts)
+        store.save(directory)
+        acks.ack("save", texts)
+
+
+def _state_model():
+    sys.path.insert(0, str(TESTS))
+    from tiny import tiny_model
+
+    import memlm
+
+    return memlm.attach(tiny_model("llama"), "recurrent")
+
+
+def state_digest(model) -> str:
+    from memlm.serialization import tensors_checksum
+
+    return tensors_checksum({f"{name}.{key}": value for name, memory in model.memories.items()
+                             for key, value in memory.state_tensors().items()})
+
+
+def write_state(directory: Path, acks: Acks, seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    model = _state_model()
+    while True:
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, 250, (1, 8)))
+        digest = state_digest(model)
+        acks.begin("save_state", digest)
+        model.save_state(directory)
+        acks.ack("save_state", digest)
+
+
+class _NoState:
+    def save_state(self, directory: Any) -> None:
+        pass
+
+
+def write_transcript(directory: Path, acks: Acks, seed: int) -> None:
+    """`ChatSession._save_turn` (the transcript append) with a stand-in model whose state saving does
+    nothing: the state file has its own writer above."""
+    from types import SimpleNamespace
+
+    from memlm.chat import ChatSession
+
+    rng = random.Random(seed)
+    session = SimpleNamespace(directory=directory, model=_NoState())
+    tag = f"{os.getpid()}-{seed}"
+    step = 0
+    while True:
+        step += 1
+        turn = [{"role": "user", "content": f"q {tag} {step} " + "x" * rng.randint(0, 3000)},
+                {"role": "assistant", "content": f"a {tag} {step}"}]
+        acks.begin("turn", [m["content"] for m in turn])
+        ChatSession._save_turn(session, turn)
+        acks.ack("turn", [m["content"] for m in turn])
+
+
+WRITE = {"facts": write_facts, "kv": write_kv, "state": write_state, "transcript": write_transcript}
+
+
+# --- the zygote -------------------------------------------------------------------------------------
+def zygote_main() -> None:
+    """Import everything once, then fork one writer per request line `{"writer", "dir", "acks", "seed"}`
+    on stdin, answering each with the child's pid on stdout."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*starts untrained.*")
+    import faiss  # noqa: F401
+    import torch  # noqa: F401
+
+    import memlm.chat  # noqa: F401
+    import memlm.facts.store  # noqa: F401
+    import memlm.model  # noqa: F401
+    import memlm.store  # noqa: F401
+
+    sys.path.insert(0, str(TESTS))
+    import tiny  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                WRITE[request["writer"]](Path(request["dir"]), Acks(Path(request["acks"])), request["seed"])
+            finally:
+                os._exit(3)
+        print(pid, flush=True)
+
+
+class Zygote:
+    def __init__(self):
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, str(HERE / "campaign.py"), "zygote"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env)
+        assert self.process.stdout.readline().strip() == "ready", "the zygote failed to start"
+
+    def spawn(self, writer: str, directory: Path, acks: Path, seed: int) -> int:
+        self.process.stdin.write(json.dumps({"writer": writer, "dir": str(directory), "acks": str(acks),
+                                             "seed": seed}) + "\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"writer {pid} survived SIGKILL")
+        time.sleep(0.005)
+
+
+def wait_started(acks: Path, pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (acks.exists() and acks.stat().st_size > 0):
+        if not _alive(pid):
+            raise RuntimeError(f"the writer {pid} died before writing anything")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the writer {pid} wrote nothing in {timeout} s")
+        time.sleep(0.005)
+
+
+# --- verifiers (run in the parent) --------------------------------------------------------------------
+@dataclass
+class Outcome:
+    corrupt: str | None = None  # the store failed to open or its consistency check
+    lost: list[str] = field(default_factory=list)  # acknowledged writes that are missing or wrong
+    phantom: list[str] = field(default_factory=list)  # data that was never written / was deleted
+    acked: int = 0
+
+
+class FactsModel:
+    """The expected state of the fact store: {id: (user, text)}."""
+
+    def __init__(self):
+        self.facts: dict[int, tuple[str, str]] = {}
+
+    def apply(self, op: list[Any]) -> None:
+        kind = op[0]
+        if kind == "add" or kind == "update":
+            self.facts[op[2]] = (op[1], op[3])
+        elif kind == "delete":
+            self.facts.pop(op[2], None)
+        elif kind == "delete_all":
+            self.facts = {i: v for i, v in self.facts.items() if v[0] != op[1]}
+
+    def verify(self, directory: Path, acks: Path) -> Outcome:
+        acked, pending = read_acks(acks)
+        for op in acked:
+            self.apply(op)
+        outcome = Outcome(acked=len(acked))
+        try:
+            store = open_facts(directory / "facts.sqlite")
+            try:
+                store.check()
+                actual = {fact.id: (user, fact.text) for user in store.users() for fact in store.facts(user)}
+            finally:
+                store.close()
+        except Exception as error:  # noqa: BLE001 - any failure to open or check is corruption
+            outcome.corrupt = f"{type(error).__name__}: {error}"
+            return outcome
+        allowed_extra, allowed_change = set(), {}
+        if pending is not None:
+            kind = pending[0]
+            if kind == "add":
+                allowed_extra = {(pending[1], pending[2])}
+            elif kind == "update":
+                allowed_change = {pending[2]: (pending[1], pending[3])}
+            elif kind == "delete":
+                allowed_change = {pending[2]: None}
+        if pending is not None and pending[0] == "delete_all":
+            user = pending[1]
+            mine = {i for i, v in actual.items() if v[0] == user}
+            expected_mine = {i for i, v in self.facts.items() if v[0] == user}
+            if mine and mine != expected_mine:
+                outcome.lost.append(f"delete_all({user}) in flight left part of the user's facts")
+            if not mine:  # it committed
+                self.apply(pending)
+        for fact_id, value in self.facts.items():
+            got = actual.get(fact_id)
+            if got == value:
+                continue
+            if fact_id in allowed_change and got == allowed_change[fact_id]:
+                continue
+            outcome.lost.append(f"fact {fact_id} {value} -> {got}")
+        for fact_id, value in actual.items():
+            if fact_id not in self.facts and value not in allowed_extra:
+                outcome.phantom.append(f"fact {fact_id} {value}")
+        self.facts = actual  # the in-flight write resolved one way or the other
+        return outcome
+
+
+class KvModel:
+    def __init__(self):
+        self.texts: set[str] = set()
+
+    def verify(self, directory: Path, acks: Path) -> Outcome:
+        from memlm.store import KeyValueStore
+
+        acked, pending = read_acks(acks)
+        for op in acked:
+            self.texts.update(op[1])
+        outcome = Outcome(acked=len(acked))
+        if not (directory / "records.sqlite").exists() and not self.texts:
+            return outcome
+        try:
+            store = KeyValueStore.load(directory)  # checks rows against vectors
+            try:
+                texts = [record.text for record in store.records.select()]
+                count = len(store)
+            finally:
+                store.close()
+        except Exception as error:  # noqa: BLE001
+            outcome.corrupt = f"{type(error).__name__}: {error}"
+            return outcome
+        if count != len(texts):
+            outcome.corrupt = f"{count} vectors but {len(texts)} rows"
+        found = set(texts)
+        outcome.lost = sorted(self.texts - found)[:10] + ([f"... {len(self.texts - found)} in all"]
+                                                           if len(self.texts - found) > 10 else [])
+        extra = found - self.texts
+        if pending is not None and extra:
+            if extra == set(pending[1]):
+                extra = set()
+            elif extra < set(pending[1]):
+                outcome.lost.append(f"the in-flight save landed partly ({len(extra)} of {len(pending[1])})")
+                extra = set()
+        outcome.phantom = sorted(extra)[:10]
+        self.texts = found
+        return outcome
+
+
+class StateModel:
+    def __init__(self):
+        self.digest: str | None = None
+        self._model = None
+
+    def verify(self, directory: Path, acks: Path) -> Outcome:
+        acked, pending = read_acks(acks)
+        if acked:
+            self.digest = acked[-1][1]
+        outcome = Outcome(acked=len(acked))
+        if self.digest is None and not (directory / "memory_state.safetensors").exists():
+            return outcome
+        if self._model is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._model = _state_model()
+        try:
+            self._model.load_state(directory)
+        except Exception as error:  # noqa: BLE001
+            outcome.corrupt = f"{type(error).__name__}: {error}"
+            return outcome
+        digest = state_digest(self._model)
+        if digest != self.digest:
+            if pending is not None and digest == pending[1]:
+                self.digest = digest
+            else:
+                outcome.lost.append("the loaded state is neither the last acknowledged one nor the one in flight")
+        return outcome
+
+
+class TranscriptModel:
+    def __init__(self):
+        self.contents: list[str] = []
+
+    def verify(self, directory: Path, acks: Path) -> Outcome:
+        from memlm.chat import read_transcript
+
+        acked, pending = read_acks(acks)
+        for op in acked:
+            self.contents.extend(op[1])
+        outcome = Outcome(acked=len(acked))
+        path = directory / "transcript.jsonl"
+        try:
+            found = [message["content"] for message in read_transcript(path)]
+        except Exception as error:  # noqa: BLE001
+            outcome.corrupt = f"{type(error).__name__}: {error}"
+            return outcome
+        if found[:len(self.contents)] != self.contents:
+            outcome.lost.append(f"transcript prefix differs ({len(found)} messages found, "
+                                f"{len(self.contents)} acknowledged)")
+        extra = found[len(self.contents):]
+        if extra and not (pending is not None and extra == pending[1][:len(extra)]):
+            outcome.phantom.append(f"{len(extra)} unexpected message(s)")
+        self.contents = found
+        return outcome
+
+
+MODELS = {"facts": FactsModel, "kv": KvModel, "state": StateModel, "transcript": TranscriptModel}
+WINDOWS = {"facts": 0.3, "kv": 0.4, "state": 0.3, "transcript": 0.15}  # random kill delay after start, seconds
+
+
+@dataclass
+class CrashReport:
+    writer: str
+    kills: int = 0
+    corrupt: int = 0
+    lost: int = 0
+    phantom: int = 0
+    acked: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"writer": self.writer, "kills": self.kills, "corrupt": self.corrupt, "lost_acknowledged": self.lost,
+                "phantom": self.phantom, "acknowledged_writes": self.acked, "examples": self.examples[:5]}
+
+
+def crash_campaign(writer: str, directory: Path, kills: int, seed: int = 0, zygote: Zygote | None = None
+                   ) -> CrashReport:
+    """Kill `writer` `kills` times at random moments; verify the store after each kill."""
+    own = zygote is None
+    zygote = zygote or Zygote()
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    store_dir = directory / "store"
+    store_dir.mkdir(exist_ok=True)
+    model = MODELS[writer]()
+    report = CrashReport(writer)
+    try:
+        for number in range(kills):
+            acks = directory / f"acks-{number}.log"
+            pid = zygote.spawn(writer, store_dir, acks, seed * 100_003 + number)
+            wait_started(acks, pid)
+            time.sleep(rng.uniform(0.0, WINDOWS[writer]))
+            kill(pid)
+            outcome = model.verify(store_dir, acks)
+            report.kills += 1
+            report.acked += outcome.acked
+            report.corrupt += outcome.corrupt is not None
+            report.lost += len(outcome.lost)
+            report.phantom += len(outcome.phantom)
+            report.examples += [f"kill {number}: {text}" for text in
+                                ([outcome.corrupt] if outcome.corrupt else []) + outcome.lost + outcome.phantom]
+            acks.unlink()
+            if outcome.corrupt:  # start again from an empty store, so later kills still measure something
+                shutil.rmtree(store_dir)
+                store_dir.mkdir()
+                model = MODELS[writer]()
+    finally:
+        if own:
+            zygote.close()
+    return report
+
+
+# --- power loss: copy the files while a writer runs --------------------------------------------------
+def power_loss_campaign(writer: str, directory: Path, copies: int, seed: int = 0, zygote: Zygote | None = None
+                        ) -> dict[str, Any]:
+    """Copy the writer's files (as a crash of the whole machine would leave them, roughly: each
+    file's bytes at some moment) while it runs; each copy must open and pass its check."""
+    own = zygote is None
+    zygote = zygote or Zygote()
+    rng = random.Random(seed)
+    store_dir = directory / "store"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    acks = directory / "acks.log"
+    failures: list[str] = []
+    pid = zygote.spawn(writer, store_dir, acks, seed)
+    try:
+        wait_started(acks, pid)
+        for number in range(copies):
+            time.sleep(rng.uniform(0.0, 0.05))
+            copy = directory / f"copy-{number}"
+            _snapshot(store_dir, copy)
+            problem = _open_copy(writer, copy)
+            if problem:
+                failures.append(f"copy {number}: {problem}")
+            shutil.rmtree(copy)
+    finally:
+        kill(pid)
+        if own:
+            zygote.close()
+    return {"writer": writer, "copies": copies, "unopenable": len(failures), "examples": failures[:5]}
+
+
+def _snapshot(source: Path, target: Path) -> None:
+    """Copy every file of `source`, byte by byte as they are now; if a file vanishes between listing
+    and copying (a save deleted a stale generation), start again: a machine that loses power sees
+    one directory listing, not two."""
+    for _ in range(50):
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
+            return
+        except (shutil.Error, FileNotFoundError):
+            continue
+    raise RuntimeError(f"could not snapshot {source}: files kept vanishing")
+
+
+def _open_copy(writer: str, copy: Path) -> str | None:
+    try:
+        if writer == "facts":
+            store = open_facts(copy / "facts.sqlite")
+            store.check()
+            store.close()
+        elif writer == "kv":
+            from memlm.store import KeyValueStore
+
+            if (copy / "records.sqlite").exists():
+                KeyValueStore.load(copy).close()
+        elif writer == "state":
+            from memlm.serialization import load_tensors
+
+            if (copy / "memory_state.safetensors").exists():
+                load_tensors(copy / "memory_state.safetensors")
+        elif writer == "transcript":
+            from memlm.chat import read_transcript
+
+            read_transcript(copy / "transcript.jsonl")
+    except Exception as error:  # noqa: BLE001
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+# --- concurrency: many users on one fact store --------------------------------------------------------
+def open_memory(path: Path):
+    from memlm.facts import FactMemory
+
+    return FactMemory(path, embed=hash_embed, encoder="hash", dimension=DIM)
+
+
+def user_session(memory, user: str, seconds: float, seed: int) -> dict[str, Any]:
+    """One user doing mixed add / search / update / delete / get_all on `memory` for `seconds`,
+    keeping its own model of what it stored (it is the only writer of its user)."""
+    rng = random.Random(seed)
+    model: dict[int, str] = {}
+    errors, foreign, ops, step = [], [], 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        step += 1
+        ops += 1
+        roll = rng.random()
+        try:
+            if roll < 0.4 or not model:
+                text = f"{user} note {seed} {step} {rng.randint(0, 10**9)}"
+                for entry in memory.add(text, user_id=user, infer=False)["results"]:
+                    if entry["event"] == "ADD":
+                        model[int(entry["id"])] = entry["memory"]
+            elif roll < 0.7:
+                hits = memory.search(f"{user} note {rng.randint(0, step)}", user_id=user, limit=5)["results"]
+                foreign += [f"search gave {hit['user_id']}'s fact {hit['id']}" for hit in hits
+                            if hit["user_id"] != user]
+                foreign += [f"search gave unknown fact {hit['id']}" for hit in hits if int(hit["id"]) not in model]
+            elif roll < 0.85:
+                fact_id = rng.choice(sorted(model))
+                text = f"{user} changed {seed} {step} {rng.randint(0, 10**9)}"
+                model[fact_id] = memory.update(fact_id, text, user_id=user)["memory"]
+            elif roll < 0.95:
+                fact_id = rng.choice(sorted(model))
+                memory.delete(fact_id, user_id=user)
+                del model[fact_id]
+            else:
+                listed = memory.get_all(user_id=user)["results"]
+                foreign += [f"get_all gave {entry['user_id']}'s fact" for entry in listed if entry["user_id"] != user]
+                got = {int(entry["id"]): entry["memory"] for entry in listed}
+                if got != model:
+                    errors.append(f"get_all disagrees with the model ({len(got)} vs {len(model)} facts)")
+        except Exception as error:  # noqa: BLE001 - every exception is a failure here
+            errors.append(f"{type(error).__name__}: {error}")
+    return {"user": user, "ops": ops, "errors": errors, "foreign": foreign, "model": model}
+
+
+def user_process_main(path: str, user: str, seconds: float, seed: int) -> None:
+    memory = open_memory(Path(path))
+    result = user_session(memory, user, seconds, seed)
+    memory.close()
+    print(json.dumps({**result, "model": {str(k): v for k, v in result["model"].items()}}), flush=True)
+
+
+def concurrency_campaign(path: Path, users: int, seconds: float, processes: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
+    """`users` users at once on one store file: half in threads sharing one `Memory` (one SQLite
+    connection), half in separate processes (`processes`, default users // 2). Then every user's
+    facts are compared with its model, and `delete_all` of one user must remove exactly that user."""
+    import threading
+
+    processes = users // 2 if processes is None else processes
+    names = [f"user{i:03d}" for i in range(users)]
+    memory = open_memory(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")]))}
+    children = [subprocess.Popen([sys.executable, str(HERE / "campaign.py"), "user", str(path), name, str(seconds),
+                                  str(seed + i)], stdout=subprocess.PIPE, text=True, env=env)
+                for i, name in enumerate(names[:processes])]
+    time.sleep(min(2.0, seconds))  # let the processes import before the clock of the threads starts
+    results: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda n=name, i=i: results.append(user_session(memory, n, seconds, seed + i)))
+               for i, name in enumerate(names) if i >= processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for child in children:
+        out, _ = child.communicate(timeout=seconds + 120)
+        if child.returncode != 0:
+            results.append({"user": "?", "ops": 0, "errors": [f"process exited {child.returncode}"], "foreign": [],
+                            "model": {}})
+            continue
+        result = json.loads(out.strip().splitlines()[-1])
+        results.append({**result, "model": {int(k): v for k, v in result["model"].items()}})
+    report: dict[str, Any] = {"users": users, "threads": users - processes, "processes": processes,
+                              "seconds": seconds, "ops": sum(r["ops"] for r in results),
+                              "errors": sum(len(r["errors"]) for r in results),
+                              "foreign_results": sum(len(r["foreign"]) for r in results),
+                              "lost_writes": 0, "phantom": 0, "examples": []}
+    for r in results:
+        report["examples"] += [f"{r['user']}: {text}" for text in (r["errors"] + r["foreign"])[:2]]
+    fresh = open_memory(path)  # read back through a new connection: what is on disk
+    fresh.store.check()
+    expected = {r["user"]: r["model"] for r in results}
+    for name, model in expected.items():
+        got = {int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]} \
+            if fresh.store.has_user(name) else {}
+        report["lost_writes"] += sum(1 for i, text in model.items() if got.get(i) != text)
+        report["phantom"] += sum(1 for i in got if i not in model)
+    victim = names[0]
+    if fresh.store.has_user(victim):
+        fresh.delete_all(user_id=victim)
+    survivors_ok = all(
+        ({int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]}
+         if fresh.store.has_user(name) else {}) == model
+        for name, model in expected.items() if name != victim)
+    report["delete_all_exact"] = (survivors_ok and not fresh.get_all(user_id=victim)["results"]
+                                  and not fresh.store.count(victim, include_inactive=True))
+    fresh.store.check()
+    fresh.close()
+    memory.close()
+    return report
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["zygote"]:
+        zygote_main()
+    elif sys.argv[1] == "user":
+        user_process_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))

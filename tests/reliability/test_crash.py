@@ -1,0 +1,33 @@
+"""Crash campaign, bounded: each writer is SIGKILLed at random moments; after every kill the store
+opens, passes its consistency check and holds every acknowledged write (campaign.py explains how).
+The full campaign is `python benchmarks/reliability.py` (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from campaign import WRITERS, Zygote, crash_campaign, power_loss_campaign
+
+KILLS = int(os.environ.get("MEMLM_RELIABILITY_KILLS", "20"))
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    zygote = Zygote()
+    yield zygote
+    zygote.close()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_acknowledged_write_survives_kill_9(writer, tmp_path, zygote):
+    report = crash_campaign(writer, tmp_path, KILLS, seed=17, zygote=zygote)
+    assert report.kills == KILLS
+    assert report.acked > 0, "no write was acknowledged before the kills: the campaign measured nothing"
+    assert (report.corrupt, report.lost, report.phantom) == (0, 0, 0), report.examples
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_copy_taken_mid_write_opens(writer, tmp_path, zygote):
+    result = power_loss_campaign(writer, tmp_path, 5, seed=3, zygote=zygote)
+    assert result["unopenable"] == 0, result["examples"]

@@ -1,0 +1,185 @@
+"""Regression tests for the defects the reliability campaign found (one per defect)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from memlm.chat import TRANSCRIPT_FILE, ChatSession, read_transcript
+
+
+class _NoState:
+    def save_state(self, directory):
+        pass
+
+
+def test_a_turn_appended_after_a_torn_last_line_is_kept(tmp_path):
+    """Power loss mid-append leaves a torn last line. read_transcript drops it, but the next turn was
+    appended right after the torn bytes: the torn line and the new message fused into one invalid
+    line in the middle, and the whole transcript then failed to open (CorruptedFileError)."""
+    path = tmp_path / TRANSCRIPT_FILE
+    good = json.dumps({"role": "user", "content": "first"}) + "\n"
+    path.write_text(good + json.dumps({"role": "assistant", "content": "torn reply"})[:17])
+    assert [m["content"] for m in read_transcript(path)] == ["first"]
+    session = SimpleNamespace(directory=tmp_path, model=_NoState())
+    ChatSession._save_turn(session, [{"role": "user", "content": "second"}, {"role": "assistant", "content": "ok"}])
+    assert [m["content"] for m in read_transcript(path)] == ["first", "second", "ok"]
+
+
+def test_threads_sharing_one_store_never_get_database_is_locked(tmp_path):
+    """Threads share a FactStore's one SQLite connection. A thread reading (an open SELECT holds a
+    read snapshot on that connection) while another thread began a write made SQLite answer
+    'database is locked' at once (a stale snapshot cannot be upgraded), whatever the busy timeout:
+    the concurrency campaign saw a few per second with 4 threads + 4 processes."""
+    import threading
+    import time
+
+    from campaign import hash_embed, open_facts
+
+    store = open_facts(tmp_path / "facts.sqlite")
+    other = open_facts(tmp_path / "facts.sqlite")  # a second connection writing, as another process would
+    errors: list[str] = []
+    deadline = time.monotonic() + 2.0
+
+    def work(user: str, target) -> None:
+        step = 0
+        while time.monotonic() < deadline:
+            step += 1
+            try:
+                text = f"{user} {step}"
+                fact = target.add(user, text, hash_embed([text])[0], importance=1.0)
+                target.search(user, hash_embed([text])[0], 3)
+                assert fact.id in {f.id for f in target.facts(user)}
+                if step % 3 == 0:
+                    target.delete([fact.id], user)
+            except Exception as error:  # noqa: BLE001
+                errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=work, args=(f"t{i}", store if i < 6 else other)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store.check()
+
+
+# --- found by the hostile-input fuzzing (test_hostile.py) -------------------------------------------
+import pytest  # noqa: E402
+
+from memlm.errors import CorruptedFileError, MemlmError  # noqa: E402
+
+
+def test_a_yaml_memory_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    """`load_configs` caught YAML errors only: a binary file raised UnicodeDecodeError."""
+    from memlm.config import load_configs
+
+    path = tmp_path / "memories.yaml"
+    path.write_bytes(b"\x80\x81memories: []")
+    with pytest.raises(MemlmError):
+        load_configs(path)
+
+
+def test_a_memory_config_whose_mechanism_is_not_a_name_is_a_config_error():
+    """`make_config({"mechanism": [...]})` raised TypeError (unhashable list); option names that are
+    not strings raised TypeError from sorting them."""
+    import memlm
+
+    with pytest.raises(MemlmError):
+        memlm.make_config({"mechanism": ["recurrent"]})
+    with pytest.raises(MemlmError):
+        memlm.make_config({"mechanism": "recurrent", 1: 2, "decay": 0.9})
+
+
+def test_a_training_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """Training data files were read without handling UnicodeDecodeError."""
+    from memlm.train.data import TrainingData
+
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes(b'{"role": "user", "content": "\xe6"}\n')
+    with pytest.raises(MemlmError):
+        TrainingData._file_example_source(SimpleNamespace(tokenizer=None), path)
+
+
+SHA_12345 = "5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5"
+
+
+@pytest.mark.parametrize("manifest", [{"files": 3}, {"files": {"weights.bin": 5}}, {"files": {"weights.bin": {}}},
+                                      {"files": {"../outside.bin": {"size": 5, "sha256": SHA_12345}}}])
+def test_a_malformed_or_escaping_gguf_cache_manifest_is_refused(tmp_path, manifest):
+    """`verify_cache` raised AttributeError/TypeError/KeyError on malformed entries, and followed
+    names like `../x` out of the cache folder (hashing any file it could reach)."""
+    from memlm.backbone import CACHE_MANIFEST, verify_cache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"12345")
+    (tmp_path / "outside.bin").write_bytes(b"12345")
+    (folder / CACHE_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CorruptedFileError):
+        verify_cache(folder)
+
+
+def _damage_pages(path, start: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    for at in range(start, len(data), 97):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_fact_store_damaged_past_its_header_is_a_corrupted_file_error(tmp_path):
+    """A file whose first page is intact opens; the damage surfaced later as a raw
+    sqlite3.DatabaseError ('database disk image is malformed') from whatever query read it."""
+    from campaign import hash_embed, open_facts
+
+    store = open_facts(tmp_path / "facts.sqlite")
+    for i in range(200):
+        store.add("u", f"fact {i} " + "x" * 200, hash_embed([f"fact {i}"])[0], importance=1.0)
+    store.close()
+    path = tmp_path / "facts.sqlite"
+    path.write_bytes(path.read_bytes().replace(b"fact 24 xxxx", b"fact 24 x\xffxx"))  # invalid UTF-8 in rows
+    store = open_facts(path)  # the header and schema are intact: it opens
+    with pytest.raises(CorruptedFileError, match="damaged"):
+        store.facts("u")  # was: sqlite3.OperationalError "Could not decode to UTF-8 column 'text'"
+    _damage_pages(path)
+    with pytest.raises(CorruptedFileError):
+        store = open_facts(path)
+        store.facts("u")
+
+
+def test_a_kv_store_with_damaged_records_is_a_corrupted_file_error(tmp_path):
+    """`KeyValueStore.load` let sqlite3.DatabaseError (and TypeError from a damaged layout) escape."""
+    import sqlite3
+
+    import torch
+
+    from memlm.store import GroupSpec, KeyValueStore, StoreLayout
+
+    store = KeyValueStore(StoreLayout({"attention": GroupSpec(heads=1, key_dim=4, value_dim=4)}))
+    store.add("attention", 0, 0, torch.randn(300, 1, 4), torch.randn(300, 1, 4), [{"text": "t" * 100}] * 300)
+    store.save(tmp_path)
+    store.close()
+    connection = sqlite3.connect(str(tmp_path / "records.sqlite"))
+    connection.execute("UPDATE meta SET value = ? WHERE key = 'layout'", (json.dumps({"specs": 7}),))
+    connection.commit()
+    connection.close()
+    with pytest.raises(CorruptedFileError):
+        KeyValueStore.load(tmp_path)
+    _damage_pages(tmp_path / "records.sqlite")
+    with pytest.raises(CorruptedFileError):
+        KeyValueStore.load(tmp_path)
+
+
+@pytest.mark.parametrize("fact_id", [2**63, -2**63 - 1, "9" * 30])
+def test_a_fact_id_beyond_64_bits_is_a_config_error(tmp_path, fact_id):
+    """Ids past SQLite's INTEGER raised OverflowError from the driver (found by the API fuzzing)."""
+    from campaign import open_memory
+
+    memory = open_memory(tmp_path / "facts.sqlite")
+    memory.add("The user likes tea.", user_id="alice", infer=False)
+    for call in (memory.get, memory.delete, memory.history):
+        with pytest.raises(MemlmError):
+            call(fact_id, user_id="alice")
+    with pytest.raises(MemlmError):
+        memory.update(fact_id, "x", user_id="alice")
+    memory.close()

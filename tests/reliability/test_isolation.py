@@ -1,0 +1,111 @@
+"""Isolation and secrets: hostile user / session / file names never reach outside the home folder
+or into SQL; hostile text is stored verbatim; API keys are stored hashed and never logged; a key of
+one user gets 404 for another user's ids."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+from campaign import open_memory
+
+from memlm.errors import MemlmError
+
+HOSTILE = ["../x", "../../etc/passwd", "a/../../b", "/abs", "..", ".", "a'; DROP TABLE facts;--",
+           "x\" OR 1=1 --", "a\x00b", "~root", "a b", "é", "a" * 129, "", "CON", "-rf", ".hidden"]
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(path) for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_user_and_session_names_are_refused_and_write_nothing_outside_home(tmp_path, name):
+    from memlm.paths import session_dir, user_dir
+    from memlm.server.keys import KeyStore
+
+    home, outside = tmp_path / "home", tmp_path
+    home.mkdir()
+    before = files_under(outside)
+    memory = open_memory(home / "facts.sqlite")
+    accepted = []
+    for call in (lambda: memory.add("I like tea.", user_id=name), lambda: memory.search("tea", user_id=name),
+                 lambda: memory.get_all(user_id=name), lambda: memory.delete_all(user_id=name),
+                 lambda: session_dir(name, home), lambda: user_dir(name, home),
+                 lambda: KeyStore(home / "keys.sqlite").create(name)):
+        with contextlib.suppress(MemlmError):
+            accepted.append(call())
+    memory.close()
+    if name not in ("CON", "-rf", ".hidden") or accepted:  # names of the safe alphabet may be accepted ...
+        created = files_under(outside) - before
+        assert all(path.startswith(str(home)) for path in created), created  # ... but nothing leaves home
+    if name.startswith(".") or "/" in name or "\x00" in name or "'" in name or '"' in name or not name:
+        assert not accepted, f"{name!r} was accepted"
+
+
+def test_sql_looking_text_metadata_and_filters_are_data(tmp_path):
+    memory = open_memory(tmp_path / "facts.sqlite")
+    text = "Robert'); DROP TABLE facts;-- likes \"quotes\" % _ and ? marks"
+    added = memory.add(text, user_id="alice", infer=False, metadata={"k'); DROP TABLE facts;--": "v' OR '1'='1"})
+    memory.add("bob's fact", user_id="bob", infer=False)
+    fact = memory.get(added["results"][0]["id"], user_id="alice")
+    assert fact["memory"] == text and fact["metadata"] == {"k'); DROP TABLE facts;--": "v' OR '1'='1"}
+    for filters in ({"k'); DROP TABLE facts;--": "v' OR '1'='1"}, {"user_id": "alice' OR '1'='1"},
+                    {"category": "x' OR 1=1 --"}):
+        try:
+            hits = memory.search("likes", filters=filters, user_id="alice")["results"]
+        except MemlmError:
+            continue
+        assert all(hit["user_id"] == "alice" for hit in hits)
+    assert [f["memory"] for f in memory.get_all(user_id="bob")["results"]] == ["bob's fact"]
+    memory.store.check()
+    memory.close()
+
+
+def test_api_keys_are_stored_hashed_and_never_logged(tmp_path, caplog, capfd):
+    from memlm.server.keys import KeyStore
+
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "keys.sqlite"
+    with KeyStore(path) as store:
+        key = store.create("alice")
+        assert store.verify(key).user == "alice"
+        store.list()
+    secret = key.rsplit("-", 1)[1]
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert secret.encode() not in stored and key.encode() not in stored
+    captured = capfd.readouterr()
+    assert secret not in caplog.text and secret not in captured.out + captured.err
+
+
+def test_a_key_for_one_user_gets_404_for_another_users_ids_and_keys_stay_out_of_logs(make_app, caplog, capfd):
+    from serverkit import BASE, bearer
+    from starlette.testclient import TestClient
+
+    from memlm.server import KeyStore
+    from memlm.server.keys import keys_path
+
+    caplog.set_level(logging.DEBUG)
+    with KeyStore(keys_path()) as store:
+        keys = {"alice": store.create("alice"), "bob": store.create("bob")}
+    with TestClient(make_app(), base_url=BASE) as client:
+        fact = client.post("/v1/memories", headers=bearer(keys["alice"]),
+                           json={"messages": "My cat is called Tom."}).json()["results"][0]["id"]
+        for method, path in (("GET", f"/v1/memories/{fact}"), ("DELETE", f"/v1/memories/{fact}"),
+                             ("GET", f"/v1/memories/{fact}/history")):
+            assert client.request(method, path, headers=bearer(keys["bob"])).status_code == 404
+        assert client.get(f"/v1/memories/{fact}", headers=bearer(keys["alice"])).status_code == 200
+        for user in ("../alice", "alice'--", "..%2Fetc"):
+            response = client.get("/v1/memories", params={"user_id": user}, headers=bearer(keys["bob"]))
+            assert 400 <= response.status_code < 500, response.text
+        response = client.get("/v1/memories/..%2F..%2Fetc%2Fpasswd", headers=bearer(keys["bob"]))
+        assert 400 <= response.status_code < 500
+        client.get("/v1/me", headers=bearer(keys["alice"][:-2] + "zz"))  # a wrong key, logged as refused
+    captured = capfd.readouterr()
+    for key in keys.values():
+        secret = key.rsplit("-", 1)[1]
+        assert secret not in caplog.text and secret not in captured.out + captured.err
+    stored = b"".join(p.read_bytes() for p in keys_path().parent.glob("keys.sqlite*"))
+    assert all(key.rsplit("-", 1)[1].encode() not in stored for key in keys.values())
