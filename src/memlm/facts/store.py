@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError
+from memlm.facts.backends.base import FactBackend
 from memlm.facts.lexical import LexicalIndex
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
@@ -260,7 +261,7 @@ class UserIndex:
         return [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0]
 
 
-class FactStore:
+class FactStore(FactBackend):
     """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
 
     Args:
