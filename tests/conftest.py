@@ -81,3 +81,9 @@ def store(request, tmp_path, _store_servers) -> str:
 def module_store(request, tmp_path_factory, _store_servers) -> str:
     """As `store`, shared by the tests of a module."""
     return store_url(request.param, tmp_path_factory.mktemp("store"), _store_servers / "postgres")
+
+
+@pytest.fixture
+def postgres_store(tmp_path, _store_servers) -> str:
+    """A fresh database on the session's PostgreSQL server (pgvector), as a URL."""
+    return store_url("postgres", tmp_path, _store_servers / "postgres")

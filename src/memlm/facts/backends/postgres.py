@@ -246,9 +246,15 @@ class PostgresFactStore(FactBackend):
 
     def touch(self, fact_ids: Iterable[int], user: str) -> None:
         now = self.clock()
-        with self._lock, self.connection.cursor() as cursor:
-            cursor.executemany("UPDATE memlm_facts SET last_used = %s, use_count = use_count + 1 "
-                               "WHERE id = %s AND owner = %s", [(now, int(i), user) for i in fact_ids])
+        ids = [int(i) for i in fact_ids]
+        if not ids:
+            return
+        # Under the user's lock like every write: two processes touching the same rows in different
+        # orders would otherwise deadlock (measured: tests/facts/test_shared_store.py).
+        with self._lock, self.connection.transaction():
+            self._lock_user(user)
+            self.connection.execute("UPDATE memlm_facts SET last_used = %s, use_count = use_count + 1 "
+                                    "WHERE owner = %s AND id = ANY(%s)", (now, user, ids))
 
     def _log(self, fact_id: int, user: str, action: str, old_text: str | None, new_text: str | None,
              actor: str | None, now: float, reason: str | None = None) -> None:
