@@ -6,6 +6,7 @@ database on the session's PostgreSQL server.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -22,12 +23,19 @@ def postgres_server(base_dir):
             import pgvector  # noqa: F401
             import psycopg  # noqa: F401
         except ImportError as error:
-            pytest.skip(f"PostgreSQL tests need `pip install memlm[postgres]` and pgserver ({error})")
+            _skip(f"PostgreSQL tests need `pip install memlm[postgres]` and pgserver ({error})")
         try:
             _SERVER["server"] = pgserver.get_server(base_dir, cleanup_mode="stop")
         except Exception as error:  # noqa: BLE001 - the reason is reported in the skip
-            pytest.skip(f"pgserver could not start PostgreSQL here: {error}")
+            _skip(f"pgserver could not start PostgreSQL here: {error}")
     return _SERVER["server"]
+
+
+def _skip(reason: str) -> None:
+    """Skip, or fail where the stores are required (`MEMLM_REQUIRE_STORES`, set by .ci/run)."""
+    if os.environ.get("MEMLM_REQUIRE_STORES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def stop_postgres() -> None:
