@@ -144,3 +144,20 @@ def test_the_classic_six_facts_scenario_retrieves_relativity_first():
     hits = memory.search("Einstein's theory", user="classic", limit=3)["results"]
     assert hits[0]["memory"] == "Einstein developed the theory of relativity."
     assert len(hits) == 1 or hits[0]["score"] > hits[1]["score"]
+
+
+def test_the_store_url_picks_the_backend_and_memlm_store_is_the_default(postgres_store, monkeypatch):
+    from memlm.facts.backends.postgres import PostgresFactStore
+    from memlm.facts.store import FactStore
+
+    options = dict(embed=words_embed, encoder="words", dimension=WORDS_DIM)
+    with FactMemory(store=postgres_store, **options) as memory:
+        assert isinstance(memory.store, PostgresFactStore)
+        memory.add("I like tea.", user="ada")
+    monkeypatch.setenv("MEMLM_STORE", postgres_store)
+    with FactMemory(**options) as memory:  # no store given: MEMLM_STORE
+        assert [f["memory"] for f in memory.get_all(user="ada")["results"]] == ["The user likes tea."]
+    with FactMemory(None, **options) as memory:  # an explicit None stays in memory
+        assert isinstance(memory.store, FactStore) and memory.store.path is None
+    with pytest.raises(memlm.ConfigError, match="no fact store backend for cassandra"):
+        FactMemory(store="cassandra://somewhere/facts", **options)
