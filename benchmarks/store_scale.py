@@ -7,7 +7,8 @@ Each backend gets the same facts (random unit vectors of 384 dims, MiniLM's widt
 them); then `--queries` searches (k=5) of random users, after one warm-up search per user (a
 server's steady state: the SQLite store's per-user FAISS index is built on a user's first search).
 PostgreSQL + pgvector runs on a server `pgserver` starts in a temporary folder on this machine
-(same disk as the SQLite file). Figures are also printed as ratios to sqlite in the same run.
+(same disk as the SQLite file); Milvus is milvus-lite in a folder (vectors; rows in SQLite). Figures
+are also printed as ratios to sqlite in the same run.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--backends", default="sqlite,postgres,milvus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args()
@@ -75,6 +76,8 @@ def main() -> None:
 
                 server = pgserver.get_server(Path(folder) / "pg", cleanup_mode="stop")
                 url = server.get_uri()
+            elif backend == "milvus":  # milvus-lite in a folder; rows in its SQLite file
+                url = f"milvus://{Path(folder) / 'milvus'}"
             else:
                 raise SystemExit(f"unknown backend {backend}")
             results[backend] = measure(url, args.facts, args.users, args.queries, args.seed)

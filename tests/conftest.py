@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from stores import BACKENDS, stop_postgres, store_url
+from stores import BACKENDS, stop_servers, store_url
 from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
 
 import memlm
@@ -68,7 +68,7 @@ def _store_servers(tmp_path_factory):
     """Where the session's store servers keep their data; they stop at the end of the session."""
     directory = tmp_path_factory.mktemp("store-servers")
     yield directory
-    stop_postgres()
+    stop_servers()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "milvus"]
 _SERVER: dict[str, object] = {}
 
 
@@ -38,10 +38,43 @@ def _skip(reason: str) -> None:
     pytest.skip(reason)
 
 
-def stop_postgres() -> None:
+def milvus_server(data_dir) -> str:
+    """The session's milvus-lite gRPC server (`python -m milvus_lite server`), as host:port."""
+    if "milvus" not in _SERVER:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
+                                    "--host", "127.0.0.1", "--port", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _SERVER["milvus"] = (process, f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                _skip(f"milvus-lite's server did not start: {process.stderr.read().decode()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    _skip("milvus-lite's server did not listen within 60 s")
+                time.sleep(0.2)
+    return _SERVER["milvus"][1]
+
+
+def stop_servers() -> None:
     server = _SERVER.pop("server", None)
     if server is not None:
         server.cleanup()
+    milvus = _SERVER.pop("milvus", None)
+    if milvus is not None:
+        milvus[0].terminate()
+        milvus[0].wait(timeout=30)
 
 
 def new_postgres_database(server) -> str:
@@ -58,4 +91,13 @@ def store_url(kind: str, tmp_path, server_dir=None) -> str:
         return str(tmp_path / f"facts-{uuid.uuid4().hex[:6]}.sqlite")
     if kind == "postgres":
         return new_postgres_database(postgres_server(server_dir))
+    if kind == "milvus":
+        try:
+            import milvus_lite  # noqa: F401
+            import pymilvus  # noqa: F401
+        except ImportError as error:
+            _skip(f"Milvus tests need `pip install memlm[milvus]` ({error})")
+        address = milvus_server(server_dir.parent / "milvus")
+        return f"milvus://{address}?records={tmp_path / ('rows-' + uuid.uuid4().hex[:6])}.sqlite" \
+               f"&collection=t_{uuid.uuid4().hex[:12]}"
     raise ValueError(kind)

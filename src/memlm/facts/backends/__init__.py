@@ -5,6 +5,7 @@
 | `None`                                | SQLite in memory + FAISS         | `sqlite`    |
 | a path, or `sqlite:///path`           | SQLite file + FAISS (the default) | `sqlite`    |
 | `postgresql://user:pw@host/db`        | PostgreSQL + pgvector (psycopg)  | `postgres`  |
+| `milvus:///folder`, `milvus://host:19530?records=file` | Milvus vectors + SQLite rows | `milvus` |
 
 `MEMLM_STORE` names the store the command line and the server use when none is given; the library
 uses it when `Memory()` is called with no path at all. A backend registers itself with
@@ -42,7 +43,7 @@ def scheme_of(location: str | os.PathLike | None) -> str:
 
 def _builtin(scheme: str) -> None:
     """Import the module of a built-in backend on first use (its client library is an extra)."""
-    modules = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres"}
+    modules = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "milvus": "milvus"}
     if scheme in modules and scheme not in _OPENERS:
         import importlib
 
