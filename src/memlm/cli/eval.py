@@ -33,7 +33,8 @@ app = typer.Typer(help="Evaluate memories against baselines.", invoke_without_co
 def eval_suite(
     ctx: typer.Context,
     suite: Annotated[str | None, typer.Option(
-        help="quick (about 15 min on 2 CPU cores, lengths up to 16K) or full (a GPU; up to 128K)")] = None,
+        help="quick (about 15 min on 2 CPU cores, lengths up to 16K; the default when other options "
+             "are given) or full (a GPU; up to 128K)")] = None,
     memory: Annotated[str | None, typer.Option(
         "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag, any mechanism or "
                                "preset name, or a folder of trained weights [default: the suite's list]")] = None,
@@ -72,8 +73,11 @@ def eval_suite(
     if ctx.invoked_subcommand is not None:
         return
     if suite is None:
-        console.print(ctx.get_help())
-        raise typer.Exit(0)
+        # By name: typer may bring its own copy of click's ParameterSource.
+        if not any(getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE" for name in ctx.params):
+            console.print(ctx.get_help())  # bare `memlm eval`: what it can do
+            raise typer.Exit(0)
+        suite = "quick"  # `memlm eval --tasks babilong/qa1 --haystack my.txt ...` runs on the quick suite
     from memlm import load_backbone
     from memlm.eval.harness import DEFAULT_CONTENDERS, run_suite
 

@@ -48,7 +48,7 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except MemlmError as error:
-            err_console.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {type(error).__name__}: {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

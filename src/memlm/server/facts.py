@@ -26,7 +26,7 @@ from typing import Any
 
 from memlm.errors import ConfigError
 from memlm.facts.api import FactMemory
-from memlm.facts.store import DuplicateFactError, FactNotFoundError, UnknownUserError, check_text
+from memlm.facts.store import DuplicateFactError, UnknownUserError, check_text
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, transaction
 
@@ -212,9 +212,9 @@ class FactsAdapter:
         if category is not None and (not isinstance(category, str) or not 0 < len(category) <= 64):
             raise ConfigError("category must be a string of 1-64 characters")
         with self._lock:
-            results = self.memory.add(messages, user=user, category=category, infer=infer)
+            results = self.memory.add(messages, user=user, category=category, infer=infer)["results"]
             for result in results:
-                if result["event"] == "ADD" and result["id"] is not None:
+                if result["event"] in ("ADD", "UPDATE") and result["id"] is not None:
                     self._set_scope(result["id"], user, agent_id, run_id, metadata)
             scopes = self._scopes(user, [r["id"] for r in results if r["id"] is not None])
         out = []
@@ -236,7 +236,7 @@ class FactsAdapter:
             # Filters apply after the per-user search: ask for more candidates so enough survive.
             k = limit if where is None else max(10 * limit, 200)
             hits = self.memory.search(query, user=user, limit=k,
-                                      min_similarity=-1.0 if threshold is None else threshold)
+                                      min_similarity=-1.0 if threshold is None else threshold)["results"]
             items = self._items(user, hits)
         if where is not None:
             items = [item for item in items if where(item)]
@@ -285,8 +285,7 @@ class FactsAdapter:
 
     def delete(self, user: str, memory_id: int) -> None:
         with self._lock:
-            if not self.memory.delete(memory_id, user=user):
-                raise FactNotFoundError(f"no memory with id {memory_id}")
+            self.memory.delete(memory_id, user=user)  # FactNotFoundError (404) for another user's id
             with transaction(self.db):
                 self.db.execute("DELETE FROM fact_scopes WHERE fact_id = ? AND user = ?", (memory_id, user))
 
@@ -296,7 +295,7 @@ class FactsAdapter:
         with self._lock:
             try:
                 if where is None:
-                    deleted = self.memory.delete_all(user=user)
+                    deleted = self.memory.delete_all(user=user)["deleted"]
                     ids = None
                 else:
                     items = self._items(user, [_fact(f) for f in self.memory.store.facts(user)])
