@@ -161,3 +161,30 @@ def test_the_store_url_picks_the_backend_and_memlm_store_is_the_default(postgres
         assert isinstance(memory.store, FactStore) and memory.store.path is None
     with pytest.raises(memlm.ConfigError, match="no fact store backend for cassandra"):
         FactMemory(store="cassandra://somewhere/facts", **options)
+
+
+def _add_forever(path: str, started) -> None:
+    with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        for number in range(100_000):
+            memory.add(f"fact {number}", user="crash", infer=False)
+            if number == 20:
+                started.set()
+
+
+def test_a_writer_killed_mid_write_leaves_every_fact_whole(store):
+    """SIGKILL while a process writes: each fact is there with its history entry, or not at all."""
+    words_memory(store).close()
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    writer = context.Process(target=_add_forever, args=(store, started))
+    writer.start()
+    assert started.wait(timeout=120)
+    writer.kill()
+    writer.join(timeout=30)
+    with FactMemory(store, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        facts = memory.get_all(user="crash")["results"]
+        assert len(facts) > 20
+        for fact in facts:
+            assert [h["action"] for h in memory.history(fact["id"], user="crash")] == ["add"]
+        memory.add("after the crash", user="crash", infer=False)  # the store still takes writes
+        assert memory.search("after the crash", user="crash", limit=1)["results"][0]["memory"] == "after the crash"

@@ -33,13 +33,14 @@ MAX_LIMIT = 16_384  # Milvus' largest top-k
 class MilvusUserIndex:
     """One user's vectors in a shared Milvus collection (the `UserIndex` interface)."""
 
-    def __init__(self, client: Any, collection: str, user: str):
-        self.client, self.collection = client, collection
+    def __init__(self, client: Any, collection: str, user: str, size: Callable[[], int]):
+        self.client, self.collection, self.size = client, collection, size
         self.filter = f"owner == {json.dumps(user)}"
 
     def __len__(self) -> int:
-        rows = self.client.query(self.collection, filter=self.filter, output_fields=["count(*)"])
-        return int(rows[0]["count(*)"]) if rows else 0
+        # The synced collection holds exactly the user's active facts: counted in the rows' database
+        # (a count(*) query in milvus-lite scans the collection: ~seconds at 20K vectors).
+        return self.size()
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         owner = json.loads(self.filter.split("==", 1)[1])
@@ -90,7 +91,11 @@ class MilvusFactStore(FactStore):
                                           consistency_level="Strong")
 
     def _new_index(self, user: str) -> MilvusUserIndex:
-        return MilvusUserIndex(self.client, self.collection, user)
+        def size() -> int:
+            return int(self.connection.execute("SELECT COUNT(*) FROM facts WHERE user = ? AND status = 'active'",
+                                               (user,)).fetchone()[0])
+
+        return MilvusUserIndex(self.client, self.collection, user, size)
 
     def close(self) -> None:
         self.client.close()
