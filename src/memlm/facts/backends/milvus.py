@@ -79,7 +79,7 @@ class MilvusFactStore(FactStore):
             uri, records = str(folder / "milvus.db"), options.get("records", str(folder / "facts.sqlite"))
         super().__init__(records, dimension, encoder, clock=clock)
         self.collection = options.get("collection", "memlm_facts")
-        self.client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        self.client = _connect(MilvusClient, uri)
         if not self.client.has_collection(self.collection):
             schema = MilvusClient.create_schema(auto_id=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
@@ -100,6 +100,22 @@ class MilvusFactStore(FactStore):
     def close(self) -> None:
         self.client.close()
         super().close()
+
+
+def _connect(client_class: Any, uri: str, attempts: int = 5) -> Any:
+    """A client of the server at `uri`. A connection the server refuses is tried again: milvus-lite's
+    gRPC server answers a new connection with GOAWAY "too many pings" after a long session of
+    clients (seen in the test suite)."""
+    from pymilvus.exceptions import MilvusException
+
+    for attempt in range(attempts):
+        try:
+            return client_class(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        except MilvusException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_milvus(url: str, dimension: int, encoder: str, clock: Callable[[], float] = time.time) -> MilvusFactStore:
