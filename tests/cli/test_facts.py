@@ -84,3 +84,19 @@ def test_delete_by_id_and_all(facts):
     assert [fact["memory"] for fact in facts("list", "--user", "alice", "--json")] == ["lives in Lisbon"]
     assert facts("delete", "--all", "--user", "alice").strip() == "deleted 1 fact(s)"
     assert facts("list", "--user", "alice", "--json") == []
+
+
+def test_the_store_is_chosen_by_url_with_store_or_memlm_store(run, tmp_path, postgres_store, monkeypatch):
+    def facts_json(*args):
+        result = run("--home", tmp_path, "facts", *args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    [added] = facts_json("add", "likes green tea", "--user", "ada", "--raw", "--store", postgres_store)
+    assert added["event"] == "ADD"
+    monkeypatch.setenv("MEMLM_STORE", postgres_store)
+    assert [fact["memory"] for fact in facts_json("list", "--user", "ada")] == ["likes green tea"]
+    assert not list(tmp_path.rglob("facts.sqlite"))  # nothing went to the local file
+    monkeypatch.delenv("MEMLM_STORE")
+    result = run("--home", tmp_path, "facts", "list", "--user", "ada", "--json")
+    assert result.exit_code != 0 and "ada" in result.output  # the local store never heard of ada

@@ -12,8 +12,8 @@ import memlm
 from memlm.facts import FactMemory, FactNotFoundError, UnknownUserError
 
 
-def test_a_user_never_sees_another_users_facts(tmp_path):
-    memory = words_memory(tmp_path / "facts.sqlite")
+def test_a_user_never_sees_another_users_facts(store):
+    memory = words_memory(store)
     alice = memory.add("My password hint is purple elephant.", user="alice")["results"][0]
     memory.add("My favourite animal is the elephant.", user="bob")
     hits = memory.search("purple elephant password hint", user="bob", min_similarity=-1)["results"]
@@ -30,8 +30,8 @@ def test_a_user_never_sees_another_users_facts(tmp_path):
     assert [f["user"] for f in memory.get_all(user="bob")["results"]] == ["bob"]
 
 
-def test_update_and_history_record_who_changed_what():
-    memory = words_memory()
+def test_update_and_history_record_who_changed_what(store):
+    memory = words_memory(store)
     fact_id = memory.add("I live in Porto.", user="ada")["results"][0]["id"]
     memory.update(fact_id, "The user lives in Lisbon.", user="ada")
     hits = memory.search("where lisbon", user="ada", min_similarity=-1)["results"]
@@ -46,8 +46,8 @@ def test_update_and_history_record_who_changed_what():
     assert memory.get_all(user="ada") == {"results": []}  # a known user with nothing left: empty, not an error
 
 
-def test_facts_survive_a_restart(tmp_path):
-    path = tmp_path / "facts.sqlite"
+def test_facts_survive_a_restart(store):
+    path = store
     with words_memory(path) as memory:
         memory.add("I have two cats named Tom and Jerry.", user="ada")
     with words_memory(path) as reopened:
@@ -63,8 +63,8 @@ def _add_many(path: str, worker: int, count: int, start) -> None:
             memory.add(f"worker {worker} fact {number}", user="shared", infer=False)
 
 
-def test_two_processes_adding_to_one_store_lose_nothing(tmp_path):
-    path = str(tmp_path / "facts.sqlite")
+def test_two_processes_adding_to_one_store_lose_nothing(store):
+    path = store
     words_memory(path).close()  # create it first, as a chat would
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(2)
@@ -90,8 +90,8 @@ def test_two_processes_adding_to_one_store_lose_nothing(tmp_path):
     ("", "empty"), ("   ", "empty"), ("x" * 10_000_000, "too long"),
     (b"\x89PNG\r\n", "must be text"), ("abc\x00def", "control characters"), (42, "must be text"),
 ])
-def test_bad_fact_text_is_refused_and_nothing_is_lost(text, message):
-    memory = words_memory()
+def test_bad_fact_text_is_refused_and_nothing_is_lost(text, message, store):
+    memory = words_memory(store)
     memory.add("I like tea.", user="ada")
     with pytest.raises(memlm.ConfigError, match=message):
         memory.add(text, user="ada", infer=False)
@@ -144,3 +144,47 @@ def test_the_classic_six_facts_scenario_retrieves_relativity_first():
     hits = memory.search("Einstein's theory", user="classic", limit=3)["results"]
     assert hits[0]["memory"] == "Einstein developed the theory of relativity."
     assert len(hits) == 1 or hits[0]["score"] > hits[1]["score"]
+
+
+def test_the_store_url_picks_the_backend_and_memlm_store_is_the_default(postgres_store, monkeypatch):
+    from memlm.facts.backends.postgres import PostgresFactStore
+    from memlm.facts.store import FactStore
+
+    options = dict(embed=words_embed, encoder="words", dimension=WORDS_DIM)
+    with FactMemory(store=postgres_store, **options) as memory:
+        assert isinstance(memory.store, PostgresFactStore)
+        memory.add("I like tea.", user="ada")
+    monkeypatch.setenv("MEMLM_STORE", postgres_store)
+    with FactMemory(**options) as memory:  # no store given: MEMLM_STORE
+        assert [f["memory"] for f in memory.get_all(user="ada")["results"]] == ["The user likes tea."]
+    with FactMemory(None, **options) as memory:  # an explicit None stays in memory
+        assert isinstance(memory.store, FactStore) and memory.store.path is None
+    with pytest.raises(memlm.ConfigError, match="no fact store backend for cassandra"):
+        FactMemory(store="cassandra://somewhere/facts", **options)
+
+
+def _add_forever(path: str, started) -> None:
+    with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        for number in range(100_000):
+            memory.add(f"fact {number}", user="crash", infer=False)
+            if number == 20:
+                started.set()
+
+
+def test_a_writer_killed_mid_write_leaves_every_fact_whole(store):
+    """SIGKILL while a process writes: each fact is there with its history entry, or not at all."""
+    words_memory(store).close()
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    writer = context.Process(target=_add_forever, args=(store, started))
+    writer.start()
+    assert started.wait(timeout=120)
+    writer.kill()
+    writer.join(timeout=30)
+    with FactMemory(store, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
+        facts = memory.get_all(user="crash")["results"]
+        assert len(facts) > 20
+        for fact in facts:
+            assert [h["action"] for h in memory.history(fact["id"], user="crash")] == ["add"]
+        memory.add("after the crash", user="crash", infer=False)  # the store still takes writes
+        assert memory.search("after the crash", user="crash", limit=1)["results"][0]["memory"] == "after the crash"

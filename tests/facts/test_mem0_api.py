@@ -16,8 +16,8 @@ MEM0_KEYS = {"id", "memory", "hash", "metadata", "score", "created_at", "updated
 
 
 @pytest.fixture
-def memory():
-    memory = words_memory()
+def memory(store):
+    memory = words_memory(store)
     memory.store.clock = Clock(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
     return memory
 

@@ -14,8 +14,8 @@ from memlm.facts.slots import conflict, find_slot
 
 
 @pytest.fixture(scope="module")
-def memory():
-    return FactMemory(None)
+def memory(module_store):
+    return FactMemory(module_store)
 
 
 @pytest.mark.parametrize("old, new", [
@@ -95,8 +95,8 @@ def test_a_superseded_fact_stated_again_comes_back(memory):
     assert [f["memory"] for f in memory.get_all(user_id="boomerang")["results"]] == ["The user lives in Lisbon."]
 
 
-def test_supersession_can_be_turned_off():
-    memory = FactMemory(None, config=memlm.facts.FactBankConfig(supersede=False))
+def test_supersession_can_be_turned_off(store):
+    memory = FactMemory(store, config=memlm.facts.FactBankConfig(supersede=False))
     memory.add("I live in Lisbon.", user_id="ada")
     assert memory.add("I moved to Oslo.", user_id="ada")["results"][0]["event"] == "ADD"
     assert len(memory.get_all(user_id="ada")["results"]) == 2
@@ -126,11 +126,11 @@ def test_expired_facts_are_never_retrieved_but_kept(memory):
         memory.store.clock = __import__("time").time
 
 
-def test_bank_ttl_sets_every_new_facts_expiry():
+def test_bank_ttl_sets_every_new_facts_expiry(store):
     clock = Clock(1_000.0)
     from helpers import words_bank
 
-    bank = words_bank(clock=clock, ttl=10.0)
+    bank = words_bank(clock=clock, ttl=10.0, store=store)
     fact = bank.learn("the locker code is 4417").fact
     assert fact.expires_at == 1_010.0
     clock.now = 1_011.0

@@ -33,12 +33,13 @@ CHAT_HELP = """commands:
 
 def _bank_specs(specs: list[Any], user: str | None) -> list[Any]:
     """With --user, the chat gets the shared fact bank of that user (plus recurrent by default)."""
+    from memlm.facts.backends import default_store
     from memlm.paths import facts_path
     from memlm.registry import make_config
 
     if user is None:
         return specs
-    options = {"store": str(facts_path()), "user": user, "fusion": "prompt"}
+    options = {"store": str(default_store(facts_path())), "user": user, "fusion": "prompt"}
     configs = [make_config(spec) for spec in specs]
     configs = [c.replace(**options) if c.mechanism == "bank" else c for c in configs]
     if not any(c.mechanism == "bank" for c in configs):

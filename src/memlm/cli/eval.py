@@ -61,6 +61,9 @@ def eval_suite(
         min=1, help="override the answer length in tokens for the recall questions (multi-session, "
                     "continual facts; 32)")] = None,
     report: Annotated[bool, typer.Option(help="write results.json/.md and plots (off: only the pair cache)")] = True,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="run the pairs as Ray tasks on the cluster at this address ('local': start one here; "
+                      "'auto': the one `ray start` made); results equal a serial run's")] = None,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
@@ -98,7 +101,8 @@ def eval_suite(
     written = run_suite(model, tokenizer, suite, list(contenders), out, window=window,
                         backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
                         families=comma_list(tasks), command="memlm " + " ".join(sys.argv[1:]), report=report,
-                        progress=not as_json, **overrides)
+                        progress=not as_json, ray=ray, ray_backbone=backbone, device=device, dtype=dtype,
+                        **overrides)
     if as_json:
         print(json.dumps(accuracy_table(out), indent=2))
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,15 +13,18 @@ from memlm.cli.options import JsonOpt, LimitOpt, console, friendly_errors
 app = typer.Typer(help="The per-user fact bank shared by `memlm chat --user` (each user sees only their own).",
                   no_args_is_help=True)
 FactsUserOpt = Annotated[str, typer.Option("--user", "-u", help="whose facts")]
-FactsPathOpt = Annotated[Path | None, typer.Option("--path", help="fact store file [default: <home>/facts.sqlite]")]
+FactsPathOpt = Annotated[str | None, typer.Option(
+    "--path", "--store", help="fact store: a file or a URL (postgresql://...) "
+    "[default: $MEMLM_STORE, else <home>/facts.sqlite]")]
 CategoryOpt = Annotated[str | None, typer.Option()]
 
 
-def _open_facts(path: Path | None) -> Any:
+def _open_facts(path: str | None) -> Any:
     from memlm.facts import FactMemory
+    from memlm.facts.backends import default_store
     from memlm.paths import facts_path
 
-    return FactMemory(path or facts_path())
+    return FactMemory(path or default_store(facts_path()))
 
 
 def _print_facts(facts: list[dict[str, Any]], as_json: bool) -> None:

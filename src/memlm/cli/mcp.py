@@ -26,6 +26,7 @@ def mcp(
     tools. Over stdio the tools act for --user; over http for each request's API key (or the local
     user on loopback without keys). Document tools need the model: use `memlm serve`'s /mcp."""
     from memlm.facts import FactMemory
+    from memlm.facts.backends import default_store
     from memlm.paths import facts_path, home_dir
     from memlm.server.app import SERVER_DB
     from memlm.server.facts import FactsAdapter
@@ -36,7 +37,7 @@ def mcp(
         raise typer.BadParameter("use stdio or http", param_hint="--transport")
     home = home_dir()
     keys = KeyStore(keys_path(home))
-    adapter = FactsAdapter(FactMemory(path or facts_path(home)), home / SERVER_DB)
+    adapter = FactsAdapter(FactMemory(path or default_store(facts_path(home))), home / SERVER_DB)
     if transport == "stdio":
         principal = _stdio_principal(keys, user, any_user)
         server = create_mcp(adapter, lambda _ctx: principal)

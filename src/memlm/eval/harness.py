@@ -186,8 +186,12 @@ class Harness:
 
 def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,
               window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES, command: str = "",
-              progress: bool = True, report: bool = True, **overrides: Any) -> dict[str, Path]:
+              progress: bool = True, report: bool = True, ray: str | None = None, ray_backbone: Any = ...,
+              device: str = "cpu", dtype: Any = None, **overrides: Any) -> dict[str, Path]:
     """Run a suite and write the report; returns the written files.
+
+    With `ray` (a cluster address, or "local"), the pairs run as Ray tasks (`memlm.eval.distributed`);
+    each worker loads the backbone from `ray_backbone` (a name or path, `None`: the default model).
 
     Example:
         >>> run_suite(model, tokenizer, "quick", ["none", "rag", "bank"], "eval-out")
@@ -200,7 +204,14 @@ def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Seq
         suite = replace(suite, **overrides)
     harness = Harness(backbone, tokenizer, suite, contenders, Path(out_dir), window, backbone_name, families,
                       progress)
-    records = harness.run()
+    if ray is not None:
+        if ray_backbone is ...:
+            raise ConfigError("a Ray run needs ray_backbone=, the name or path the workers load the backbone from")
+        from memlm.eval.distributed import ray_records
+
+        records = ray_records(harness, ray_backbone, device, dtype, address=ray)
+    else:
+        records = harness.run()
     if not report:
         return {"pairs": Path(out_dir) / "pairs"}
     from memlm.eval.report import write_report

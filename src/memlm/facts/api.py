@@ -34,9 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 from memlm.errors import ConfigError
+from memlm.facts.backends import default_store, open_fact_store
 from memlm.facts.bank import FactBank, FactBankConfig, LearnResult
 from memlm.facts.filters import compile_filters, iso_time, to_unix_time
-from memlm.facts.store import MAX_SOURCE_CHARS, Fact, FactChange, FactStore, check_id, check_text
+from memlm.facts.store import MAX_SOURCE_CHARS, Fact, FactChange, check_id, check_text
 from memlm.paths import check_name
 
 Messages = str | dict[str, str] | list[dict[str, str]]
@@ -48,16 +49,23 @@ class FactMemory:
     """Facts per user: add, search, get_all, get, update, delete, delete_all, history, reset.
 
     Args:
-        path: SQLite file (created if missing; `None`: in memory).
+        path: where the facts live: an SQLite file (created if missing), `None` (in memory) or a store
+            URL (`postgresql://...`, see `memlm.facts.backends`); left out, `MEMLM_STORE` if set,
+            else in memory. `store=` is the same argument by its other name.
         config: bank settings (ranking blend, hybrid retrieval, supersession, duplicates, capacity,
             decay, ttl); `importance` is always "constant" here since no model is loaded.
         embed: texts -> unit vectors (default: the offline MiniLM, or e5 with `encoder="e5"`);
             `encoder` names it in the store, `dimension` is its width.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, config: FactBankConfig | None = None,
+    def __init__(self, path: str | os.PathLike | None = _UNSET, config: FactBankConfig | None = None,
                  embed: Callable[[list[str]], Any] | None = None, encoder: str = ENCODERS["minilm"],
-                 dimension: int | None = None):
+                 dimension: int | None = None, *, store: str | os.PathLike | None = _UNSET):
+        if path is not _UNSET and store is not _UNSET:
+            raise ConfigError("give the store once: as path or as store=")
+        location = path if path is not _UNSET else store
+        if location is _UNSET:
+            location = default_store(None)
         if embed is None:
             encoder = ENCODERS.get(encoder, encoder)
             if encoder == ENCODERS["e5"]:
@@ -74,7 +82,7 @@ class FactMemory:
         elif dimension is None:
             raise ConfigError("Memory(embed=...) also needs dimension=")
         config = dataclasses.replace(config or FactBankConfig(), importance="constant")
-        self.store = FactStore(path, dimension, encoder)
+        self.store = open_fact_store(location, dimension, encoder)
         self.bank = FactBank(config, self.store, embed)
 
     def close(self) -> None:

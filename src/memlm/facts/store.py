@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError, storage_error
+from memlm.facts.backends.base import FactBackend
 from memlm.facts.lexical import LexicalIndex
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
@@ -339,7 +340,7 @@ class SerializedConnection:
             self.raw.close()
 
 
-class FactStore:
+class FactStore(FactBackend):
     """Facts of many users in one SQLite file (`path=None`: in memory), searched per user.
 
     Args:
@@ -647,6 +648,13 @@ class FactStore:
                 f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ? AND id IN ({marks})", [user, *chunk])]
         return facts
 
+    # The vector index of one user: FAISS in this process (a subclass may keep it in a vector engine
+    # shared by processes, `shared_index = True`; memlm.facts.backends.milvus).
+    shared_index = False
+
+    def _new_index(self, user: str) -> UserIndex:
+        return UserIndex(self.dimension)
+
     def _synced_index(self, user: str) -> UserIndex:
         return self._synced_indexes(user)[0]
 
@@ -656,7 +664,7 @@ class FactStore:
         check_name(user, "user id")
         index, lexical, applied = self._indexes.get(user, (None, None, 0))
         if index is None or lexical is None:
-            index, lexical = UserIndex(self.dimension), LexicalIndex()
+            index, lexical = self._new_index(user), LexicalIndex()
         latest = self.version(user)
         if latest > applied:
             changes = self.connection.execute(
@@ -667,8 +675,12 @@ class FactStore:
                 # from a flat FAISS index rewrites it: ~70 ms at 100K facts, wasted on a new fact).
                 present = [fact_id for fact_id in changed if fact_id in lexical]
                 if present:
-                    index.remove(np.asarray(present, dtype=np.int64))
                     lexical.remove(present)
+                # A shared vector index (another engine's) may hold what another process wrote: every
+                # changed id leaves it (idempotent); a private one only loses what it holds.
+                stale = changed if self.shared_index else present
+                if stale:
+                    index.remove(np.asarray(stale, dtype=np.int64))
                 for start in range(0, len(changed), 900):  # SQLite's bound-parameter limit
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))

@@ -33,6 +33,7 @@ from torch import nn
 
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, CorruptedFileError
+from memlm.facts.backends import open_fact_store, redact, scheme_of
 from memlm.facts.bank import FactBank, FactBankConfig, LearnResult, RetrievedFact
 from memlm.facts.extraction import second_person
 from memlm.facts.store import CONTROL_CHARACTERS, FactStore
@@ -134,7 +135,7 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         self._latent_cache: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor] | None] | None = None
         self._fact_tokens: dict[int, list[int]] = {}  # per row: tokens of the facts just put in its prompt
         self._rows = 0  # rows of the batch `reset(batch_size)` announced
-        store = FactStore(config.store, self.dimension, self.encoder_name)
+        store = open_fact_store(config.store, self.dimension, self.encoder_name)
         latent = self._latent_if_possible if config.uses_latent else None
         self.facts = FactBank(config, store, self.embed, measure=self.loss_improvement, latent=latent)
 
@@ -368,7 +369,9 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         if self.config.store is not None:
             # A bank on a database file is its own persistence (written at every change, shared by
             # processes): the state only records where it lives, so loading never rolls it back.
-            atomic_write_json(directory / LIVE_STORE_FILE, {"store": str(Path(self.config.store).resolve()),
+            where = (redact(self.config.store) if scheme_of(self.config.store) != "sqlite"
+                     else str(Path(self.config.store).resolve()))
+            atomic_write_json(directory / LIVE_STORE_FILE, {"store": where,
                                                             "encoder": self.encoder_name})
             return
         staging = directory / (SNAPSHOT_FILE + ".tmp")

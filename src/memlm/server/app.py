@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 import memlm
 from memlm.errors import ConfigError
 from memlm.eval.human import VoteStore, votes_path
+from memlm.facts.backends import default_store, scheme_of
 from memlm.model import MemoryModel
 from memlm.paths import facts_path, home_dir
 from memlm.server import documents as documents_routes
@@ -83,7 +84,7 @@ def server_memories(specs: list[Any], home: str | Path | None = None) -> list[An
     from memlm.registry import make_config
 
     configs = [make_config(spec) for spec in specs]
-    options = {"store": str(facts_path(home)), "fusion": "prompt"}
+    options = {"store": str(default_store(facts_path(home))), "fusion": "prompt"}
     return [c.replace(**options) if c.mechanism == "bank" else c for c in configs]
 
 
@@ -101,9 +102,9 @@ def create_app(model: MemoryModel, tokenizer: Any, settings: ServerSettings | No
         store = model.memories["bank"].config.store
         if store is None:
             raise ConfigError("the server's bank needs a store file (memlm.server.server_memories sets it)")
-        facts_file = Path(store)
+        facts_file = Path(store) if scheme_of(store) == "sqlite" else store
     else:
-        facts_file = facts_path(home)
+        facts_file = default_store(facts_path(home))
     if facts is None:
         from memlm.facts import FactMemory
 

@@ -121,8 +121,12 @@ class Trainer:
         cuda = torch.cuda.is_available() and device != "cpu"
         precision = config.train.precision
         mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
+        # `train.steps` counts optimizer updates whatever the number of processes: the schedule steps
+        # once per update (accelerate's default steps it once per process, so under `accelerate launch`
+        # with 2 processes the cosine ran twice as fast; tests/train/test_accelerate.py).
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed,
                                        gradient_accumulation_steps=config.train.grad_accum,
+                                       step_scheduler_with_optimizer=False,
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self._seed_everything(config.train.seed)
         if backbone is None:
@@ -227,7 +231,7 @@ class Trainer:
                 self.accelerator.backward(outputs["loss"])
                 if self.accelerator.sync_gradients:
                     self._step_if_finite(train.grad_clip)
-                self.scheduler.step()
+                    self.scheduler.step()  # once per update (what accelerate did with one process)
                 self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             seconds = time.perf_counter() - tick

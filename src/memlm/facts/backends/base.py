@@ -1,0 +1,113 @@
+"""The interface every fact store backend implements (`memlm.facts.backends`).
+
+A backend holds the facts of many users; every read and write names its user and returns only that
+user's facts. `FactBank` and `FactMemory` use nothing else, so the same bank runs on every engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from memlm.errors import ConfigError, IncompatibleMemoryError
+
+
+class FactBackend(ABC):
+    """Facts of many users, searched per user (see `memlm.facts.store` for the row semantics)."""
+
+    dimension: int
+    encoder: str
+    clock: Callable[[], float]
+
+    # --- users -------------------------------------------------------------------------------
+    @abstractmethod
+    def users(self) -> list[str]: ...
+
+    @abstractmethod
+    def has_user(self, user: str) -> bool: ...
+
+    def require_user(self, user: str) -> str:
+        from memlm.facts.store import UnknownUserError
+
+        if not self.has_user(user):
+            raise UnknownUserError(f"no memories were ever stored for user {user!r}")
+        return user
+
+    # --- writing -----------------------------------------------------------------------------
+    @abstractmethod
+    def add(self, user: str, text: str, embedding: np.ndarray, *, importance: float, **fields: Any) -> Any:
+        """Insert one fact and its history entry atomically; `supersedes` ids are marked superseded."""
+
+    @abstractmethod
+    def update(self, fact_id: int, user: str, text: str | None = None, embedding: np.ndarray | None = None,
+               **fields: Any) -> Any: ...
+
+    @abstractmethod
+    def delete(self, fact_ids: Iterable[int], user: str, actor: str | None = None) -> int: ...
+
+    def delete_all(self, user: str, actor: str | None = None) -> int:
+        self.require_user(user)
+        return self.delete([fact.id for fact in self.facts(user, include_inactive=True)], user, actor)
+
+    @abstractmethod
+    def touch(self, fact_ids: Iterable[int], user: str) -> None: ...
+
+    # --- reading -----------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, fact_id: int, user: str | None = None) -> Any: ...
+
+    @abstractmethod
+    def facts(self, user: str, category: str | None = None, limit: int | None = None, offset: int = 0,
+              order: str = "id", include_inactive: bool = False) -> list[Any]: ...
+
+    @abstractmethod
+    def count(self, user: str, include_inactive: bool = False) -> int: ...
+
+    @abstractmethod
+    def slot_facts(self, user: str, slot: str, row: int | None = None) -> list[Any]: ...
+
+    @abstractmethod
+    def find_duplicate(self, user: str, text: str, row: int | None = None) -> Any: ...
+
+    @abstractmethod
+    def history(self, fact_id: int, user: str | None = None) -> list[Any]: ...
+
+    @abstractmethod
+    def latents(self, user: str) -> tuple[list[int], list[int | None], list[np.ndarray]]: ...
+
+    @abstractmethod
+    def version(self, user: str | None = None) -> int: ...
+
+    @abstractmethod
+    def embeddings(self, user: str, ids: list[int]) -> np.ndarray: ...
+
+    # --- search ------------------------------------------------------------------------------
+    @abstractmethod
+    def search(self, user: str, query: np.ndarray, k: int, row: int | None = None,
+               accept: Callable[[Any], bool] | None = None) -> list[tuple[Any, float]]: ...
+
+    @abstractmethod
+    def lexical_search(self, user: str, query: str, k: int, row: int | None = None,
+                       accept: Callable[[Any], bool] | None = None) -> list[tuple[Any, float]]: ...
+
+    # --- copies (embedded stores only) ---------------------------------------------------------
+    def copy_to(self, path: Any) -> None:
+        raise ConfigError(f"a {type(self).__name__} is its own persistence; it cannot be copied to a file")
+
+    def replace_with(self, other: Any) -> None:
+        raise ConfigError(f"a {type(self).__name__} is its own persistence; it cannot be replaced from a file")
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- shared helpers ----------------------------------------------------------------------
+    def _check_vector(self, vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dimension:
+            raise IncompatibleMemoryError(f"embedding has width {vector.shape[0]}, the store holds {self.dimension}")
+        if not np.isfinite(vector).all():
+            raise ConfigError("embedding contains NaN or infinity")
+        return vector
