@@ -1,7 +1,8 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Appended, not prepended: `from conftest import ...` elsewhere must keep finding tests/conftest.py.
+sys.path.append(str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 
