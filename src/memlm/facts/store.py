@@ -625,20 +625,6 @@ class FactStore(FactBackend):
                 return []
             return self._filtered(user, lambda n: lexical.search(query, n), len(lexical), k, row, accept)
 
-    def _filtered(self, user: str, search: Callable[[int], list[tuple[int, float]]], size: int, k: int,
-                  row: int | None, accept: Callable[[Fact], bool] | None) -> list[tuple[Fact, float]]:
-        now = self.clock()
-        want = min(size, k if row is None and accept is None else max(4 * k, 64))
-        while True:
-            pairs = search(want)
-            by_id = {fact.id: fact for fact in self._facts_by_id(user, [i for i, _ in pairs])}
-            results = [(by_id[i], s) for i, s in pairs
-                       if i in by_id and by_id[i].live(now) and (row is None or by_id[i].row in (None, row))
-                       and (accept is None or accept(by_id[i]))]
-            if len(results) >= k or want >= size or len(pairs) < want:
-                return results[:k]
-            want = min(size, want * 4)
-
     def _facts_by_id(self, user: str, ids: list[int]) -> list[Fact]:
         facts = []
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
