@@ -54,8 +54,8 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
         raise storage_error(error, str(path)) from error
     except sqlite3.DatabaseError as error:
         raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
-    except UnicodeDecodeError as error:  # a damaged page whose text (or SQLite's message about it) is not UTF-8
-        raise CorruptedFileError(f"{path} is damaged: it holds text that is not UTF-8 ({error})") from error
+    except ValueError as error:  # damaged text: not UTF-8 (UnicodeDecodeError), or a meta value not JSON
+        raise CorruptedFileError(f"{path} is damaged: it holds unreadable text ({error})") from error
 
 
 def get_meta(connection: sqlite3.Connection, key: str) -> Any:
