@@ -47,6 +47,7 @@ from memlm.errors import (
 )
 from memlm.serialization import load_tensors, save_tensors
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
+from memlm.store.pages import PageSearch, PageSummaries, page_search
 from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
@@ -131,6 +132,8 @@ class MemoryGroup:
         if self.backend == "torch":
             self._keys = GrowableHeads(spec.heads, (spec.key_dim,), device, options["dtype"])
             self._norms = GrowableHeads(spec.heads, (), device, torch.float32) if spec.metric == "l2" else None
+            # Page selection bounds inner products only: L2 groups (kNN-LM) stay exact.
+            self._pages = PageSummaries(options["pages"]) if spec.metric == "ip" else None
         else:
             self.indexes = [make_index(layout.backend, spec.key_dim, spec.metric, **options)
                             for _ in range(spec.heads)]
@@ -220,6 +223,9 @@ class MemoryGroup:
             return Candidates(result[0], result[1])
         keys = self._keys.data[:, :limit]
         queries = queries.to(device, keys.dtype)
+        if self._pages is not None and self._pages.search.applies(limit, count):
+            scores, positions = page_search(self._pages, self._keys._data, self._keys.data, queries, k, limit)
+            return self._finish_search(scores, positions, k)
         budget = SCORE_BUDGET * (4 if device.type == "cuda" else 1)
         chunk = max(1, budget // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
         parts = []
@@ -232,7 +238,11 @@ class MemoryGroup:
             parts.append(exact_topk(similarity, take))
         scores = torch.cat([part[0] for part in parts], dim=1) if len(parts) > 1 else parts[0][0]
         positions = torch.cat([part[1] for part in parts], dim=1) if len(parts) > 1 else parts[0][1]
-        scores = scores.float()
+        return self._finish_search(scores.float(), positions, k)
+
+    def _finish_search(self, scores: torch.Tensor, positions: torch.Tensor, k: int) -> Candidates:
+        """Pad (H, Q, take <= k) results to k columns and count the hits."""
+        heads, count, take = scores.shape
         if take < k:
             scores = torch.cat([scores, scores.new_full((heads, count, k - take), -math.inf)], dim=-1)
             positions = torch.cat([positions, positions.new_zeros(heads, count, k - take)], dim=-1)
@@ -296,6 +306,8 @@ class MemoryGroup:
                 self._keys.keep(keep)
                 if self._norms is not None:
                     self._norms.keep(keep)
+                if self._pages is not None:
+                    self._pages.invalidate()
             else:
                 for index in self.indexes:
                     index.remove(ids)
@@ -714,8 +726,9 @@ def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype
     per query, and CPUs with bf16 units multiply it several times faster)."""
     options = dict(layout.backend_options)
     search_dtype = options.pop("dtype", None)  # FAISS always searches float32
+    pages = PageSearch.from_options(options)  # how the torch backend searches large stores (pages.py)
     if layout.backend == "torch":
-        options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype)
+        options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype, pages=pages)
     return options
 
 
