@@ -1,7 +1,7 @@
 """knn-joint at scale: memorize and decode speed against the bare model, and exact-search bandwidth.
 
 Everything is measured in one process, bare and memory interleaved on the same segments, so the
-ratios hold on a noisy machine. For each index backend (`--backends`, default `torch`):
+ratios hold on a noisy machine. For each index backend (`--backends`, default `torch:pages,torch:exact`:
 
 * memorize: segment by segment, the bare forward and the knn-joint write pass (which reads memory,
   then writes) over the same segment, each timed with a device sync; total and ms/segment as the
@@ -161,7 +161,10 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
     import memlm
     from memlm.registry import make_config
 
-    config = make_config(args.memory, backend=backend)
+    name, _, search = backend.partition(":")  # "torch:exact" / "torch:pages": the torch backend's search mode
+    config = make_config(args.memory, backend=name)
+    if search:
+        config = make_config(args.memory, backend=name, backend_options={**config.backend_options, "search": search})
     memory_model = memlm.MemoryModel(model, [config], tokenizer=tokenizer)
     memory = memory_model.memories["knn"]
     encoded = tokenizer(PROMPT, return_tensors="pt").to(device)
@@ -315,7 +318,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--memory", default="knn-joint")
-    parser.add_argument("--backends", default="torch", help="comma-separated index backends")
+    parser.add_argument("--backends", default="torch:pages,torch:exact",
+                        help="comma-separated index backends; torch:pages / torch:exact pick the torch search mode")
     parser.add_argument("--sizes", default="65536,262144,1048576", help="stored tokens, comma-separated")
     parser.add_argument("--segment", type=int, default=None, help="tokens per segment (1024 on cuda, 512 on cpu)")
     parser.add_argument("--memorize-max", type=int, default=None,
