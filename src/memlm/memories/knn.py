@@ -49,8 +49,8 @@ from memlm.hooks import (
 )
 from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
 from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
+from memlm.store.clusters import SEARCH_OPTIONS, ClusterSearch
 from memlm.store.kv_store import KV_EVICTION_POLICIES, RecordBatch
-from memlm.store.pages import PAGE_OPTIONS, PageSearch
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
@@ -74,10 +74,11 @@ class KnnConfig(MemoryConfig):
         backend_options: passed to the index (e.g. {"nlist": 1024, "nprobe": 32} for faiss-ivf). For
             `torch`, "dtype" sets the precision of the search keys (default bfloat16): it only
             picks the candidates; attention logits are recomputed from the stored keys exactly.
-            Also for `torch`: "search" ("pages", the default, or "exact") with "page_size",
-            "probe_pages", "query_block" and "exact_below" (memlm.store.pages): above
-            `exact_below` stored items, a segment's queries read only the pages of keys whose
-            bounds rank highest, so memorizing stays nearly flat as the store grows.
+            Also for `torch`: "search" ("exact", the default, or "clusters") with "page_size",
+            "probe_pages", "exact_below" and "min_queries" (memlm.store.clusters): with "clusters",
+            above `exact_below` stored items a segment's queries read only the pages of
+            k-means-ordered keys whose means rank highest: memorizing stays nearly flat as the store
+            grows, but perplexity suffers (docs/benchmarks.md), so it is opt-in.
         capacity: items kept per batch row and layer (None: unbounded); beyond it `eviction` applies.
         eviction: "oldest" or "least_used" (fewest retrievals first).
         chunk_size: average keys/values over this many consecutive tokens before storing them.
@@ -142,11 +143,11 @@ class KnnConfig(MemoryConfig):
             raise ConfigError(f"knn: backend_options dtype must be float32, bfloat16 or float16, got {search_dtype!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"knn: backend must be one of {BACKENDS}, got {self.backend!r}")
-        page_options = sorted(set(PAGE_OPTIONS) & set(self.backend_options))
-        if page_options and self.backend != "torch":
-            raise ConfigError(f"knn: backend_options {page_options} apply to the torch backend only, "
+        search_options = sorted(set(SEARCH_OPTIONS) & set(self.backend_options))
+        if search_options and self.backend != "torch":
+            raise ConfigError(f"knn: backend_options {search_options} apply to the torch backend only, "
                               f"not {self.backend!r}")
-        PageSearch.from_options(dict(self.backend_options))  # raises ConfigError on a bad page option
+        ClusterSearch.from_options(dict(self.backend_options))  # raises ConfigError on a bad search option
         if self.eviction not in KV_EVICTION_POLICIES:
             raise ConfigError(f"knn: eviction must be one of {KV_EVICTION_POLICIES}, got {self.eviction!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):

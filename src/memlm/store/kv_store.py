@@ -46,8 +46,8 @@ from memlm.errors import (
     storage_error,
 )
 from memlm.serialization import load_tensors, save_tensors
+from memlm.store.clusters import ClusterIndex, ClusterSearch, cluster_search
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
-from memlm.store.pages import PageSearch, PageSummaries, page_search
 from memlm.store.records import Record, RecordFilter, RecordStore
 
 RECORDS_FILE = "records.sqlite"
@@ -132,8 +132,8 @@ class MemoryGroup:
         if self.backend == "torch":
             self._keys = GrowableHeads(spec.heads, (spec.key_dim,), device, options["dtype"])
             self._norms = GrowableHeads(spec.heads, (), device, torch.float32) if spec.metric == "l2" else None
-            # Page selection bounds inner products only: L2 groups (kNN-LM) stay exact.
-            self._pages = PageSummaries(options["pages"]) if spec.metric == "ip" else None
+            # Cluster search ranks inner products only: L2 groups (kNN-LM) stay exact.
+            self._clusters = ClusterIndex(options["search"]) if spec.metric == "ip" else None
         else:
             self.indexes = [make_index(layout.backend, spec.key_dim, spec.metric, **options)
                             for _ in range(spec.heads)]
@@ -223,10 +223,18 @@ class MemoryGroup:
             return Candidates(result[0], result[1])
         keys = self._keys.data[:, :limit]
         queries = queries.to(device, keys.dtype)
-        if self._pages is not None and self._pages.search.applies(limit, count):
-            scores, positions = page_search(self._pages, self._keys._data, self._keys.data, queries, k, limit)
-            return self._finish_search(scores, positions, k)
-        budget = SCORE_BUDGET * (4 if device.type == "cuda" else 1)
+        if self._clusters is not None and self._clusters.search.applies(limit, count):
+            scores, positions = cluster_search(self._clusters, self._keys._data, self._keys.data, queries, k, limit,
+                                               self._exact_search)
+        else:
+            scores, positions = self._exact_search(queries, keys, take)
+        return self._finish_search(scores, positions, k)
+
+    def _exact_search(self, queries: torch.Tensor, keys: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-`take` of each query (H, Q, dim) over `keys` (H, N, dim), the group's first N items:
+        scores (H, Q, take) float32 and positions, best first; queries chunked to bound the scores."""
+        heads, count, limit = queries.shape[0], queries.shape[1], keys.shape[1]
+        budget = SCORE_BUDGET * (4 if keys.device.type == "cuda" else 1)
         chunk = max(1, budget // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
         parts = []
         for first in range(0, count, chunk):
@@ -238,7 +246,7 @@ class MemoryGroup:
             parts.append(exact_topk(similarity, take))
         scores = torch.cat([part[0] for part in parts], dim=1) if len(parts) > 1 else parts[0][0]
         positions = torch.cat([part[1] for part in parts], dim=1) if len(parts) > 1 else parts[0][1]
-        return self._finish_search(scores.float(), positions, k)
+        return scores.float(), positions
 
     def _finish_search(self, scores: torch.Tensor, positions: torch.Tensor, k: int) -> Candidates:
         """Pad (H, Q, take <= k) results to k columns and count the hits."""
@@ -306,8 +314,8 @@ class MemoryGroup:
                 self._keys.keep(keep)
                 if self._norms is not None:
                     self._norms.keep(keep)
-                if self._pages is not None:
-                    self._pages.invalidate()
+                if self._clusters is not None:
+                    self._clusters.invalidate()
             else:
                 for index in self.indexes:
                     index.remove(ids)
@@ -726,9 +734,9 @@ def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype
     per query, and CPUs with bf16 units multiply it several times faster)."""
     options = dict(layout.backend_options)
     search_dtype = options.pop("dtype", None)  # FAISS always searches float32
-    pages = PageSearch.from_options(options)  # how the torch backend searches large stores (pages.py)
+    search = ClusterSearch.from_options(options)  # how the torch backend searches large stores (clusters.py)
     if layout.backend == "torch":
-        options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype, pages=pages)
+        options.update(device=device, dtype=getattr(torch, search_dtype) if search_dtype else dtype, search=search)
     return options
 
 
