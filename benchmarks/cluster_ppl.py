@@ -1,13 +1,13 @@
-"""What page-selected search costs in perplexity: knn-joint with exact search against page selection.
+"""What cluster search costs in perplexity: knn-joint with exact search against cluster-ordered pages.
 
 Long-document perplexity (`memlm.eval.perplexity.compare_perplexity`, the code behind `memlm eval
 ppl`) of the same tokens with no memory, knn-joint searching exactly, and knn-joint with page
-selection from the first stored item on (`exact_below=1`, so even a small store is searched by
-pages: the price shows at every length) for each `--settings` entry.
+search (memlm.store.clusters, as shipped: exact up to `exact_below` stored items, clusters beyond)
+for each `--settings` entry.
 
-    python benchmarks/page_ppl.py --corpus gutenberg/milton/areopagitica --window 256 --max-tokens 8192
-    python3 benchmarks/page_ppl.py --device cuda --dtype bfloat16 --corpus pg-essays --window 1024 \\
-        --max-tokens 131072 --out page_ppl_h200.json
+    python benchmarks/cluster_ppl.py --corpus gutenberg/milton/areopagitica --window 256 --max-tokens 8192
+    python3 benchmarks/cluster_ppl.py --device cuda --dtype bfloat16 --corpus pg-essays --window 1024 \\
+        --max-tokens 131072 --out cluster_ppl_h200.json
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ def main() -> None:
     parser.add_argument("--corpus", default="gutenberg/milton/areopagitica")
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--settings", default="default", help="'default' (the shipped page options) and/or "
-                        "page_size:probe_pages:query_block entries, comma-separated")
-    parser.add_argument("--out", default="page_ppl.json")
+    parser.add_argument("--settings", default="default", help="'default' (the shipped search options) and/or "
+                        "page_size:probe_pages entries, comma-separated")
+    parser.add_argument("--out", default="cluster_ppl.json")
     args = parser.parse_args()
 
     import memlm
@@ -40,11 +40,11 @@ def main() -> None:
     variants = {"knn-joint exact": [make_config("knn-joint", backend_options={"dtype": "bfloat16",
                                                                             "search": "exact"})]}
     for setting in args.settings.split(","):
-        options = {"dtype": "bfloat16", "search": "pages", "exact_below": 1}
+        options = {"dtype": "bfloat16", "search": "clusters"}
         if setting != "default":
-            page_size, probe_pages, query_block = (int(part) for part in setting.split(":"))
-            options |= {"page_size": page_size, "probe_pages": probe_pages, "query_block": query_block}
-        variants[f"knn-joint pages {setting}"] = [make_config("knn-joint", backend_options=options)]
+            page_size, probe_pages = (int(part) for part in setting.split(":"))
+            options |= {"page_size": page_size, "probe_pages": probe_pages}
+        variants[f"knn-joint clusters {setting}"] = [make_config("knn-joint", backend_options=options)]
     result = compare_perplexity(backbone, tokenizer, load_corpus(args.corpus), args.window, variants,
                                 max_tokens=args.max_tokens)
     result |= {"corpus": args.corpus, "device": args.device, "dtype": args.dtype, "host": platform.node()}

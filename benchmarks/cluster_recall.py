@@ -1,15 +1,15 @@
-"""Recall of page-selected search against exact search, on the real model's stored keys and queries.
+"""Recall of cluster-ordered page search against exact search, on the real model's stored keys and queries.
 
 `knn-joint` memorizes `--stored` tokens of real text (write-only passes: the store is what the bare
 forward computes), then one more segment is read with memory and every layer's search queries are
-recorded. For each setting of (page_size, probe_pages, query_block) the same queries are searched
-with page selection and exactly, over the same items; reported: recall@k (the share of the exact
-top-k that page selection also returns), the share of the exact top-k's attention mass recovered
+recorded. For each setting of (page_size, probe_pages) the same queries are searched through
+cluster-ordered pages (memlm.store.clusters: k-means trained on these keys) and exactly, over the
+same items; reported: recall@k (the share of the exact top-k that cluster search also returns), the share of the exact top-k's attention mass recovered
 (softmax over the exact top-k logits, summed over the items found: missing a low-weight item
 matters less than missing the best one), and the candidate count per query.
 
-    python benchmarks/page_recall.py --stored 16384 --out docs/results/page_recall_cpu.json
-    python3 benchmarks/page_recall.py --device cuda --dtype bfloat16 --stored 262144 --out page_recall_h200.json
+    python benchmarks/cluster_recall.py --stored 16384 --out docs/results/cluster_recall_cpu.json
+    python3 benchmarks/cluster_recall.py --device cuda --dtype bfloat16 --stored 262144 --out cluster_recall_h200.json
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from knn_speed import token_stream  # noqa: E402 - the same real text as the speed benchmark
 
+from memlm.store.clusters import ClusterIndex, ClusterSearch, cluster_search  # noqa: E402
 from memlm.store.kv_store import MemoryGroup  # noqa: E402
-from memlm.store.pages import PageSearch, PageSummaries, page_search  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=16384)
     parser.add_argument("--segment", type=int, default=None, help="tokens per segment (1024 on cuda, 512 on cpu)")
     parser.add_argument("--layers", default="2,10,20,28", help="layers whose searches are compared")
-    parser.add_argument("--settings", default="64:32:16,32:64:16,64:64:16,64:32:8,128:16:16,64:128:32",
-                        help="page_size:probe_pages:query_block, comma-separated")
-    parser.add_argument("--out", default="page_recall.json")
+    parser.add_argument("--settings", default="32:64,16:128,32:128,64:64",
+                        help="page_size:probe_pages, comma-separated")
+    parser.add_argument("--out", default="cluster_recall.json")
     args = parser.parse_args()
 
     import memlm
@@ -83,15 +83,15 @@ def main() -> None:
     results = {"device": str(device), "host": platform.node(), "stored_tokens": args.stored, "segment": segment,
                "text": source, "layers": sorted(wanted), "settings": []}
     for setting in args.settings.split(","):
-        page_size, probe_pages, query_block = (int(part) for part in setting.split(":"))
-        search = PageSearch(page_size=page_size, probe_pages=probe_pages, query_block=query_block, exact_below=1)
+        page_size, probe_pages = (int(part) for part in setting.split(":"))
+        search = ClusterSearch(page_size=page_size, probe_pages=probe_pages, exact_below=1, min_queries=1)
         hits = total = 0
         mass = []
         for _layer, group, queries, k, limit in recorded:
             limit = len(group) if limit is None else limit
             exact = original(group, queries, k, limit)
-            scores, positions = page_search(PageSummaries(search), group._keys._data, group.keys,
-                                            queries.to(group.keys.dtype), k, limit)
+            scores, positions = cluster_search(ClusterIndex(search), group._keys._data, group.keys,
+                                               queries.to(group.keys.dtype), k, limit, group._exact_search)
             found = torch.zeros_like(exact.positions, dtype=torch.bool)
             for column in range(positions.shape[-1]):
                 found |= exact.positions == positions[..., column: column + 1]
@@ -99,7 +99,7 @@ def main() -> None:
             total += found.numel()
             weights = torch.softmax(exact.scores * queries.shape[-1] ** -0.5, dim=-1)
             mass.append(float((weights * found).sum(-1).mean()))
-        row = {"page_size": page_size, "probe_pages": probe_pages, "query_block": query_block,
+        row = {"page_size": page_size, "probe_pages": probe_pages,
                "candidates_per_query": page_size * probe_pages, "recall_at_k": hits / total,
                "attention_mass_recovered": sum(mass) / len(mass)}
         results["settings"].append(row)

@@ -1,7 +1,7 @@
 """knn-joint at scale: memorize and decode speed against the bare model, and exact-search bandwidth.
 
 Everything is measured in one process, bare and memory interleaved on the same segments, so the
-ratios hold on a noisy machine. For each index backend (`--backends`, default `torch:pages,torch:exact`:
+ratios hold on a noisy machine. For each index backend (`--backends`, default `torch:clusters,torch:exact`:
 
 * memorize: segment by segment, the bare forward and the knn-joint write pass (which reads memory,
   then writes) over the same segment, each timed with a device sync; total and ms/segment as the
@@ -161,10 +161,17 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
     import memlm
     from memlm.registry import make_config
 
-    name, _, search = backend.partition(":")  # "torch:exact" / "torch:pages": the torch backend's search mode
+    # "torch:exact" / "torch:clusters" pick the torch backend's search mode; "torch:clusters:32:128" also
+    # sets page_size:probe_pages, so several settings can be timed side by side
+    name, _, mode = backend.partition(":")
+    search, _, setting = mode.partition(":")
     config = make_config(args.memory, backend=name)
     if search:
-        config = make_config(args.memory, backend=name, backend_options={**config.backend_options, "search": search})
+        options = {**config.backend_options, "search": search}
+        if setting:
+            page_size, probe_pages = (int(part) for part in setting.split(":"))
+            options |= {"page_size": page_size, "probe_pages": probe_pages}
+        config = make_config(args.memory, backend=name, backend_options=options)
     memory_model = memlm.MemoryModel(model, [config], tokenizer=tokenizer)
     memory = memory_model.memories["knn"]
     encoded = tokenizer(PROMPT, return_tensors="pt").to(device)
@@ -318,8 +325,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--memory", default="knn-joint")
-    parser.add_argument("--backends", default="torch:pages,torch:exact",
-                        help="comma-separated index backends; torch:pages / torch:exact pick the torch search mode")
+    parser.add_argument("--backends", default="torch:clusters,torch:exact",
+                        help="comma-separated index backends; torch:clusters / torch:exact pick the torch search mode")
     parser.add_argument("--sizes", default="65536,262144,1048576", help="stored tokens, comma-separated")
     parser.add_argument("--segment", type=int, default=None, help="tokens per segment (1024 on cuda, 512 on cpu)")
     parser.add_argument("--memorize-max", type=int, default=None,
