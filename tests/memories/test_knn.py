@@ -206,3 +206,24 @@ def test_memory_makes_segment_perplexity_differ_only_through_retrieval():
     assert math.isclose(perplexity("knn", text[:16], randomize=True), perplexity([], text[:16]), rel_tol=1e-5)
     # Three segments: the later ones retrieve what the earlier ones stored, and the output moves.
     assert not math.isclose(perplexity("knn", text, randomize=True), baseline, rel_tol=1e-3)
+
+
+def test_cluster_search_reading_every_page_gives_the_exact_search_logits():
+    """The opt-in cluster search in the model: probing every page reproduces exact search's logits
+    (positions, gathers and relative placement all agree); probing one page changes them."""
+    # distinct tokens: the first layer's keys depend on the token only, and equal keys tie
+    tokens = torch.randperm(250, generator=torch.Generator().manual_seed(1))[:144].view(1, -1) + 5
+    first, second = tokens[:, :120], tokens[:, 120:]
+
+    def read_with(**search):
+        options = {"dtype": "float32", **search}
+        memory_model = memlm.attach(tiny_model("llama"), KnnConfig(attention="joint", layers="all", top_k=4, recent=0,
+                                                        backend_options=options))
+        memory_model._begin_call()
+        memory_model.write(first)
+        return logits(memory_model, second, write_memory=False)
+
+    exact = read_with(search="exact")
+    clusters = {"search": "clusters", "page_size": 8, "exact_below": 16, "min_queries": 1}
+    torch.testing.assert_close(read_with(**clusters, probe_pages=64), exact)
+    assert not torch.allclose(read_with(**clusters, probe_pages=1), exact, atol=1e-4)
