@@ -6,9 +6,9 @@ and origin. The URLs are the fact store's (`memlm.facts.backends`):
 
 | location                                   | records                    | vectors                          |
 |--------------------------------------------|----------------------------|----------------------------------|
-| a directory (the default, unchanged)       | `records.sqlite`           | `vectors-NNNNNN.safetensors`     |
-| `postgresql://user:pw@host/db`             | table `memlm_kv_records`   | table `memlm_kv_vectors` (pgvector `vector`) |
-| `milvus:///folder`, `milvus://host:19530?records=file` | SQLite `kv_records` | a Milvus collection per key width |
+| a directory (the default, unchanged)       | `records.sqlite`           | `vectors-NNNNNN.safetensors`    |
+| `postgresql://user:pw@host/db`             | table `memlm_kv_records`   | table `memlm_kv_vectors` (pgvector) |
+| `milvus:///folder`, `milvus://host:19530?records=file` | SQLite `kv_records` | a Milvus collection per width |
 
 Many memories share one backend, each under a *name* (a user, a session): every statement filters
 on it, so loading one name never returns another's items. A save replaces the name's saved state
@@ -63,8 +63,8 @@ def is_remote(location: Any) -> bool:
 
 def check_store_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"a saved memory's name must be 1-200 letters, digits, spaces or _.@:+- not starting with a dot (got {name!r}): "
-                          "name it after its user or session")
+        raise ConfigError(f"a saved memory's name must be 1-200 letters, digits, spaces or _.@:+- not starting "
+                          f"with a dot (got {name!r}): name it after its user or session")
     return name
 
 

@@ -680,7 +680,8 @@ class KeyValueStore:
             spec = layout.specs[kind]
             count = len(state.ids)
             keys = torch.from_numpy(state.keys).view(count, spec.heads, spec.key_dim).transpose(0, 1)
-            arrays = {f"{group_name}.ids": torch.from_numpy(state.ids), f"{group_name}.hits": torch.from_numpy(state.hits),
+            arrays = {f"{group_name}.ids": torch.from_numpy(state.ids),
+                      f"{group_name}.hits": torch.from_numpy(state.hits),
                       f"{group_name}.origins": torch.from_numpy(state.origins),
                       f"{group_name}.values": torch.from_numpy(state.values) if spec.value_dim is None
                       else torch.from_numpy(state.values).view(count, spec.heads, spec.value_dim)}
