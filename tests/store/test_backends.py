@@ -165,3 +165,31 @@ def test_concurrent_writers(location):
     assert {r.user for r in ada.records.select()} == {"ada"}
     texts = [r.text for r in ada.records.select(RecordFilter(kind="lm")) if r.text.startswith("r")]
     assert texts == [f"r{round}" for round in range(6) for _ in range(5)]  # one writer's rounds, none mixed
+
+
+def test_knn_memory_saves_its_store_in_the_database(location, tmp_path, monkeypatch):
+    from tiny import tiny_model
+
+    import memlm
+    from memlm import KnnConfig
+
+    remote = location.startswith(("postgresql", "milvus"))
+    config = KnnConfig(attention="joint", knn_lm=True, store=location if remote else None)
+    writer_model = memlm.attach(tiny_model("llama"), config)
+    writer_model.set_provenance(user="ada")
+    writer_model.memorize(torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(0)),
+                          segment_length=16, progress=False)
+    writer_model.save_state(tmp_path / "state")
+    assert (tmp_path / "state" / "knn" / "records.sqlite").exists() != remote
+    reader = memlm.attach(tiny_model("llama"), config)
+    reader.load_state(tmp_path / "state")
+    same(writer_model.memories["knn"].store, reader.memories["knn"].store)
+    if remote:  # MEMLM_STORE selects the database too; without any URL the load says what to set
+        monkeypatch.setenv("MEMLM_STORE", location)
+        plain = KnnConfig(attention="joint", knn_lm=True)
+        env_reader = memlm.attach(tiny_model("llama"), plain)
+        env_reader.load_state(tmp_path / "state")
+        same(writer_model.memories["knn"].store, env_reader.memories["knn"].store)
+        monkeypatch.delenv("MEMLM_STORE")
+        with pytest.raises(ConfigError, match="set MEMLM_STORE"):
+            memlm.attach(tiny_model("llama"), plain).load_state(tmp_path / "state")
