@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,8 +63,12 @@ def measure(url: str, facts: int, users: int, queries: int, seed: int, bulk: int
             store.add(f"u{number % users}", f"fact number {number}", vectors[number], importance=1.0)
         write_s = time.perf_counter() - started
         written = facts
+    print(f"  loaded {facts:,} facts in {time.perf_counter() - started:.0f} s; warming up", file=sys.stderr, flush=True)
+    warm = time.perf_counter()
     for user in range(users):  # warm-up: one search per user
         store.search(f"u{user}", vectors[user], 5)
+    figures["warm_up_s"] = time.perf_counter() - warm
+    print(f"  warm-up searches of {users} users in {figures['warm_up_s']:.0f} s", file=sys.stderr, flush=True)
     latencies = []
     probes = unit(rng, queries)
     for number in range(queries):
