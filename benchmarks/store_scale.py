@@ -63,7 +63,7 @@ def measure(url: str, facts: int, users: int, queries: int, seed: int, bulk: int
             store.add(f"u{number % users}", f"fact number {number}", vectors[number], importance=1.0)
         write_s = time.perf_counter() - started
         written = facts
-    print(f"  loaded {facts:,} facts in {time.perf_counter() - started:.0f} s; warming up", file=sys.stderr, flush=True)
+    print(f"  {facts:,} facts written; warming up", file=sys.stderr, flush=True)
     warm = time.perf_counter()
     for user in range(users):  # warm-up: one search per user
         store.search(f"u{user}", vectors[user], 5)
