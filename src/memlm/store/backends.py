@@ -348,13 +348,26 @@ class MilvusKV(KVBackend):
 
     def load(self, name: str) -> Snapshot:
         check_store_name(name)
-        with self.connection:
+        for _ in range(5):  # a save of another process may commit (and delete our generation) meanwhile
+            snapshot, counts = self._load(name)
+            found = self.connection.execute("SELECT generation FROM kv_stores WHERE name = ?", (name,)).fetchone()
+            if found is not None and int(found[0]) == snapshot.generation:
+                _check_counts(name, self.url, counts, snapshot.groups)
+                return snapshot
+        raise CorruptedFileError(f"the memory {name!r} in {redact(self.url)} changed under every load attempt: "
+                                 "another process saves it without pause; retry")
+
+    def _load(self, name: str) -> tuple[Snapshot, dict[str, int]]:
+        self.connection.execute("BEGIN")  # one read snapshot of the generation and its records
+        try:
             found = self.connection.execute("SELECT generation, layout, counts FROM kv_stores WHERE name = ? AND "
                                             "generation > 0", (name,)).fetchone()
             if found is None:
                 raise FileNotFoundError(f"no memory named {name!r} is saved in {redact(self.url)}")
             records = [Record(*row) for row in self.connection.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM kv_records WHERE name = ? ORDER BY id", (name,))]
+        finally:
+            self.connection.execute("COMMIT")
         generation, layout, counts = int(found[0]), json.loads(found[1]), json.loads(found[2])
         rows: dict[str, list[tuple]] = {}
         fields = ["grp", "item", "key", "value", "hits", "sequence", "position"]
@@ -371,8 +384,7 @@ class MilvusKV(KVBackend):
         for items in rows.values():
             items.sort(key=lambda item: item[0])
         groups = {group: _group_state(group, items, layout) for group, items in rows.items()}
-        _check_counts(name, self.url, counts, groups)
-        return Snapshot(layout, generation, records, groups)
+        return Snapshot(layout, generation, records, groups), counts
 
     def remove(self, name: str) -> bool:
         from memlm.store.sqlite import transaction
