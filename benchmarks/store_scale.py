@@ -128,7 +128,12 @@ def main() -> None:
               f"{f['search_p95_ms']:>8.2f} {f.get('writes_vs_sqlite', float('nan')):>9.2f} "
               f"{f.get('p95_vs_sqlite', float('nan')):>7.2f}")
     if args.output:
-        args.output.write_text(json.dumps({"machine": platform.platform(), "args": vars(args) | {"output": None},
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+        import os
+
+        args.output.write_text(json.dumps({"machine": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+                                           "args": vars(args) | {"output": None},
                                            "results": results}, indent=2))
 
 
