@@ -53,12 +53,13 @@ def _memorize(spec: dict[str, Any], jobs: list[dict[str, str]]) -> list[dict[str
 def memorize_users(jobs: Iterable[dict[str, str]], location: str | os.PathLike, backbone: str | None,
                    memories: list[Any] | None = None, segment_length: int = 512, device: str = "cpu",
                    dtype: str | None = None, session: str | None = None, ray: str | None = None,
-                   tasks: int | None = None, threads: int = 1) -> list[dict[str, Any]]:
+                   tasks: int | None = None, threads: int = 1, gpus: float | None = None) -> list[dict[str, Any]]:
     """Memorize each job's `text` for its `user` ({"user": ..., "text": ...}) and save each user's
     memory as `<user>` at `location`; returns one summary per user (segments, items, vectors) in the
     input order. `ray`: None runs here, one user after another; "local" starts a Ray cluster on this
     machine; an address ("auto", "ray://host:10001") joins one. `tasks`: Ray tasks the users are
-    split into (default: one per user); each loads the backbone once."""
+    split into (default: one per user); each loads the backbone once. `gpus`: the share of a GPU each
+    Ray task asks for (Ray hides the GPUs from a task that asks for none): default 1/8 on cuda, else 0."""
     from memlm.store.backends import check_store_name
 
     jobs = [dict(job) for job in jobs]
@@ -84,7 +85,9 @@ def memorize_users(jobs: Iterable[dict[str, str]], location: str | os.PathLike, 
         ray_module.init(address=None if ray in ("", "local") else ray, include_dashboard=False,
                         log_to_driver=False, configure_logging=False)
     try:
-        remote = ray_module.remote(num_cpus=threads)(_memorize)
+        if gpus is None:
+            gpus = 0.125 if str(device).startswith("cuda") else 0.0
+        remote = ray_module.remote(num_cpus=threads, num_gpus=gpus)(_memorize)
         results = ray_module.get([remote.remote(spec, chunk) for chunk in chunks if chunk])
     finally:
         if started_here:
