@@ -661,8 +661,7 @@ class KnnMemory(Memory, FileState, Provenance):
         postgresql:// or milvus:// URL; None: files in the state directory (the default)."""
         if self.config.store is not None:
             return self.config.store
-        from memlm.facts.backends import STORE_ENV
-        from memlm.store.backends import REMOTE_SCHEMES
+        from memlm.store.backends import REMOTE_SCHEMES, STORE_ENV
 
         url = os.environ.get(STORE_ENV, "")
         return url if url.split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in url else None

@@ -41,6 +41,7 @@ from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryErro
 from memlm.store.records import COLUMNS, Record
 
 REMOTE_SCHEMES = ("postgresql", "postgres", "milvus")
+STORE_ENV = "MEMLM_STORE"  # as memlm.facts.backends.STORE_ENV (not imported: it loads the fact store)
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _NAME = re.compile(r"^[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+ -]{0,199}$")
 
