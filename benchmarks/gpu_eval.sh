@@ -13,8 +13,10 @@
 # Results ($OUT): multisession_recall.json and pairs.tgz, the suite's cached pairs (unpack it into
 # .gpupairs/ to resume in a later command); the report is built where bert-score is installed, from the same pairs
 # (keyed by the weights, not the path): memlm eval --suite full --out <dir holding pairs/>.
-# RECALL_SECONDS=0 skips the recall study; RECALL_SEEDS="1 2" adds the bank on those seeds' users; CONTENDERS and TASKS narrow the suite; JOBS splits it, e.g.
-# JOBS="bank:babilong/qa1 bank:babilong/qa2 bank:recall,ppl,continual".
+# RECALL_SECONDS=0 skips the recall study; RECALL_SEEDS="1 2" adds the bank on those seeds' users (one
+# after another, after the main study); CONTENDERS and TASKS narrow the suite. The suite's pairs run
+# as Ray tasks on a local Ray cluster (`memlm eval --ray local`, one CPU thread and RAY_GPUS of the GPU
+# each, default 0.125: 8 pairs decode at once), which replaced one background process per contender.
 set -uo pipefail
 site=$PWD/.gpusite
 out=${OUT:-out}
@@ -33,34 +35,28 @@ case "${1:-run}" in
     nvidia-smi -L | tee "$out/device.txt"
     if [ "$1" = run ]; then  # convert the GGUF once; keep a plain copy for later commands
       [ -d "$backbone" ] || python3 -c "import memlm; m, t = memlm.load_backbone(); m.save_pretrained('$backbone'); t.save_pretrained('$backbone')"
-      # RECALL_SEEDS: the bank alone on other seeds' users too, beside the main study
+      [ "${RECALL_SECONDS:-480}" != 0 ] && timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
+        --dtype float32 --backbone "$backbone" -o "$out/multisession_recall.json" > "$out/recall.log" 2>&1
+      # RECALL_SEEDS: the bank alone on other seeds' users too
       for seed in ${RECALL_SEEDS:-}; do
         timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank --seed "$seed" \
           --device cuda --dtype float32 --backbone "$backbone" -o "$out/multisession_recall_bank_seed$seed.json" \
-          > "$out/recall-seed$seed.log" 2>&1 &
+          > "$out/recall-seed$seed.log" 2>&1
       done
-      [ "${RECALL_SECONDS:-480}" != 0 ] && timeout "${RECALL_SECONDS:-480}" python3 -m memlm.cli eval recall --users 5 --systems bank,none,full,rag --device cuda \
-        --dtype float32 --backbone "$backbone" -o "$out/multisession_recall.json" > "$out/recall.log" 2>&1
-      wait
       tail -n 12 "$out"/recall*.log
     fi
     [ "${SUITE_SECONDS:-500}" = 0 ] && exit 0
-    # Several processes at once, one per JOBS entry ("contender:tasks"; default one per contender):
-    # decoding a 135M model is latency-bound, so the GPU has room for many. One CPU thread each keeps
-    # them from fighting over the host's cores. Finished pairs (and BABILong lengths) come back from
-    # earlier commands through .gpupairs/ (carried) or /tmp while the host stays warm.
+    # The pairs (contender x task) as Ray tasks on a local cluster: decoding a 135M model is
+    # latency-bound, so the GPU has room for many at once; one CPU thread each keeps them from fighting
+    # over the host's cores. Each finished pair is cached in /tmp/eval-full/pairs by its worker, so an
+    # interrupted run resumes; finished pairs (and BABILong lengths) come back from earlier commands
+    # through .gpupairs/ (carried) or /tmp while the host stays warm.
     mkdir -p /tmp/eval-full && [ -d .gpupairs/pairs ] && cp -rn .gpupairs/pairs /tmp/eval-full/
-    jobs=${JOBS:-}
-    [ -z "$jobs" ] && for name in ${CONTENDERS:-none full rag recurrent knn-lm bank}; do
-      jobs="$jobs $name:${TASKS:-babilong,recall,ppl,continual}"; done
-    for job in $jobs; do
-      name=${job%%:*} tasks=${job#*:}
-      OMP_NUM_THREADS=1 timeout "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --memory "$name" \
-        --tasks "$tasks" --device cuda --dtype float32 --backbone "$backbone" --no-report --out /tmp/eval-full \
-        > "$out/suite-$name-${tasks//[\/,]/_}.log" 2>&1 &
-    done
-    wait
-    for log in "$out"/suite-*.log; do echo "== $log"; grep -a "tokens:\|finished" "$log" | tail -n 3; done
+    contenders=$(echo ${CONTENDERS:-none full rag recurrent knn-lm bank} | tr ' ' ,)
+    OMP_NUM_THREADS=1 timeout -s INT "${SUITE_SECONDS:-500}" python3 -m memlm.cli eval --suite full --memory "$contenders" \
+      --tasks "${TASKS:-babilong,recall,ppl,continual}" --device cuda --dtype float32 --backbone "$backbone" \
+      --no-report --out /tmp/eval-full --ray local --ray-gpus "${RAY_GPUS:-0.125}" > "$out/suite.log" 2>&1
+    echo "== $out/suite.log"; grep -a "finished\|Error" "$out/suite.log" | tail -n 5
     tar czf "$out/pairs.tgz" -C /tmp/eval-full pairs  # one file: $OUT returns a limited number of files
     ls /tmp/eval-full/pairs | wc -l ;;
 esac

@@ -4,8 +4,10 @@
 
 Each backend gets the same facts (random unit vectors of 384 dims, MiniLM's width, spread evenly over
 `--users` users), written one `FactStore.add` at a time (one transaction each, as the API writes
-them); then `--queries` searches (k=5) of random users, after one warm-up search per user (a
-server's steady state: the SQLite store's per-user FAISS index is built on a user's first search).
+them) -- or, with `--bulk B`, loaded by `add_many` (B facts of one user per transaction) and then
+`--single-writes` more added one at a time, which gives the writes/s at that size; then `--queries`
+searches (k=5) of random users, after one warm-up search per user (a server's steady state: the
+SQLite store's per-user FAISS index is built on a user's first search).
 PostgreSQL + pgvector runs on a server `pgserver` starts in a temporary folder on this machine
 (same disk as the SQLite file); Milvus is milvus-lite in a folder (vectors; rows in SQLite). Figures
 are also printed as ratios to sqlite in the same run.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +35,40 @@ def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def measure(url: str, facts: int, users: int, queries: int, seed: int) -> dict:
+def measure(url: str, facts: int, users: int, queries: int, seed: int, bulk: int = 0, single_writes: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     store = open_fact_store(url, DIMENSION, "bench")
-    vectors = unit(rng, facts)
+    figures: dict = {}
     started = time.perf_counter()
-    for number in range(facts):
-        store.add(f"u{number % users}", f"fact number {number}", vectors[number], importance=1.0)
-    write_s = time.perf_counter() - started
+    if bulk:  # `add_many`: one transaction per batch of one user's facts
+        for first in range(0, facts, bulk * users):
+            chunk = unit(rng, min(bulk * users, facts - first))
+            for user in range(users):
+                numbers = range(first + user, first + len(chunk), users)
+                if numbers:
+                    store.add_many(f"u{user}", [f"fact number {n}" for n in numbers],
+                                   chunk[[n - first for n in numbers]])
+        figures["bulk_load_s"] = time.perf_counter() - started
+        figures["bulk_rows_per_s"] = facts / figures["bulk_load_s"]
+        extra = unit(rng, single_writes)
+        started = time.perf_counter()
+        for number in range(single_writes):  # per-call writes, on top of the loaded facts
+            store.add(f"u{number % users}", f"late fact {number}", extra[number], importance=1.0)
+        write_s = time.perf_counter() - started
+        written = single_writes
+        vectors = extra if single_writes >= users else unit(rng, users)
+    else:
+        vectors = unit(rng, facts)
+        for number in range(facts):
+            store.add(f"u{number % users}", f"fact number {number}", vectors[number], importance=1.0)
+        write_s = time.perf_counter() - started
+        written = facts
+    print(f"  {facts:,} facts written; warming up", file=sys.stderr, flush=True)
+    warm = time.perf_counter()
     for user in range(users):  # warm-up: one search per user
         store.search(f"u{user}", vectors[user], 5)
+    figures["warm_up_s"] = time.perf_counter() - warm
+    print(f"  warm-up searches of {users} users in {figures['warm_up_s']:.0f} s", file=sys.stderr, flush=True)
     latencies = []
     probes = unit(rng, queries)
     for number in range(queries):
@@ -51,7 +78,8 @@ def measure(url: str, facts: int, users: int, queries: int, seed: int) -> dict:
         latencies.append(time.perf_counter() - tick)
         assert len(found) == 5 and all(fact.user == user for fact, _ in found)
     store.close()
-    return {"facts": facts, "users": users, "writes_per_s": facts / write_s,
+    return {"facts": facts, "users": users, **figures, "writes": written,
+            "writes_per_s": written / write_s if written else float("nan"),
             "search_p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "search_p95_ms": 1000 * float(np.percentile(latencies, 95))}
 
@@ -63,6 +91,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--backends", default="sqlite,postgres,milvus")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bulk", type=int, default=0,
+                        help="load with add_many, this many facts of one user per transaction (0: one add each)")
+    parser.add_argument("--single-writes", type=int, default=2000,
+                        help="with --bulk: per-call adds timed after the load (the writes/s figure)")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args()
     results = {}
@@ -80,7 +112,8 @@ def main() -> None:
                 url = f"milvus://{Path(folder) / 'milvus'}"
             else:
                 raise SystemExit(f"unknown backend {backend}")
-            results[backend] = measure(url, args.facts, args.users, args.queries, args.seed)
+            results[backend] = measure(url, args.facts, args.users, args.queries, args.seed, args.bulk,
+                                       args.single_writes)
             print(backend, json.dumps(results[backend]), flush=True)
         if server is not None:
             server.cleanup()
@@ -95,7 +128,12 @@ def main() -> None:
               f"{f['search_p95_ms']:>8.2f} {f.get('writes_vs_sqlite', float('nan')):>9.2f} "
               f"{f.get('p95_vs_sqlite', float('nan')):>7.2f}")
     if args.output:
-        args.output.write_text(json.dumps({"machine": platform.platform(), "args": vars(args) | {"output": None},
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+        import os
+
+        args.output.write_text(json.dumps({"machine": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+                                           "args": vars(args) | {"output": None},
                                            "results": results}, indent=2))
 
 

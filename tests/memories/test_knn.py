@@ -18,6 +18,7 @@ from memlm.eval.perplexity import segment_perplexity
     {"attention": "sometimes"}, {"attention": "off"}, {"top_k": 0}, {"lm_lambda": 1.5}, {"lm_temperature": 0},
     {"backend": "annoy"}, {"eviction": "random"}, {"capacity": 0}, {"chunk_size": 0}, {"layers": []},
     {"positions": "absolute"}, {"max_distance": 0}, {"recent": -1}, {"backend_options": {"dtype": "int8"}},
+    {"store": "/a/directory"}, {"store": "redis://host/0"}, {"store_name": "../up"},
 ])
 def test_invalid_configs_are_refused(options):
     with pytest.raises(memlm.ConfigError):

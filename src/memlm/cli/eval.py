@@ -64,6 +64,9 @@ def eval_suite(
     ray: Annotated[str | None, typer.Option(
         "--ray", help="run the pairs as Ray tasks on the cluster at this address ('local': start one here; "
                       "'auto': the one `ray start` made); results equal a serial run's")] = None,
+    ray_gpus: Annotated[float | None, typer.Option(
+        "--ray-gpus", min=0, help="with --ray: the share of a GPU each pair asks for [default: 0.125 on cuda "
+                                  "(8 pairs per GPU at once), else 0]")] = None,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
@@ -102,7 +105,7 @@ def eval_suite(
                         backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
                         families=comma_list(tasks), command="memlm " + " ".join(sys.argv[1:]), report=report,
                         progress=not as_json, ray=ray, ray_backbone=backbone, device=device, dtype=dtype,
-                        **overrides)
+                        ray_gpus=ray_gpus, **overrides)
     if as_json:
         print(json.dumps(accuracy_table(out), indent=2))
         return

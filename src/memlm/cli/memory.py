@@ -164,3 +164,62 @@ def memory_stats(session: StoreSessionOpt = None, path: StorePathOpt = None, as_
     for group in stats["groups"]:
         table.add_row(*(str(group[c]) for c in ("kind", "layer", "session", "records", "oldest", "newest")))
     console.print(table)
+
+
+@app.command("memorize")
+@friendly_errors
+def memory_memorize_users(
+    users_file: Annotated[Path, typer.Option("--users-file", exists=True, dir_okay=False, help=(
+        "JSON lines, one per user: {\"user\": \"ada\", \"file\": \"ada.txt\"} or {\"user\": ..., \"text\": ...}; "
+        "a relative file is read from the users file's folder"))],
+    store: Annotated[str | None, typer.Option(
+        "--store", help="where each user's memory is saved, as <store>/<user>: a directory, or a postgresql:// "
+                        "or milvus:// URL (default: MEMLM_STORE)")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="memorize the users as Ray tasks on the cluster at this address ('local': start one here; "
+                      "'auto': the one `ray start` made); the stored memories equal a serial run's")] = None,
+    tasks: Annotated[int | None, typer.Option(min=1, help="Ray tasks to split the users into (default: one per "
+                                                          "user); each loads the backbone once")] = None,
+    memory: MemoryOpt = None,
+    memory_config: MemoryConfigOpt = None,
+    segment_length: Annotated[int, typer.Option(min=2, help="tokens per segment (the context window)")] = 512,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Memorize each user's text into a fresh knn memory saved under the user's name, serially or on Ray."""
+    import os
+
+    from memlm.batch import memorize_users
+    from memlm.facts.backends import STORE_ENV
+
+    location = store or os.environ.get(STORE_ENV)
+    if not location:
+        raise typer.BadParameter(f"say where to save the memories (--store or {STORE_ENV})", param_hint="--store")
+    jobs = []
+    for number, line in enumerate(users_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise typer.BadParameter(f"line {number} is not JSON ({error})", param_hint="--users-file") from None
+        if not isinstance(entry, dict) or "user" not in entry or ("text" in entry) == ("file" in entry):
+            raise typer.BadParameter(f"line {number} needs \"user\" and one of \"text\" or \"file\"",
+                                     param_hint="--users-file")
+        text = entry.get("text")
+        if text is None:
+            text = read_text(users_file.parent / entry["file"])
+        jobs.append({"user": entry["user"], "text": text})
+    summaries = memorize_users(jobs, location, backbone, memory_specs(memory, memory_config) or None,
+                               segment_length=segment_length, device=device, dtype=dtype, ray=ray, tasks=tasks)
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+        return
+    for summary in summaries:
+        console.print(f"{summary['user']}: {summary['segments']} segment(s), {summary['items']} item(s)",
+                      highlight=False)
+    from memlm.store.backends import redact
+
+    console.print(f"memorized {len(summaries)} user(s) into {redact(location)}", highlight=False)

@@ -29,9 +29,14 @@ def _run_pair(spec: dict[str, Any], family: str, task: str, name: str) -> list[d
 
 
 def ray_records(harness: Any, backbone: str | None, device: str = "cpu", dtype: Any = None,
-                address: str | None = None, cpus_per_pair: float = 1.0) -> list[dict[str, Any]]:
+                address: str | None = None, cpus_per_pair: float = 1.0,
+                gpus_per_pair: float | None = None) -> list[dict[str, Any]]:
     """All records of `harness`'s grid, each pair run as a Ray task on the cluster at `address`
-    (`None` or "local": a local cluster on this machine; "auto": the one `ray start` made)."""
+    (`None` or "local": a local cluster on this machine; "auto": the one `ray start` made).
+
+    `gpus_per_pair`: the share of a GPU each pair asks Ray for (Ray hides the GPUs from a task that
+    asks for none); default 1/8 with a cuda device (decoding a small model leaves a GPU room for
+    several pairs at once), else 0."""
     try:
         import ray
     except ImportError as error:
@@ -45,7 +50,9 @@ def ray_records(harness: Any, backbone: str | None, device: str = "cpu", dtype: 
                 "suite": harness.suite, "contenders": list(harness.contenders), "out_dir": str(harness.out_dir),
                 "window": harness.window, "backbone_name": harness.backbone_name,
                 "families": sorted(harness.selected), "threads": max(1, int(cpus_per_pair))}
-        remote = ray.remote(num_cpus=cpus_per_pair)(_run_pair)
+        if gpus_per_pair is None:
+            gpus_per_pair = 0.125 if str(device).startswith("cuda") else 0.0
+        remote = ray.remote(num_cpus=cpus_per_pair, num_gpus=gpus_per_pair)(_run_pair)
         pairs = [(family, task, name) for family, task in harness.tasks() for name in harness.contenders]
         futures = [remote.remote(spec, family, task, name) for family, task, name in pairs]
         return [record for records in ray.get(futures) for record in records]

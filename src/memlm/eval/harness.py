@@ -188,11 +188,13 @@ class Harness:
 def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,
               window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES, command: str = "",
               progress: bool = True, report: bool = True, ray: str | None = None, ray_backbone: Any = ...,
-              device: str = "cpu", dtype: Any = None, **overrides: Any) -> dict[str, Path]:
+              device: str = "cpu", dtype: Any = None, ray_gpus: float | None = None,
+              **overrides: Any) -> dict[str, Path]:
     """Run a suite and write the report; returns the written files.
 
     With `ray` (a cluster address, or "local"), the pairs run as Ray tasks (`memlm.eval.distributed`);
-    each worker loads the backbone from `ray_backbone` (a name or path, `None`: the default model).
+    each worker loads the backbone from `ray_backbone` (a name or path, `None`: the default model);
+    `ray_gpus` is the share of a GPU each pair asks for (`ray_records`).
 
     Example:
         >>> run_suite(model, tokenizer, "quick", ["none", "rag", "bank"], "eval-out")
@@ -210,7 +212,7 @@ def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Seq
             raise ConfigError("a Ray run needs ray_backbone=, the name or path the workers load the backbone from")
         from memlm.eval.distributed import ray_records
 
-        records = ray_records(harness, ray_backbone, device, dtype, address=ray)
+        records = ray_records(harness, ray_backbone, device, dtype, address=ray, gpus_per_pair=ray_gpus)
     else:
         records = harness.run()
     if not report:

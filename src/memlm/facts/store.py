@@ -447,6 +447,34 @@ class FactStore(FactBackend):
                 self._supersede(int(old_id), fact_id, user, actor, now, reason)
         return self.get(fact_id, user=user)
 
+    def add_many(self, user: str, texts: list[str], embeddings: np.ndarray, *, importance: float = 1.0,
+                 actor: str | None = None) -> list[int]:
+        """Insert many plain facts of one user and their history entries in one transaction (all or
+        none: a duplicate among them raises `DuplicateFactError` and nothing is written)."""
+        check_name(user, "user id")
+        texts = [check_text(text) for text in texts]
+        vectors = [self._check_vector(vector) for vector in embeddings]
+        if len(vectors) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(vectors)} embeddings")
+        now = self.clock()
+        ids = []
+        with self._lock, transaction(self.connection):
+            self.connection.execute("INSERT OR IGNORE INTO users (user, created) VALUES (?, ?)", (user, now))
+            for text, vector in zip(texts, vectors, strict=True):
+                try:
+                    cursor = self.connection.execute(
+                        "INSERT INTO facts (user, text, text_key, embedding, importance, created, last_used, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (user, text, text_key(text), _blob(vector), float(importance), now, now, now))
+                except sqlite3.IntegrityError:
+                    raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
+                ids.append(int(cursor.lastrowid))
+            self.connection.executemany(
+                "INSERT INTO history (fact_id, user, action, old_text, new_text, actor, time, reason) "
+                "VALUES (?, ?, 'add', NULL, ?, ?, ?, NULL)",
+                [(fact_id, user, text, actor, now) for fact_id, text in zip(ids, texts, strict=True)])
+        return ids
+
     def _supersede(self, old_id: int, new_id: int, user: str, actor: str | None, now: float,
                    reason: str | None) -> None:
         row = self.connection.execute("SELECT text FROM facts WHERE id = ? AND user = ? AND status = 'active'",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,7 @@ from memlm.store.kv_store import KV_EVICTION_POLICIES, RecordBatch
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
+REMOTE_STORE_FILE = "store.json"  # in the state directory: where a database-backed store was saved
 CONTEXT_TOKENS = 8  # tokens before an item's span recorded as its context (text search matches it)
 
 
@@ -93,6 +95,11 @@ class KnnConfig(MemoryConfig):
             candidates are searched before their exact logits are computed.
         max_distance: largest distance the relative scheme uses (default: the model's
             max_position_embeddings - 1, so rotations stay in the trained range).
+        store: where saved states keep the store: a postgresql:// or milvus:// URL
+            (`memlm.store.backends`); None: `MEMLM_STORE` when it is such a URL, else files in the
+            state directory (the default). The search itself always runs in device memory.
+        store_name: the name the store is saved under in that database (default: the user set by
+            `set_provenance`, else the session, else "default"): one name per user keeps them apart.
     """
 
     mechanism: ClassVar[str] = "knn"
@@ -114,9 +121,21 @@ class KnnConfig(MemoryConfig):
     positions: str = "relative"
     memory_distance: int = 512
     max_distance: int | None = None
+    store: str | None = None
+    store_name: str | None = None
 
     def validate(self) -> None:
         super().validate()
+        if self.store is not None:
+            from memlm.store.backends import is_remote
+
+            if not is_remote(self.store):
+                raise ConfigError(f"knn: store must be a postgresql:// or milvus:// URL, got {self.store!r} (without "
+                                  "one the memory is saved in the state directory)")
+        if self.store_name is not None:
+            from memlm.store.backends import check_store_name
+
+            check_store_name(self.store_name)
         if self.attention not in ATTENTION_MODES:
             raise ConfigError(f"knn: attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.attention == "off" and not self.knn_lm:
@@ -638,10 +657,49 @@ class KnnMemory(Memory, FileState, Provenance):
         # Where the current sequence stands: the relative scheme measures distances from it.
         return {"sequence": torch.tensor([self.sequence], dtype=torch.int64), "positions": positions}
 
+    def remote_store(self) -> str | None:
+        """The database the store persists in: the `store` option, else `MEMLM_STORE` where it is a
+        postgresql:// or milvus:// URL; None: files in the state directory (the default)."""
+        if self.config.store is not None:
+            return self.config.store
+        from memlm.store.backends import REMOTE_SCHEMES, STORE_ENV
+
+        url = os.environ.get(STORE_ENV, "")
+        return url if url.split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in url else None
+
+    def store_name(self) -> str:
+        """The name the store is saved under in a database: `store_name`, else the user, else the session."""
+        return self.config.store_name or self.user or self.session or "default"
+
     def save_state_files(self, directory: Path) -> None:
-        self._ensure_store().save(directory)
+        url = self.remote_store()
+        if url is None:
+            self._ensure_store().save(directory)
+            return
+        from memlm.serialization import atomic_write_json
+        from memlm.store.backends import redact
+
+        name = self.store_name()
+        self._ensure_store().save_to(url, name)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(directory / REMOTE_STORE_FILE, {"store": redact(url), "name": name})
 
     def read_state_files(self, directory: Path) -> KeyValueStore:
+        if (directory / REMOTE_STORE_FILE).exists():
+            from memlm.serialization import read_json
+
+            saved = read_json(directory / REMOTE_STORE_FILE)
+            if not isinstance(saved, dict) or not isinstance(saved.get("name"), str):
+                raise CorruptedFileError(f"{directory / REMOTE_STORE_FILE} is not a knn store reference")
+            url = self.remote_store()
+            if url is None:
+                raise ConfigError(f"knn: this state's memory is saved in {saved.get('store')} as {saved['name']!r}: "
+                                  "set MEMLM_STORE (or the knn memory's `store` option) to that URL to load it")
+            try:
+                return KeyValueStore.load_from(url, saved["name"], self._device, self._dtype,
+                                               expected_layout=self.store_layout)
+            except FileNotFoundError as error:
+                raise CorruptedFileError(f"knn: the saved state's memory store is missing ({error})") from None
         try:
             return KeyValueStore.load(directory, self._device, self._dtype, expected_layout=self.store_layout)
         except FileNotFoundError as error:

@@ -297,7 +297,12 @@ async def collect(engine: Engine, job: ChatJob) -> tuple[dict[str, Any], str, di
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, summary="Chat with memory (OpenAI schema)",
              responses={200: {"content": {"text/event-stream": {"schema": {
-                 "type": "string", "description": "with stream=true: chat.completion.chunk events, then [DONE]"}}}}})
+                 # One server-sent event (what SSE-aware clients and schemathesis parse each event into).
+                 "type": "object", "required": ["data"],
+                 "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+                                "retry": {"type": "integer"}},
+                 "description": "with stream=true: chat.completion.chunk events (JSON in `data`), then "
+                                "`data: [DONE]`"}}}}})
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            who: Principal = Depends(principal)) -> Any:
     engine = _engine(request)

@@ -13,7 +13,8 @@ from typing import Any
 _EXPORTS = {
     "BACKENDS": "memlm.store.index", "VectorIndex": "memlm.store.index", "make_index": "memlm.store.index",
     "GroupSpec": "memlm.store.kv_store", "KeyValueStore": "memlm.store.kv_store", "StoreLayout": "memlm.store.kv_store",
-    "RecordBatch": "memlm.store.kv_store",
+    "RecordBatch": "memlm.store.kv_store", "save_store": "memlm.store.kv_store", "load_store": "memlm.store.kv_store",
+    "remove_store": "memlm.store.kv_store",
     "Record": "memlm.store.records", "RecordFilter": "memlm.store.records", "RecordStore": "memlm.store.records",
 }
 

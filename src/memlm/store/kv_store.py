@@ -628,6 +628,81 @@ class KeyValueStore:
                     stale.unlink(missing_ok=True)
         return directory
 
+    # --- persistence in a database (memlm.store.backends) ------------------------------------------
+    def snapshot(self) -> Any:
+        """Everything a save holds, as plain arrays (`memlm.store.backends.Snapshot`)."""
+        from memlm.store.backends import GroupState, Snapshot
+
+        if self.layout.backend != "torch":
+            raise ConfigError(f"a store with the {self.layout.backend} index can only be saved in a directory; "
+                              "use the torch backend to save it in PostgreSQL or Milvus")
+        self.flush_records()
+        groups = {}
+        for (kind, row, layer), group in sorted(self.groups.items()):
+            if not len(group):
+                continue
+            count = len(group)
+            keys = group.keys.to("cpu", torch.float32).transpose(0, 1).reshape(count, -1)
+            values = (group.values.cpu() if group.spec.value_dim is None
+                      else group.values.to("cpu", torch.float32).transpose(0, 1).reshape(count, -1))
+            groups[f"{kind}.{row}.{layer}"] = GroupState(
+                group.ids.cpu().numpy(), keys.contiguous().numpy(), values.contiguous().numpy(),
+                group._hits.data.cpu().numpy(), group.origins.cpu().numpy())
+        return Snapshot(self.layout.to_dict(), 0, list(self._records.iterate()), groups)
+
+    def save_to(self, url: str, name: str) -> int:
+        """Save into the PostgreSQL or Milvus store at `url` under `name` (a user, a session),
+        replacing what was saved under that name, atomically; returns the saved generation."""
+        from memlm.store.backends import open_kv_backend
+
+        snapshot = self.snapshot()
+        backend = open_kv_backend(url)
+        try:
+            return backend.save(name, snapshot)
+        finally:
+            backend.close()
+
+    @classmethod
+    def load_from(cls, url: str, name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  expected_layout: StoreLayout | None = None) -> KeyValueStore:
+        """Open what `save_to(url, name)` saved last. Raises `FileNotFoundError` if nothing is saved
+        under `name`, `IncompatibleMemoryError` for another model's layout, `CorruptedFileError` if the
+        saved rows and vectors do not match."""
+        from memlm.store.backends import open_kv_backend, redact
+
+        backend = open_kv_backend(url)
+        try:
+            snapshot = backend.load(name)
+        finally:
+            backend.close()
+        layout = StoreLayout.from_dict(snapshot.layout)
+        if expected_layout is not None and layout.specs != expected_layout.specs:
+            raise IncompatibleMemoryError(
+                f"the memory {name!r} in {redact(url)} holds {layout.to_dict()['specs']}, but this model needs "
+                f"{expected_layout.to_dict()['specs']} (a memory saved for another model?)")
+        store = cls(layout, device, dtype)
+        store._records.insert(snapshot.records)
+        store._records.commit_generation(snapshot.generation, {"layout": snapshot.layout})
+        for group_name, state in snapshot.groups.items():
+            kind, row, layer = group_name.split(".")
+            spec = layout.specs[kind]
+            count = len(state.ids)
+            keys = torch.from_numpy(state.keys).view(count, spec.heads, spec.key_dim).transpose(0, 1)
+            arrays = {f"{group_name}.ids": torch.from_numpy(state.ids),
+                      f"{group_name}.hits": torch.from_numpy(state.hits),
+                      f"{group_name}.origins": torch.from_numpy(state.origins),
+                      f"{group_name}.values": torch.from_numpy(state.values) if spec.value_dim is None
+                      else torch.from_numpy(state.values).view(count, spec.heads, spec.value_dim)}
+            for head in range(spec.heads):
+                arrays[f"{group_name}.h{head}.vectors"] = keys[head].contiguous()
+                arrays[f"{group_name}.h{head}.ids"] = arrays[f"{group_name}.ids"]
+            store.groups[(kind, int(row), int(layer))] = MemoryGroup.from_arrays(
+                spec, layout, arrays, group_name, store.device, dtype)
+        store._check_rows_match_vectors()
+        store.row_count = 1 + max((row for _, row, _ in store.groups), default=-1)
+        store._next_id = store._records.next_id()
+        return store
+
     def _write_vectors(self, directory: Path, generation: int) -> None:
         arrays: dict[str, torch.Tensor] = {}
         group_keys = []
@@ -772,3 +847,50 @@ def _locked(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- one entry point for every backend ---------------------------------------------------------------
+def save_store(store: KeyValueStore, location: str | os.PathLike, name: str) -> None:
+    """Save `store` as the memory `name` at `location`: a directory (the memory goes to
+    `<location>/<name>/`, SQLite + safetensors as always) or a `postgresql://` / `milvus://` URL
+    (`memlm.store.backends`)."""
+    from memlm.store.backends import check_store_name, is_remote
+
+    check_store_name(name)
+    if is_remote(location):
+        store.save_to(str(location), name)
+    else:
+        store.save(Path(location) / name)
+
+
+def load_store(location: str | os.PathLike, name: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, expected_layout: StoreLayout | None = None) -> KeyValueStore:
+    """Open the memory `name` that `save_store` saved at `location`."""
+    from memlm.store.backends import check_store_name, is_remote
+
+    check_store_name(name)
+    if is_remote(location):
+        return KeyValueStore.load_from(str(location), name, device, dtype, expected_layout)
+    return KeyValueStore.load(Path(location) / name, device, dtype, expected_layout)
+
+
+def remove_store(location: str | os.PathLike, name: str) -> bool:
+    """Forget the memory `name` at `location`; whether one was saved there."""
+    import shutil
+
+    from memlm.store.backends import check_store_name, is_remote, open_kv_backend
+
+    check_store_name(name)
+    if is_remote(location):
+        backend = open_kv_backend(str(location))
+        try:
+            return backend.remove(name)
+        finally:
+            backend.close()
+    directory = Path(location) / name
+    if not (directory / RECORDS_FILE).exists():
+        return False
+    with _locked(directory):
+        (directory / RECORDS_FILE).unlink()
+    shutil.rmtree(directory)
+    return True

@@ -41,6 +41,13 @@ class FactBackend(ABC):
     def add(self, user: str, text: str, embedding: np.ndarray, *, importance: float, **fields: Any) -> Any:
         """Insert one fact and its history entry atomically; `supersedes` ids are marked superseded."""
 
+    def add_many(self, user: str, texts: list[str], embeddings: np.ndarray, *, importance: float = 1.0,
+                 actor: str | None = None) -> list[int]:
+        """Insert many plain facts of one user (bulk loading); returns their ids. Engines write them
+        in one transaction (all or none); this default adds them one at a time."""
+        return [self.add(user, text, vector, importance=importance, actor=actor).id
+                for text, vector in zip(texts, embeddings, strict=True)]
+
     @abstractmethod
     def update(self, fact_id: int, user: str, text: str | None = None, embedding: np.ndarray | None = None,
                **fields: Any) -> Any: ...

@@ -192,6 +192,41 @@ class PostgresFactStore(FactBackend):
                 raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
         return self.get(fact_id, user=user)
 
+    def add_many(self, user: str, texts: list[str], embeddings: np.ndarray, *, importance: float = 1.0,
+                 actor: str | None = None) -> list[int]:
+        """Insert many plain facts of one user and their history in one transaction (all or none)."""
+        check_name(user, "user id")
+        texts = [check_text(text) for text in texts]
+        vectors = [self._check_vector(vector) for vector in embeddings]
+        if len(vectors) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(vectors)} embeddings")
+        if not texts:
+            return []
+        from pgvector import Vector
+
+        now = self.clock()
+        with self._lock:
+            try:
+                with self.connection.transaction():
+                    self._lock_user(user)
+                    self.connection.execute("INSERT INTO memlm_users (owner, created) VALUES (%s, %s) "
+                                            "ON CONFLICT (owner) DO NOTHING", (user, now))
+                    ids = [int(row[0]) for row in self.connection.execute(
+                        "INSERT INTO memlm_facts (owner, text, text_key, embedding, importance, created, last_used, "
+                        "updated) SELECT %s, t, k, e, %s, %s, %s, %s "
+                        "FROM unnest(%s::text[], %s::text[], %s::vector[]) WITH ORDINALITY AS u(t, k, e, n) "
+                        "ORDER BY n RETURNING id",
+                        (user, float(importance), now, now, now, texts, [text_key(t) for t in texts],
+                         [Vector(v) for v in vectors])).fetchall()]
+                    ids.sort()
+                    self.connection.execute(
+                        "INSERT INTO memlm_history (fact_id, owner, action, old_text, new_text, actor, time, reason) "
+                        "SELECT f, %s, 'add', NULL, t, %s, %s, NULL FROM unnest(%s::bigint[], %s::text[]) AS u(f, t)",
+                        (user, actor, now, ids, texts))
+            except self._errors.UniqueViolation:
+                raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
+        return ids
+
     def _supersede(self, old_id: int, new_id: int, new_text: str, user: str, actor: str | None, now: float,
                    reason: str | None) -> None:
         found = self.connection.execute(
@@ -401,3 +436,4 @@ def open_postgres(url: str, dimension: int, encoder: str, clock: Callable[[], fl
 
 register_backend("postgresql", open_postgres)
 register_backend("postgres", open_postgres)
+
