@@ -4,9 +4,10 @@
 forward computes), then one more segment is read with memory and every layer's search queries are
 recorded. For each setting of (page_size, probe_pages) the same queries are searched through
 cluster-ordered pages (memlm.store.clusters: k-means trained on these keys) and exactly, over the
-same items; reported: recall@k (the share of the exact top-k that cluster search also returns), the share of the exact top-k's attention mass recovered
-(softmax over the exact top-k logits, summed over the items found: missing a low-weight item
-matters less than missing the best one), and the candidate count per query.
+same items; reported: recall@k (the share of the exact top-k that cluster search also returns),
+the share of the exact top-k's attention mass recovered (softmax over the exact top-k logits,
+summed over the items found: missing a low-weight item matters less than missing the best one),
+and the candidate count per query.
 
     python benchmarks/cluster_recall.py --stored 16384 --out docs/results/cluster_recall_cpu.json
     python3 benchmarks/cluster_recall.py --device cuda --dtype bfloat16 --stored 262144 --out cluster_recall_h200.json
