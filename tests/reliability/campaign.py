@@ -35,7 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 DIM = 16
-WRITERS = ("facts", "kv", "state", "transcript")
+WRITERS = ("facts", "kv", "state", "knn_state", "transcript")
 USERS = ("u0", "u1", "u2")
 
 
@@ -167,6 +167,57 @@ def write_state(directory: Path, acks: Acks, seed: int) -> None:
         acks.ack("save_state", digest)
 
 
+def _knn_model():
+    sys.path.insert(0, str(TESTS))
+    from tiny import tiny_model
+
+    import memlm
+
+    return memlm.attach(tiny_model("llama"), "knn")
+
+
+def knn_digest(model) -> str:
+    """SHA-256 over what the knn memory remembers: its state tensors and its whole store (every
+    group's vectors and ids, every record row's id and text)."""
+    import torch
+
+    from memlm.serialization import tensors_checksum
+
+    memory = model.memories["knn"]
+    tensors = {f"state.{key}": value for key, value in memory.state_tensors().items()}
+    store = memory.store
+    if store is not None:
+        store.flush_records()
+        for (kind, row, layer), group in sorted(store.groups.items()):
+            if len(group):
+                tensors.update(group.to_arrays(f"{kind}.{row}.{layer}"))
+        records = sorted((record.id, record.text) for record in store.records.select())
+        tensors["record_ids"] = torch.tensor([record_id for record_id, _ in records], dtype=torch.int64)
+        tensors["record_texts"] = torch.frombuffer(bytearray(json.dumps([t for _, t in records]).encode() or b" "),
+                                                   dtype=torch.uint8)
+    return tensors_checksum(tensors)
+
+
+def write_knn_state(directory: Path, acks: Acks, seed: int) -> None:
+    """`MemoryModel.save_state` of the file-backed knn memory (its store is a folder beside the
+    state file): load the last save, then read a few tokens and save, in a loop."""
+    import torch
+
+    from memlm.model import STATE_FILE
+
+    torch.manual_seed(seed)
+    model = _knn_model()
+    if (directory / STATE_FILE).exists():
+        model.load_state(directory)
+    while True:
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, 250, (1, 8)))
+        digest = knn_digest(model)
+        acks.begin("save_state", digest)
+        model.save_state(directory)
+        acks.ack("save_state", digest)
+
+
 class _NoState:
     def save_state(self, directory: Any) -> None:
         pass
@@ -192,7 +243,8 @@ def write_transcript(directory: Path, acks: Acks, seed: int) -> None:
         acks.ack("turn", [m["content"] for m in turn])
 
 
-WRITE = {"facts": write_facts, "kv": write_kv, "state": write_state, "transcript": write_transcript}
+WRITE = {"facts": write_facts, "kv": write_kv, "state": write_state, "knn_state": write_knn_state,
+         "transcript": write_transcript}
 
 
 # --- the zygote -------------------------------------------------------------------------------------
@@ -423,6 +475,51 @@ class StateModel:
         return outcome
 
 
+class KnnStateModel:
+    """After a kill, `load_state` must succeed and give the pair (state file, store folder) of the
+    last acknowledged save or of the save in flight: never a store of one save with the state of
+    another (the digest covers both)."""
+
+    def __init__(self):
+        self.digest: str | None = None
+        self._model = None
+
+    def verify(self, directory: Path, acks: Path) -> Outcome:
+        from memlm.model import STATE_FILE
+
+        acked, pending = read_acks(acks)
+        if acked:
+            self.digest = acked[-1][1]
+        outcome = Outcome(acked=len(acked))
+        if self.digest is None and not (directory / STATE_FILE).exists():
+            return outcome
+        if self._model is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._model = _knn_model()
+        memory = self._model.memories["knn"]
+        try:
+            self._model.load_state(directory)
+            digest = knn_digest(self._model)
+        except Exception as error:  # noqa: BLE001
+            outcome.corrupt = f"{type(error).__name__}: {error}"
+            return outcome
+        finally:
+            if memory.store is not None:  # let go of the folder: the next writer's save removes it
+                memory.store.close()
+                memory.store = None
+            memory.reset()
+        if digest != self.digest:
+            if pending is not None and digest == pending[1]:
+                self.digest = digest
+            else:
+                outcome.lost.append("the loaded (state, store) pair is neither the last acknowledged save "
+                                    "nor the one in flight")
+        return outcome
+
+
 class TranscriptModel:
     def __init__(self):
         self.contents: list[str] = []
@@ -450,8 +547,10 @@ class TranscriptModel:
         return outcome
 
 
-MODELS = {"facts": FactsModel, "kv": KvModel, "state": StateModel, "transcript": TranscriptModel}
-WINDOWS = {"facts": 0.3, "kv": 0.4, "state": 0.3, "transcript": 0.15}  # random kill delay after start, seconds
+MODELS = {"facts": FactsModel, "kv": KvModel, "state": StateModel, "knn_state": KnnStateModel,
+          "transcript": TranscriptModel}
+# random kill delay after start, seconds
+WINDOWS = {"facts": 0.3, "kv": 0.4, "state": 0.3, "knn_state": 0.4, "transcript": 0.15}
 
 
 @dataclass
@@ -566,6 +665,13 @@ def _open_copy(writer: str, copy: Path) -> str | None:
 
             if (copy / "memory_state.safetensors").exists():
                 load_tensors(copy / "memory_state.safetensors")
+        elif writer == "knn_state":
+            from memlm.model import STATE_FILE
+
+            if (copy / STATE_FILE).exists():
+                model = _knn_model()
+                model.load_state(copy)
+                model.memories["knn"].store.close()
         elif writer == "transcript":
             from memlm.chat import read_transcript
 

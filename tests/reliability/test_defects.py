@@ -183,3 +183,68 @@ def test_a_fact_id_beyond_64_bits_is_a_config_error(tmp_path, fact_id):
     with pytest.raises(MemlmError):
         memory.update(fact_id, "x", user_id="alice")
     memory.close()
+
+
+def test_a_crash_between_the_knn_store_and_the_state_file_keeps_the_pair_of_one_save(tmp_path, monkeypatch):
+    """`save_state` of a file-backed memory is two writes: the knn store (a folder beside the state
+    file), then the state file. They were not atomic together: the store was saved in place in
+    `knn/`, so a kill between the two left the new store with the previous state file, a pair no
+    save ever wrote (the crash campaign's `knn_state` writer: 3 in 40 kills). Fix: the store goes
+    to a new versioned folder that the state file names; replacing the state file commits both."""
+    import pytest
+    import torch
+    from campaign import _knn_model, knn_digest
+
+    import memlm.model
+    from memlm.model import STATE_FILE
+
+    model = _knn_model()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    model.save_state(tmp_path)
+    saved = knn_digest(model)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    assert knn_digest(model) != saved
+
+    def killed(*args, **kwargs):  # the process dies after the store is written, before the state file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memlm.model, "save_tensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_state(tmp_path)
+    monkeypatch.undo()
+    fresh = _knn_model()
+    fresh.load_state(tmp_path)
+    assert knn_digest(fresh) == saved
+    fresh.memories["knn"].store.close()
+    # the next save commits, points `knn` at its folder and removes the others
+    model.save_state(tmp_path)
+    folders = sorted(entry.name for entry in tmp_path.iterdir() if entry.name != STATE_FILE)
+    assert len(folders) == 2 and (tmp_path / "knn").is_symlink(), folders
+    assert (tmp_path / "knn").resolve().name == folders[1]
+    again = _knn_model()
+    again.load_state(tmp_path)
+    assert knn_digest(again) == knn_digest(model)
+
+
+def test_a_state_file_naming_a_folder_outside_its_own_is_refused(tmp_path):
+    """The state file names its memories' folders; a damaged or crafted name (`../x`) must not be
+    followed."""
+    import pytest
+    import torch
+    from campaign import _knn_model
+
+    from memlm.errors import CorruptedFileError
+    from memlm.model import STATE_FILE
+    from memlm.serialization import load_tensors, save_tensors
+
+    model = _knn_model()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    model.save_state(tmp_path)
+    tensors, metadata = load_tensors(tmp_path / STATE_FILE)
+    for bad in ("../knn.000001", "knn.000001/..", "/tmp", "bank.000001", 7):
+        save_tensors(tmp_path / STATE_FILE, tensors, {**metadata, "files": {"knn": bad}})
+        with pytest.raises(CorruptedFileError):
+            _knn_model().load_state(tmp_path)

@@ -88,7 +88,8 @@ def test_pages_holding_the_answers_are_the_ones_read():
     aims = torch.randint(pages, (8,), generator=generator).repeat_interleave(16)  # 8 blocks of 16 queries
     queries = (centres[aims] + 0.3 * torch.randn(len(aims), dim, generator=generator))[None]
     exact = group_with(keys, search="exact").search_positions(queries, 8)
-    found = group_with(keys, page_size=size, probe_pages=2, query_block=16, exact_below=100).search_positions(queries, 8)
+    found = group_with(keys, page_size=size, probe_pages=2, query_block=16,
+                       exact_below=100).search_positions(queries, 8)
     assert torch.equal(found.positions.sort(-1).values, exact.positions.sort(-1).values)
     assert (exact.positions // size == aims.view(1, -1, 1)).all()  # the answers do lie on the aimed pages
 
