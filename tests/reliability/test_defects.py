@@ -248,3 +248,24 @@ def test_a_state_file_naming_a_folder_outside_its_own_is_refused(tmp_path):
         save_tensors(tmp_path / STATE_FILE, tensors, {**metadata, "files": {"knn": bad}})
         with pytest.raises(CorruptedFileError):
             _knn_model().load_state(tmp_path)
+
+
+def test_a_fact_store_whose_meta_value_is_not_json_is_a_corrupted_file_error(tmp_path):
+    """Found by atheris (10,000 inputs on the fact-store file): a damaged `meta` value that is still
+    valid SQLite text but not JSON (the encoder name) raised `json.JSONDecodeError` from
+    `FactStore.__init__` -> `get_meta`. Fix: `get_meta` raises `CorruptedFileError`."""
+    import sqlite3
+
+    import pytest
+    from campaign import hash_embed, open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    store = open_facts(path)
+    store.add("ada", "a fact", hash_embed(["a fact"])[0], importance=1.0)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = '{\"name: 1' WHERE key = 'encoder'")
+    with pytest.raises(CorruptedFileError):
+        open_facts(path)

@@ -60,7 +60,11 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
 
 def get_meta(connection: sqlite3.Connection, key: str) -> Any:
     row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else json.loads(row[0])
+    try:
+        return None if row is None else json.loads(row[0])
+    except (ValueError, TypeError) as error:  # a damaged value: not JSON, not text
+        raise CorruptedFileError(f"the database's meta value {key!r} is damaged ({error}); restore the file from "
+                                 "a backup or delete it to start empty") from error
 
 
 def set_meta(connection: sqlite3.Connection, key: str, value: Any) -> None:
