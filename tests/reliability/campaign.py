@@ -1092,15 +1092,55 @@ def _open_copy(writer: str, copy: Path) -> str | None:
 
 
 # --- concurrency: many users on one fact store --------------------------------------------------------
-def open_memory(path: Path):
+def open_memory(path: Path, encoder: str = "hash"):
+    """A `memlm.Memory` on `path`: hash vectors (no model), or the real MiniLM encoder (`minilm`, what
+    the server uses: a store shared with a server must be on the server's encoder)."""
     from memlm.facts import FactMemory
 
+    if encoder == "minilm":
+        return FactMemory(path)
     return FactMemory(path, embed=hash_embed, encoder="hash", dimension=DIM)
 
 
+class _ApiMemory:
+    """The memory API of a running server, for one user (its key), shaped like `memlm.Memory`'s
+    methods that `user_session` calls; any answer but 200 raises."""
+
+    def __init__(self, port: int, key: str):
+        import http.client
+
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.key = key
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = http_call(self.connection, method, path, self.key, body)
+        if status != 200:
+            raise RuntimeError(f"{method} {path} answered {status}: {str(answer)[:300]}")
+        return answer
+
+    def add(self, text: str, user_id: str, infer: bool) -> dict[str, Any]:
+        return self._call("POST", "/v1/memories", {"messages": text, "infer": infer})
+
+    def search(self, query: str, user_id: str, limit: int) -> dict[str, Any]:
+        return self._call("POST", "/v1/memories/search", {"query": query, "limit": limit})
+
+    def update(self, fact_id: int, text: str, user_id: str) -> dict[str, Any]:
+        return self._call("PUT", f"/v1/memories/{fact_id}", {"text": text})
+
+    def delete(self, fact_id: int, user_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/memories/{fact_id}")
+
+    def get_all(self, user_id: str) -> dict[str, Any]:
+        return self._call("GET", "/v1/memories?limit=1000")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def user_session(memory, user: str, seconds: float, seed: int) -> dict[str, Any]:
-    """One user doing mixed add / search / update / delete / get_all on `memory` for `seconds`,
-    keeping its own model of what it stored (it is the only writer of its user)."""
+    """One user doing mixed add / search / update / delete / get_all on `memory` (a `memlm.Memory`,
+    or `_ApiMemory`: the same calls through a server's HTTP API) for `seconds`, keeping its own model
+    of what it stored (it is the only writer of its user)."""
     rng = random.Random(seed)
     model: dict[int, str] = {}
     errors, foreign, ops, step = [], [], 0, 0
@@ -1111,18 +1151,18 @@ def user_session(memory, user: str, seconds: float, seed: int) -> dict[str, Any]
         roll = rng.random()
         try:
             if roll < 0.4 or not model:
-                text = f"{user} note {seed} {step} {rng.randint(0, 10**9)}"
+                text = distinct_text(rng, user, "note", step)
                 for entry in memory.add(text, user_id=user, infer=False)["results"]:
                     if entry["event"] == "ADD":
                         model[int(entry["id"])] = entry["memory"]
             elif roll < 0.7:
-                hits = memory.search(f"{user} note {rng.randint(0, step)}", user_id=user, limit=5)["results"]
+                hits = memory.search(distinct_text(rng, user), user_id=user, limit=5)["results"]
                 foreign += [f"search gave {hit['user_id']}'s fact {hit['id']}" for hit in hits
                             if hit["user_id"] != user]
                 foreign += [f"search gave unknown fact {hit['id']}" for hit in hits if int(hit["id"]) not in model]
             elif roll < 0.85:
                 fact_id = rng.choice(sorted(model))
-                text = f"{user} changed {seed} {step} {rng.randint(0, 10**9)}"
+                text = distinct_text(rng, user, "changed", step)
                 model[fact_id] = memory.update(fact_id, text, user_id=user)["memory"]
             elif roll < 0.95:
                 fact_id = rng.choice(sorted(model))
@@ -1139,71 +1179,107 @@ def user_session(memory, user: str, seconds: float, seed: int) -> dict[str, Any]
     return {"user": user, "ops": ops, "errors": errors, "foreign": foreign, "model": model}
 
 
-def user_process_main(path: str, user: str, seconds: float, seed: int) -> None:
-    memory = open_memory(Path(path))
+def user_process_main(path: str, user: str, seconds: float, seed: int, encoder: str = "hash") -> None:
+    memory = open_memory(Path(path), encoder)
+    print("ready", flush=True)
     result = user_session(memory, user, seconds, seed)
     memory.close()
     print(json.dumps({**result, "model": {str(k): v for k, v in result["model"].items()}}), flush=True)
 
 
 def concurrency_campaign(path: Path, users: int, seconds: float, processes: int | None = None,
-                         seed: int = 0) -> dict[str, Any]:
-    """`users` users at once on one store file: half in threads sharing one `Memory` (one SQLite
-    connection), half in separate processes (`processes`, default users // 2). Then every user's
-    facts are compared with its model, and `delete_all` of one user must remove exactly that user."""
+                         seed: int = 0, server_clients: int = 0, zygote: Zygote | None = None) -> dict[str, Any]:
+    """`users` users at once on one store file: `server_clients` of them HTTP clients of a running
+    `memlm serve` on that file (each with its own API key), `processes` (default: a third, or half
+    without a server) separate processes with their own `Memory`, the rest threads sharing one
+    `Memory` (one SQLite connection). With a server every user embeds with the server's encoder
+    (MiniLM); without, with hash vectors. Every user's facts are then compared with its model, and
+    `delete_all` of one user must remove exactly that user."""
     import threading
 
-    processes = users // 2 if processes is None else processes
+    if processes is None:
+        processes = (users - server_clients) // 2
     names = [f"user{i:03d}" for i in range(users)]
-    memory = open_memory(path)
+    thread_names = names[processes:users - server_clients]
+    api_names = names[users - server_clients:]
+    encoder = "minilm" if server_clients else "hash"
+    server = None
+    own_zygote = zygote is None and server_clients > 0
+    if server_clients:
+        zygote = zygote or Zygote()
+        server = ServerHome(path.parent / "server", zygote, users=tuple(api_names))
+        path = server.facts_file()
+        server.start()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")]))}
-    children = [subprocess.Popen([sys.executable, str(HERE / "campaign.py"), "user", str(path), name, str(seconds),
-                                  str(seed + i)], stdout=subprocess.PIPE, text=True, env=env)
-                for i, name in enumerate(names[:processes])]
-    time.sleep(min(2.0, seconds))  # let the processes import before the clock of the threads starts
-    results: list[dict[str, Any]] = []
-    threads = [threading.Thread(target=lambda n=name, i=i: results.append(user_session(memory, n, seconds, seed + i)))
-               for i, name in enumerate(names) if i >= processes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for child in children:
-        out, _ = child.communicate(timeout=seconds + 120)
-        if child.returncode != 0:
-            results.append({"user": "?", "ops": 0, "errors": [f"process exited {child.returncode}"], "foreign": [],
-                            "model": {}})
-            continue
-        result = json.loads(out.strip().splitlines()[-1])
-        results.append({**result, "model": {int(k): v for k, v in result["model"].items()}})
-    report: dict[str, Any] = {"users": users, "threads": users - processes, "processes": processes,
-                              "seconds": seconds, "ops": sum(r["ops"] for r in results),
-                              "errors": sum(len(r["errors"]) for r in results),
-                              "foreign_results": sum(len(r["foreign"]) for r in results),
-                              "lost_writes": 0, "phantom": 0, "examples": []}
-    for r in results:
-        report["examples"] += [f"{r['user']}: {text}" for text in (r["errors"] + r["foreign"])[:2]]
-    fresh = open_memory(path)  # read back through a new connection: what is on disk
-    fresh.store.check()
-    expected = {r["user"]: r["model"] for r in results}
-    for name, model in expected.items():
-        got = {int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]} \
-            if fresh.store.has_user(name) else {}
-        report["lost_writes"] += sum(1 for i, text in model.items() if got.get(i) != text)
-        report["phantom"] += sum(1 for i in got if i not in model)
-    victim = names[0]
-    if fresh.store.has_user(victim):
-        fresh.delete_all(user_id=victim)
-    survivors_ok = all(
-        ({int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]}
-         if fresh.store.has_user(name) else {}) == model
-        for name, model in expected.items() if name != victim)
-    report["delete_all_exact"] = (survivors_ok and not fresh.get_all(user_id=victim)["results"]
-                                  and not fresh.store.count(victim, include_inactive=True))
-    fresh.store.check()
-    fresh.close()
-    memory.close()
+    try:
+        memory = open_memory(path, encoder)
+        children = [subprocess.Popen([sys.executable, str(HERE / "campaign.py"), "user", str(path), name,
+                                      str(seconds), str(seed + i), encoder], stdout=subprocess.PIPE, text=True, env=env)
+                    for i, name in enumerate(names[:processes])]
+        for child in children:  # every process has loaded what it needs before the clock of the others starts
+            assert child.stdout.readline().strip() == "ready", "a user process failed to start"
+        results: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=lambda n=name, i=i: results.append(
+                       user_session(memory, n, seconds, seed + i)))
+                   for i, name in enumerate(names) if name in thread_names]
+        api_memories = [_ApiMemory(server.port, server.keys[name]) for name in api_names] if server else []
+        threads += [threading.Thread(target=lambda n=name, m=api, i=i: results.append(
+                        {**user_session(m, n, seconds, seed + 1000 + i), "via": "server"}))
+                    for i, (name, api) in enumerate(zip(api_names, api_memories, strict=True))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for api in api_memories:
+            api.close()
+        for child in children:
+            out, _ = child.communicate(timeout=seconds + 300)
+            if child.returncode != 0:
+                results.append({"user": "?", "ops": 0, "errors": [f"process exited {child.returncode}"],
+                                "foreign": [], "model": {}})
+                continue
+            result = json.loads(out.strip().splitlines()[-1])
+            results.append({**result, "model": {int(k): v for k, v in result["model"].items()}})
+        if server is not None:
+            server.stop()  # SIGKILL: what the server acknowledged must be on disk already
+        report: dict[str, Any] = {
+            "users": users, "threads": len(thread_names), "processes": processes, "server_clients": server_clients,
+            "encoder": encoder, "seconds": seconds, "ops": sum(r["ops"] for r in results),
+            "ops_via_server": sum(r["ops"] for r in results if r.get("via") == "server"),
+            "errors": sum(len(r["errors"]) for r in results),
+            "foreign_results": sum(len(r["foreign"]) for r in results),
+            "lost_writes": 0, "phantom": 0, "examples": []}
+        for r in results:
+            report["examples"] += [f"{r['user']}: {text}" for text in (r["errors"] + r["foreign"])[:2]]
+        fresh = open_memory(path, encoder)  # read back through a new connection: what is on disk
+        fresh.store.check()
+        expected = {r["user"]: r["model"] for r in results}
+        if len(expected) != users:
+            report["errors"] += 1
+            report["examples"].append(f"{len(expected)} of {users} users reported")
+        for name, model in expected.items():
+            got = {int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]} \
+                if fresh.store.has_user(name) else {}
+            report["lost_writes"] += sum(1 for i, text in model.items() if got.get(i) != text)
+            report["phantom"] += sum(1 for i in got if i not in model)
+        victim = names[0]
+        if fresh.store.has_user(victim):
+            fresh.delete_all(user_id=victim)
+        survivors_ok = all(
+            ({int(e["id"]): e["memory"] for e in fresh.get_all(user_id=name)["results"]}
+             if fresh.store.has_user(name) else {}) == model
+            for name, model in expected.items() if name != victim)
+        report["delete_all_exact"] = (survivors_ok and not fresh.get_all(user_id=victim)["results"]
+                                      and not fresh.store.count(victim, include_inactive=True))
+        fresh.store.check()
+        fresh.close()
+        memory.close()
+    finally:
+        if server is not None:
+            server.stop()
+        if own_zygote:
+            zygote.close()
     return report
 
 
@@ -1213,4 +1289,4 @@ if __name__ == "__main__":
     elif sys.argv[1:3] == ["zygote", "server"]:
         server_zygote_main(sys.argv[3])
     elif sys.argv[1] == "user":
-        user_process_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        user_process_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), *sys.argv[6:7])
