@@ -283,7 +283,9 @@ def main() -> int:
             result = fuzz_target(name, args.runs, args.max_seconds, args.timeout, args.rss_mb, base / name)
             results.append(result)
             print(json.dumps(result), flush=True)
-    report = {"tool": f"atheris {getattr(atheris, '__version__', '?')}", "runs_per_target": args.runs,
+    from importlib.metadata import version
+
+    report = {"tool": f"atheris {version('atheris')}", "runs_per_target": args.runs,
               "targets": results, "passed": all(r["passed"] for r in results)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
