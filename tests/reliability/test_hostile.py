@@ -2,9 +2,9 @@
 and mutation fuzzing of every file loader. The only outcomes allowed are a result or a `MemlmError`
 subclass: no other exception, no hang, no unbounded memory.
 
-`MEMLM_FUZZ` sets the examples per target (1,000 here; the full campaign runs 10,000). atheris was
-not available on this machine, so the loaders are fuzzed by hypothesis, which mutates valid files
-(bit flips, truncation, splices) and generates raw bytes; it is not coverage-guided.
+`MEMLM_FUZZ` sets the examples per target (1,000 here; the full campaign runs 10,000). The loaders are
+fuzzed twice: here by hypothesis, which mutates valid files (bit flips, truncation, splices) and
+generates raw bytes, and coverage-guided by atheris in `test_atheris.py` (`atheris_fuzz.py`).
 """
 
 from __future__ import annotations
