@@ -9,6 +9,7 @@ read locks.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -51,7 +52,8 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
             raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
         raise storage_error(error, str(path)) from error
     except PermissionError as error:
-        raise storage_error(error, str(path)) from error
+        unreadable = path is not None and path.exists() and not os.access(path, os.R_OK)
+        raise storage_error(error, str(path), "read" if unreadable else "write") from error
     except sqlite3.DatabaseError as error:
         raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
     except ValueError as error:  # damaged text: not UTF-8 (UnicodeDecodeError), or a meta value not JSON
