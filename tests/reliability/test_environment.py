@@ -117,15 +117,21 @@ READ_ONLY = """
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_a_read_only_home_is_a_typed_error_that_says_so(tmp_path):
-    home = tmp_path / "home"
+def test_a_read_only_home_is_a_typed_error_that_says_so():
+    import shutil
+    import tempfile
+
+    # not under pytest's tmp_path: its parents are 0700, so `nobody` could not even reach the folder
+    outer = Path(tempfile.mkdtemp(prefix="memlm-read-only-", dir="/tmp"))
+    home = outer / "home"
     home.mkdir()
-    os.chmod(tmp_path, 0o755)
+    os.chmod(outer, 0o755)
     os.chmod(home, 0o555)
     try:
         lines = run_child(READ_ONLY, str(home))
     finally:
         os.chmod(home, 0o755)
+        shutil.rmtree(outer)
     outcome = {line.split()[0]: line for line in lines}
     for name in ("new-store", "new-file", "tensors"):
         assert "StorageError" in outcome[name], outcome[name]
