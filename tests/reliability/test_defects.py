@@ -269,3 +269,21 @@ def test_a_fact_store_whose_meta_value_is_not_json_is_a_corrupted_file_error(tmp
         connection.execute("UPDATE meta SET value = '{\"name: 1' WHERE key = 'encoder'")
     with pytest.raises(CorruptedFileError):
         open_facts(path)
+
+
+def test_a_fact_id_of_non_ascii_digits_is_a_config_error(tmp_path):
+    """Found by the API fuzzing at 10,000 examples: `check_id` took `str.isdigit()` as "an integer",
+    but '²' is a digit to isdigit() and not to int() (raw ValueError), and '٣' is read by int() as 3
+    (another fact than the text names). Fix: ASCII digits only."""
+    import pytest
+    from campaign import open_memory
+
+    from memlm.errors import ConfigError
+
+    memory = open_memory(tmp_path / "facts.sqlite")
+    memory.add("a fact", user_id="ada", infer=False)
+    for fact_id in ("²", "٣", "１"):
+        for call in (memory.get, memory.delete, memory.history):
+            with pytest.raises(ConfigError):
+                call(fact_id, user_id="ada")
+    memory.close()

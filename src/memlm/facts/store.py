@@ -758,7 +758,8 @@ def check_id(fact_id: Any) -> int:
     if isinstance(fact_id, bool) or not isinstance(fact_id, (int, str, np.integer)):
         raise ConfigError(f"a fact id must be an integer, got {type(fact_id).__name__}")
     if isinstance(fact_id, str):
-        if not fact_id.strip().isdigit():
+        # ASCII digits only: str.isdigit() also accepts '²' (which int() refuses) and '٣' (which int() reads as 3)
+        if not fact_id.strip().isascii() or not fact_id.strip().isdigit():
             raise ConfigError(f"a fact id must be an integer, got {fact_id!r}")
         fact_id = int(fact_id.strip())
     if not -2**63 <= int(fact_id) < 2**63:  # SQLite's INTEGER: a larger id cannot name a fact
