@@ -253,7 +253,9 @@ def fuzz_target(name: str, runs: int, max_seconds: int, timeout_s: int, rss_mb: 
     crash = re.search(r"=== Uncaught Python exception: ===\n(.*?)(?:\n==\d+==|\nINFO:|\Z)", text, re.S)
     artifacts = sorted(str(p) for p in work.glob("crash-*")) + sorted(str(p) for p in work.glob("timeout-*")) \
         + sorted(str(p) for p in work.glob("oom-*"))
-    result = {"target": name, "runs": int(executed[-1]) if executed else (int(done[-1][0]) if done else 0),
+    progress = [int(number) for number in re.findall(r"^#(\d+)\s", text, re.M)]  # libFuzzer's status lines
+    result = {"target": name,
+              "runs": int(executed[-1]) if executed else (int(done[-1][0]) if done else max(progress, default=0)),
               "requested": runs, "exit_code": code, "seconds": round(time.perf_counter() - started, 1),
               "coverage": {"cov": int(coverage[-1][0]), "ft": int(coverage[-1][1])} if coverage else None,
               "passed": code == 0 and bool(done)}

@@ -287,3 +287,24 @@ def test_a_fact_id_of_non_ascii_digits_is_a_config_error(tmp_path):
             with pytest.raises(ConfigError):
                 call(fact_id, user_id="ada")
     memory.close()
+
+
+def test_a_yaml_config_with_a_null_key_is_a_config_error(tmp_path):
+    """Found by atheris (yaml target, 10,000-input campaign): a YAML mapping with a null key (`~:`)
+    beside an unknown name made the unknown-name message sort None with strings: raw TypeError from
+    `TrainConfig.from_yaml`. Fix: the names are sorted as text (train config sections and options,
+    memory config options, LM2 settings, LoRA settings)."""
+    import pytest
+
+    from memlm.config import load_configs
+    from memlm.errors import ConfigError
+    from memlm.train.config import TrainConfig
+
+    for text in ("~: 1\nx: 2\n", "model:\n  ~: 1\n  y: 2\n", "data:\n  tasks: [qa1, ~]\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            TrainConfig.from_yaml(path)
+    path.write_text("memories:\n  - mechanism: recurrent\n    ~: 1\n    zz: 2\n")
+    with pytest.raises(ConfigError):
+        load_configs(path)

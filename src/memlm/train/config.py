@@ -147,7 +147,7 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.memory_specs()
         data, train = self.data, self.train
-        unknown = sorted(set(data.tasks) - set(BABILONG_TASKS))
+        unknown = sorted(set(data.tasks) - set(BABILONG_TASKS), key=str)
         if unknown:
             raise ConfigError(f"data.tasks: unknown {unknown}; choose from {list(BABILONG_TASKS)}")
         if "pg-essays" in data.haystack or "pg-essays" in data.lm_corpus:
@@ -197,7 +197,7 @@ class TrainConfig:
             raise ConfigError(f"a training config is a mapping with model/data/train sections, "
                               f"got {type(values).__name__}")
         sections = {"model": ModelSection, "data": DataSection, "train": TrainSection}
-        unknown = sorted(set(values) - {*sections, "output"})
+        unknown = sorted(set(values) - {*sections, "output"}, key=str)
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}; a training config has {sorted(sections)} and output")
         built: dict[str, Any] = {}
@@ -206,7 +206,7 @@ class TrainConfig:
             if not isinstance(given, dict):
                 raise ConfigError(f"section {name} must be a mapping, got {type(given).__name__}")
             known = {f.name for f in dataclasses.fields(section)}
-            bad = sorted(set(given) - known)
+            bad = sorted(set(given) - known, key=str)
             if bad:
                 raise ConfigError(f"{name}: unknown option(s) {bad}; known: {sorted(known)}")
             try:
