@@ -308,3 +308,49 @@ def test_a_yaml_config_with_a_null_key_is_a_config_error(tmp_path):
     path.write_text("memories:\n  - mechanism: recurrent\n    ~: 1\n    zz: 2\n")
     with pytest.raises(ConfigError):
         load_configs(path)
+
+
+def test_a_fact_store_whose_integrity_check_reports_text_that_is_not_utf8_is_a_corrupted_file_error(tmp_path):
+    """Found by the hypothesis fuzzing of the fact-store file at 10,000 examples: a file damaged so
+    that it opens, but `PRAGMA integrity_check` (in `FactStore.check`) reports text that is not UTF-8
+    (the damaged page's bytes), made the driver raise a raw `UnicodeDecodeError`. The file here is
+    such a damaged store (found again by the same mutations). Fix: every statement of the store turns
+    `UnicodeDecodeError` into `CorruptedFileError`."""
+    import shutil
+    from pathlib import Path
+
+    import pytest
+    from campaign import open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    shutil.copy(Path(__file__).parent / "data" / "integrity-check-not-utf8.sqlite", path)
+    store = open_facts(path)  # it opens: the damage is in a page only the full check reads
+    try:
+        with pytest.raises(CorruptedFileError):
+            store.check()
+    finally:
+        store.close()
+
+
+def test_a_meta_value_that_is_not_utf8_is_a_corrupted_file_error_not_a_storage_error(tmp_path):
+    """Found while reproducing the one above: a `meta` value that is not UTF-8 made `connect` answer
+    `StorageError` ("the file system refused the operation"), a wrong diagnosis: SQLite's
+    "Could not decode to UTF-8" is an OperationalError, which `connect` took for a lock or disk
+    problem. Fix: `CorruptedFileError`."""
+    import sqlite3
+
+    import pytest
+    from campaign import hash_embed, open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    store = open_facts(path)
+    store.add("ada", "a fact", hash_embed(["a fact"])[0], importance=1.0)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = CAST(X'41A0FF42' AS TEXT)")
+    with pytest.raises(CorruptedFileError):
+        open_facts(path)

@@ -292,6 +292,12 @@ def _damage_is_typed(connection: sqlite3.Connection) -> Iterator[None]:
         if isinstance(error, sqlite3.OperationalError) and "decode" not in str(error).lower():
             raise storage_error(error, name) from error  # locked, disk full, read-only: not damage
         raise CorruptedFileError(f"{name} is damaged ({error}); restore it from a backup") from error
+    except UnicodeDecodeError as error:  # memlm writes only UTF-8: a row (or SQLite's report of a page) that is not
+        from memlm.errors import CorruptedFileError
+
+        name = next((row[2] for row in _safe_list(connection)), "the fact store")
+        raise CorruptedFileError(f"{name} is damaged: it holds text that is not UTF-8 ({error}); restore it from a "
+                                 "backup") from error
 
 
 def _safe_list(connection: sqlite3.Connection) -> list[tuple]:

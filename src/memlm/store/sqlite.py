@@ -50,6 +50,8 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
         # Not damage: locked, read-only, no permission, disk full. Say so instead of "corrupted".
         if path is not None and path.exists() and "not a database" in str(error):
             raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
+        if path is not None and path.exists() and "decode" in str(error).lower():  # a stored text not UTF-8
+            raise CorruptedFileError(f"{path} is damaged: it holds text that is not UTF-8 ({error})") from error
         raise storage_error(error, str(path)) from error
     except PermissionError as error:
         unreadable = path is not None and path.exists() and not os.access(path, os.R_OK)
