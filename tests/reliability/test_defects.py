@@ -354,3 +354,22 @@ def test_a_meta_value_that_is_not_utf8_is_a_corrupted_file_error_not_a_storage_e
         connection.execute("UPDATE meta SET value = CAST(X'41A0FF42' AS TEXT)")
     with pytest.raises(CorruptedFileError):
         open_facts(path)
+
+
+def test_a_training_config_with_a_value_of_the_wrong_type_is_a_config_error(tmp_path):
+    """Found by atheris (yaml target) in the second 10,000-input run: `data: {curriculum: ~}` (and other
+    values of the wrong kind: a number where a list is expected, a list of numbers where mappings are)
+    raised a raw TypeError from `TrainConfig.validate`. Fix: any such error while validating is a
+    `ConfigError`."""
+    import pytest
+
+    from memlm.errors import ConfigError
+    from memlm.train.config import TrainConfig
+
+    for text in ("data:\n  curriculum: ~\n", "data:\n  curriculum: 5\n",
+                 "data:\n  curriculum: [{step: 0, lengths: 7}]\n", "data:\n  tasks: 3\n",
+                 "data:\n  haystack: 3\n", "data:\n  files: 4\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            TrainConfig.from_yaml(path)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from memlm.config import MemoryConfig, lm2_configs
-from memlm.errors import ConfigError
+from memlm.errors import ConfigError, MemlmError
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5", "followup")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -142,7 +142,14 @@ class TrainConfig:
     output: str = "runs/memlm"
 
     def __post_init__(self) -> None:
-        self.validate()
+        try:
+            self.validate()
+        except MemlmError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as error:
+            # a value of the wrong kind where validate() expected a list, a mapping, a number (e.g. `curriculum: ~`)
+            raise ConfigError(f"the training config holds a value of the wrong type ({type(error).__name__}: "
+                              f"{error})") from None
 
     def validate(self) -> None:
         self.model.memory_specs()
