@@ -1,6 +1,6 @@
 """The reliability campaign at full scale (docs/reliability.md):
 
-    python benchmarks/reliability.py --kills 200 --copies 50 --fuzz 10000 --users 32      # or: make reliability
+    python benchmarks/reliability.py --kills 200 --copies 50 --fuzz 10000 --users 32 --seconds 30  # make reliability
 
 * crashes: `--kills` SIGKILLs per writer (fact store, KV store, save_state of `recurrent`, save_state
   of the file-backed `knn`, chat transcript, `memlm serve` under load), each followed by reopen +
