@@ -24,7 +24,7 @@ bench: $(STAMP)
 
 # The full reliability campaign (docs/reliability.md); the bounded version runs in `make test`.
 reliability: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reliability.py --kills 200 --fuzz 10000 --users 32
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reliability.py --kills 200 --copies 50 --fuzz 10000 --users 32 --seconds 30
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -61,7 +61,7 @@ class MemoryConfig:
             raise ConfigError(f"{cls.mechanism}: options must be a mapping of names to values, got {values!r}")
         values = {k: v for k, v in values.items() if k != "mechanism"}
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise ConfigError(
                 f"{cls.mechanism}: unknown option(s) {unknown}; known options: {sorted(known)}"
@@ -96,7 +96,7 @@ LM2_KEYS = {
 def lm2_configs(settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Memory specs from LM2-style settings: `slots` if `use_internal_memory`, a gated `knn` if
     `use_external_memory` (kNN attention whose per-head gate is learned, as LM2's memory gate is)."""
-    unknown = sorted(set(settings) - set(LM2_KEYS))
+    unknown = sorted(set(settings) - set(LM2_KEYS), key=str)
     if unknown:
         raise ConfigError(f"unknown LM2 setting(s) {unknown}; known: {sorted(LM2_KEYS)}")
     specs: dict[str, dict[str, Any]] = {}

@@ -55,12 +55,16 @@ _ERRNO_HINTS = {
 }
 
 
-def storage_error(error: BaseException, what: str) -> StorageError:
-    """A `StorageError` for an `OSError` or `sqlite3.OperationalError` met while writing `what`."""
+def storage_error(error: BaseException, what: str, action: str = "write") -> StorageError:
+    """A `StorageError` for an `OSError` or `sqlite3.OperationalError` met while writing `what`
+    (`action="read"`: while reading it)."""
     import errno
 
     name = errno.errorcode.get(getattr(error, "errno", None) or 0, "")
     text = str(error).lower()
+    if action == "read" and name in ("EACCES", "EPERM"):
+        return StorageError(f"could not read {what}: permission denied: this user may not read it; fix its "
+                            f"permissions (chmod/chown) or run as its owner ({error})")
     if name in _ERRNO_HINTS:
         hint = _ERRNO_HINTS[name]
     elif "locked" in text or "busy" in text:

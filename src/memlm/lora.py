@@ -64,7 +64,7 @@ class LoraSettings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoraSettings:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise ConfigError(f"lora: unknown option(s) {unknown}; known: {sorted(known)}")
         return cls(**values)

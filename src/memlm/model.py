@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -526,11 +528,22 @@ class MemoryModel(nn.Module):
 
     # --- memory state ------------------------------------------------------------------------
     def save_state(self, directory: str | os.PathLike) -> Path:
-        """Save what the memories remember (not their weights), atomically, to one file."""
-        path = Path(directory) / STATE_FILE
+        """Save what the memories remember (not their weights), atomically, to one file.
+
+        Memories whose state is files (`FileState`: knn's store, bank's snapshot) write them first into
+        a new versioned folder (`knn.000007`) that the state file then names; replacing the state file
+        is the one commit point of the whole save, so a crash leaves the previous save (state file and
+        its folders) or this one, never a new folder paired with an old state file. Afterwards `knn`
+        is made a symbolic link to the current folder (for people and tools that look there) and the
+        older folders are removed."""
+        directory = Path(directory)
+        path = directory / STATE_FILE
+        folders: dict[str, str] = {}
         for name, memory in self.memories.items():
             if isinstance(memory, FileState):
-                memory.save_state_files(Path(directory) / name)
+                directory.mkdir(parents=True, exist_ok=True)
+                folders[name] = _next_state_folder(directory, name)
+                memory.save_state_files(directory / folders[name])
         tensors = {f"{name}.{key}": value for name, memory in self.memories.items()
                    for key, value in memory.state_tensors().items()}
         save_tensors(path, tensors, {
@@ -538,8 +551,11 @@ class MemoryModel(nn.Module):
             "version": FORMAT_VERSION,
             "backbone": self.fingerprint,
             "memories": {name: memory.config.to_dict() for name, memory in self.memories.items()},
+            **({"files": folders} if folders else {}),
             "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
+        for name, folder in folders.items():
+            _retire_state_folders(directory, name, folder)
         return path
 
     def load_state(self, directory: str | os.PathLike) -> None:
@@ -559,13 +575,46 @@ class MemoryModel(nn.Module):
         for key, value in tensors.items():
             name, _, entry = key.partition(".")
             per_memory[name][entry] = value
+        folders = metadata.get("files", {})  # absent: saved before versioned folders, files in `name/`
+        if not isinstance(folders, dict):
+            raise CorruptedFileError(f"{path} names its state folders wrongly ({folders!r})")
         files = {}
         for name, memory in self.memories.items():  # check all before changing any
             memory.check_state_tensors(per_memory[name])
             if isinstance(memory, FileState):
-                files[name] = memory.read_state_files(Path(directory) / name)
+                folder = folders.get(name, name)
+                if not (folder == name or (isinstance(folder, str) and _STATE_FOLDER.fullmatch(folder)
+                                           and folder.rsplit(".", 1)[0] == name)):
+                    raise CorruptedFileError(f"{path} names {folder!r} as the folder of {name!r}'s state")
+                files[name] = memory.read_state_files(Path(directory) / folder)
         for name, memory in self.memories.items():
             memory.load_state_tensors(per_memory[name], files.get(name))
+
+
+_STATE_FOLDER = re.compile(r"[A-Za-z0-9_-]+\.[0-9]{6,}")
+
+
+def _next_state_folder(directory: Path, name: str) -> str:
+    """A folder name for a memory's state files that no earlier save (finished or not) has used."""
+    numbers = [int(entry.name.rsplit(".", 1)[1]) for entry in directory.glob(f"{name}.*")
+               if _STATE_FOLDER.fullmatch(entry.name) and entry.name.rsplit(".", 1)[0] == name]
+    return f"{name}.{1 + max(numbers, default=0):06d}"
+
+
+def _retire_state_folders(directory: Path, name: str, current: str) -> None:
+    """After a save committed: point `name` at `current` (a symbolic link; a real folder left by an
+    older memlm is removed) and remove the folders of earlier saves. None of this is needed for
+    loading (the state file names its folder), so a crash in here loses nothing."""
+    link = directory / name
+    staging = directory / f".{name}.link.tmp"
+    staging.unlink(missing_ok=True)
+    os.symlink(current, staging)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    os.replace(staging, link)
+    for entry in directory.glob(f"{name}.*"):
+        if entry.name != current and _STATE_FOLDER.fullmatch(entry.name) and entry.name.rsplit(".", 1)[0] == name:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokenizer: Any = None

@@ -109,8 +109,13 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     or its checksum does not match.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with path.open("rb"):  # a file we may not read is a permission problem, not a damaged file
+            pass
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except PermissionError as error:
+        raise storage_error(error, str(path), "read") from error
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = dict(handle.metadata() or {})

@@ -10,6 +10,8 @@ import pytest
 from campaign import WRITERS, Zygote, crash_campaign, power_loss_campaign
 
 KILLS = int(os.environ.get("MEMLM_RELIABILITY_KILLS", "20"))
+# `memlm serve` restarts in ~1 s after each kill (forked from a zygote that has loaded everything): fewer kills
+SERVER_KILLS = int(os.environ.get("MEMLM_RELIABILITY_SERVER_KILLS", "8"))
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,9 @@ def zygote():
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_every_acknowledged_write_survives_kill_9(writer, tmp_path, zygote):
-    report = crash_campaign(writer, tmp_path, KILLS, seed=17, zygote=zygote)
-    assert report.kills == KILLS
+    kills = SERVER_KILLS if writer == "server" else KILLS
+    report = crash_campaign(writer, tmp_path, kills, seed=17, zygote=zygote)
+    assert report.kills == kills
     assert report.acked > 0, "no write was acknowledged before the kills: the campaign measured nothing"
     assert (report.corrupt, report.lost, report.phantom) == (0, 0, 0), report.examples
 

@@ -183,3 +183,193 @@ def test_a_fact_id_beyond_64_bits_is_a_config_error(tmp_path, fact_id):
     with pytest.raises(MemlmError):
         memory.update(fact_id, "x", user_id="alice")
     memory.close()
+
+
+def test_a_crash_between_the_knn_store_and_the_state_file_keeps_the_pair_of_one_save(tmp_path, monkeypatch):
+    """`save_state` of a file-backed memory is two writes: the knn store (a folder beside the state
+    file), then the state file. They were not atomic together: the store was saved in place in
+    `knn/`, so a kill between the two left the new store with the previous state file, a pair no
+    save ever wrote (the crash campaign's `knn_state` writer: 3 in 40 kills). Fix: the store goes
+    to a new versioned folder that the state file names; replacing the state file commits both."""
+    import pytest
+    import torch
+    from campaign import _knn_model, knn_digest
+
+    import memlm.model
+    from memlm.model import STATE_FILE
+
+    model = _knn_model()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    model.save_state(tmp_path)
+    saved = knn_digest(model)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    assert knn_digest(model) != saved
+
+    def killed(*args, **kwargs):  # the process dies after the store is written, before the state file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memlm.model, "save_tensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model.save_state(tmp_path)
+    monkeypatch.undo()
+    fresh = _knn_model()
+    fresh.load_state(tmp_path)
+    assert knn_digest(fresh) == saved
+    fresh.memories["knn"].store.close()
+    # the next save commits, points `knn` at its folder and removes the others
+    model.save_state(tmp_path)
+    folders = sorted(entry.name for entry in tmp_path.iterdir() if entry.name != STATE_FILE)
+    assert len(folders) == 2 and (tmp_path / "knn").is_symlink(), folders
+    assert (tmp_path / "knn").resolve().name == folders[1]
+    again = _knn_model()
+    again.load_state(tmp_path)
+    assert knn_digest(again) == knn_digest(model)
+
+
+def test_a_state_file_naming_a_folder_outside_its_own_is_refused(tmp_path):
+    """The state file names its memories' folders; a damaged or crafted name (`../x`) must not be
+    followed."""
+    import pytest
+    import torch
+    from campaign import _knn_model
+
+    from memlm.errors import CorruptedFileError
+    from memlm.model import STATE_FILE
+    from memlm.serialization import load_tensors, save_tensors
+
+    model = _knn_model()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 250, (1, 8)))
+    model.save_state(tmp_path)
+    tensors, metadata = load_tensors(tmp_path / STATE_FILE)
+    for bad in ("../knn.000001", "knn.000001/..", "/tmp", "bank.000001", 7):
+        save_tensors(tmp_path / STATE_FILE, tensors, {**metadata, "files": {"knn": bad}})
+        with pytest.raises(CorruptedFileError):
+            _knn_model().load_state(tmp_path)
+
+
+def test_a_fact_store_whose_meta_value_is_not_json_is_a_corrupted_file_error(tmp_path):
+    """Found by atheris (10,000 inputs on the fact-store file): a damaged `meta` value that is still
+    valid SQLite text but not JSON (the encoder name) raised `json.JSONDecodeError` from
+    `FactStore.__init__` -> `get_meta`. Fix: `get_meta` raises `CorruptedFileError`."""
+    import sqlite3
+
+    import pytest
+    from campaign import hash_embed, open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    store = open_facts(path)
+    store.add("ada", "a fact", hash_embed(["a fact"])[0], importance=1.0)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = '{\"name: 1' WHERE key = 'encoder'")
+    with pytest.raises(CorruptedFileError):
+        open_facts(path)
+
+
+def test_a_fact_id_of_non_ascii_digits_is_a_config_error(tmp_path):
+    """Found by the API fuzzing at 10,000 examples: `check_id` took `str.isdigit()` as "an integer",
+    but '²' is a digit to isdigit() and not to int() (raw ValueError), and '٣' is read by int() as 3
+    (another fact than the text names). Fix: ASCII digits only."""
+    import pytest
+    from campaign import open_memory
+
+    from memlm.errors import ConfigError
+
+    memory = open_memory(tmp_path / "facts.sqlite")
+    memory.add("a fact", user_id="ada", infer=False)
+    for fact_id in ("²", "٣", "１"):
+        for call in (memory.get, memory.delete, memory.history):
+            with pytest.raises(ConfigError):
+                call(fact_id, user_id="ada")
+    memory.close()
+
+
+def test_a_yaml_config_with_a_null_key_is_a_config_error(tmp_path):
+    """Found by atheris (yaml target, 10,000-input campaign): a YAML mapping with a null key (`~:`)
+    beside an unknown name made the unknown-name message sort None with strings: raw TypeError from
+    `TrainConfig.from_yaml`. Fix: the names are sorted as text (train config sections and options,
+    memory config options, LM2 settings, LoRA settings)."""
+    import pytest
+
+    from memlm.config import load_configs
+    from memlm.errors import ConfigError
+    from memlm.train.config import TrainConfig
+
+    for text in ("~: 1\nx: 2\n", "model:\n  ~: 1\n  y: 2\n", "data:\n  tasks: [qa1, ~]\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            TrainConfig.from_yaml(path)
+    path.write_text("memories:\n  - mechanism: recurrent\n    ~: 1\n    zz: 2\n")
+    with pytest.raises(ConfigError):
+        load_configs(path)
+
+
+def test_a_fact_store_whose_integrity_check_reports_text_that_is_not_utf8_is_a_corrupted_file_error(tmp_path):
+    """Found by the hypothesis fuzzing of the fact-store file at 10,000 examples: a file damaged so
+    that it opens, but `PRAGMA integrity_check` (in `FactStore.check`) reports text that is not UTF-8
+    (the damaged page's bytes), made the driver raise a raw `UnicodeDecodeError`. The file here is
+    such a damaged store (found again by the same mutations). Fix: every statement of the store turns
+    `UnicodeDecodeError` into `CorruptedFileError`."""
+    import shutil
+    from pathlib import Path
+
+    import pytest
+    from campaign import open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    shutil.copy(Path(__file__).parent / "data" / "integrity-check-not-utf8.sqlite", path)
+    store = open_facts(path)  # it opens: the damage is in a page only the full check reads
+    try:
+        with pytest.raises(CorruptedFileError):
+            store.check()
+    finally:
+        store.close()
+
+
+def test_a_meta_value_that_is_not_utf8_is_a_corrupted_file_error_not_a_storage_error(tmp_path):
+    """Found while reproducing the one above: a `meta` value that is not UTF-8 made `connect` answer
+    `StorageError` ("the file system refused the operation"), a wrong diagnosis: SQLite's
+    "Could not decode to UTF-8" is an OperationalError, which `connect` took for a lock or disk
+    problem. Fix: `CorruptedFileError`."""
+    import sqlite3
+
+    import pytest
+    from campaign import hash_embed, open_facts
+
+    from memlm.errors import CorruptedFileError
+
+    path = tmp_path / "facts.sqlite"
+    store = open_facts(path)
+    store.add("ada", "a fact", hash_embed(["a fact"])[0], importance=1.0)
+    store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = CAST(X'41A0FF42' AS TEXT)")
+    with pytest.raises(CorruptedFileError):
+        open_facts(path)
+
+
+def test_a_training_config_with_a_value_of_the_wrong_type_is_a_config_error(tmp_path):
+    """Found by atheris (yaml target) in the second 10,000-input run: `data: {curriculum: ~}` (and other
+    values of the wrong kind: a number where a list is expected, a list of numbers where mappings are)
+    raised a raw TypeError from `TrainConfig.validate`. Fix: any such error while validating is a
+    `ConfigError`."""
+    import pytest
+
+    from memlm.errors import ConfigError
+    from memlm.train.config import TrainConfig
+
+    for text in ("data:\n  curriculum: ~\n", "data:\n  curriculum: 5\n",
+                 "data:\n  curriculum: [{step: 0, lengths: 7}]\n", "data:\n  tasks: 3\n",
+                 "data:\n  haystack: 3\n", "data:\n  files: 4\n"):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            TrainConfig.from_yaml(path)

@@ -117,15 +117,21 @@ READ_ONLY = """
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_a_read_only_home_is_a_typed_error_that_says_so(tmp_path):
-    home = tmp_path / "home"
+def test_a_read_only_home_is_a_typed_error_that_says_so():
+    import shutil
+    import tempfile
+
+    # not under pytest's tmp_path: its parents are 0700, so `nobody` could not even reach the folder
+    outer = Path(tempfile.mkdtemp(prefix="memlm-read-only-", dir="/tmp"))
+    home = outer / "home"
     home.mkdir()
-    os.chmod(tmp_path, 0o755)
+    os.chmod(outer, 0o755)
     os.chmod(home, 0o555)
     try:
         lines = run_child(READ_ONLY, str(home))
     finally:
         os.chmod(home, 0o755)
+        shutil.rmtree(outer)
     outcome = {line.split()[0]: line for line in lines}
     for name in ("new-store", "new-file", "tensors"):
         assert "StorageError" in outcome[name], outcome[name]
@@ -166,3 +172,72 @@ def test_a_second_process_holding_the_kv_store_lock_gives_a_typed_error_not_a_ha
     kv = KeyValueStore.load(tmp_path)
     assert len(kv) == 10
     kv.close()
+
+
+UNREADABLE = """
+    import os, sys
+    from pathlib import Path
+    from campaign import open_facts
+    from memlm.errors import MemlmError
+    from memlm.serialization import load_tensors
+    from memlm.store import KeyValueStore
+    directory = Path(sys.argv[1])
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: the files (mode 0600, owned by root) are not readable for us
+    def attempt(name, call):
+        try:
+            call()
+            print(name, "no-error")
+        except MemlmError as error:
+            print(name, type(error).__name__, str(error).replace("\\n", " "))
+    attempt("facts", lambda: open_facts(directory / "facts.sqlite"))
+    attempt("tensors", lambda: load_tensors(directory / "state.safetensors"))
+    attempt("kv", lambda: KeyValueStore.load(directory / "kv"))
+    attempt("kv-records", lambda: KeyValueStore.load(directory / "kv2"))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_files_this_user_may_not_read_are_a_typed_error_that_says_so(tmp_path):
+    """Missing permissions beyond a read-only directory: existing store files the user may not read
+    (a fact store, a state file, a KV store's lock file, a KV store's records file). Before the fix a
+    state file gave CorruptedFileError ("not a readable safetensors file ... No such file") and a KV
+    store a raw PermissionError."""
+    import shutil
+    import tempfile
+
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="memlm-unreadable-", dir="/tmp"))  # pytest's folders are 0700
+    try:
+        _unreadable_files(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _unreadable_files(tmp_path: Path) -> None:
+    from memlm.serialization import save_tensors
+
+    os.chmod(tmp_path, 0o755)
+    store = open_facts(tmp_path / "facts.sqlite")
+    store.add("u", "a fact", hash_embed(["a fact"])[0], importance=1.0)
+    store.close()
+    save_tensors(tmp_path / "state.safetensors", {"x": torch.zeros(4)})
+    for name in ("kv", "kv2"):
+        kv = KeyValueStore(StoreLayout({"attention": GroupSpec(heads=1, key_dim=4, value_dim=4)}))
+        kv.add("attention", 0, 0, torch.randn(2, 1, 4), torch.randn(2, 1, 4), [{"text": "a"}, {"text": "b"}])
+        kv.save(tmp_path / name)
+        kv.close()
+        os.chmod(tmp_path / name, 0o755)
+    closed = [tmp_path / "facts.sqlite", tmp_path / "state.safetensors", *(tmp_path / "kv").iterdir(),
+              *(p for p in (tmp_path / "kv2").iterdir() if p.name != ".lock")]
+    for path in closed:
+        os.chmod(path, 0o600)
+    os.chmod(tmp_path / "kv2" / ".lock", 0o666)
+    lines = run_child(UNREADABLE, str(tmp_path))
+    outcome = {line.split()[0]: line for line in lines}
+    for name in ("facts", "tensors", "kv", "kv-records"):
+        assert "StorageError" in outcome[name], outcome[name]
+        assert "permission" in outcome[name].lower(), outcome[name]
+        assert "corrupt" not in outcome[name].lower(), outcome[name]
+    for name in ("facts", "tensors", "kv"):
+        assert "could not read" in outcome[name], outcome[name]

@@ -2,9 +2,9 @@
 and mutation fuzzing of every file loader. The only outcomes allowed are a result or a `MemlmError`
 subclass: no other exception, no hang, no unbounded memory.
 
-`MEMLM_FUZZ` sets the examples per target (1,000 here; the full campaign runs 10,000). atheris was
-not available on this machine, so the loaders are fuzzed by hypothesis, which mutates valid files
-(bit flips, truncation, splices) and generates raw bytes; it is not coverage-guided.
+`MEMLM_FUZZ` sets the examples per target (1,000 here; the full campaign runs 10,000). The loaders are
+fuzzed twice: here by hypothesis, which mutates valid files (bit flips, truncation, splices) and
+generates raw bytes, and coverage-guided by atheris in `test_atheris.py` (`atheris_fuzz.py`).
 """
 
 from __future__ import annotations
@@ -56,10 +56,19 @@ metadata = st.one_of(st.none(), st.dictionaries(st.text(max_size=8), st.one_of(s
 numbers = st.one_of(st.none(), st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=4))
 
 
+OWNER = "owner-7c1e9"  # a user no hostile call names (the strategies would have to invent this name)
+OWNED = "The owner lives in Lisbon."
+
+
+def owned_fact(memory) -> tuple[int, str] | None:
+    facts = memory.get_all(user_id=OWNER)["results"] if memory.store.has_user(OWNER) else []
+    return (int(facts[0]["id"]), facts[0]["memory"]) if len(facts) == 1 else None
+
+
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory):
     memory = open_memory(tmp_path_factory.mktemp("api") / "facts.sqlite")
-    memory.add("The user lives in Lisbon.", user_id="alice", infer=False)
+    memory.add(OWNED, user_id=OWNER, infer=False)
     yield memory
     memory.close()
 
@@ -78,11 +87,20 @@ def test_the_fact_api_answers_or_raises_a_memlm_error(memory, op, user, text, fa
         "delete": lambda: memory.delete(fact_id, user_id=user),
         "get_all": lambda: memory.get_all(user_id=user, limit=number, filters=extra),
         "history": lambda: memory.history(fact_id, user_id=user),
-        "delete_all": lambda: memory.delete_all(user_id=user) if user != "alice" else None,
+        "delete_all": lambda: memory.delete_all(user_id=user),
     }
+    before = owned_fact(memory)
     allowed(calls[op])
     memory.store.check()
-    assert memory.get_all(user_id="alice")["results"], "a hostile call removed another user's facts"
+    if user is None and op in ("update", "delete"):
+        # By id with no user named, the Python API acts on the id whoever owns it (mem0's `m.delete(id)`;
+        # the server always names the user). Put the owner's fact back if this call changed it.
+        if owned_fact(memory) != before:
+            if memory.store.has_user(OWNER):
+                memory.delete_all(user_id=OWNER)
+            memory.add(OWNED, user_id=OWNER, infer=False)
+        return
+    assert owned_fact(memory) == before, f"a call for user {user!r} changed another user's fact"
 
 
 @FUZZ

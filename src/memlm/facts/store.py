@@ -292,6 +292,12 @@ def _damage_is_typed(connection: sqlite3.Connection) -> Iterator[None]:
         if isinstance(error, sqlite3.OperationalError) and "decode" not in str(error).lower():
             raise storage_error(error, name) from error  # locked, disk full, read-only: not damage
         raise CorruptedFileError(f"{name} is damaged ({error}); restore it from a backup") from error
+    except UnicodeDecodeError as error:  # memlm writes only UTF-8: a row (or SQLite's report of a page) that is not
+        from memlm.errors import CorruptedFileError
+
+        name = next((row[2] for row in _safe_list(connection)), "the fact store")
+        raise CorruptedFileError(f"{name} is damaged: it holds text that is not UTF-8 ({error}); restore it from a "
+                                 "backup") from error
 
 
 def _safe_list(connection: sqlite3.Connection) -> list[tuple]:
@@ -786,7 +792,8 @@ def check_id(fact_id: Any) -> int:
     if isinstance(fact_id, bool) or not isinstance(fact_id, (int, str, np.integer)):
         raise ConfigError(f"a fact id must be an integer, got {type(fact_id).__name__}")
     if isinstance(fact_id, str):
-        if not fact_id.strip().isdigit():
+        # ASCII digits only: str.isdigit() also accepts '²' (which int() refuses) and '٣' (which int() reads as 3)
+        if not fact_id.strip().isascii() or not fact_id.strip().isdigit():
             raise ConfigError(f"a fact id must be an integer, got {fact_id!r}")
         fact_id = int(fact_id.strip())
     if not -2**63 <= int(fact_id) < 2**63:  # SQLite's INTEGER: a larger id cannot name a fact

@@ -830,7 +830,12 @@ def _vector_file(directory: Path, generation: int) -> Path:
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """An exclusive lock on the store directory, so two processes never save into it at once."""
-    with (directory / LOCK_FILE).open("a") as handle:
+    try:
+        handle = (directory / LOCK_FILE).open("a")
+    except PermissionError as error:
+        raise storage_error(error, str(directory / LOCK_FILE), "read" if (directory / LOCK_FILE).exists() else "write"
+                            ) from error
+    with handle:
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
             try:

@@ -9,6 +9,7 @@ read locks.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -49,9 +50,12 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
         # Not damage: locked, read-only, no permission, disk full. Say so instead of "corrupted".
         if path is not None and path.exists() and "not a database" in str(error):
             raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
+        if path is not None and path.exists() and "decode" in str(error).lower():  # a stored text not UTF-8
+            raise CorruptedFileError(f"{path} is damaged: it holds text that is not UTF-8 ({error})") from error
         raise storage_error(error, str(path)) from error
     except PermissionError as error:
-        raise storage_error(error, str(path)) from error
+        unreadable = path is not None and path.exists() and not os.access(path, os.R_OK)
+        raise storage_error(error, str(path), "read" if unreadable else "write") from error
     except sqlite3.DatabaseError as error:
         raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
     except ValueError as error:  # damaged text: not UTF-8 (UnicodeDecodeError), or a meta value not JSON
@@ -60,7 +64,11 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
 
 def get_meta(connection: sqlite3.Connection, key: str) -> Any:
     row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else json.loads(row[0])
+    try:
+        return None if row is None else json.loads(row[0])
+    except (ValueError, TypeError) as error:  # a damaged value: not JSON, not text
+        raise CorruptedFileError(f"the database's meta value {key!r} is damaged ({error}); restore the file from "
+                                 "a backup or delete it to start empty") from error
 
 
 def set_meta(connection: sqlite3.Connection, key: str, value: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from memlm.config import MemoryConfig, lm2_configs
-from memlm.errors import ConfigError
+from memlm.errors import ConfigError, MemlmError
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5", "followup")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -142,12 +142,19 @@ class TrainConfig:
     output: str = "runs/memlm"
 
     def __post_init__(self) -> None:
-        self.validate()
+        try:
+            self.validate()
+        except MemlmError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as error:
+            # a value of the wrong kind where validate() expected a list, a mapping, a number (e.g. `curriculum: ~`)
+            raise ConfigError(f"the training config holds a value of the wrong type ({type(error).__name__}: "
+                              f"{error})") from None
 
     def validate(self) -> None:
         self.model.memory_specs()
         data, train = self.data, self.train
-        unknown = sorted(set(data.tasks) - set(BABILONG_TASKS))
+        unknown = sorted(set(data.tasks) - set(BABILONG_TASKS), key=str)
         if unknown:
             raise ConfigError(f"data.tasks: unknown {unknown}; choose from {list(BABILONG_TASKS)}")
         if "pg-essays" in data.haystack or "pg-essays" in data.lm_corpus:
@@ -197,7 +204,7 @@ class TrainConfig:
             raise ConfigError(f"a training config is a mapping with model/data/train sections, "
                               f"got {type(values).__name__}")
         sections = {"model": ModelSection, "data": DataSection, "train": TrainSection}
-        unknown = sorted(set(values) - {*sections, "output"})
+        unknown = sorted(set(values) - {*sections, "output"}, key=str)
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}; a training config has {sorted(sections)} and output")
         built: dict[str, Any] = {}
@@ -206,7 +213,7 @@ class TrainConfig:
             if not isinstance(given, dict):
                 raise ConfigError(f"section {name} must be a mapping, got {type(given).__name__}")
             known = {f.name for f in dataclasses.fields(section)}
-            bad = sorted(set(given) - known)
+            bad = sorted(set(given) - known, key=str)
             if bad:
                 raise ConfigError(f"{name}: unknown option(s) {bad}; known: {sorted(known)}")
             try:
