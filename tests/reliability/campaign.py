@@ -508,80 +508,74 @@ class KvModel:
 
 
 class StateModel:
+    """After a kill, `load_state` must succeed and give the state of the last acknowledged save or of
+    the save in flight (compared by digest)."""
+
+    state_file = "memory_state.safetensors"
+    lost_message = "the loaded state is neither the last acknowledged one nor the one in flight"
+
     def __init__(self):
         self.digest: str | None = None
         self._model = None
+
+    def make_model(self):
+        return _state_model()
+
+    def load_digest(self, directory: Path) -> str:
+        self._model.load_state(directory)
+        return state_digest(self._model)
 
     def verify(self, directory: Path, acks: Path) -> Outcome:
         acked, pending = read_acks(acks)
         if acked:
             self.digest = acked[-1][1]
         outcome = Outcome(acked=len(acked))
-        if self.digest is None and not (directory / "memory_state.safetensors").exists():
+        if self.digest is None and not (directory / self.state_file).exists():
             return outcome
         if self._model is None:
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._model = _state_model()
+                self._model = self.make_model()
         try:
-            self._model.load_state(directory)
+            digest = self.load_digest(directory)
         except Exception as error:  # noqa: BLE001
             outcome.corrupt = f"{type(error).__name__}: {error}"
             return outcome
-        digest = state_digest(self._model)
         if digest != self.digest:
             if pending is not None and digest == pending[1]:
                 self.digest = digest
             else:
-                outcome.lost.append("the loaded state is neither the last acknowledged one nor the one in flight")
+                outcome.lost.append(self.lost_message)
         return outcome
 
 
-class KnnStateModel:
-    """After a kill, `load_state` must succeed and give the pair (state file, store folder) of the
-    last acknowledged save or of the save in flight: never a store of one save with the state of
-    another (the digest covers both)."""
+class KnnStateModel(StateModel):
+    """The pair (state file, store folder) of the last acknowledged save or of the save in flight:
+    never a store of one save with the state of another (the digest covers both)."""
 
-    def __init__(self):
-        self.digest: str | None = None
-        self._model = None
+    lost_message = "the loaded (state, store) pair is neither the last acknowledged save nor the one in flight"
 
-    def verify(self, directory: Path, acks: Path) -> Outcome:
+    @property
+    def state_file(self) -> str:
         from memlm.model import STATE_FILE
 
-        acked, pending = read_acks(acks)
-        if acked:
-            self.digest = acked[-1][1]
-        outcome = Outcome(acked=len(acked))
-        if self.digest is None and not (directory / STATE_FILE).exists():
-            return outcome
-        if self._model is None:
-            import warnings
+        return STATE_FILE
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._model = _knn_model()
+    def make_model(self):
+        return _knn_model()
+
+    def load_digest(self, directory: Path) -> str:
         memory = self._model.memories["knn"]
         try:
             self._model.load_state(directory)
-            digest = knn_digest(self._model)
-        except Exception as error:  # noqa: BLE001
-            outcome.corrupt = f"{type(error).__name__}: {error}"
-            return outcome
+            return knn_digest(self._model)
         finally:
             if memory.store is not None:  # let go of the folder: the next writer's save removes it
                 memory.store.close()
                 memory.store = None
             memory.reset()
-        if digest != self.digest:
-            if pending is not None and digest == pending[1]:
-                self.digest = digest
-            else:
-                outcome.lost.append("the loaded (state, store) pair is neither the last acknowledged save "
-                                    "nor the one in flight")
-        return outcome
 
 
 class TranscriptModel:
