@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from knn_speed import token_stream  # noqa: E402 - the same real text as the speed benchmark
 
 from memlm.store.clusters import ClusterIndex, ClusterSearch, cluster_search  # noqa: E402
-from memlm.store.kv_store import MemoryGroup  # noqa: E402
+from memlm.store.group import MemoryGroup  # noqa: E402
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def synthetic_search(device: torch.device, size: int, width: int, k: int, repeat
                      copy_bps: float) -> dict[str, Any]:
     """memlm's exact search (`MemoryGroup.search_positions`) over size × width bf16 keys, one query."""
     from memlm.store import GroupSpec, StoreLayout
-    from memlm.store.kv_store import MemoryGroup
+    from memlm.store.group import MemoryGroup
 
     layout = StoreLayout({"lm": GroupSpec(1, width, None, "ip")}, "torch", {"dtype": "bfloat16"})
     group = MemoryGroup(layout.specs["lm"], layout, device, torch.bfloat16)

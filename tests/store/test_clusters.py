@@ -10,7 +10,7 @@ import torch
 from memlm.errors import ConfigError
 from memlm.store import GroupSpec, StoreLayout
 from memlm.store.clusters import ClusterIndex, ClusterSearch, assign, cluster_search, kmeans
-from memlm.store.kv_store import MemoryGroup
+from memlm.store.group import MemoryGroup
 
 
 def group_with(keys: torch.Tensor, **options) -> MemoryGroup:

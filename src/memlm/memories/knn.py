@@ -51,7 +51,8 @@ from memlm.hooks import (
 from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
 from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
 from memlm.store.clusters import SEARCH_OPTIONS, ClusterSearch
-from memlm.store.kv_store import KV_EVICTION_POLICIES, RecordBatch
+from memlm.store.group import KV_EVICTION_POLICIES
+from memlm.store.kv_store import RecordBatch
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")

@@ -1,5 +1,6 @@
 """Storage for the key/value memory: vector indexes (`index`), SQLite provenance records (`records`),
-and the `KeyValueStore` that combines them with capacity, eviction and atomic saves (`kv_store`).
+the vectors of one (kind, row, layer) (`group`), and the `KeyValueStore` that combines them with
+capacity, eviction and atomic saves (`kv_store`).
 
 Names are loaded on first use, so `memlm.store.sqlite` (used by the torch-free fact store) can be
 imported without torch.
@@ -12,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "BACKENDS": "memlm.store.index", "VectorIndex": "memlm.store.index", "make_index": "memlm.store.index",
-    "GroupSpec": "memlm.store.kv_store", "KeyValueStore": "memlm.store.kv_store", "StoreLayout": "memlm.store.kv_store",
+    "GroupSpec": "memlm.store.group", "KeyValueStore": "memlm.store.kv_store", "StoreLayout": "memlm.store.group",
     "RecordBatch": "memlm.store.kv_store", "save_store": "memlm.store.kv_store", "load_store": "memlm.store.kv_store",
     "remove_store": "memlm.store.kv_store",
     "Record": "memlm.store.records", "RecordFilter": "memlm.store.records", "RecordStore": "memlm.store.records",
