@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -56,7 +55,6 @@ from memlm.store.kv_store import RecordBatch
 
 ATTENTION_MODES = ("gated", "joint", "off")
 POSITION_SCHEMES = ("relative", "fixed")
-REMOTE_STORE_FILE = "store.json"  # in the state directory: where a database-backed store was saved
 CONTEXT_TOKENS = 8  # tokens before an item's span recorded as its context (text search matches it)
 
 
@@ -658,53 +656,30 @@ class KnnMemory(Memory, FileState, Provenance):
         # Where the current sequence stands: the relative scheme measures distances from it.
         return {"sequence": torch.tensor([self.sequence], dtype=torch.int64), "positions": positions}
 
-    def remote_store(self) -> str | None:
-        """The database the store persists in: the `store` option, else `MEMLM_STORE` where it is a
-        postgresql:// or milvus:// URL; None: files in the state directory (the default)."""
-        if self.config.store is not None:
-            return self.config.store
-        from memlm.store.backends import REMOTE_SCHEMES, STORE_ENV
-
-        url = os.environ.get(STORE_ENV, "")
-        return url if url.split("://", 1)[0].lower() in REMOTE_SCHEMES and "://" in url else None
-
     def store_name(self) -> str:
         """The name the store is saved under in a database: `store_name`, else the user, else the session."""
         return self.config.store_name or self.user or self.session or "default"
 
     def save_state_files(self, directory: Path) -> None:
-        url = self.remote_store()
+        from memlm.store.backends import configured_store, save_reference
+
+        url = configured_store(self.config.store)
         if url is None:
             self._ensure_store().save(directory)
-            return
-        from memlm.serialization import atomic_write_json
-        from memlm.store.backends import redact
-
-        name = self.store_name()
-        self._ensure_store().save_to(url, name)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(directory / REMOTE_STORE_FILE, {"store": redact(url), "name": name})
+        else:
+            save_reference(self._ensure_store(), directory, url, self.store_name())
 
     def read_state_files(self, directory: Path) -> KeyValueStore:
-        if (directory / REMOTE_STORE_FILE).exists():
-            from memlm.serialization import read_json
+        from memlm.store.backends import configured_store, read_reference
 
-            saved = read_json(directory / REMOTE_STORE_FILE)
-            if not isinstance(saved, dict) or not isinstance(saved.get("name"), str):
-                raise CorruptedFileError(f"{directory / REMOTE_STORE_FILE} is not a knn store reference")
-            url = self.remote_store()
-            if url is None:
-                raise ConfigError(f"knn: this state's memory is saved in {saved.get('store')} as {saved['name']!r}: "
-                                  "set MEMLM_STORE (or the knn memory's `store` option) to that URL to load it")
-            try:
-                return KeyValueStore.load_from(url, saved["name"], self._device, self._dtype,
-                                               expected_layout=self.store_layout)
-            except FileNotFoundError as error:
-                raise CorruptedFileError(f"knn: the saved state's memory store is missing ({error})") from None
+        url = configured_store(self.config.store)
+        name = read_reference(directory, url)
         try:
+            if name is not None:
+                return KeyValueStore.load_from(url, name, self._device, self._dtype, expected_layout=self.store_layout)
             return KeyValueStore.load(directory, self._device, self._dtype, expected_layout=self.store_layout)
         except FileNotFoundError as error:
-            raise CorruptedFileError(f"knn: the saved state lacks its memory store ({error})") from None
+            raise CorruptedFileError(f"knn: the saved state's memory store is missing ({error})") from None
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], files: Any = None) -> None:
         if self.store is not None and self.store is not files:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 import time
@@ -60,6 +61,44 @@ def is_remote(location: Any) -> bool:
         raise ConfigError(f"no key/value store backend for {scheme}:// URLs; use a directory, "
                           "postgresql://user:password@host/db or milvus://...")
     return True
+
+
+REFERENCE_FILE = "store.json"  # in a state directory: where a database-backed memory was saved
+
+
+def configured_store(option: str | None) -> str | None:
+    """The database a memory persists in: `option` (a memory's `store`), else `MEMLM_STORE` where it
+    is a postgresql:// or milvus:// URL (it may also name a fact store file); None: a directory."""
+    if option is not None:
+        return option
+    url = os.environ.get(STORE_ENV, "")
+    return url if "://" in url and url.split("://", 1)[0].lower() in REMOTE_SCHEMES else None
+
+
+def save_reference(store: Any, directory: Path, url: str, name: str) -> None:
+    """Save `store` (a KeyValueStore) into the database at `url` under `name`, then leave in
+    `directory` the reference a later load follows (the URL without its password)."""
+    from memlm.serialization import atomic_write_json
+
+    store.save_to(url, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory / REFERENCE_FILE, {"store": redact(url), "name": name})
+
+
+def read_reference(directory: Path, url: str | None) -> str | None:
+    """The name a state directory's memory was saved under in a database (None: it holds its own
+    files); `url` is the database configured now, which must be given to follow the reference."""
+    if not (directory / REFERENCE_FILE).exists():
+        return None
+    from memlm.serialization import read_json
+
+    saved = read_json(directory / REFERENCE_FILE)
+    if not isinstance(saved, dict) or not isinstance(saved.get("name"), str):
+        raise CorruptedFileError(f"{directory / REFERENCE_FILE} is not a key/value store reference")
+    if url is None:
+        raise ConfigError(f"this state's memory is saved in {saved.get('store')} as {saved['name']!r}: set "
+                          "MEMLM_STORE (or the knn memory's `store` option) to that URL to load it")
+    return saved["name"]
 
 
 def check_store_name(name: Any) -> str:
