@@ -143,6 +143,12 @@ class PostgresFactStore(FactBackend):
         """Serialise this transaction with every other write of `user` (any process)."""
         self.connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user,))
 
+    def _begin_writing(self, user: str, now: float) -> None:
+        """In an adding transaction: hold `user`'s lock and make sure the user exists."""
+        self._lock_user(user)
+        self.connection.execute("INSERT INTO memlm_users (owner, created) VALUES (%s, %s) "
+                                "ON CONFLICT (owner) DO NOTHING", (user, now))
+
     def close(self) -> None:
         self.connection.close()
 
@@ -174,9 +180,7 @@ class PostgresFactStore(FactBackend):
         with self._lock:
             try:
                 with self.connection.transaction():
-                    self._lock_user(user)
-                    self.connection.execute("INSERT INTO memlm_users (owner, created) VALUES (%s, %s) "
-                                            "ON CONFLICT (owner) DO NOTHING", (user, now))
+                    self._begin_writing(user, now)
                     fact_id = int(self.connection.execute(
                         "INSERT INTO memlm_facts (owner, category, text, text_key, embedding, latent, importance, "
                         "created, last_used, source, session, batch_row, spoken, expires_at, updated, metadata, "
@@ -208,9 +212,7 @@ class PostgresFactStore(FactBackend):
         with self._lock:
             try:
                 with self.connection.transaction():
-                    self._lock_user(user)
-                    self.connection.execute("INSERT INTO memlm_users (owner, created) VALUES (%s, %s) "
-                                            "ON CONFLICT (owner) DO NOTHING", (user, now))
+                    self._begin_writing(user, now)
                     ids = [int(row[0]) for row in self.connection.execute(
                         "INSERT INTO memlm_facts (owner, text, text_key, embedding, importance, created, last_used, "
                         "updated) SELECT %s, t, k, e, %s, %s, %s, %s "
