@@ -161,3 +161,11 @@ def test_knn_config_rejects_search_options_on_faiss():
     KnnConfig(backend_options={"search": "exact"}).validate()  # torch: fine
     with pytest.raises(ConfigError, match="torch backend only"):
         KnnConfig(backend="faiss-flat", backend_options={"search": "exact"}).validate()
+
+
+def test_a_store_smaller_than_the_cluster_count_still_searches():
+    keys = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(13))
+    queries = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(14))
+    clusters = group_with(keys, search="clusters", page_size=2, probe_pages=8, exact_below=1, min_queries=1)
+    exact = group_with(keys, search="exact").search_positions(queries, 3)
+    assert torch.equal(clusters.search_positions(queries, 3).positions, exact.positions)

@@ -131,7 +131,7 @@ class ClusterIndex:
         heads, count, _ = keys.shape
         if self.centroids is None or count >= 4 * self.trained_at:
             sample = torch.randperm(count, generator=self.generator)[:TRAIN_SAMPLE].to(keys.device)
-            clusters = max(16, min(MAX_CLUSTERS, count // (PAGES_PER_CLUSTER * self.search.page_size)))
+            clusters = min(count, max(16, min(MAX_CLUSTERS, count // (PAGES_PER_CLUSTER * self.search.page_size))))
             self.centroids = kmeans(keys[:, sample], clusters, TRAIN_ITERATIONS, self.generator)
             self.trained_at, self.assignments, self.ordered = count, None, 0
         assigned = 0 if self.assignments is None else self.assignments.shape[1]
