@@ -58,7 +58,8 @@ def _keeping(memory_model, characters, tokenizer):
 
 def test_kept_tokens_ride_along_in_front_of_the_next_segment_with_their_provenance(tokenizer):
     backbone = tiny_model("llama")
-    memory_model = memlm.attach(backbone, ImportanceConfig(max_memory_size=4), tokenizer=tokenizer)
+    memory_model = memlm.attach(backbone, ImportanceConfig(max_memory_size=4, keep_unit="token"),
+                                  tokenizer=tokenizer)
     memory_model.set_provenance(user="ada", session="s1")
     memory = _keeping(memory_model, "KQ", tokenizer)
     memory_model.memorize("abK cdQ ef", segment_length=5, progress=False)  # "abK c", "dQ ef"
@@ -75,7 +76,8 @@ def test_kept_tokens_ride_along_in_front_of_the_next_segment_with_their_provenan
 
 
 def test_at_most_max_memory_size_tokens_are_kept_newest_winning_ties(tokenizer):
-    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3), tokenizer=tokenizer)
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3, keep_unit="token"),
+                                  tokenizer=tokenizer)
     memory = _keeping(memory_model, "ABCDE", tokenizer)
     memory_model.memorize("A.B.C.D.E.", segment_length=4, progress=False)
     assert "".join(i["text"] for i in memory.kept_tokens()) == "CDE"  # equal scores: the newest three
@@ -200,7 +202,8 @@ def test_the_original_usage_example_trains_and_its_loss_falls():
 
 
 def test_tokens_can_be_added_by_hand_within_capacity(tokenizer):
-    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3), tokenizer=tokenizer)
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3, keep_unit="token"),
+                                  tokenizer=tokenizer)
     memory = memory_model.memories["importance"]
     memory.add_tokens(tokenizer("abcd", return_tensors="pt").input_ids, score=0.9)
     assert "".join(i["text"] for i in memory.kept_tokens()) == "bcd"  # capacity 3: the newest win ties

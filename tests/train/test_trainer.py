@@ -76,7 +76,9 @@ def test_the_trainer_learns_to_carry_a_key_through_memory_across_segments(tmp_pa
 
 def test_relevance_labels_reach_the_importance_scorer_through_the_trainer(tmp_path, tokenizer):
     torch.manual_seed(0)
-    options = {"mechanism": "importance", "max_memory_size": 2, "score_layer": 0, "context_tokens": 1}
+    # Random byte tokens form no words: the key is a single token, kept as one.
+    options = {"mechanism": "importance", "max_memory_size": 2, "score_layer": 0, "context_tokens": 1,
+               "keep_unit": "token"}
     trainer = Trainer(config(tmp_path, [options], steps=100, window=17 + 2, max_new_tokens=1, lora=LORA),
                       tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall(labels=True))
     assert trainer.model.prefix_length() == 2  # segments of 17 tokens leave room for the 2 kept ones

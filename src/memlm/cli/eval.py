@@ -39,9 +39,14 @@ def eval_suite(
         "--memory", "-m", help="contenders, comma-separated: baselines none, full, rag, any mechanism or "
                                "preset name, or a folder of trained weights [default: the suite's list]")] = None,
     tasks: Annotated[str, typer.Option(
-        help="task families, comma-separated: babilong, followup, recall, ppl, continual, generation; or "
-             "single BABILong tasks (babilong/qa3)")] =
-        "babilong,followup,recall,ppl,continual,generation",
+        help="task families, comma-separated: babilong, babilong-unseen (the same stories about people and "
+             "places training never saw), followup, recall, ppl, continual, generation; or single BABILong "
+             "tasks (babilong/qa3)")] =
+        "babilong,babilong-unseen,followup,recall,ppl,continual,generation",
+    cast: Annotated[str | None, typer.Option(
+        help="who the BABILong stories are about: standard (bAbI's people and places), unseen (names, places "
+             "and objects training never draws) or both, side by side; rewrites babilong tasks in --tasks "
+             "[default: as --tasks names them]")] = None,
     window: Annotated[int, typer.Option(min=64, help="context window W of none, rag and the memories")] = 1024,
     out: Annotated[Path, typer.Option(help="folder for results.json, results.md, plots and the pair cache "
                                            "(finished pairs are reused when rerun)")] = Path("eval-results"),
@@ -85,6 +90,7 @@ def eval_suite(
     from memlm.eval.harness import DEFAULT_CONTENDERS, run_suite
 
     contenders = DEFAULT_CONTENDERS.get(suite, DEFAULT_CONTENDERS["quick"]) if memory is None else comma_list(memory)
+    families = with_cast(comma_list(tasks), cast)
     overrides: dict[str, Any] = {}
     if samples is not None:
         overrides["samples"] = samples
@@ -103,7 +109,7 @@ def eval_suite(
     started = time.perf_counter()
     written = run_suite(model, tokenizer, suite, list(contenders), out, window=window,
                         backbone_name=Path(backbone).name if backbone else "SmolLM2-135M-Instruct",
-                        families=comma_list(tasks), command="memlm " + " ".join(sys.argv[1:]), report=report,
+                        families=families, command="memlm " + " ".join(sys.argv[1:]), report=report,
                         progress=not as_json, ray=ray, ray_backbone=backbone, device=device, dtype=dtype,
                         ray_gpus=ray_gpus, **overrides)
     if as_json:
@@ -111,6 +117,27 @@ def eval_suite(
         return
     console.print(f"finished in {(time.perf_counter() - started) / 60:.1f} min; wrote "
                   f"{', '.join(str(path) for path in written.values())}")
+
+
+def with_cast(tasks: list[str], cast: str | None) -> list[str]:
+    """`tasks` with each BABILong family or task told about the `cast` asked for.
+
+    >>> with_cast(["babilong/qa1", "recall"], "both")
+    ['babilong/qa1', 'babilong-unseen/qa1', 'recall']
+    """
+    if cast is None:
+        return tasks
+    if cast not in ("standard", "unseen", "both"):
+        raise typer.BadParameter(f"{cast!r}: choose standard, unseen or both", param_hint="--cast")
+    prefixes = {"standard": ["babilong"], "unseen": ["babilong-unseen"], "both": ["babilong", "babilong-unseen"]}[cast]
+    rewritten: list[str] = []
+    for task in tasks:
+        family, _, name = task.partition("/")
+        if family in ("babilong", "babilong-unseen"):
+            rewritten += [prefix + ("/" + name if name else "") for prefix in prefixes]
+        else:
+            rewritten.append(task)
+    return list(dict.fromkeys(rewritten))
 
 
 def parse_length(value: str) -> int:

@@ -98,6 +98,12 @@ class Sample:
     facts: tuple[str, ...]
     target_tokens: int
     seed: int
+    labels: tuple[str, ...] = ()  # every answer the story could give (default: the task's, `LABELS`)
+
+    @property
+    def answer_labels(self) -> tuple[str, ...]:
+        """The answers a reply must not hedge between (BABILong's scoring rule)."""
+        return self.labels or LABELS[self.task]
 
 
 def instruction(task: str) -> str:
@@ -120,7 +126,8 @@ def full_prompt(sample: Sample) -> str:
     return f"{instruction(sample.task)}\n\n<context>\n{sample.context}\n</context>\n\nQuestion: {sample.question}"
 
 
-StoryTransform = Callable[[list[str], str, str, random.Random], tuple[list[str], str, str]]
+# (facts, question, answer, rng) -> (facts, question, answer, labels): e.g. `memlm.data.cast.Recast`
+StoryTransform = Callable[[list[str], str, str, random.Random], tuple[list[str], str, str, tuple[str, ...]]]
 
 
 def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[str], int],
@@ -136,7 +143,8 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
 
     Sample i is the same story, question and haystack position at every `length`, so results across
     lengths compare like with like. `transform(facts, question, answer, rng)`, if given, rewrites each
-    story before it is placed (training data uses it to vary names and wording). `first` skips to
+    story before it is placed and names its possible answers (`memlm.data.cast.Recast`: other people,
+    places and objects; training also varies the wording). `first` skips to
     sample number `first` (the same samples, so long runs can be split over processes).
 
     >>> count = lambda t: len(t.split())
@@ -148,9 +156,10 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     samples = []
     for story_rng, place in _sample_sources(task, n, length, seed, count_tokens, haystack, first):
         facts, question, answer = _story(task, story_rng)
+        labels: tuple[str, ...] = ()
         if transform is not None:
-            facts, question, answer = transform(facts, question, answer, story_rng)
-        samples.append(Sample(task, place(facts), question, answer, tuple(facts), length, seed))
+            facts, question, answer, labels = transform(facts, question, answer, story_rng)
+        samples.append(Sample(task, place(facts), question, answer, tuple(facts), length, seed, labels))
     return samples
 
 
@@ -207,7 +216,7 @@ def generate_followup(n: int, length: int, seed: int, count_tokens: Callable[[st
         facts, questions, answers = _followup_story(story_rng)
         if transform is not None:  # the transform maps names and rooms through all turns alike
             joined = "\n".join(questions)
-            facts, joined, answer_line = transform(facts, joined, "\n".join(answers), story_rng)
+            facts, joined, answer_line, _ = transform(facts, joined, "\n".join(answers), story_rng)
             questions, answers = tuple(joined.split("\n")), tuple(answer_line.split("\n"))
         samples.append(FollowupSample(place(facts), tuple(facts), questions, answers, length, seed))
     return samples

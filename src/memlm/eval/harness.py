@@ -41,6 +41,7 @@ class Suite:
 
     name: str
     babilong_tasks: tuple[str, ...] = babilong.TASKS
+    unseen_babilong_tasks: tuple[str, ...] = babilong.TASKS  # the same, with the unseen cast (babilong-unseen)
     lengths: tuple[int, ...] = (0, 1024, 4096, 16384)
     long_lengths: tuple[int, ...] = ()  # extra lengths, only for `long_tasks` (keeps a CPU suite short)
     long_tasks: tuple[str, ...] = ()
@@ -78,6 +79,7 @@ class Suite:
 SUITES = {
     # Sized to finish in about 15 minutes on 2 CPU cores with the default model.
     "quick": Suite("quick", lengths=(0, 1024, 4096), long_lengths=(16384,), long_tasks=("qa1",), samples=1,
+                   unseen_babilong_tasks=("qa1",),
                    followup_lengths=(0, 1024), followup_samples=2, recall_users=1, recall_questions=6, facts=200,
                    fact_questions=8, generation_samples=6, ppl_tokens=2048),
     # For a GPU: every length up to 128K tokens, 100 samples per cell, answered 100 at a time.

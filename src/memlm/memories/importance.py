@@ -26,6 +26,10 @@ The scorer reads each token with `context_tokens` neighbours on each side (a sma
 after a per-token projection): a causal model's hidden state of a sentence's first word cannot yet
 tell what the sentence is about; its neighbours can. It works for any segment length.
 
+What is kept or dropped is a whole unit (`keep_unit`, `memlm.memories.units`): a word by default, or
+a sentence, so a name of several sub-word tokens is kept whole or not at all; `"token"` is the
+original token-by-token selection.
+
 Only the hidden states up to `score_layer` matter for writing, so a write pass that serves this
 memory alone stops there (`capture_depth`).
 
@@ -37,6 +41,7 @@ and selection.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,6 +51,7 @@ from torch import nn
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.hooks import BackboneLayout, add_capture_hook
+from memlm.memories import units
 from memlm.memories.base import (
     AuxiliaryLoss,
     InputRewriting,
@@ -76,6 +82,8 @@ class ImportanceConfig(MemoryConfig):
         positive_weight: weight of a relevant token in that loss (relevant tokens are rare).
         budget_weight: while training, the draw is not cut at `max_memory_size`; instead each token
             the scores expect to keep beyond it costs this much (per `max_memory_size` tokens).
+        keep_unit: what is kept or dropped whole: "word" (a word's best token decides), "sentence"
+            (a sentence's mean score decides) or "token". Words and sentences need the tokenizer.
     """
 
     mechanism: ClassVar[str] = "importance"
@@ -90,6 +98,7 @@ class ImportanceConfig(MemoryConfig):
     label_weight: float = 1.0
     positive_weight: float = 5.0
     budget_weight: float = 1.0
+    keep_unit: str = "word"
 
     def validate(self) -> None:
         super().validate()
@@ -108,6 +117,8 @@ class ImportanceConfig(MemoryConfig):
                     mechanism="importance")
         check_range("label_weight", self.label_weight, 0.0, math.inf, high_open=True, mechanism="importance")
         check_range("budget_weight", self.budget_weight, 0.0, math.inf, high_open=True, mechanism="importance")
+        if self.keep_unit not in units.UNITS:
+            raise ConfigError(f"importance: keep_unit must be one of {', '.join(units.UNITS)}, got {self.keep_unit!r}")
         check_range("positive_weight", self.positive_weight, 0.0, math.inf, low_open=True, high_open=True,
                     mechanism="importance")
 
@@ -134,19 +145,27 @@ class TokenScorer(nn.Module):
 
 
 def select_tokens(logits: torch.Tensor, valid: torch.Tensor, capacity: int, threshold: float,
-                  exploration: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  exploration: float | None = None, unit: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which candidates to keep, (B, T) bool, and which were drawn.
 
     At inference (`exploration=None`) a candidate is drawn when its score reaches `threshold`, and
     at most `capacity` of those are kept per row (`cap_tokens`). While training, each candidate is
     drawn with probability max(score, exploration), and the draw is the decision (no cut).
+    With `unit` ((B, T), `units.unit_index`), `logits` are the units' (`units.unit_logits`): the
+    tokens of a unit share one draw, and the cut keeps or drops whole units.
     """
     scores = logits.float()
     if exploration is not None:  # a uniform draw below the keep probability, compared as a logit
         keep_probability = torch.sigmoid(scores).clamp(min=exploration)
-        drawn = valid & (torch.logit(keep_probability) >= torch.logit(torch.rand_like(scores).clamp(1e-6, 1 - 1e-6)))
+        uniform = torch.rand_like(scores)
+        if unit is not None:  # one draw per unit: the value at the unit's own number
+            uniform = uniform.gather(1, unit)
+        drawn = valid & (torch.logit(keep_probability) >= torch.logit(uniform.clamp(1e-6, 1 - 1e-6)))
         return drawn, drawn
     drawn = valid & (scores >= math.log(threshold / (1 - threshold)))
+    if unit is not None:
+        return units.cap_units(drawn, scores, unit, capacity), drawn
     return cap_tokens(drawn, scores, capacity), drawn
 
 
@@ -176,6 +195,8 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         self.score_layer = layout.resolve_layer(layer)
         self.scorer = TokenScorer(layout.hidden_size, config.hidden_dim, config.context_tokens)
         self._pad_id = int(getattr(layout.model.config, "pad_token_id", None) or 0)
+        self._vocab_size = int(getattr(layout.model.config.get_text_config(), "vocab_size", 0) or 0)
+        self._warned_no_tokenizer = False
         self.user: str | None = None
         self.session: str | None = None
         self._empty_state()
@@ -243,20 +264,23 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         if self.kept_ids.shape[0] == 0:
             self._empty_state(batch_size)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
-        logits = self.scorer(hidden_states, mask)  # (B, K + T)
+        token_logits = self.scorer(hidden_states, mask)  # (B, K + T)
+        unit = self._units(input_ids, mask, prefix)  # (B, K + T), or None for token units
+        logits = token_logits if unit is None else units.unit_logits(token_logits, unit, mask, self._unit)
         training = self.training and torch.is_grad_enabled()
         keep, drawn = select_tokens(logits, mask, self.config.max_memory_size, self.config.threshold,
-                                    self.config.exploration if training else None)
+                                    self.config.exploration if training else None, unit)
         if training:  # a hard bound on what a segment carries while the scores are still learning
-            keep = cap_tokens(keep, logits, TRAINING_CAP * self.config.max_memory_size)
+            capacity = TRAINING_CAP * self.config.max_memory_size
+            keep = cap_tokens(keep, logits, capacity) if unit is None else units.cap_units(keep, logits, unit, capacity)
         new = length - prefix
         offsets = torch.cumsum(mask[:, prefix:].long(), dim=-1) - 1 + self.stream_lengths.unsqueeze(-1)
         positions = torch.cat([self.kept_positions[:, :prefix], offsets], dim=1)
         segments = torch.cat([self.kept_segments[:, :prefix],
                               torch.full((batch_size, new), self.segments, device=input_ids.device)], dim=1)
         labels = self._candidate_labels(batch_size, prefix, new, input_ids.device)
-        if labels is not None and self.config.label_weight > 0:
-            self._add_loss(self._label_loss_of(logits, labels, mask))
+        if labels is not None and self.config.label_weight > 0:  # each token learns its label
+            self._add_loss(self._label_loss_of(token_logits, labels, mask))
         scores = torch.sigmoid(logits.float())
         if training:
             # The draw is not cut at max_memory_size while training (a cut would be part of the
@@ -266,8 +290,10 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             self._add_loss(self.config.budget_weight * excess.mean())
             keep_probability = scores.clamp(min=self.config.exploration, max=1 - 1e-6)
             # The policy is the draw; the capacity cut after it is a fixed rule, not part of its probability.
-            log_probs = torch.where(drawn, keep_probability.log(), torch.log1p(-keep_probability)) * mask
-            decisions = (log_probs.sum(-1), mask.sum(-1).float())
+            # One decision per unit, counted at its first token.
+            decided = mask if unit is None else mask & units.first_of_unit(unit)
+            log_probs = torch.where(drawn, keep_probability.log(), torch.log1p(-keep_probability)) * decided
+            decisions = (log_probs.sum(-1), decided.sum(-1).float())
             self.decision_log_probs = decisions if self.decision_log_probs is None else tuple(
                 total + part for total, part in zip(self.decision_log_probs, decisions, strict=True))
         self.last_write = {"scores": scores.detach(), "kept": keep, "input_ids": input_ids, "mask": mask,
@@ -275,6 +301,26 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         self._store(keep, input_ids, scores, positions, segments, labels)
         self.stream_lengths = self.stream_lengths + mask[:, prefix:].long().sum(-1)
         self.segments += 1
+
+    @property
+    def _unit(self) -> str:
+        """The unit in force: words and sentences need the tokenizer; without one, tokens (warned once)."""
+        if self.config.keep_unit != "token" and self.context.tokenizer is None:
+            if not self._warned_no_tokenizer:
+                warnings.warn(f"importance: keep_unit={self.config.keep_unit!r} needs the tokenizer "
+                              "(memlm.attach(model, ..., tokenizer=tokenizer)); selecting single tokens", stacklevel=3)
+                self._warned_no_tokenizer = True
+            return "token"
+        return self.config.keep_unit
+
+    def _units(self, input_ids: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor | None:
+        """Each candidate's unit number (`units.unit_index`); the kept prefix and the new tokens never share one."""
+        unit = self._unit
+        if unit == "token":
+            return None
+        breaks = torch.zeros_like(mask)
+        breaks[:, prefix:prefix + 1] = True
+        return units.unit_index(input_ids, mask, unit, self.context.tokenizer, self._vocab_size, breaks)
 
     def _candidate_labels(self, batch_size: int, prefix: int, new: int, device: torch.device) -> torch.Tensor | None:
         labels = self.context.token_labels

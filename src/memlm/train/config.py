@@ -46,13 +46,18 @@ class ModelSection:
             layers: "all", a list, or "above_memory" (only layers after the deepest layer the
             memories read: a memory that scores hidden states at layer L then sees the untouched
             backbone, and its write passes can stop at L).
-        init: a folder written by `save_pretrained` (or a `memlm train` run) to start from.
+        init: a folder written by `save_pretrained` (or a `memlm train` run), or a shipped preset's
+            name (e.g. importance-babilong), to start from: its memories, LoRA and weights.
+        init_settings: per mechanism, settings of `init`'s memories to change before training
+            (e.g. {importance: {keep_unit: word}}); a change that alters the weights' shapes is refused
+            when the weights load.
     """
 
     backbone: str | None = None
     memories: list[Any] | dict[str, Any] = field(default_factory=lambda: ["importance"])
     lora: dict[str, Any] | None = None
     init: str | None = None
+    init_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def memory_specs(self) -> list[Any]:
         if isinstance(self.memories, dict):
@@ -70,11 +75,13 @@ class DataSection:
         tasks: BABILong-style tasks (qa1..qa5, followup for the three-turn conversations), generated
             from the training split: seeds the evaluation never uses, and a haystack of its own.
         haystack: corpora (`memlm corpus list`; "gutenberg-train" is every Gutenberg text the
-            evaluation does not use) or text files the facts are hidden in. Never the evaluation's
-            "pg-essays".
+            evaluation does not use; "cast-distractors" is sentences about the training cast's people
+            and places that state no event) or text files the facts are hidden in. Never the
+            evaluation's "pg-essays".
         curriculum: from `step` on, each batch's context length is drawn from `lengths` (tokens).
-        vary: rewrite training stories with other names, places, objects and verbs, so the model
-            learns the task rather than bAbI's vocabulary.
+        vary: rewrite training stories with the training cast's people, places and objects (bAbI's own
+            in a quarter of them) and other verbs (`memlm.data.cast`), so the model learns the task
+            rather than bAbI's vocabulary; the evaluation's unseen cast never meets it.
         lm_corpus: plain text for a language-modelling term (keeps general ability); [] for none.
         lm_every: every n-th step is a language-modelling step (0: never).
         files: your own data instead of (or beside) the tasks: text files (trained as a document read

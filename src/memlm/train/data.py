@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from memlm.data import babilong
+from memlm.data.cast import Recast, distractor_text
 from memlm.errors import ConfigError
 from memlm.train.config import DataSection
 
@@ -39,12 +40,14 @@ EVAL_ONLY_TEXTS = ("winters_tale", "areopagitica")  # Gutenberg texts the evalua
 
 @lru_cache(maxsize=8)
 def corpus_text(name: str) -> str:
-    """A corpus (`memlm corpus list`), "gutenberg-train", or a UTF-8 text file."""
+    """A corpus (`memlm corpus list`), "gutenberg-train", "cast-distractors", or a UTF-8 text file."""
     from memlm.data.corpora import CorpusNotFoundError, gutenberg_texts, load_corpus
 
     path = Path(name).expanduser()
     if path.is_file():
         return path.read_text(encoding="utf-8")
+    if name == "cast-distractors":  # sentences about the training cast that state no event (memlm.data.cast)
+        return distractor_text("train")
     if name == "gutenberg-train":
         try:
             texts = gutenberg_texts()
@@ -63,51 +66,10 @@ def _strip_gutenberg(text: str) -> str:
 
 
 # --- varying the stories ----------------------------------------------------------------------------
-FEMALE = ("Mary", "Sandra", "Alice", "Emma", "Olivia", "Sophie", "Clara", "Julia", "Grace", "Nora", "Lucy",
-          "Hannah", "Eva", "Ruth", "Paula", "Irene", "Laura", "Rosa", "Vera", "Helen")
-MALE = ("John", "Daniel", "Fred", "Bill", "Jeff", "Peter", "Thomas", "Henry", "Oscar", "Victor", "Samuel",
-        "Lucas", "Hugo", "Adam", "Felix", "Leo", "Martin", "Simon", "Arthur", "Carl")
-PLACES = ("kitchen", "hallway", "bathroom", "garden", "office", "bedroom", "cellar", "attic", "garage", "library",
-          "studio", "lobby", "pantry", "porch", "balcony", "basement", "corridor", "workshop", "nursery", "chapel",
-          "gym", "classroom", "lounge", "terrace", "shed", "barn", "kiosk", "cafeteria", "warehouse", "greenhouse")
-THINGS = ("football", "apple", "milk", "book", "key", "umbrella", "hat", "bottle", "ball", "cup", "lamp", "pencil",
-          "box", "bag", "phone", "coin", "ticket", "scarf", "candle", "map")
-PHRASINGS = [  # (what bAbI writes, other ways of saying it)
-    (r"\b(moved|went back|went|journeyed|travelled) to the\b",
-     ("moved to the", "went to the", "walked to the", "ran to the", "headed to the", "hurried to the",
-      "wandered into the", "strolled into the", "went over to the", "travelled to the", "journeyed to the")),
-    (r"\b(picked up|got|grabbed|took) the\b", ("picked up the", "grabbed the", "took the", "collected the",
-                                               "got the", "lifted the")),
-    (r"\b(dropped|discarded|put down|left) the\b", ("dropped the", "put down the", "left the", "set down the",
-                                                    "discarded the")),
-    (r"\b(gave|handed|passed) the\b", ("gave the", "handed the", "passed the", "brought the")),
-]
-_WORDS = re.compile(r"\b[A-Za-z]+\b")
-
-
-def vary_story(facts: list[str], question: str, answer: str, rng: random.Random) -> tuple[list[str], str, str]:
-    """The same story with other names (same gender), places and objects, and other verbs for the
-    same actions; the question and answer follow the renaming."""
-    mapping: dict[str, str] = {}
-    for originals, pool in ((babilong.PEOPLE + babilong.GIVERS, None), (babilong.LOCATIONS, PLACES),
-                            (babilong.OBJECTS, THINGS)):
-        for original in dict.fromkeys(originals):
-            if original in mapping:
-                continue
-            choices = pool or (FEMALE if original in ("Mary", "Sandra") else MALE)
-            taken = set(mapping.values())
-            mapping[original] = rng.choice([c for c in choices if c not in taken])
-
-    def rename(text: str) -> str:
-        return _WORDS.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
-
-    varied = []
-    for fact in facts:
-        fact = rename(fact)
-        for pattern, alternatives in PHRASINGS:
-            fact = re.sub(pattern, lambda _m, options=alternatives: rng.choice(options), fact, count=1)
-        varied.append(fact)
-    return varied, rename(question), rename(answer)
+# Training stories: people, places and objects from the training cast (`memlm.data.cast`; the
+# evaluation's unseen cast is disjoint from it), bAbI's own in a quarter of them, other verbs and
+# time phrases throughout.
+TRAINING_CAST = Recast("train", rephrase=True, keep_babi=0.25)
 
 
 # --- examples and batches -----------------------------------------------------------------------------
@@ -209,7 +171,7 @@ class TrainingData:
 
     def task_batch(self, task: str, length: int, seed: int, size: int, vary: bool | None = None) -> Batch:
         """`size` examples of `task` at `length` tokens, stories from `seed`."""
-        transform = vary_story if (self.section.vary if vary is None else vary) else None
+        transform = TRAINING_CAST if (self.section.vary if vary is None else vary) else None
         if task == "followup":
             samples = babilong.generate_followup(size, length, seed, self.count_tokens, self.haystack, transform)
             examples = [self.qa_example(s.context, s.facts, babilong.followup_questions(s), list(s.answers))

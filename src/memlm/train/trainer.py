@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memlm.errors import ConfigError, CorruptedFileError, TrainingDivergedError
-from memlm.model import MemoryModel
+from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MemoryModel
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 from memlm.train.config import TrainConfig
 from memlm.train.data import HELDOUT_SEED_OFFSET, Batch, TrainingData
@@ -157,7 +157,7 @@ class Trainer:
     def _build_model(self, backbone: Any) -> MemoryModel:
         config = self.config.model
         if config.init is not None:
-            model = MemoryModel.from_pretrained(backbone, config.init, tokenizer=self.tokenizer)
+            model = MemoryModel.from_pretrained(backbone, self._init_folder(), tokenizer=self.tokenizer)
         else:
             with warnings.catch_warnings():  # "starts untrained" is what training is for
                 warnings.simplefilter("ignore", UserWarning)
@@ -173,6 +173,30 @@ class Trainer:
             raise ConfigError("nothing to train: the memories have no parameters and no LoRA is configured")
         model.train()
         return model
+
+    def _init_folder(self) -> Path:
+        """The folder to start from: `init` (a path or a shipped preset's name), with `init_settings`
+        written into a copy of its config in the run folder."""
+        from memlm.registry import get_preset
+
+        config = self.config.model
+        preset = get_preset(config.init)
+        source = preset.path if preset is not None and preset.path is not None else Path(config.init).expanduser()
+        if not config.init_settings:
+            return source
+        adapter = read_json(source / ADAPTER_CONFIG_FILE)
+        mechanisms = {entry.get("mechanism") for entry in adapter.get("memories", [])}
+        unknown = sorted(set(config.init_settings) - mechanisms)
+        if unknown:
+            raise ConfigError(f"model.init_settings names {unknown}, which {source} does not hold "
+                              f"(it holds {sorted(mechanisms)})")
+        for entry in adapter["memories"]:
+            entry.update(config.init_settings.get(entry["mechanism"], {}))
+        target = Path(self.config.output) / "init"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / ADAPTER_WEIGHTS_FILE, target / ADAPTER_WEIGHTS_FILE)
+        atomic_write_json(target / ADAPTER_CONFIG_FILE, adapter)
+        return target
 
     def _lora_settings(self, model: MemoryModel) -> dict[str, Any]:
         settings = dict(self.config.model.lora)

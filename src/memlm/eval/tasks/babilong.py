@@ -1,6 +1,10 @@
 """`babilong/qa1` ... `babilong/qa5`: bAbI facts hidden in long haystacks (`memlm.data.babilong`),
 asked at each length; accuracy by BABILong's rule (the answer in the first sentence of the reply),
-with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per batch row."""
+with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per batch row.
+
+`babilong-unseen/qa1` ... : the same stories told about people, places and objects that training
+never draws (`memlm.data.cast`, the unseen split): a memory that learned to keep facts answers both;
+one that learned bAbI's words answers only the first."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from memlm.data import babilong
+from memlm.data.cast import Recast
 from memlm.errors import ConfigError
 from memlm.eval import scoring
 from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
@@ -48,20 +53,21 @@ def _haystack_text(source: str, modified: int | None, size: int | None) -> str:
 class BabilongTask(EvalTask):
     family = "babilong"
     settings = ("babilong_tasks", "babilong_haystack", "lengths", "long_", "samples")
+    transform: Recast | None = None  # bAbI's own people, places and objects
 
     def task_names(self, suite: Any) -> list[str]:
-        return [f"babilong/{name}" for name in suite.babilong_tasks]
+        return [f"{self.family}/{name}" for name in suite.babilong_tasks]
 
     def identity(self, contender: Any, suite: Any) -> dict[str, Any]:
         # A file's path says nothing about its content: key on the text itself.
         return {"haystack_sha256": hashlib.sha256(haystack_text(suite.babilong_haystack).encode()).hexdigest()[:16]}
 
-    @staticmethod
-    def samples(run: TaskRun, name: str, length: int) -> list[babilong.Sample]:
+    def samples(self, run: TaskRun, name: str, length: int) -> list[babilong.Sample]:
         # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
-        key = ("babilong", name, length)
+        key = (self.family, name, length)
         if key not in run.shared:
-            run.shared[key] = generate_in_parallel(babilong.generate, name, run.suite.samples, length, run)
+            run.shared[key] = generate_in_parallel(babilong.generate, name, run.suite.samples, length, run,
+                                                   self.transform)
         return run.shared[key]
 
     def run(self, task: str, contender: Any, run: TaskRun) -> PairResult:
@@ -85,7 +91,7 @@ class BabilongTask(EvalTask):
                 for sample, reply in zip(batch, replies, strict=True):
                     if reply is None:  # does not fit `full`'s window
                         continue
-                    hit = scoring.babilong_correct(reply[0], sample.answer, babilong.LABELS[name], sample.question)
+                    hit = scoring.babilong_correct(reply[0], sample.answer, sample.answer_labels, sample.question)
                     new_details.append({"length": length, "question": sample.question, "answer": sample.answer,
                                         "reply": reply[0], "correct": hit})
             correct = sum(detail["correct"] for detail in new_details)
@@ -99,27 +105,39 @@ class BabilongTask(EvalTask):
         return PairResult(records, details)
 
 
-def generate_in_parallel(generate: Any, task: str | None, count: int, length: int, run: TaskRun) -> list[Any]:
+class UnseenCastTask(BabilongTask):
+    """The same stories with the unseen cast's people, places and objects (bAbI's verbs kept)."""
+
+    family = "babilong-unseen"
+    settings = ("unseen_babilong_tasks", "babilong_haystack", "lengths", "long_", "samples")
+    transform = Recast("unseen")
+
+    def task_names(self, suite: Any) -> list[str]:
+        return [f"{self.family}/{name}" for name in suite.unseen_babilong_tasks]
+
+
+def generate_in_parallel(generate: Any, task: str | None, count: int, length: int, run: TaskRun,
+                         transform: Any = None) -> list[Any]:
     """`count` samples from a generator (`babilong.generate`, or `generate_followup` with task None),
     built by several processes when there are many long ones (the same samples as one process builds)."""
     haystack = [haystack_text(run.suite.babilong_haystack)]
     arguments = ([task] if task is not None else [])
     workers = min(16, max(1, (os.cpu_count() or 1) - 1), count) if length >= 8192 and count >= 8 else 1
     if workers == 1:
-        return generate(*arguments, count, length, run.suite.seed, run.count_tokens, haystack)
+        return generate(*arguments, count, length, run.suite.seed, run.count_tokens, haystack, transform)
     chunk = -(-count // workers)
     jobs = [(first, min(chunk, count - first)) for first in range(0, count, chunk)]
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
         parts = pool.map(_generate_part, [(generate, arguments, n, length, run.suite.seed, run.tokenizer, haystack,
-                                           first) for first, n in jobs])
+                                           transform, first) for first, n in jobs])
         return [sample for part in parts for sample in part]
 
 
 def _generate_part(job: tuple) -> list[Any]:
-    generate, arguments, n, length, seed, tokenizer, haystack, first = job
+    generate, arguments, n, length, seed, tokenizer, haystack, transform, first = job
     count_tokens = _TokenCounter(tokenizer)
-    return generate(*arguments, n, length, seed, count_tokens, haystack, first=first)
+    return generate(*arguments, n, length, seed, count_tokens, haystack, transform, first=first)
 
 
 class _TokenCounter:
