@@ -265,7 +265,9 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             self._empty_state(batch_size)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
         token_logits = self.scorer(hidden_states, mask)  # (B, K + T)
-        unit = self._units(input_ids, mask, prefix)  # (B, K + T), or None for token units
+        offsets = torch.cumsum(mask[:, prefix:].long(), dim=-1) - 1 + self.stream_lengths.unsqueeze(-1)
+        positions = torch.cat([self.kept_positions[:, :prefix], offsets], dim=1)  # in the stream
+        unit = self._units(input_ids, mask, positions)  # (B, K + T), or None for token units
         logits = token_logits if unit is None else units.unit_logits(token_logits, unit, mask, self._unit)
         training = self.training and torch.is_grad_enabled()
         keep, drawn = select_tokens(logits, mask, self.config.max_memory_size, self.config.threshold,
@@ -274,8 +276,6 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             capacity = TRAINING_CAP * self.config.max_memory_size
             keep = cap_tokens(keep, logits, capacity) if unit is None else units.cap_units(keep, logits, unit, capacity)
         new = length - prefix
-        offsets = torch.cumsum(mask[:, prefix:].long(), dim=-1) - 1 + self.stream_lengths.unsqueeze(-1)
-        positions = torch.cat([self.kept_positions[:, :prefix], offsets], dim=1)
         segments = torch.cat([self.kept_segments[:, :prefix],
                               torch.full((batch_size, new), self.segments, device=input_ids.device)], dim=1)
         labels = self._candidate_labels(batch_size, prefix, new, input_ids.device)
@@ -313,13 +313,15 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             return "token"
         return self.config.keep_unit
 
-    def _units(self, input_ids: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor | None:
-        """Each candidate's unit number (`units.unit_index`); the kept prefix and the new tokens never share one."""
+    def _units(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """Each candidate's unit number (`units.unit_index`). Tokens not next to each other in the stream
+        never share a unit (two kept words side by side in the prefix stay two), but a word cut by the
+        segment boundary, its first part kept, joins its rest in the new segment."""
         unit = self._unit
         if unit == "token":
             return None
-        breaks = torch.zeros_like(mask)
-        breaks[:, prefix:prefix + 1] = True
+        previous = torch.nn.functional.pad(positions, (1, 0), value=-2)[:, :-1]
+        breaks = positions != previous + 1
         return units.unit_index(input_ids, mask, unit, self.context.tokenizer, self._vocab_size, breaks)
 
     def _candidate_labels(self, batch_size: int, prefix: int, new: int, device: torch.device) -> torch.Tensor | None:

@@ -1,0 +1,130 @@
+"""The importance memory keeps whole units (words or sentences): a name of several sub-word tokens is
+kept whole or not at all, and a capacity cut never keeps the newer half of a word."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model
+
+import memlm
+from memlm.memories import units
+from memlm.memories.importance import ImportanceConfig
+
+STORY = "Zsigmond travelled to the boathouse. It rained."
+
+
+def _rating_letters(memory, tokenizer, letters: str):
+    """A scorer that rates only these letters' tokens high, as a scorer trained on one-token names might
+    rate only the last piece of an unfamiliar one."""
+    chosen = torch.tensor(sorted({tokenizer(c, add_special_tokens=False).input_ids[0] for c in letters}))
+
+    def score(hidden_states, mask=None):
+        return torch.where(torch.isin(memory.context.input_ids, chosen), 6.0, -6.0)
+
+    memory.scorer.forward = score
+
+
+def _kept_text(memory) -> str:
+    return "".join(item["text"] for item in memory.kept_tokens(row=0))
+
+
+@pytest.mark.parametrize(("unit", "kept"), [
+    ("token", "m"),  # one piece of the name alone: what was seen before ("...z travelled to the ...")
+    ("word", "Zsigmond"),  # the whole name, though one of its eight tokens scored high
+])
+def test_a_multi_token_name_is_kept_whole_when_any_piece_of_it_is_chosen(tokenizer, unit, kept):
+    model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit=unit, max_memory_size=32),
+                         tokenizer=tokenizer)
+    memory = model.memories["importance"]
+    _rating_letters(memory, tokenizer, "m")  # "m" occurs once, inside "Zsigmond"
+    model.memorize(" " + STORY, segment_length=64, progress=False)
+    assert _kept_text(memory) == kept
+
+
+def test_a_sentence_is_kept_or_dropped_whole_by_its_mean_score(tokenizer):
+    model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="sentence", max_memory_size=64),
+                         tokenizer=tokenizer)
+    memory = model.memories["importance"]
+    # Most letters of the first sentence score high, none of the second: the first is kept whole (its
+    # spaces and full stop too), the second not at all.
+    _rating_letters(memory, tokenizer, "Zsigmondtravelledtotheboathouse")
+    model.memorize("Zsigmond travelled to the boathouse. Pyx, jfk qwq!", segment_length=64, progress=False)
+    assert _kept_text(memory) == "Zsigmond travelled to the boathouse."
+
+
+def test_the_capacity_cut_drops_whole_words_newest_first_on_ties(tokenizer):
+    model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="word", max_memory_size=7),
+                         tokenizer=tokenizer)
+    memory = model.memories["importance"]
+    # (The byte-level tokenizer makes every byte a token and a space a unit of its own.)
+    _rating_letters(memory, tokenizer, "xyz")  # "xyzzy" (5 tokens), then "zyx" (3): 8 > 7
+    model.memorize(" xyzzy and zyx", segment_length=64, progress=False)
+    assert _kept_text(memory) == "zyx"  # the newer word whole, and nothing of the older one
+    model.reset()
+    model.memories["importance"].config.max_memory_size = 2  # no word fits whole: none is cut in two
+    model.memorize(" xyzzy and zyx", segment_length=64, progress=False)
+    assert _kept_text(memory) == ""
+
+
+def test_kept_words_stay_whole_as_they_ride_along_through_later_segments(tokenizer):
+    model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="word", max_memory_size=40),
+                         tokenizer=tokenizer)
+    memory = model.memories["importance"]
+    _rating_letters(memory, tokenizer, "QJ")
+    model.memorize(" aQb ccc dddd eJee ffff gggg hhhh", segment_length=8, progress=False)
+    # "aQb" and "eJee" are written in different segments; the first rides along and is rescored
+    # with the second segment's tokens as one unit of its own.
+    assert [item["text"] for item in memory.kept_tokens(row=0)] == list("aQbeJee")
+
+
+def test_unit_index_numbers_words_and_sentences_and_caps_long_sentences(tokenizer):
+    ids = tokenizer("Hi there. Bye now!", return_tensors="pt").input_ids
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    words = units.unit_index(ids, valid, "word", tokenizer, vocab_size=256)
+    # (byte-level: the space before a word is a unit of its own)
+    assert words[0].tolist() == [0, 0, 1, 2, 2, 2, 2, 2, 3, 4, 5, 5, 5, 6, 7, 7, 7, 8]
+    sentences = units.unit_index(ids, valid, "sentence", tokenizer, vocab_size=256)
+    assert sentences[0].tolist() == [0] * 9 + [1] * 9
+    long = tokenizer("a" * (2 * units.MAX_SENTENCE_TOKENS + 5), return_tensors="pt").input_ids
+    capped = units.unit_index(long, torch.ones_like(long, dtype=torch.bool), "sentence", tokenizer, 256)
+    assert capped[0].unique().tolist() == [0, 1, 2]
+    # Padding never joins a unit, and a forced break starts one.
+    valid[0, 3] = False
+    breaks = torch.zeros_like(valid)
+    breaks[0, 1] = True
+    split = units.unit_index(ids, valid, "word", tokenizer, 256, breaks)
+    assert split[0, :6].tolist() == [0, 1, 2, 3, 4, 4]
+
+
+def test_without_a_tokenizer_words_fall_back_to_tokens_with_a_warning():
+    model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="word"))
+    with pytest.warns(UserWarning, match="needs the tokenizer"):
+        model.write(torch.randint(0, 200, (1, 12)))
+
+
+def test_an_unknown_unit_is_refused():
+    with pytest.raises(memlm.ConfigError, match="keep_unit"):
+        ImportanceConfig(keep_unit="paragraph")
+
+
+@pytest.mark.integration
+def test_kept_text_of_multi_token_names_on_the_default_model(default_backbone):
+    """On the real tokenizer: names of several tokens (not one of bAbI's) come out whole."""
+    model, tokenizer = default_backbone
+    memory_model = memlm.attach(model, ImportanceConfig(keep_unit="word", max_memory_size=64), tokenizer=tokenizer)
+    memory = memory_model.memories["importance"]
+    text = "Then Oluwaseun Adeyemi-Okafor travelled to the Lindqvist Gallery. Nobody noticed the rain."
+    pieces = {tokenizer.decode([token]) for token in tokenizer(" Oluwaseun Lindqvist").input_ids}
+    assert len(pieces) >= 4  # both names are several sub-word tokens
+    last_pieces = [tokenizer.decode([tokenizer(" " + name).input_ids[-1]]) for name in ("Oluwaseun", "Lindqvist")]
+    chosen = torch.tensor([tokenizer(" " + name).input_ids[-1] for name in ("Oluwaseun", "Lindqvist")])
+
+    def score(hidden_states, mask=None):  # only the last piece of each name rates high
+        return torch.where(torch.isin(memory.context.input_ids, chosen), 6.0, -6.0)
+
+    memory.scorer.forward = score
+    memory_model.memorize(text, segment_length=64, progress=False)
+    kept = "".join(item["text"] for item in memory.kept_tokens(row=0))
+    assert kept == " Oluwaseun Lindqvist", (kept, last_pieces)
+    memory_model.detach()
