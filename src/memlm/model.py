@@ -16,10 +16,7 @@ segment or turn:
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
-import re
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,8 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memlm.config import MemoryConfig
-from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
-from memlm.hooks import backbone_fingerprint, check_fingerprint, inspect_backbone
+from memlm.errors import ConfigError
+from memlm.hooks import backbone_fingerprint, inspect_backbone
 from memlm.lora import BackboneLora, LoraSettings
 from memlm.memories.base import (
     AuxiliaryLoss,
@@ -45,14 +42,27 @@ from memlm.memories.base import (
     SegmentInputs,
     TextLearning,
 )
+from memlm.model_files import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    FORMAT_VERSION,
+    LORA_PREFIX,
+    STATE_FILE,
+    load_adapter_weights,
+    next_state_folder,
+    read_adapter,
+    read_state,
+    retire_state_folders,
+    save_adapter,
+    state_folder,
+    state_metadata,
+)
 from memlm.registry import get_mechanism, get_preset, make_config
-from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
+from memlm.segments import is_decode_step, ones_mask, position_ids_from_mask, reply_attention_mask
+from memlm.serialization import save_tensors
 
-ADAPTER_CONFIG_FILE = "memlm_config.json"
-LORA_PREFIX = "lora."  # LoRA weights sit beside the memories' in the weights file, under this prefix
-ADAPTER_WEIGHTS_FILE = "memory_weights.safetensors"
-STATE_FILE = "memory_state.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_WEIGHTS_FILE", "FORMAT_VERSION", "LORA_PREFIX", "STATE_FILE", "ConfigSpec",
+           "MemoryModel", "attach"]
 
 ConfigSpec = MemoryConfig | str | dict
 
@@ -124,10 +134,7 @@ class MemoryModel(nn.Module):
         """Attach the memories (and LoRA adapter) saved by `save_pretrained` in `directory`, with their
         weights, beside any already attached; returns the last of them."""
         directory = Path(directory)
-        adapter = _read_adapter(directory)
-        tensors, _ = load_tensors(directory / ADAPTER_WEIGHTS_FILE)
-        check_fingerprint(adapter["backbone"], self.fingerprint, what=f"memory weights in {directory}",
-                          require_same_weights=False)
+        adapter, tensors = read_adapter(directory, self.fingerprint)
         added: list[str] = []
         try:
             self._loading_weights = True
@@ -200,8 +207,8 @@ class MemoryModel(nn.Module):
                         position_ids: torch.Tensor | None = None) -> SegmentInputs:
         """Let `InputRewriting` memories change a segment's or prompt's inputs (e.g. prepend the
         tokens they kept); positions follow the mask, so rows with shorter prefixes read as left-padded."""
-        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
-        positions = position_ids if position_ids is not None else _positions(mask)
+        mask = attention_mask if attention_mask is not None else ones_mask(input_ids)
+        positions = position_ids if position_ids is not None else position_ids_from_mask(mask)
         inputs = SegmentInputs(input_ids, mask, positions, 0)
         for memory in self.capable(InputRewriting):
             rewritten = memory.rewrite_inputs(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
@@ -216,7 +223,7 @@ class MemoryModel(nn.Module):
         Memories that rewrite inputs (`InputRewriting`) prepend to `input_ids` on every pass that is
         not a decode step; the returned logits cover the caller's tokens only."""
         # transformers 5 renames `past_key_values` to `cache`; either marks a decode step when non-empty.
-        decode_step = _is_decode_step(kwargs.get("past_key_values", kwargs.get("cache")))
+        decode_step = is_decode_step(kwargs.get("past_key_values", kwargs.get("cache")))
         if write_memory is None:
             write_memory = not decode_step
         prefix_length = 0
@@ -230,7 +237,7 @@ class MemoryModel(nn.Module):
             output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         else:
             reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-            mask = attention_mask if attention_mask is not None else _ones_mask(reference)
+            mask = attention_mask if attention_mask is not None else ones_mask(reference)
             with self._writing(mask, input_ids):
                 output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
                 self._write()
@@ -324,7 +331,7 @@ class MemoryModel(nn.Module):
                 output.sequences = output.sequences[:, prefix_length:]
         if write_memory and self.memories and input_ids is not None:
             sequences = output if isinstance(output, torch.Tensor) else output.sequences
-            mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+            mask = attention_mask if attention_mask is not None else ones_mask(input_ids)
             self._write_turn(input_ids, mask, sequences, kwargs.get("generation_config"))
         return output
 
@@ -335,7 +342,7 @@ class MemoryModel(nn.Module):
         per_row = max(1, sequences.shape[0] // batch_size)
         turn = sequences[::per_row]  # (B, T_prompt + T_new): first returned sequence of each row
         config = generation_config or self.backbone.generation_config
-        reply_mask = _reply_mask(turn[:, prompt_length:], config.eos_token_id)
+        reply_mask = reply_attention_mask(turn[:, prompt_length:], config.eos_token_id)
         self._write_pass(turn, torch.cat([prompt_mask.to(reply_mask.dtype), reply_mask], dim=1))
 
     def write(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -346,7 +353,7 @@ class MemoryModel(nn.Module):
         needs; memories that select tokens (`importance`) learn from them."""
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+        mask = attention_mask if attention_mask is not None else ones_mask(input_ids)
         labels = None if token_labels is None else token_labels.to(self.layout.device)
         self._write_pass(input_ids.to(self.layout.device), mask.to(self.layout.device), labels)
 
@@ -371,7 +378,7 @@ class MemoryModel(nn.Module):
                   segment_length: int, progress: bool) -> int:
         if segment_length < 1:
             raise ConfigError(f"segment_length must be positive, got {segment_length}")
-        mask = attention_mask if attention_mask is not None else _ones_mask(input_ids)
+        mask = attention_mask if attention_mask is not None else ones_mask(input_ids)
         starts = range(0, input_ids.shape[1], segment_length)
         for start in tqdm(starts, desc="memorizing", unit="segment", disable=not progress):
             segment = slice(start, start + segment_length)
@@ -473,22 +480,7 @@ class MemoryModel(nn.Module):
         if given, e.g. bfloat16 to halve a shipped preset), and their configs (JSON), not the backbone.
         `extra` is recorded in the config (e.g. how the weights were trained)."""
         directory = Path(directory)
-        weights = dict(self.memories.state_dict())
-        if self.lora is not None:
-            weights.update({f"{LORA_PREFIX}{name}": tensor for name, tensor in self.lora.state_dict().items()})
-        if dtype is not None:
-            weights = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
-                       for name, tensor in weights.items()}
-        save_tensors(directory / ADAPTER_WEIGHTS_FILE, weights,
-                     {"format": "memlm-weights", "backbone": self.fingerprint})
-        atomic_write_json(directory / ADAPTER_CONFIG_FILE, {
-            "format": "memlm-adapter",
-            "version": FORMAT_VERSION,
-            "backbone": self.fingerprint,
-            "memories": [memory.config.to_dict() for memory in self.memories.values()],
-            "lora": None if self.lora is None else self.lora.settings.to_dict(),
-            **({"extra": extra} if extra else {}),
-        })
+        save_adapter(directory, self.memories, self.lora, self.fingerprint, dtype, extra)
         return directory
 
     @classmethod
@@ -505,26 +497,7 @@ class MemoryModel(nn.Module):
 
     def _load_weights(self, tensors: dict[str, torch.Tensor], source: Path, only: list[str] | None = None) -> None:
         """Load saved weights into the attached memories (`only` these, if given) and the LoRA adapter."""
-        lora = {name[len(LORA_PREFIX):]: tensor for name, tensor in tensors.items() if name.startswith(LORA_PREFIX)}
-        tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith(LORA_PREFIX)}
-        if lora and self.lora is None:
-            raise IncompatibleMemoryError(f"weights in {source} hold a LoRA adapter, but its config names none")
-        if lora and self.lora is not None:
-            self.lora.load_state_dict(lora, source)
-        expected = {name: tensor for name, tensor in self.memories.state_dict().items()
-                    if only is None or name.split(".", 1)[0] in only}
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise IncompatibleMemoryError(
-                f"memory weights in {source} do not match the attached memories "
-                f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
-        for name, tensor in tensors.items():
-            if tensor.shape != expected[name].shape:
-                raise IncompatibleMemoryError(
-                    f"memory weight {name} in {source} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(expected[name].shape)}")
-        own = {name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()}
-        self.memories.load_state_dict({**self.memories.state_dict(), **own}, strict=True)
+        load_adapter_weights(self.memories, self.lora, tensors, source, only)
 
     # --- memory state ------------------------------------------------------------------------
     def save_state(self, directory: str | os.PathLike) -> Path:
@@ -542,79 +515,26 @@ class MemoryModel(nn.Module):
         for name, memory in self.memories.items():
             if isinstance(memory, FileState):
                 directory.mkdir(parents=True, exist_ok=True)
-                folders[name] = _next_state_folder(directory, name)
+                folders[name] = next_state_folder(directory, name)
                 memory.save_state_files(directory / folders[name])
         tensors = {f"{name}.{key}": value for name, memory in self.memories.items()
                    for key, value in memory.state_tensors().items()}
-        save_tensors(path, tensors, {
-            "format": "memlm-state",
-            "version": FORMAT_VERSION,
-            "backbone": self.fingerprint,
-            "memories": {name: memory.config.to_dict() for name, memory in self.memories.items()},
-            **({"files": folders} if folders else {}),
-            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        })
+        save_tensors(path, tensors, state_metadata(self.fingerprint, self.memories, folders))
         for name, folder in folders.items():
-            _retire_state_folders(directory, name, folder)
+            retire_state_folders(directory, name, folder)
         return path
 
     def load_state(self, directory: str | os.PathLike) -> None:
         """Restore state saved by `save_state`. On any error the current state is left untouched."""
         path = Path(directory) / STATE_FILE
-        tensors, metadata = load_tensors(path)
-        if metadata.get("format") != "memlm-state":
-            raise CorruptedFileError(f"{path} is not a memlm state file")
-        check_fingerprint(metadata.get("backbone", {}), self.fingerprint,
-                          what=f"memory state in {path}", require_same_weights=True)
-        saved_names = sorted(metadata.get("memories", {}))
-        if saved_names != sorted(self.memories):
-            raise IncompatibleMemoryError(
-                f"memory state in {path} is for memories {saved_names}, "
-                f"but the attached memories are {sorted(self.memories)}")
-        per_memory: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.memories}
-        for key, value in tensors.items():
-            name, _, entry = key.partition(".")
-            per_memory[name][entry] = value
-        folders = metadata.get("files", {})  # absent: saved before versioned folders, files in `name/`
-        if not isinstance(folders, dict):
-            raise CorruptedFileError(f"{path} names its state folders wrongly ({folders!r})")
+        per_memory, folders = read_state(path, self.fingerprint, list(self.memories))
         files = {}
         for name, memory in self.memories.items():  # check all before changing any
             memory.check_state_tensors(per_memory[name])
             if isinstance(memory, FileState):
-                folder = folders.get(name, name)
-                if not (folder == name or (isinstance(folder, str) and _STATE_FOLDER.fullmatch(folder)
-                                           and folder.rsplit(".", 1)[0] == name)):
-                    raise CorruptedFileError(f"{path} names {folder!r} as the folder of {name!r}'s state")
-                files[name] = memory.read_state_files(Path(directory) / folder)
+                files[name] = memory.read_state_files(Path(directory) / state_folder(path, folders, name))
         for name, memory in self.memories.items():
             memory.load_state_tensors(per_memory[name], files.get(name))
-
-
-_STATE_FOLDER = re.compile(r"[A-Za-z0-9_-]+\.[0-9]{6,}")
-
-
-def _next_state_folder(directory: Path, name: str) -> str:
-    """A folder name for a memory's state files that no earlier save (finished or not) has used."""
-    numbers = [int(entry.name.rsplit(".", 1)[1]) for entry in directory.glob(f"{name}.*")
-               if _STATE_FOLDER.fullmatch(entry.name) and entry.name.rsplit(".", 1)[0] == name]
-    return f"{name}.{1 + max(numbers, default=0):06d}"
-
-
-def _retire_state_folders(directory: Path, name: str, current: str) -> None:
-    """After a save committed: point `name` at `current` (a symbolic link; a real folder left by an
-    older memlm is removed) and remove the folders of earlier saves. None of this is needed for
-    loading (the state file names its folder), so a crash in here loses nothing."""
-    link = directory / name
-    staging = directory / f".{name}.link.tmp"
-    staging.unlink(missing_ok=True)
-    os.symlink(current, staging)
-    if link.is_dir() and not link.is_symlink():
-        shutil.rmtree(link)
-    os.replace(staging, link)
-    for entry in directory.glob(f"{name}.*"):
-        if entry.name != current and _STATE_FOLDER.fullmatch(entry.name) and entry.name.rsplit(".", 1)[0] == name:
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokenizer: Any = None
@@ -630,15 +550,6 @@ def attach(model: nn.Module, configs: ConfigSpec | Iterable[ConfigSpec], tokeniz
     if isinstance(configs, (MemoryConfig, str, dict)):
         configs = [configs]
     return MemoryModel(model, configs, tokenizer=tokenizer)
-
-
-def _read_adapter(directory: Path) -> dict[str, Any]:
-    adapter = read_json(directory / ADAPTER_CONFIG_FILE)
-    if not isinstance(adapter, dict) or adapter.get("format") != "memlm-adapter":
-        raise CorruptedFileError(f"{directory / ADAPTER_CONFIG_FILE} is not a memlm adapter config")
-    if adapter.get("version", 0) > FORMAT_VERSION:
-        raise IncompatibleMemoryError(f"{directory} was saved by a newer memlm (format {adapter['version']})")
-    return adapter
 
 
 _warned: set[str] = set()
@@ -665,29 +576,3 @@ class _ForwardStopped(Exception):
 
 def _stop_forward(_module: nn.Module, _args: tuple, _output: Any) -> None:
     raise _ForwardStopped
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip padding (left padding included)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _ones_mask(reference: torch.Tensor) -> torch.Tensor:
-    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-
-
-def _is_decode_step(past_key_values: Any) -> bool:
-    if past_key_values is None:
-        return False
-    get_length = getattr(past_key_values, "get_seq_length", None)
-    return bool(get_length() > 0) if get_length is not None else True
-
-
-def _reply_mask(reply: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
-    """1 for reply tokens up to and including the first end-of-sequence token, 0 after (padding)."""
-    if eos_token_id is None or reply.shape[1] == 0:
-        return torch.ones_like(reply)
-    eos_ids = torch.as_tensor(eos_token_id, device=reply.device).reshape(-1)
-    is_eos = torch.isin(reply, eos_ids).long()  # (B, T_new)
-    eos_before = is_eos.cumsum(dim=1) - is_eos  # how many EOS strictly before each position
-    return (eos_before == 0).long()

@@ -15,8 +15,8 @@ attention router: each query retrieves its `top_k` stored keys and attends over 
 Positions: rotary models rotate keys by their absolute position. Keys are stored *un-rotated* (the
 rotation is undone with the cos/sin the layer received) together with the position they came from,
 and at read time each is rotated back to its true distance from the query (see `positions`,
-`recent` and `memory_distance` below, and docs/knn.md): the latest `recent` items of the stream
-are attended in full, and top-k retrieval covers the older ones. The index only picks candidates;
+`recent` and `memory_distance` in `KnnConfig`, and docs/knn.md): the latest `recent` items of the
+stream are attended in full, and top-k retrieval covers the older ones. The index only picks candidates;
 attention logits are always recomputed exactly from the stored keys. GPT-2 style models (absolute
 positions in the embeddings) store and read keys as they are.
 
@@ -30,246 +30,28 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, CorruptedFileError
-from memlm.hooks import (
-    BackboneLayout,
-    add_attention_handler,
-    additive_mask,
-    find_attention_module,
-    repeat_kv,
-)
+from memlm.hooks import BackboneLayout, add_attention_handler, find_attention_module
 from memlm.memories.base import FileState, Memory, MemoryContext, Provenance
-from memlm.store import BACKENDS, GroupSpec, KeyValueStore, RecordFilter, StoreLayout
-from memlm.store.clusters import SEARCH_OPTIONS, ClusterSearch
-from memlm.store.group import KV_EVICTION_POLICIES
-from memlm.store.kv_store import RecordBatch
-
-ATTENTION_MODES = ("gated", "joint", "off")
-POSITION_SCHEMES = ("relative", "fixed")
-CONTEXT_TOKENS = 8  # tokens before an item's span recorded as its context (text search matches it)
-
-
-@dataclass
-class KnnConfig(MemoryConfig):
-    """Config of the `knn` memory.
-
-    Args:
-        attention: "gated" (learned per-head gate, starts at zero), "joint" (training-free: retrieved
-            keys join the local softmax) or "off" (only kNN-LM).
-        layers: layers with kNN attention: a list of indices, "all", or None for the layer at 3/4 depth.
-        top_k: keys retrieved per query and KV head.
-        knn_lm: also store (hidden state -> next token) pairs and mix a kNN distribution into the logits.
-        lm_lambda: weight λ of the kNN distribution, in [0, 1].
-        lm_temperature: divides the negative squared distances before the softmax (> 0).
-        lm_top_k: neighbours used by kNN-LM.
-        backend: vector index backend: torch, faiss-flat, faiss-ivf, faiss-hnsw.
-        backend_options: passed to the index (e.g. {"nlist": 1024, "nprobe": 32} for faiss-ivf). For
-            `torch`, "dtype" sets the precision of the search keys (default bfloat16): it only
-            picks the candidates; attention logits are recomputed from the stored keys exactly.
-            Also for `torch`: "search" ("exact", the default, or "clusters") with "page_size",
-            "probe_pages", "exact_below" and "min_queries" (memlm.store.clusters): with "clusters",
-            above `exact_below` stored items a segment's queries read only the pages of
-            k-means-ordered keys whose means rank highest: memorizing stays nearly flat as the store
-            grows, but perplexity suffers (docs/benchmarks.md), so it is opt-in.
-        capacity: items kept per batch row and layer (None: unbounded); beyond it `eviction` applies.
-        eviction: "oldest" or "least_used" (fewest retrievals first).
-        chunk_size: average keys/values over this many consecutive tokens before storing them.
-        update_freq: write every `update_freq`-th segment only.
-        recent: also attend to the `recent` latest items of the current stream, all of them, at
-            their true positions (like a sliding window in front of the context); top-k retrieval
-            then covers everything older.
-        positions: where retrieved keys sit for rotary models (see the module docstring):
-            "relative" (their true distance from the query, clamped to `max_distance`) or "fixed"
-            (all `memory_distance` tokens before the query).
-        memory_distance: the fixed scheme's distance; in the relative scheme, the distance at which
-            candidates are searched before their exact logits are computed.
-        max_distance: largest distance the relative scheme uses (default: the model's
-            max_position_embeddings - 1, so rotations stay in the trained range).
-        store: where saved states keep the store: a postgresql:// or milvus:// URL
-            (`memlm.store.backends`); None: `MEMLM_STORE` when it is such a URL, else files in the
-            state directory (the default). The search itself always runs in device memory.
-        store_name: the name the store is saved under in that database (default: the user set by
-            `set_provenance`, else the session, else "default"): one name per user keeps them apart.
-    """
-
-    mechanism: ClassVar[str] = "knn"
-
-    attention: str = "gated"
-    layers: list[int] | str | None = None
-    top_k: int = 32
-    knn_lm: bool = False
-    lm_lambda: float = 0.1
-    lm_temperature: float = 100.0
-    lm_top_k: int = 32
-    backend: str = "torch"
-    backend_options: dict[str, Any] = field(default_factory=lambda: {"dtype": "bfloat16"})
-    capacity: int | None = None
-    eviction: str = "oldest"
-    chunk_size: int = 1
-    update_freq: int = 1
-    recent: int = 0
-    positions: str = "relative"
-    memory_distance: int = 512
-    max_distance: int | None = None
-    store: str | None = None
-    store_name: str | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if self.store is not None:
-            from memlm.store.backends import is_remote
-
-            if not is_remote(self.store):
-                raise ConfigError(f"knn: store must be a postgresql:// or milvus:// URL, got {self.store!r} (without "
-                                  "one the memory is saved in the state directory)")
-        if self.store_name is not None:
-            from memlm.store.backends import check_store_name
-
-            check_store_name(self.store_name)
-        if self.attention not in ATTENTION_MODES:
-            raise ConfigError(f"knn: attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.attention == "off" and not self.knn_lm:
-            raise ConfigError("knn: attention='off' and knn_lm=False leaves nothing to do")
-        if not (self.layers is None or self.layers == "all" or
-                (isinstance(self.layers, (list, tuple)) and self.layers and
-                 all(isinstance(layer, int) for layer in self.layers))):
-            raise ConfigError(f"knn: layers must be a non-empty list of integers, 'all' or None, got {self.layers!r}")
-        if self.positions not in POSITION_SCHEMES:
-            raise ConfigError(f"knn: positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
-        if self.max_distance is not None and (not isinstance(self.max_distance, int) or self.max_distance < 1):
-            raise ConfigError(f"knn: max_distance must be a positive integer or None, got {self.max_distance!r}")
-        if not isinstance(self.recent, int) or self.recent < 0:
-            raise ConfigError(f"knn: recent must be a non-negative integer, got {self.recent!r}")
-        for name in ("top_k", "lm_top_k", "chunk_size", "update_freq", "memory_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"knn: {name} must be a positive integer, got {value!r}")
-        check_range("lm_lambda", self.lm_lambda, 0.0, 1.0, mechanism="knn")
-        check_range("lm_temperature", self.lm_temperature, 0.0, math.inf, low_open=True, high_open=True,
-                    mechanism="knn")
-        search_dtype = self.backend_options.get("dtype")
-        if search_dtype is not None and search_dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"knn: backend_options dtype must be float32, bfloat16 or float16, got {search_dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"knn: backend must be one of {BACKENDS}, got {self.backend!r}")
-        search_options = sorted(set(SEARCH_OPTIONS) & set(self.backend_options))
-        if search_options and self.backend != "torch":
-            raise ConfigError(f"knn: backend_options {search_options} apply to the torch backend only, "
-                              f"not {self.backend!r}")
-        ClusterSearch.from_options(dict(self.backend_options))  # raises ConfigError on a bad search option
-        if self.eviction not in KV_EVICTION_POLICIES:
-            raise ConfigError(f"knn: eviction must be one of {KV_EVICTION_POLICIES}, got {self.eviction!r}")
-        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
-            raise ConfigError(f"knn: capacity must be a positive integer or None, got {self.capacity!r}")
-
-
-class LayerRetrieval(NamedTuple):
-    """Memory as one layer's queries see it: top-k items per query and the recent items shared by
-    all queries, as raw q.k logits (-inf: nothing there)."""
-
-    scores: torch.Tensor  # (B, H, T, k)
-    values: torch.Tensor  # (B, H, T, k, D)
-    recent_scores: torch.Tensor  # (B, H, T, R)
-    recent_values: torch.Tensor  # (B, H, R, D)
-
-
-def _rotate_half(states: torch.Tensor) -> torch.Tensor:
-    first, second = states.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply a rotary rotation: states (..., D), cos/sin broadcastable to (..., R), R <= D."""
-    rotated = cos.shape[-1]
-    cos, sin = cos.to(states.dtype), sin.to(states.dtype)
-    if rotated == states.shape[-1]:
-        return torch.addcmul(states * cos, _rotate_half(states), sin)
-    head, tail = states[..., :rotated], states[..., rotated:]
-    return torch.cat((torch.addcmul(head * cos, _rotate_half(head), sin), tail), dim=-1)
-
-
-def _unrotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Undo rotary embedding (a rotation by minus the angle): keys (B, KVH, T, D), cos/sin (B, T, R)."""
-    return _rotate(keys, cos.unsqueeze(1), -sin.unsqueeze(1))
-
-
-def _gather_rows(table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """table (H, N, D) contiguous, positions (H, ...) -> (H, ..., D): row positions[h, ...] of head h,
-    as one index_select on the flattened table."""
-    heads, items, dim = table.shape
-    offsets = torch.arange(0, heads * items, items, device=positions.device).view(-1, *[1] * (positions.dim() - 1))
-    return table.view(heads * items, dim).index_select(0, (positions + offsets).flatten()).view(*positions.shape, dim)
-
-
-def _stack_rows(rows: list, query: torch.Tensor, k: int) -> LayerRetrieval:
-    """Per-row (scores, values, recent_scores, recent_values) -> one LayerRetrieval; rows without
-    memory (None) and shorter recent blocks are padded with -inf logits and zero values."""
-    if len(rows) == 1:
-        scores, values, recent_scores, recent_values = rows[0]
-        return LayerRetrieval(scores.unsqueeze(0), values.unsqueeze(0), recent_scores.unsqueeze(0),
-                              recent_values.unsqueeze(0))
-    batch, heads, length, dim = query.shape
-    recent = max((row[2].shape[-1] for row in rows if row is not None), default=0)
-    scores = torch.full((batch, heads, length, k), -math.inf, device=query.device)
-    values = torch.zeros(batch, heads, length, k, dim, device=query.device, dtype=query.dtype)
-    recent_scores = torch.full((batch, heads, length, recent), -math.inf, device=query.device)
-    recent_values = torch.zeros(batch, heads, recent, dim, device=query.device, dtype=query.dtype)
-    for index, row in enumerate(rows):
-        if row is None:
-            continue
-        count = row[2].shape[-1]
-        scores[index], values[index] = row[0], row[1]
-        recent_scores[index, ..., :count], recent_values[index, :, :count] = row[2], row[3]
-    return LayerRetrieval(scores, values, recent_scores, recent_values)
-
-
-class KnnRecords(RecordBatch):
-    """Provenance of the items of one write, decoded to text only when the store writes its rows.
-
-    Attention items: one per chunk of `size` tokens from `start`; kNN-LM items (`lm`): one per token
-    but the last, recording the token it predicts."""
-
-    def __init__(self, tokens: torch.Tensor, start: int, size: int, lm: bool, user: str | None,
-                 session: str | None, sequence: int, tokenizer: Any):
-        self.tokens, self.start, self.size, self.lm = tokens, start, size, lm
-        self.user, self.session, self.sequence, self.tokenizer = user, session, sequence, tokenizer
-        count = tokens.shape[0]
-        self.count = count - 1 if lm else -(-count // size)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def origins(self) -> torch.Tensor:
-        positions = self.start + torch.arange(self.count, dtype=torch.int64) * (1 if self.lm else self.size)
-        return torch.stack([torch.full_like(positions, self.sequence), positions], dim=1)
-
-    def _decode(self, spans: list[list[int]]) -> list[str]:
-        if self.tokenizer is None:
-            return [" ".join(map(str, span)) for span in spans]
-        return self.tokenizer.batch_decode(spans, skip_special_tokens=False)
-
-    def materialize(self) -> list[dict[str, Any]]:
-        tokens = self.tokens.tolist()
-        if self.lm:
-            spans = [(t, t + 1) for t in range(self.count)]
-            targets = tokens[1:]
-        else:
-            spans = [(a, min(a + self.size, len(tokens))) for a in range(0, len(tokens), self.size)]
-            targets = [tokens[a] for a, _ in spans]
-        texts = self._decode([tokens[a:b] for a, b in spans])
-        contexts = self._decode([tokens[max(0, a - CONTEXT_TOKENS):b] for a, b in spans])
-        return [{"user": self.user, "session": self.session, "sequence": self.sequence, "position": self.start + a,
-                 "token": target, "length": b - a, "text": text, "context": context}
-                for (a, b), target, text, context in zip(spans, targets, texts, contexts, strict=True)]
+from memlm.memories.knn.attention import (
+    LayerRetrieval,
+    gated_attention,
+    gather_rows,
+    joint_attention,
+    rotate,
+    stack_rows,
+    unrotate,
+)
+from memlm.memories.knn.config import KnnConfig
+from memlm.memories.knn.records import KnnRecords
+from memlm.store import GroupSpec, KeyValueStore, RecordFilter, StoreLayout
 
 
 class KnnMemory(Memory, FileState, Provenance):
@@ -361,27 +143,17 @@ class KnnMemory(Memory, FileState, Provenance):
                 value: torch.Tensor, attention_mask: torch.Tensor | None, original: Any, *args: Any, **kwargs: Any):
         if self.context.capturing:
             rotary = self._rotary.get(layer)
-            pre_rotation = key if rotary is None else _unrotate(key, *rotary)
+            pre_rotation = key if rotary is None else unrotate(key, *rotary)
             self.capture(f"kv/{layer}", (pre_rotation.detach(), value.detach()))
         retrieved = self._retrieve(layer, query, kwargs.get("position_ids"), key.shape[2])
         if retrieved is None:
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         if self.config.attention == "joint":
-            return self._joint_attention(module, query, key, value, attention_mask, retrieved,
-                                         **{**kwargs, "scaling": scaling})
+            return joint_attention(module, query, key, value, attention_mask, retrieved,
+                                   **{**kwargs, "scaling": scaling})
         local_output, weights = original(module, query, key, value, attention_mask, *args, **kwargs)  # (B,T,H,D)
-        memory_scores = torch.cat([retrieved.scores, retrieved.recent_scores], dim=-1).float() * scaling
-        memory_weights = torch.softmax(memory_scores, dim=-1).nan_to_num(0.0)  # (B, H, T, k + R)
-        top_k = retrieved.scores.shape[-1]
-        memory_output = (torch.einsum("bhtk,bhtkd->bthd", memory_weights[..., :top_k].to(query.dtype),
-                                      retrieved.values)
-                         + torch.einsum("bhtr,bhrd->bthd", memory_weights[..., top_k:].to(query.dtype),
-                                        retrieved.recent_values))
-        gate = self.gate[gate_index].view(1, 1, -1, 1).to(local_output.dtype)
-        mixed = local_output + gate * (memory_output.to(local_output.dtype) - local_output)
-        has_memory = torch.isfinite(memory_scores).any(-1).transpose(1, 2).unsqueeze(-1)  # (B, T, H, 1)
-        return torch.where(has_memory, mixed, local_output), weights
+        return gated_attention(local_output, retrieved, self.gate[gate_index], scaling, query.dtype), weights
 
     def _rotary_at(self, layer: int, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of the layer's rotary embedding at arbitrary positions: (*positions.shape, R)."""
@@ -441,9 +213,9 @@ class KnnMemory(Memory, FileState, Provenance):
         relative = rotary is not None and self.config.positions == "relative"
         if rotary is not None:
             cos, sin = self._fixed_rotations(layer, query.device)
-            plain_query = _unrotate(query, *rotary)  # as if at position 0
+            plain_query = unrotate(query, *rotary)  # as if at position 0
             # at memory_distance (where candidates are searched) and max_distance (far items), at once
-            search_query, far_query = _rotate(plain_query, cos.view(2, 1, 1, 1, -1), sin.view(2, 1, 1, 1, -1))
+            search_query, far_query = rotate(plain_query, cos.view(2, 1, 1, 1, -1), sin.view(2, 1, 1, 1, -1))
             if not relative:  # the fixed scheme scores every item at memory_distance
                 far_query = search_query
         else:
@@ -476,12 +248,12 @@ class KnnMemory(Memory, FileState, Provenance):
                 stream_positions = start + row_positions.to(query.device).view(1, length, 1)
                 near = (in_block >= 0) & (block_positions[index] >= stream_positions - self.max_distance)
                 near_scores = torch.einsum("htd,htkd->htk", query[row].float(),
-                                           _gather_rows(block_keys, index).float())
+                                           gather_rows(block_keys, index).float())
                 scores = torch.where(near, near_scores, scores)
             recent_scores = (query[row] @ block_keys[:, block - recent:].transpose(-1, -2)).float()  # (H, T, n)
             rows.append((scores.masked_fill(~valid, -math.inf), values, recent_scores,
                          block_values[:, block - recent:]))
-        return _stack_rows(rows, query, k)
+        return stack_rows(rows, query, k)
 
     def _stream_block(self, layer: int, memory_row: int, group: Any, start: int, query: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -507,35 +279,11 @@ class KnnMemory(Memory, FileState, Provenance):
         if count and rotary:
             window_positions = (origins[:, 1] - start).unsqueeze(0)  # (1, n): before the window, so negative
             cos, sin = self._rotary_at(layer, window_positions, query)  # (1, n, R)
-            keys = _rotate(keys, cos, sin)
+            keys = rotate(keys, cos, sin)
         block = (keys.repeat_interleave(group_size, dim=0).contiguous(),
                  stored[..., dim:].repeat_interleave(group_size, dim=0), origins[:, 1].contiguous(), recent)
         self._block_cache[cache_key] = (state, block)
         return block
-
-    @staticmethod
-    def _joint_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         attention_mask: torch.Tensor | None, retrieved: LayerRetrieval, scaling: float,
-                         dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        """One softmax over the local keys, the retrieved ones and the recent ones."""
-        groups = query.shape[1] // key.shape[1]
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        local_scores = (query @ key.transpose(-1, -2)).float() * scaling  # (B, H, T, S)
-        memory_scores = torch.cat([retrieved.scores, retrieved.recent_scores], dim=-1).float() * scaling
-        softcap = kwargs.get("softcap")
-        if softcap:
-            local_scores = torch.tanh(local_scores / softcap) * softcap
-            memory_scores = torch.tanh(memory_scores / softcap) * softcap
-        local_scores = local_scores + additive_mask(attention_mask, query.shape[2], key.shape[2], local_scores.dtype,
-                                                    local_scores.device, kwargs.get("sliding_window"))
-        weights = torch.softmax(torch.cat([local_scores, memory_scores], dim=-1), dim=-1).to(query.dtype)
-        weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-        local_length, top_k = key.shape[2], retrieved.scores.shape[-1]
-        output = weights[..., :local_length] @ value  # (B, H, T, D)
-        output = output + torch.einsum("bhtk,bhtkd->bhtd", weights[..., local_length: local_length + top_k],
-                                       retrieved.values)
-        output = output + weights[..., local_length + top_k:] @ retrieved.recent_values
-        return output.transpose(1, 2).contiguous(), None
 
     # --- kNN-LM ------------------------------------------------------------------------------
     def _capture_lm_hidden(self, _module: nn.Module, args: tuple) -> None:
