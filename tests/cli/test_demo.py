@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 SECTIONS = ["1. backbone", "2. the bare model answers", "3. with an untrained recurrent memory attached",
             "4. a chat session that survives a restart",
             "5. a user's facts recalled in a later session, after a restart",
-            "6. learning facts: importance, duplicates, retrieval"]
+            "6. learning facts: importance, duplicates, retrieval",
+            "7. a fact hidden in 16K tokens of a book, about people training never saw"]
 
 
 def test_demo_runs_the_whole_tour(run, monkeypatch):
@@ -31,4 +32,7 @@ def test_demo_runs_the_whole_tour(run, monkeypatch):
     assert re.search(r"learn 'Einstein developed the theory of relativity!' +-> duplicate", output)
     assert re.search(r"retrieve \"Einstein's theory\":\n +[0-9.]+ +Einstein developed the theory of relativity\.",
                      output)
+    assert re.search(r"the facts, scattered through 16,[0-9]{3} tokens", output)
+    assert re.search(r"bare model \(last 1,024 tokens\) +-> .* wrong", output)
+    assert re.search(r"babilong preset \(memory\) +-> ", output)
     assert re.search(r"done in [0-9.]+ s", output)

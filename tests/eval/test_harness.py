@@ -16,7 +16,7 @@ from memlm.eval.harness import Harness, Suite, run_suite
 from memlm.eval.tasks.babilong import BabilongTask
 from memlm.memories.base import Memory
 
-TINY_SUITE = dict(babilong_tasks=("qa1",), lengths=(0, 400), long_lengths=(), samples=1, recall_users=1,
+TINY_SUITE = dict(babilong_tasks=("qa1",), unseen_babilong_tasks=("qa1",), lengths=(0, 400), long_lengths=(), samples=1, recall_users=1,
                   recall_sessions=2, recall_filler_turns=1, ppl_corpus="pg-essays", ppl_tokens=256, facts=8,
                   fact_questions=2, generation_samples=2, max_new_tokens=4, answer_tokens=4)
 
@@ -50,6 +50,7 @@ def test_a_tiny_run_builds_the_report_and_a_new_mechanism_appears(tokenizer, tmp
     by_task = {(r["task"], r["mechanism"]) for r in records}
     for mechanism in ("none", "full", "rag", "bank", "dummy"):
         assert ("babilong/qa1", mechanism) in by_task
+        assert ("babilong-unseen/qa1", mechanism) in by_task  # the unseen cast, side by side
         assert ("recall/multi-session", mechanism) in by_task
         assert ("continual/facts", mechanism) in by_task or mechanism == "full"
         assert ("generation/qa", mechanism) in by_task
@@ -69,6 +70,7 @@ def test_a_tiny_run_builds_the_report_and_a_new_mechanism_appears(tokenizer, tmp
                                                  / len(recall["details"]))
     markdown = written["results.md"].read_text()
     assert "| dummy " in markdown and "| bank " in markdown and "pytest" in markdown
+    assert "babilong-unseen" in markdown and "needle" not in markdown  # needle is opt-in
     assert written["accuracy_vs_length.png"].read_bytes().startswith(b"\x89PNG")
     assert written["perplexity.png"].stat().st_size > 1000
 

@@ -255,3 +255,33 @@ def test_a_run_that_keeps_diverging_stops_with_a_typed_error(tmp_path, tokenizer
                                    tiny_model("llama"), tokenizer, progress=False, data=PoisonedSteps(range(40))))
     with pytest.raises(memlm.errors.TrainingDivergedError, match="20 steps in a row"):
         trainer.train()
+
+
+def test_init_settings_change_a_saved_memory_before_training_and_refuse_what_does_not_fit(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    saved = memlm.attach(tiny_model("llama", hidden_size=64), memlm.ImportanceConfig(score_layer=0, keep_unit="token"),
+                         tokenizer=tokenizer)
+    torch.nn.init.normal_(saved.memories["importance"].scorer.out.weight)  # weights worth recognising
+    saved.save_pretrained(tmp_path / "stage1")
+    weights = saved.memories["importance"].scorer.out.weight.detach().clone()
+    backbone = saved.detach()
+
+    def trainer(settings, name):
+        options = config(tmp_path / name, ["importance"], steps=1)
+        options.model.init, options.model.init_settings = str(tmp_path / "stage1"), settings
+        return Trainer(options, backbone, tokenizer, progress=False, data=KeyRecall())
+
+    memory = trainer({"importance": {"keep_unit": "sentence", "max_memory_size": 7}}, "a").model.memories["importance"]
+    assert (memory.config.keep_unit, memory.config.max_memory_size) == ("sentence", 7)
+    torch.testing.assert_close(memory.scorer.out.weight.detach(), weights)
+    assert json_of(tmp_path / "stage1")["memories"][0]["keep_unit"] == "token"  # the source is left as it was
+    with pytest.raises(memlm.ConfigError, match="slots"):
+        trainer({"slots": {"memory_slots": 4}}, "b")
+    with pytest.raises(memlm.IncompatibleMemoryError, match="shape"):
+        trainer({"importance": {"hidden_dim": 32}}, "c")
+
+
+def json_of(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "memlm_config.json").read_text())

@@ -75,9 +75,9 @@ def demo(
     console.print(f"state norm over the session: "
                   f"{[round(v, 3) for v in fresh.memories['recurrent'].state_norm_history]}")
     recalled = _demo_bank(fresh.detach(), tokenizer)
-    found = _demo_long_context(model, tokenizer)
+    _demo_long_context(model, tokenizer)  # shown, not gated: one sample is a picture, not a measurement
     console.rule(f"done in {time.perf_counter() - started:.1f} s")
-    if not (same and recalled and found):
+    if not (same and recalled):
         raise typer.Exit(1)
 
 

@@ -40,8 +40,8 @@ def eval_suite(
                                "preset name, or a folder of trained weights [default: the suite's list]")] = None,
     tasks: Annotated[str, typer.Option(
         help="task families, comma-separated: babilong, babilong-unseen (the same stories about people and "
-             "places training never saw), followup, recall, ppl, continual, generation; or single BABILong "
-             "tasks (babilong/qa3)")] =
+             "places training never saw), needle (free-form facts and a pass key; not run by default), "
+             "followup, recall, ppl, continual, generation; or single tasks (babilong/qa3, needle/facts)")] =
         "babilong,babilong-unseen,followup,recall,ppl,continual,generation",
     cast: Annotated[str | None, typer.Option(
         help="who the BABILong stories are about: standard (bAbI's people and places), unseen (names, places "

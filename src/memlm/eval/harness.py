@@ -33,6 +33,8 @@ from memlm.registry import available_mechanisms, available_presets
 from memlm.serialization import atomic_write_json, read_json
 
 FAMILIES = tuple(TASK_FAMILIES)
+OPT_IN_FAMILIES = ("needle",)  # run only when named
+DEFAULT_FAMILIES = tuple(family for family in FAMILIES if family not in OPT_IN_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Suite:
     name: str
     babilong_tasks: tuple[str, ...] = babilong.TASKS
     unseen_babilong_tasks: tuple[str, ...] = babilong.TASKS  # the same, with the unseen cast (babilong-unseen)
+    needle_tasks: tuple[str, ...] = ("facts", "passkey")  # free-form facts and a pass key (needle; opt-in)
     lengths: tuple[int, ...] = (0, 1024, 4096, 16384)
     long_lengths: tuple[int, ...] = ()  # extra lengths, only for `long_tasks` (keeps a CPU suite short)
     long_tasks: tuple[str, ...] = ()
@@ -116,7 +119,7 @@ class Harness:
     """Runs a suite for a backbone into `out_dir` (see the module docstring)."""
 
     def __init__(self, backbone: Any, tokenizer: Any, suite: Suite, contenders: Sequence[str], out_dir: Path,
-                 window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES,
+                 window: int = 1024, backbone_name: str = "", families: Sequence[str] = DEFAULT_FAMILIES,
                  progress: bool = True, log: Callable[[str], None] = print):
         self.backbone, self.tokenizer, self.suite = backbone, tokenizer, suite
         self.contenders = check_contenders(contenders)
@@ -188,9 +191,9 @@ class Harness:
 
 
 def run_suite(backbone: Any, tokenizer: Any, suite: str | Suite, contenders: Sequence[str], out_dir: str | Path,
-              window: int = 1024, backbone_name: str = "", families: Sequence[str] = FAMILIES, command: str = "",
-              progress: bool = True, report: bool = True, ray: str | None = None, ray_backbone: Any = ...,
-              device: str = "cpu", dtype: Any = None, ray_gpus: float | None = None,
+              window: int = 1024, backbone_name: str = "", families: Sequence[str] = DEFAULT_FAMILIES,
+              command: str = "", progress: bool = True, report: bool = True, ray: str | None = None,
+              ray_backbone: Any = ..., device: str = "cpu", dtype: Any = None, ray_gpus: float | None = None,
               **overrides: Any) -> dict[str, Path]:
     """Run a suite and write the report; returns the written files.
 

@@ -14,6 +14,7 @@ from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
 TASK_FAMILIES: dict[str, str] = {
     "babilong": "memlm.eval.tasks.babilong:BabilongTask",
     "babilong-unseen": "memlm.eval.tasks.babilong:UnseenCastTask",
+    "needle": "memlm.eval.tasks.needle:NeedleTask",
     "followup": "memlm.eval.tasks.followup:FollowupTask",
     "recall": "memlm.eval.tasks.recall:RecallTask",
     "ppl": "memlm.eval.tasks.perplexity:PerplexityTask",

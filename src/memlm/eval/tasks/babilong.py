@@ -54,6 +54,15 @@ class BabilongTask(EvalTask):
     family = "babilong"
     settings = ("babilong_tasks", "babilong_haystack", "lengths", "long_", "samples")
     transform: Recast | None = None  # bAbI's own people, places and objects
+    generate = staticmethod(babilong.generate)
+
+    @staticmethod
+    def prompt(sample: Any) -> str:
+        return babilong.question_prompt(sample)
+
+    @staticmethod
+    def correct(sample: Any, reply: str) -> bool:
+        return scoring.babilong_correct(reply, sample.answer, sample.answer_labels, sample.question)
 
     def task_names(self, suite: Any) -> list[str]:
         return [f"{self.family}/{name}" for name in suite.babilong_tasks]
@@ -66,7 +75,7 @@ class BabilongTask(EvalTask):
         # Every contender answers the same samples; building a 16K+ haystack is worth doing once.
         key = (self.family, name, length)
         if key not in run.shared:
-            run.shared[key] = generate_in_parallel(babilong.generate, name, run.suite.samples, length, run,
+            run.shared[key] = generate_in_parallel(self.generate, name, run.suite.samples, length, run,
                                                    self.transform)
         return run.shared[key]
 
@@ -86,12 +95,12 @@ class BabilongTask(EvalTask):
             for first in range(0, len(samples), run.suite.batch_size):
                 batch = samples[first:first + run.suite.batch_size]
                 replies = contender.answer_batch([s.context for s in batch],
-                                                 [[babilong.question_prompt(s)] for s in batch],
+                                                 [[self.prompt(s)] for s in batch],
                                                  [s.question for s in batch])
                 for sample, reply in zip(batch, replies, strict=True):
                     if reply is None:  # does not fit `full`'s window
                         continue
-                    hit = scoring.babilong_correct(reply[0], sample.answer, sample.answer_labels, sample.question)
+                    hit = self.correct(sample, reply[0])
                     new_details.append({"length": length, "question": sample.question, "answer": sample.answer,
                                         "reply": reply[0], "correct": hit})
             correct = sum(detail["correct"] for detail in new_details)
