@@ -28,21 +28,20 @@ t.save_pretrained('$backbone')"
   nvidia-smi -L | tee "$out/device.txt"
   # Stage 1 is the shipped preset; the same weights selecting whole words is the ablation of stage 2's data.
   # The same weights selecting whole sentences (at most 192 tokens): the other unit, untrained for it.
-  mkdir -p runs/babilong-tokens runs/stage1-words runs/stage1-sentences
-  [ -d runs/babilong-tokens/final ] || cp -r src/memlm/presets/importance-babilong runs/babilong-tokens/final
+  mkdir -p runs/stage1-words runs/stage1-sentences
   python3 - <<'PY'
 import json, shutil
 for unit, size in (("word", 160), ("sentence", 192)):
-    config = json.load(open("src/memlm/presets/importance-babilong/memlm_config.json"))
+    config = json.load(open("src/memlm/presets/importance-babilong-tokens/memlm_config.json"))
     config["memories"][0].update(keep_unit=unit, max_memory_size=size)
     json.dump(config, open(f"runs/stage1-{unit}s/memlm_config.json", "w"), indent=2)
-    shutil.copy("src/memlm/presets/importance-babilong/memory_weights.safetensors", f"runs/stage1-{unit}s/")
+    shutil.copy("src/memlm/presets/importance-babilong-tokens/memory_weights.safetensors", f"runs/stage1-{unit}s/")
 PY
   [ -d runs-cast ] && cp -rn runs-cast/* runs/
 }
 
 evaluate() {
-  local contenders="none,importance-babilong,runs/stage1-words,runs/stage1-sentences"
+  local contenders="none,importance-babilong-tokens,runs/stage1-words,runs/stage1-sentences"
   for name in $RUNS; do [ -d "runs/$name/final" ] && contenders="$contenders,runs/$name/final"; done
   common="--suite full --device ${DEVICE:-cuda} --dtype ${DTYPE:-bfloat16} --backbone $backbone --no-report --out /tmp/eval-cast \
     --samples ${SAMPLES:-100} --batch-size 100 --lengths ${LENGTHS:-4K,16K}"
