@@ -25,7 +25,7 @@ from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.facts.backends import redact, register_backend
 from memlm.facts.backends.base import FactBackend
 from memlm.facts.lexical import LexicalIndex
-from memlm.facts.store import (
+from memlm.facts.records import (
     ACTIVE,
     MAX_SOURCE_CHARS,
     SUPERSEDED,
