@@ -239,17 +239,18 @@ class FactBank:
         return replaced, "; ".join(reasons)
 
     def remember_turn(self, user_text: str, reply: str | None = None, *, judge: Callable[[str], bool] | None = None,
-                      user: str | None = None, **kwargs: Any) -> list[LearnResult]:
+                      user: str | None = None, keep_statements: bool = False, **kwargs: Any) -> list[LearnResult]:
         """Extract facts from a user message and learn them; the raw turn is kept as their source.
 
         Rules only (plus `judge` if given) and constant importance: no model call, so a turn is
-        memorised in milliseconds.
+        memorised in milliseconds. `keep_statements` also keeps statements that are not about the
+        speaker (`extract_facts`), for memories that belong to an agent or a run.
         """
         # The source is provenance, not input to validate: a reply may hold any character.
         source = CONTROL_CHARACTERS.sub(" ", f"user: {user_text}" + (f"\nassistant: {reply}" if reply else ""))
         return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
                            spoken=fact.sentence, **kwargs)
-                for fact in extract_facts(user_text, judge)]
+                for fact in extract_facts(user_text, judge, keep_statements)]
 
     # --- forgetting --------------------------------------------------------------------------
     def evict(self, user: str) -> int:

@@ -193,6 +193,12 @@ class FactStore(FactBackend):
         check_name(user, "user id")
         return self.connection.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
 
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        if field not in ("agent_id", "run_id"):
+            raise ConfigError(f"no scope field {field!r}")
+        sql = f"SELECT 1 FROM facts WHERE {field} = ? AND user != ? LIMIT 1"
+        return self.connection.execute(sql, (value, owner)).fetchone() is not None
+
     def require_user(self, user: str) -> str:
         if not self.has_user(user):
             raise UnknownUserError(f"no memories were ever stored for user {user!r}")

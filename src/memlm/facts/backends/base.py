@@ -29,6 +29,12 @@ class FactBackend(ABC):
     @abstractmethod
     def has_user(self, user: str) -> bool: ...
 
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        """Whether facts owned by someone other than `owner` carry `field` (agent_id or run_id) =
+        `value`: the API then explains that memlm does not search across users by an agent or a run.
+        Only the answer leaves the store, never the facts."""
+        return False
+
     def require_user(self, user: str) -> str:
         from memlm.facts.store import UnknownUserError
 

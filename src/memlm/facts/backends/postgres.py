@@ -160,6 +160,12 @@ class PostgresFactStore(FactBackend):
         check_name(user, "user id")
         return self._one("SELECT 1 FROM memlm_users WHERE owner = %s", (user,)) is not None
 
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        if field not in ("agent_id", "run_id"):
+            raise ConfigError(f"no scope field {field!r}")
+        return self._one(f"SELECT 1 FROM memlm_facts WHERE {field} = %s AND owner != %s LIMIT 1",
+                         (value, owner)) is not None
+
     # --- writing -----------------------------------------------------------------------------
     def add(self, user: str, text: str, embedding: np.ndarray, *, importance: float, category: str | None = None,
             source: str | None = None, session: str | None = None, row: int | None = None,
