@@ -165,3 +165,23 @@ def test_a_user_without_memories_lists_and_searches_empty(client):
     assert client.get("/v1/memories").json() == {"results": [], "total": 0}
     assert client.post("/v1/memories/search", json={"query": "anything"}).json()["results"] == []
     assert client.delete("/v1/memories").json()["deleted"] == 0
+
+
+def test_an_older_servers_metadata_is_adopted_once(tmp_path):
+    import sqlite3
+
+    from helpers import words_memory
+
+    from memlm.server.facts import FactsAdapter
+
+    memory = words_memory(tmp_path / "facts.sqlite")
+    fact = memory.add("I like jazz.", user_id="alice")["results"][0]["id"]
+    with sqlite3.connect(tmp_path / "server.sqlite") as old:  # the side table servers kept before
+        old.execute("CREATE TABLE fact_scopes (fact_id INTEGER PRIMARY KEY, user TEXT, agent_id TEXT, run_id TEXT, "
+                    "metadata TEXT)")
+        old.execute("INSERT INTO fact_scopes VALUES (?, 'alice', NULL, NULL, '{\"topic\": \"music\"}')", (fact,))
+        old.execute("INSERT INTO fact_scopes VALUES (999, 'alice', NULL, NULL, '{\"topic\": \"gone\"}')")
+    adapter = FactsAdapter(memory, tmp_path / "server.sqlite")
+    assert adapter.get("alice", fact)["metadata"] == {"topic": "music"}
+    with sqlite3.connect(tmp_path / "server.sqlite") as old:
+        assert old.execute("SELECT 1 FROM sqlite_master WHERE name = 'fact_scopes'").fetchone() is None
