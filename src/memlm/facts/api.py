@@ -148,13 +148,19 @@ class FactMemory:
         # a run (no user) is about the world ("Ticket 42: the printer is on fire"), so its statements count.
         about_the_world = user_id is None and user is None
         results: list[tuple[LearnResult, str, str | None]] = []
+        previous = self._last_message_of_run(owner, run_id) if not infer else None
         for role, text, name in _as_messages(messages):
             if role == "system":  # instructions and retrieved memories, not something anyone said
                 continue
             if not infer:
-                result = self.bank.learn(text, category, owner, source=text, importance=1.0, actor="api",
-                                         **extra)
+                # A stored message is a turn of a conversation: who said it and what it answers are
+                # searched with it (its `context`), and its vector is of "name: text".
+                said = f"{name}: {text}" if name else text
+                context = " ".join(part for part in (previous, f"{name}:" if name else None) if part) or None
+                result = self.bank.learn(text, category, owner, source=said, importance=1.0, actor="api",
+                                         embed_text=said, context=context, **extra)
                 results.append((result, role, name))
+                previous = said
             elif role == "user":
                 learned = self.bank.remember_turn(text, user=owner, keep_statements=about_the_world, **extra)
                 results.extend((result, role, name) for result in learned)
@@ -295,6 +301,13 @@ class FactMemory:
         if required:
             raise ConfigError("say whose memories: user_id= (or user=), agent_id= or run_id=")
         return None
+
+    def _last_message_of_run(self, owner: str, run_id: str | None) -> str | None:
+        """The message the next turn of a run follows (its source: "name: text"), if the run has one."""
+        if run_id is None:
+            return None
+        latest = self.store.latest_in_run(owner, run_id) if self.store.has_user(owner) else None
+        return None if latest is None else latest.source
 
     def _refuse_cross_user_scope(self, owner: str, user_id: str | None, user: str | None,
                                  filters: dict[str, Any] | None) -> None:

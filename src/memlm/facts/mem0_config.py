@@ -15,7 +15,8 @@ nothing to configure here. `from_config` keeps what does carry over and says, on
   `version`: not used (no LLM in the loop; the history lives in the store);
 * `memlm`: `{"store": ..., "encoder": ..., "bank": {FactBankConfig fields}}`, memlm's own settings.
 
-Anything else is a `ConfigError`, as mem0's own validation refuses unknown keys.
+Keys mem0 does not know either are named in the same warning (mem0's config model ignores them);
+a section of the wrong type is a `ConfigError`.
 """
 
 from __future__ import annotations
@@ -75,10 +76,8 @@ def memory_settings(config: Any) -> dict[str, Any]:
 
     if not isinstance(config, dict):
         raise ConfigError(f"Memory.from_config needs a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(_KNOWN))
-    if unknown:
-        raise ConfigError(f"mem0 config: unknown keys {unknown}; memlm reads {sorted(_KNOWN)}")
     unused = [key for key in _UNUSED if config.get(key) not in (None, {}, "")]
+    unused += [f"unknown key {key!r}" for key in sorted(set(config) - set(_KNOWN), key=str)]
     provider, settings = _section(config, "vector_store")
     store = _store_from(provider, settings, unused)
     _, embedder = _section(config, "embedder")

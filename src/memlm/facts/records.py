@@ -63,6 +63,7 @@ class Fact:
     agent_id: str | None = None
     run_id: str | None = None
     slot: str | None = None
+    context: str | None = None  # words that help find it but are not it (the message before a turn; who spoke)
 
     def __post_init__(self) -> None:
         if isinstance(self.metadata, str):
@@ -93,6 +94,12 @@ class FactChange:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def search_text(text: str, spoken: str | None = None, context: str | None = None) -> str:
+    """What the lexical index holds for a fact: the words around it (`context`), the user's own
+    sentence (`spoken`, for chat facts) and its text; every backend indexes the same words."""
+    return " ".join(part for part in (context, spoken, text) if part)
 
 
 def check_text(text: Any, what: str = "fact", limit: int = MAX_FACT_CHARS) -> str:

@@ -56,6 +56,7 @@ from memlm.facts.records import (  # noqa: F401  (re-exported: the store's publi
     _metadata_json,
     check_id,
     check_text,
+    search_text,
     text_key,
 )
 from memlm.facts.vector_index import UserIndex
@@ -88,7 +89,8 @@ CREATE TABLE IF NOT EXISTS facts (
     metadata TEXT,                  -- JSON object
     agent_id TEXT,
     run_id TEXT,
-    slot TEXT                       -- subject and attribute head the fact fills (memlm.facts.slots), if any
+    slot TEXT,                      -- subject and attribute head the fact fills (memlm.facts.slots), if any
+    context TEXT                    -- searchable words that are not the fact: the message before a turn, who spoke
 );
 CREATE INDEX IF NOT EXISTS facts_user ON facts (user);
 CREATE TABLE IF NOT EXISTS history (
@@ -107,11 +109,12 @@ CREATE INDEX IF NOT EXISTS history_fact ON history (fact_id);
 """
 
 _FACT_COLUMNS = ("id, user, category, text, importance, created, last_used, use_count, source, session, row, spoken, "
-                 "status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot")
+                 "status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot, context")
 # Columns schema 2 added, for files written by schema 1 (added in place when such a file is opened).
 _NEW_COLUMNS = {"facts": (("spoken", "TEXT"), ("status", "TEXT NOT NULL DEFAULT 'active'"),
                           ("superseded_by", "INTEGER"), ("expires_at", "REAL"), ("updated", "REAL"),
-                          ("metadata", "TEXT"), ("agent_id", "TEXT"), ("run_id", "TEXT"), ("slot", "TEXT")),
+                          ("metadata", "TEXT"), ("agent_id", "TEXT"), ("run_id", "TEXT"), ("slot", "TEXT"),
+                          ("context", "TEXT")),
                 "history": (("reason", "TEXT"),)}
 _INDEXES = """
 DROP INDEX IF EXISTS facts_user_key;
@@ -193,6 +196,11 @@ class FactStore(FactBackend):
         check_name(user, "user id")
         return self.connection.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
 
+    def latest_in_run(self, user: str, run_id: str) -> Fact | None:
+        sql = f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ? AND run_id = ? ORDER BY id DESC LIMIT 1"
+        found = self.connection.execute(sql, (user, run_id)).fetchone()
+        return None if found is None else Fact(*found)
+
     def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
         if field not in ("agent_id", "run_id"):
             raise ConfigError(f"no scope field {field!r}")
@@ -210,15 +218,18 @@ class FactStore(FactBackend):
             latent: np.ndarray | None = None, actor: str | None = None, spoken: str | None = None,
             expires_at: float | None = None, metadata: dict[str, Any] | None = None,
             agent_id: str | None = None, run_id: str | None = None, supersedes: Iterable[int] = (),
-            reason: str | None = None, slot: str | None = None) -> Fact:
+            reason: str | None = None, slot: str | None = None, context: str | None = None) -> Fact:
         """Insert one fact (and its history entry) in one transaction; the facts in `supersedes` are
-        marked superseded by it in the same transaction (`reason` says why)."""
+        marked superseded by it in the same transaction (`reason` says why). `context` is searched by
+        words with it (`search_text`) but is not part of it."""
         check_name(user, "user id")
         text = check_text(text)
         if source is not None:
             source = check_text(source, "source", MAX_SOURCE_CHARS)
         if spoken is not None:
             spoken = check_text(spoken, "sentence")
+        if context is not None:
+            context = check_text(context, "context", MAX_SOURCE_CHARS)
         embedding = self._check_vector(embedding)
         expires_at = _check_time(expires_at, "expires_at")
         metadata_json = _metadata_json(metadata)
@@ -228,11 +239,11 @@ class FactStore(FactBackend):
             try:
                 cursor = self.connection.execute(
                     "INSERT INTO facts (user, category, text, text_key, embedding, latent, importance, created, "
-                    "last_used, source, session, row, spoken, expires_at, updated, metadata, agent_id, run_id, slot) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "last_used, source, session, row, spoken, expires_at, updated, metadata, agent_id, run_id, slot, "
+                    "context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (user, category, text, text_key(text), _blob(embedding), _blob(latent), float(importance),
                      now, now, source, session, row, spoken, expires_at, now, metadata_json, agent_id, run_id,
-                     slot))
+                     slot, context))
             except sqlite3.IntegrityError:
                 raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
             fact_id = int(cursor.lastrowid)
@@ -493,13 +504,13 @@ class FactStore(FactBackend):
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))
                     rows = self.connection.execute(
-                        f"SELECT id, embedding, text, spoken FROM facts WHERE user = ? AND id IN ({marks}) "
+                        f"SELECT id, embedding, text, spoken, context FROM facts WHERE user = ? AND id IN ({marks}) "
                         f"AND status = 'active'", [user, *chunk]).fetchall()
                     if rows:
-                        vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob, _, _ in rows])
+                        vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob, *_ in rows])
                         index.add(vectors, np.asarray([i for i, *_ in rows], dtype=np.int64))
-                        for fact_id, _, text, spoken in rows:
-                            lexical.add(fact_id, text if not spoken else f"{spoken} {text}")
+                        for fact_id, _, text, spoken, context in rows:
+                            lexical.add(fact_id, search_text(text, spoken, context))
         self._indexes[user] = (index, lexical, latest)
         return index, lexical
 
