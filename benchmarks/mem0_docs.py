@@ -128,6 +128,8 @@ def _classify(error: BaseException, code: str, earlier_failed: bool, llm_server:
         return "skipped", why + message
     if isinstance(error, (ConnectionError, OSError)) and re.search(r"localhost|host|port|https?://", code):
         return "skipped", f"needs a service at an address ({message})"
+    if isinstance(error, KeyError) and re.search(rf"os\.environ\[[\"']{re.escape(str(error.args[0]))}[\"']\]", code):
+        return "skipped", f"needs the environment variable {error.args[0]} (a service's address or key)"
     if isinstance(error, NameError) and earlier_failed:
         return "skipped", f"needs a snippet before it that did not run ({message})"
     if isinstance(error, NameError) and error.name and not _defined_in(error.name, page_code):

@@ -12,8 +12,7 @@ import pytest
 from helpers import WORDS_DIM, words_embed, words_memory
 
 import memlm
-from memlm.facts import AsyncMemory, FactMemory
-from memlm.facts.mem0_config import Mem0ConfigWarning, memory_settings
+from memlm.facts import FactMemory
 from memlm.paths import facts_path
 
 
@@ -141,6 +140,8 @@ def test_every_id_taking_call_accepts_the_id_as_a_string():
 
 
 def test_from_config_reads_mem0_settings(tmp_path):
+    from memlm.facts.mem0_config import Mem0ConfigWarning, memory_settings
+
     config = {"vector_store": {"provider": "faiss", "config": {"collection_name": "test", "path": str(tmp_path / "f")}},
               "llm": {"provider": "openai", "config": {"model": "gpt-5-mini"}},
               "embedder": {"provider": "huggingface", "config": {"model": "multilingual-e5-small"}},
@@ -180,6 +181,8 @@ def _words_init(original):
 
 
 def test_async_memory_awaits_every_call():
+    from memlm.facts import AsyncMemory
+
     async def scenario():
         async with AsyncMemory(None, embed=words_embed, encoder="words", dimension=WORDS_DIM) as memory:
             added = await asyncio.gather(*(memory.add(f"My number {n} is {n * 7}.", user_id="ada")

@@ -22,7 +22,12 @@ memlm's own spelling (`user=`, `min_similarity=`, `category=`) keeps working.
 Scoping: `user_id` (or `user`) owns a memory; `agent_id` and `run_id` are recorded with it and
 filter within the owner's memories. A memory added with no user belongs to its agent
 (`"agent.<agent_id>"`) or, failing that, its run (`"run.<run_id>"`); mem0 would let a search by
-`agent_id` alone reach every user's memories with that agent, memlm does not (isolation first).
+`agent_id` alone reach every user's memories with that agent, memlm does not (isolation first), and
+says so (`ConfigError`) when that is what such a search would have needed.
+
+Defaults follow mem0's: `Memory()` keeps `<home>/facts.sqlite`, a search returns up to 20 memories
+above a relevance of 0.1, and an owner with no memories yet reads as empty. `AsyncMemory` is the
+same API for asyncio; `Memory.from_config` reads mem0's config dict (`memlm.facts.mem0_config`).
 """
 
 from __future__ import annotations
