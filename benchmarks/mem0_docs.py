@@ -130,6 +130,10 @@ def _classify(error: BaseException, code: str, earlier_failed: bool, llm_server:
         return "skipped", f"needs a service at an address ({message})"
     if isinstance(error, KeyError) and re.search(rf"os\.environ\[[\"']{re.escape(str(error.args[0]))}[\"']\]", code):
         return "skipped", f"needs the environment variable {error.args[0]} (a service's address or key)"
+    placeholder = re.search(r"""["']((?:mem|memory)[-_](?:\d+|xyz|abc|id[-_]here)|[\w-]*id[-_]here|"""
+                            r"""your[-_][\w-]*id)["']""", code)
+    if placeholder and placeholder.group(1) in str(error):
+        return "skipped", f"uses a placeholder id ({placeholder.group(1)!r}), which names no memory (in mem0 either)"
     if isinstance(error, NameError) and earlier_failed:
         return "skipped", f"needs a snippet before it that did not run ({message})"
     if isinstance(error, NameError) and error.name and not _defined_in(error.name, page_code):
@@ -211,6 +215,7 @@ def main() -> None:
     parser.add_argument("--out", help="all snippets and their status, as JSON")
     parser.add_argument("--table", help="the Markdown table of the reported snippets")
     parser.add_argument("--openai-base-url", help="send the snippets' openai client calls here (`memlm serve`)")
+    parser.add_argument("--previous", help="an earlier --out: its results stand for the pages not run now")
     parser.add_argument("--pages", help="only pages whose path contains one of these texts (comma-separated)")
     args = parser.parse_args()
     checkout = Path(args.checkout)
@@ -249,6 +254,18 @@ def main() -> None:
         results.extend(reported)
         for block in reported:
             print(f"{block.status:8} {block.page}#{block.number} {block.reason}", flush=True)
+    if args.previous:  # keep the earlier results of the pages not run this time, in their order
+        ran = {block.page for block in results}
+        earlier = [Snippet(**{key: value for key, value in entry.items() if key != "first_line"}, code="")
+                   for entry in json.loads(Path(args.previous).read_text(encoding="utf-8"))["snippets"]]
+        for block, entry in zip(earlier, json.loads(Path(args.previous).read_text(encoding="utf-8"))["snippets"],
+                                strict=True):
+            block.code = entry["first_line"]
+        fresh = {(block.page, block.number): block for block in results}
+        order = [(block.page, block.number) for block in earlier if block.page not in ran or
+                 (block.page, block.number) in fresh]
+        merged = [fresh.get(key) or next(b for b in earlier if (b.page, b.number) == key) for key in order]
+        results = merged + [block for block in results if (block.page, block.number) not in set(order)]
     counts = {status: sum(b.status == status for b in results) for status in ("passes", "skipped", "differs")}
     print(json.dumps(counts))
     if args.out:

@@ -129,6 +129,14 @@ def test_search_keeps_what_mem0_defaults_keep():
     assert results[-1]["memory"].startswith("garden w0") and results[-1]["score"] < 0.3
 
 
+def test_mem0_spellings_of_whose_memories():
+    memory = words_memory()
+    memory.add("I love jazz.", user_id="ada@example.com", metadata={"category": "music"})  # e-mails are user ids
+    found = memory.search("jazz", filters={"AND": [{"user_id": "ada@example.com"}, {"category": "music"}]},
+                          rerank=True, explain=True)["results"]
+    assert [r["memory"] for r in found] == ["The user loves jazz."]
+
+
 def test_every_id_taking_call_accepts_the_id_as_a_string():
     memory = words_memory()
     memory_id = str(memory.add("My locker code is 4417.", user_id="ada")["results"][0]["id"])

@@ -220,7 +220,8 @@ class FactMemory:
     def search(self, query: str, user_id: str | None = None, *, user: str | None = None, agent_id: str | None = None,
                run_id: str | None = None, limit: int | None = None, top_k: int | None = None,
                filters: dict[str, Any] | None = None, threshold: float | None = None,
-               min_similarity: float | None = None, rerank: bool = False) -> dict[str, list[dict[str, Any]]]:
+               min_similarity: float | None = None, rerank: bool = False, explain: bool = False
+               ) -> dict[str, list[dict[str, Any]]]:
         """The owner's live memories ranked for `query` (hybrid: vectors + BM25), best first.
 
         `limit` / `top_k` caps the results (mem0's default, 20); `threshold` (alias `min_similarity`)
@@ -228,7 +229,8 @@ class FactMemory:
         (`memlm.facts.filters`). Superseded, expired and deleted memories are never returned; an
         owner with no memories yet gets `{"results": []}`. Each result has mem0's keys (`id`,
         `memory`, `hash`, `metadata`, `score`, `created_at`, `updated_at`, `user_id`, ...) and
-        memlm's (`similarity`, `lexical`, `importance`, `category`, ...).
+        memlm's (`similarity`, `lexical`, `importance`, `category`, ...), which explain every score
+        (so `explain=True` adds nothing); memlm has no separate re-ranker (`rerank` changes nothing).
         """
         count = _count(limit, top_k, DEFAULT_TOP_K)
         floor = _threshold(threshold, min_similarity)
@@ -292,6 +294,10 @@ class FactMemory:
         named = {value for value in (user_id, user) if value is not None}
         if isinstance(filters, dict) and isinstance(filters.get("user_id"), str):
             named.add(filters["user_id"])
+        elif isinstance(filters, dict) and isinstance(filters.get("AND"), list):
+            # mem0 also names the user as one condition of an AND: {"AND": [{"user_id": "alice"}, ...]}
+            named |= {part["user_id"] for part in filters["AND"]
+                      if isinstance(part, dict) and isinstance(part.get("user_id"), str)}
         elif isinstance(filters, dict) and "user_id" in filters:
             raise ConfigError("filters['user_id'] must be one user id (a string): memlm searches one user at a time")
         if len(named) > 1:
