@@ -146,7 +146,11 @@ def _classify(error: BaseException, code: str, earlier_failed: bool, llm_server:
 def run_page(blocks: list[Snippet], llm_server: bool) -> None:
     """Run one page's blocks in order in one namespace (called in a child process, see `main`)."""
     namespace: dict = {"__name__": "__main__"}
-    answers = iter(["exit"] * 5)
+    # a chat loop gets one message about the user, one question about it, then "exit"
+    answers = iter((["I just adopted a cat called Miso.", "What is my cat called?"] if llm_server else [])
+                   + ["exit"] * 5)
+    if llm_server:
+        _any_model_is_the_servers()
 
     def fake_input(prompt: str = "") -> str:
         try:
@@ -193,6 +197,23 @@ def run_page(blocks: list[Snippet], llm_server: bool) -> None:
                     traceback.print_exc()
         finally:
             signal.alarm(0)
+
+
+def _any_model_is_the_servers() -> None:
+    """A snippet names OpenAI's models ("gpt-5-mini"); `memlm serve` answers as its default model."""
+    try:
+        from openai.resources.chat import completions
+    except ImportError:
+        return
+    for name in ("Completions", "AsyncCompletions"):
+        cls = getattr(completions, name)
+        original = cls.create
+
+        def create(self, *args, _original=original, **kwargs):
+            kwargs["model"] = "default"
+            return _original(self, *args, **kwargs)
+
+        cls.create = create
 
 
 async def _awaited(result: object) -> object:
@@ -273,11 +294,10 @@ def main() -> None:
             {k: v for k, v in asdict(b).items() if k != "code"} | {"first_line": b.first_line} for b in results]},
             indent=1) + "\n", encoding="utf-8")
     if args.table:
-        rows = ["| snippet | first line | result |", "|---|---|---|"]
+        rows = ["| snippet | result |", "|---|---|"]  # where, not what: mem0's code stays in mem0's repository
         for block in results:
             verdict = (block.status + (f" ({block.reason})" if block.reason else "")).replace("|", "/")
-            first = block.first_line.replace("|", "/").replace("`", "'")
-            rows.append(f"| `{block.page}` #{block.number} (line {block.line}) | `{first}` | {verdict} |")
+            rows.append(f"| `{block.page}` #{block.number} (line {block.line}) | {verdict.replace('`', chr(39))} |")
         Path(args.table).write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 

@@ -20,7 +20,7 @@ from memlm.server.keys import Principal
 router = APIRouter(prefix="/v1/memories", tags=["Memories (facts)"], responses=ERROR_RESPONSES)
 
 MAX_ID = 2**63 - 1
-NameField = Field(None, min_length=1, max_length=128, description="letters, digits, '.', '_', '-'")
+NameField = Field(None, min_length=1, max_length=128, description="letters, digits, '.', '_', '-', '@', '+'")
 
 
 class Message(BaseModel):
