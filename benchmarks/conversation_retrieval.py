@@ -241,10 +241,10 @@ def _encoder(name: str) -> tuple[Callable[[list[str]], np.ndarray], Callable[[li
     return e5_encoder().encode_passages, e5_encoder().encode_queries
 
 
-def study(conversations: list[Conversation], cache: Path | None, encoders: list[str]) -> dict:
+def study(conversations: list[Conversation], cache: Path | None, encoders: list[str], quick: bool = False) -> dict:
     from memlm.facts.lexical import LexicalIndex
 
-    dense_forms, lexical_forms = ("plain", "speaker"), ("plain", "speaker", "context")
+    dense_forms, lexical_forms = ("plain", "speaker", "context"), ("plain", "speaker", "context")
     all_questions = [q.text for c in conversations for q in c.questions]
     total = sum(len(c.turns) for c in conversations)
     vectors: dict[tuple[str, str], np.ndarray] = {}
@@ -350,6 +350,10 @@ def study(conversations: list[Conversation], cache: Path | None, encoders: list[
                 for weight in (1.0, 2.0):
                     variants.append(dict(encoder=encoder, dense_form=dense_form, lexical_form=lexical_form,
                                          weight=weight, session_weight=0.3, normalise="z", session_mode="doc"))
+    if quick:  # memlm's own family only: words with the message before, W 1, run weights
+        variants = [v for v in variants if v["lexical_form"] == "context" and v["weight"] in (1.0, "bm25 only")
+                    and v["normalise"] == "max" and v.get("session_mode", "max") == "max"
+                    and not v.get("neighbour_weight")]
     report = []
     for variant in variants:
         entry = {**variant, "fit_half": evaluate(variant, 0), "check_half": evaluate(variant, 1),
@@ -370,6 +374,7 @@ def main() -> None:
     parser.add_argument("--encoders", default="minilm", help="study: minilm and/or e5, comma-separated")
     parser.add_argument("--retrievals", default="hybrid:0.1,lexical,dense",
                         help="memlm: the bank's retrieval settings to run (hybrid:0.1 is the default)")
+    parser.add_argument("--quick", action="store_true", help="study: only the variants memlm's settings span")
     parser.add_argument("--conversations", type=int, help="only the first N conversations")
     parser.add_argument("--questions", type=int, help="memlm: only the first N questions of each conversation")
     args = parser.parse_args()
@@ -379,7 +384,8 @@ def main() -> None:
     if args.command == "memlm":
         results = {"runs": run_memlm(conversations, args.retrievals.split(","), args.questions)}
     else:
-        results = study(conversations, Path(args.cache) if args.cache else None, args.encoders.split(","))
+        results = study(conversations, Path(args.cache) if args.cache else None, args.encoders.split(","),
+                        args.quick)
         print("chosen on the fit half:", json.dumps(results["chosen_on_fit_half"]))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

@@ -128,9 +128,13 @@ class FactMemory:
             ) -> dict[str, list[dict[str, Any]]]:
         """Remember what `messages` say about the user.
 
-        `messages` is a string, a message dict or a list of them (`{"role", "content"}`). With
-        `infer=True` facts are extracted from user messages by rules (the raw turn is kept as each
-        fact's source); with `infer=False` each text is stored as it is. A fact that updates one
+        `messages` is a string, a message dict or a list of them (`{"role", "content"}`, optional
+        `name`). System messages are never stored. With `infer=True` facts are extracted by rules
+        from the user's messages only (the raw turn is kept as each fact's source; requests and
+        questions are not facts; a memory with no user also keeps statements about the world); with
+        `infer=False` each message is stored as it is, as a conversation turn: its `name` and the
+        message before it in its run (this call's previous message, or the run's latest memory) are
+        searched with it (`context`). A fact that updates one
         already known ("I moved to Oslo" after "I live in Lisbon") supersedes it: the old one stays in
         its history, no longer retrieved. `expires_at` (a time), `ttl` (seconds from now) or mem0's
         `expiration_date` ("YYYY-MM-DD") end a fact's retrieval.
