@@ -123,6 +123,8 @@ DROP INDEX IF EXISTS facts_user_key;
 CREATE UNIQUE INDEX IF NOT EXISTS facts_user_key_active ON facts (user, text_key, COALESCE(row, -1))
     WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS facts_user_slot ON facts (user, slot) WHERE slot IS NOT NULL;
+-- the newest turn of a run, which the next turn follows (`latest_in_run`, once per stored turn)
+CREATE INDEX IF NOT EXISTS facts_user_run ON facts (user, run_id, id) WHERE run_id IS NOT NULL;
 """
 _LIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > ?)"
 

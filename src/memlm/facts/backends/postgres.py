@@ -79,6 +79,7 @@ CREATE INDEX IF NOT EXISTS memlm_facts_owner ON memlm_facts (owner, id);
 CREATE UNIQUE INDEX IF NOT EXISTS memlm_facts_owner_key_active ON memlm_facts (owner, text_key, COALESCE(batch_row, -1))
     WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS memlm_facts_owner_slot ON memlm_facts (owner, slot) WHERE slot IS NOT NULL;
+CREATE INDEX IF NOT EXISTS memlm_facts_owner_run ON memlm_facts (owner, run_id, id) WHERE run_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS memlm_history (
     id BIGSERIAL PRIMARY KEY,
     fact_id BIGINT NOT NULL,
