@@ -46,14 +46,14 @@ _LAZY = {
     "SlotsConfig": "memlm.memories.slots", "SlotsMemory": "memlm.memories.slots",
     "ImportanceConfig": "memlm.memories.importance", "ImportanceMemory": "memlm.memories.importance",
     "AutoMemoryModule": "memlm.memories.importance",
-    "FactMemory": "memlm.facts.api",
+    "FactMemory": "memlm.facts.api", "AsyncMemory": "memlm.facts.api",
 }
 # `memlm.Memory` is the fact API's first name, kept for code written against it (and for mem0 users).
 _ALIASES = {"Memory": ("memlm.facts.api", "FactMemory")}
 
 if TYPE_CHECKING:
     from memlm.backbone import Backbone, load_backbone
-    from memlm.facts.api import FactMemory
+    from memlm.facts.api import AsyncMemory, FactMemory
     from memlm.facts.api import FactMemory as Memory
     from memlm.memories.bank import BankConfig, BankMemory
     from memlm.memories.importance import AutoMemoryModule, ImportanceConfig, ImportanceMemory
@@ -76,6 +76,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncMemory",
     "AutoMemoryModule",
     "Backbone",
     "BackboneNotFoundError",

@@ -98,12 +98,12 @@ def test_bad_fact_text_is_refused_and_nothing_is_lost(text, message, store):
     assert [f["memory"] for f in memory.get_all(user="ada")["results"]] == ["The user likes tea."]
 
 
-def test_unknown_and_invalid_users_are_clear_errors():
+def test_unknown_users_have_no_memories_and_invalid_ones_are_clear_errors():
     memory = words_memory()
-    with pytest.raises(UnknownUserError, match="nobody"):
-        memory.search("anything", user="nobody")
-    with pytest.raises(UnknownUserError):
-        memory.get_all(user="nobody")
+    assert memory.search("anything", user="nobody") == {"results": []}  # as mem0: a new user's first message
+    assert memory.get_all(user="nobody") == {"results": []}
+    with pytest.raises(UnknownUserError, match="nobody"):  # the bank itself still tells the difference
+        memory.bank.retrieve("anything", user="nobody")
     with pytest.raises(memlm.ConfigError, match="user id"):
         memory.add("I like tea.", user="../etc")
 

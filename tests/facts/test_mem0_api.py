@@ -10,7 +10,7 @@ import pytest
 from helpers import Clock, words_memory
 
 import memlm
-from memlm.facts import FactNotFoundError, UnknownUserError
+from memlm.facts import FactNotFoundError
 
 MEM0_KEYS = {"id", "memory", "hash", "metadata", "score", "created_at", "updated_at", "user_id"}
 
@@ -113,7 +113,8 @@ def test_limit_top_k_and_threshold(memory):
         memory.add(f"fact number {n} about apples", user_id="ada", infer=False)
     assert len(memory.search("apples", user_id="ada", top_k=3)["results"]) == 3
     assert len(memory.search("apples", user_id="ada", limit=6)["results"]) == 6
-    assert len(memory.search("apples", user_id="ada")["results"]) == 5  # memlm's default
+    # all of them (7: two of the 8 texts are one near-duplicate for the bag-of-words vectors); mem0 keeps 20
+    assert len(memory.search("apples", user_id="ada")["results"]) == len(memory.get_all(user_id="ada")["results"]) == 7
     assert memory.search("apples", user_id="ada", threshold=5.0)["results"] == []
     assert len(memory.get_all(user_id="ada", limit=2)["results"]) == 2
 
@@ -158,8 +159,7 @@ def test_unknown_ids_and_other_users_ids_read_as_missing(memory):
         with pytest.raises(FactNotFoundError):
             call()
     assert memory.get(str(mine), user_id="ada")["memory"] == "The user's locker code is 4417."
-    with pytest.raises(UnknownUserError):
-        memory.search("locker", user_id="carol")
+    assert memory.search("locker", user_id="carol") == {"results": []}
 
 
 def test_reset_forgets_everyone_but_the_history_remembers(memory):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from serverkit import fact_ids
 
-from memlm.server.facts import compile_filters
+from memlm.facts.filters import compile_filters
 
 
 def add(client, messages, **fields):
@@ -37,14 +37,15 @@ def test_add_search_list_get_update_history_delete(client):
     updated = client.put(f"/v1/memories/{dog}", json={"text": "The user's dog is called Rex."})
     assert updated.status_code == 200 and updated.json()["memory"] == "The user's dog is called Rex."
     history = client.get(f"/v1/memories/{dog}/history").json()["results"]
-    assert [(h["action"], h["old_text"], h["new_text"]) for h in history] == [
-        ("add", None, "The user's dog is called Biscuit."),
-        ("update", "The user's dog is called Biscuit.", "The user's dog is called Rex.")]
+    assert [(h["event"], h["old_memory"], h["new_memory"]) for h in history] == [  # mem0's history keys
+        ("ADD", None, "The user's dog is called Biscuit."),
+        ("UPDATE", "The user's dog is called Biscuit.", "The user's dog is called Rex.")]
+    assert history[0]["memory_id"] == dog and history[1]["is_deleted"] is False
 
     deleted = client.delete(f"/v1/memories/{dog}")
     assert deleted.status_code == 200 and deleted.json()["deleted"] == 1
     assert client.get(f"/v1/memories/{dog}").status_code == 404
-    assert client.get(f"/v1/memories/{dog}/history").json()["results"][-1]["action"] == "delete"
+    assert client.get(f"/v1/memories/{dog}/history").json()["results"][-1]["event"] == "DELETE"
     assert client.delete(f"/v1/memories/{dog}").status_code == 404
     gone = client.delete("/v1/memories").json()
     assert gone["deleted"] == 2 and client.get("/v1/memories").json() == {"results": [], "total": 0}
@@ -74,13 +75,16 @@ def test_mem0_scopes_metadata_and_filters(client):
     assert memories("/v1/memories/search", query="sports", top_k=1, agent_id="sport-bot") == ["The user likes tennis."]
     # mem0 v2 names the user inside filters
     assert len(memories("/v1/memories/search", query="likes", filters={"user_id": "local"})) == 3
-    get = client.get("/v1/memories", params={"agent_id": "music-bot"}).json()["results"]
+    listing = client.get("/v1/memories", params={"agent_id": "music-bot"}).json()
+    get = listing["results"]
     assert [(m["agent_id"], m["metadata"]) for m in get] == [("music-bot", {"topic": "music", "rank": 1})]
+    assert listing["total"] == 1  # the agent's memories, not all the user's
+    assert client.post("/v1/memories/list", json={"filters": {"rank": {"gte": 2}}, "limit": 1}).json()["total"] == 2
     # metadata can be updated alone; text and scope stay
     fact = get[0]["id"]
     updated = client.put(f"/v1/memories/{fact}", json={"metadata": {"topic": "jazz"}}).json()
     assert (updated["memory"], updated["agent_id"], updated["metadata"]) == ("The user likes jazz.", "music-bot",
-                                                                            {"topic": "jazz"})
+                                                                            {"topic": "jazz", "rank": 1})  # merged
     # deleting one agent's memories leaves the rest
     assert client.delete("/v1/memories", params={"agent_id": "sport-bot"}).json()["deleted"] == 1
     assert memories() == ["The user likes chess.", "The user likes jazz."]
@@ -89,8 +93,16 @@ def test_mem0_scopes_metadata_and_filters(client):
 @pytest.mark.parametrize("filters", [{"topic": {"regex": "x"}}, {"AND": "x"}, {"OR": []}, {"metadata": 3},
                                      {"topic": {}}, {"topic": {"in": "music"}}])
 def test_unsupported_filters_are_named(filters):
-    with pytest.raises(ValueError, match="filters"):
+    with pytest.raises(ValueError, match="filter"):
         compile_filters(filters)
+
+
+def test_the_server_and_the_library_share_one_memory(client):
+    """A memory added over HTTP is the library's row: same scope columns, same filters, no side table."""
+    add(client, "I like jazz.", agent_id="music-bot", metadata={"topic": "music"})
+    library = client.app.state.facts.memory
+    found = library.get_all(user_id="local", filters={"AND": [{"agent_id": "music-bot"}, {"topic": "music"}]})
+    assert [m["memory"] for m in found["results"]] == ["The user likes jazz."]
 
 
 def test_bad_input_gets_a_clear_4xx_and_loses_nothing(client):
@@ -153,3 +165,23 @@ def test_a_user_without_memories_lists_and_searches_empty(client):
     assert client.get("/v1/memories").json() == {"results": [], "total": 0}
     assert client.post("/v1/memories/search", json={"query": "anything"}).json()["results"] == []
     assert client.delete("/v1/memories").json()["deleted"] == 0
+
+
+def test_an_older_servers_metadata_is_adopted_once(tmp_path):
+    import sqlite3
+
+    from helpers import words_memory
+
+    from memlm.server.facts import FactsAdapter
+
+    memory = words_memory(tmp_path / "facts.sqlite")
+    fact = memory.add("I like jazz.", user_id="alice")["results"][0]["id"]
+    with sqlite3.connect(tmp_path / "server.sqlite") as old:  # the side table servers kept before
+        old.execute("CREATE TABLE fact_scopes (fact_id INTEGER PRIMARY KEY, user TEXT, agent_id TEXT, run_id TEXT, "
+                    "metadata TEXT)")
+        old.execute("INSERT INTO fact_scopes VALUES (?, 'alice', NULL, NULL, '{\"topic\": \"music\"}')", (fact,))
+        old.execute("INSERT INTO fact_scopes VALUES (999, 'alice', NULL, NULL, '{\"topic\": \"gone\"}')")
+    adapter = FactsAdapter(memory, tmp_path / "server.sqlite")
+    assert adapter.get("alice", fact)["metadata"] == {"topic": "music"}
+    with sqlite3.connect(tmp_path / "server.sqlite") as old:
+        assert old.execute("SELECT 1 FROM sqlite_master WHERE name = 'fact_scopes'").fetchone() is None

@@ -64,6 +64,7 @@ def facts_list(user: FactsUserOpt, path: FactsPathOpt = None, category: Category
                as_json: JsonOpt = False) -> None:
     """List a user's facts."""
     with _open_facts(path) as memory:
+        memory.store.require_user(user)  # a mistyped name is worth an error here, not an empty list
         _print_facts(memory.get_all(user=user, category=category)["results"], as_json)
 
 
@@ -73,6 +74,7 @@ def facts_search(query: Annotated[str, typer.Argument()], user: FactsUserOpt, pa
                  limit: LimitOpt = 5, as_json: JsonOpt = False) -> None:
     """A user's facts ranked for a query (similarity blended with importance)."""
     with _open_facts(path) as memory:
+        memory.store.require_user(user)  # a mistyped name is worth an error here, not an empty list
         _print_facts(memory.search(query, user=user, limit=limit, min_similarity=-1.0)["results"], as_json)
 
 

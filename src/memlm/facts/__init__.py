@@ -13,7 +13,7 @@ Example:
     "The user's dog is called Biscuit."
 """
 
-from memlm.facts.api import FactMemory
+from memlm.facts.api import AsyncMemory, FactMemory
 from memlm.facts.bank import FactBank, FactBankConfig, LearnResult, RetrievedFact
 from memlm.facts.extraction import ExtractedFact, extract_facts
 from memlm.facts.store import (
@@ -26,6 +26,7 @@ from memlm.facts.store import (
 )
 
 __all__ = [
+    "AsyncMemory",
     "DuplicateFactError",
     "ExtractedFact",
     "Fact",

@@ -22,12 +22,19 @@ memlm's own spelling (`user=`, `min_similarity=`, `category=`) keeps working.
 Scoping: `user_id` (or `user`) owns a memory; `agent_id` and `run_id` are recorded with it and
 filter within the owner's memories. A memory added with no user belongs to its agent
 (`"agent.<agent_id>"`) or, failing that, its run (`"run.<run_id>"`); mem0 would let a search by
-`agent_id` alone reach every user's memories with that agent, memlm does not (isolation first).
+`agent_id` alone reach every user's memories with that agent, memlm does not (isolation first), and
+says so (`ConfigError`) when that is what such a search would have needed.
+
+Defaults follow mem0's: `Memory()` keeps `<home>/facts.sqlite`, a search returns up to 20 memories
+above a relevance of 0.1, and an owner with no memories yet reads as empty. `AsyncMemory` is the
+same API for asyncio; `Memory.from_config` reads mem0's config dict (`memlm.facts.mem0_config`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -38,11 +45,15 @@ from memlm.facts.backends import default_store, open_fact_store
 from memlm.facts.bank import FactBank, FactBankConfig, LearnResult
 from memlm.facts.filters import compile_filters, iso_time, to_unix_time
 from memlm.facts.store import MAX_SOURCE_CHARS, Fact, FactChange, check_id, check_text
-from memlm.paths import check_name
+from memlm.paths import check_name, facts_path
 
 Messages = str | dict[str, str] | list[dict[str, str]]
 _UNSET: Any = ...
 ENCODERS = {"minilm": "minilm:all-MiniLM-L6-v2", "e5": "e5:multilingual-e5-small-q4"}
+# mem0's search defaults (`Memory.search(top_k=20, threshold=0.1)`): a cut any tighter drops memories
+# that code written for mem0 expects to see; callers that want fewer ask for fewer.
+DEFAULT_TOP_K = 20
+DEFAULT_THRESHOLD = 0.1
 
 
 class FactMemory:
@@ -51,7 +62,9 @@ class FactMemory:
     Args:
         path: where the facts live: an SQLite file (created if missing), `None` (in memory) or a store
             URL (`postgresql://...`, see `memlm.facts.backends`); left out, `MEMLM_STORE` if set,
-            else in memory. `store=` is the same argument by its other name.
+            else `<home>/facts.sqlite` (`memlm.paths.facts_path`, the file `memlm chat` uses), so
+            that `Memory()` remembers across processes as mem0's `Memory()` does. `store=` is the
+            same argument by its other name.
         config: bank settings (ranking blend, hybrid retrieval, supersession, duplicates, capacity,
             decay, ttl); `importance` is always "constant" here since no model is loaded.
         embed: texts -> unit vectors (default: the offline MiniLM, or e5 with `encoder="e5"`);
@@ -65,7 +78,7 @@ class FactMemory:
             raise ConfigError("give the store once: as path or as store=")
         location = path if path is not _UNSET else store
         if location is _UNSET:
-            location = default_store(None)
+            location = default_store(facts_path())
         if embed is None:
             encoder = ENCODERS.get(encoder, encoder)
             if encoder == ENCODERS["e5"]:
@@ -85,6 +98,19 @@ class FactMemory:
         self.store = open_fact_store(location, dimension, encoder)
         self.bank = FactBank(config, self.store, embed)
 
+    @classmethod
+    def from_config(cls, config_dict: dict[str, Any]) -> FactMemory:
+        """A memory from mem0's configuration dict: the store's path and the embedder carry over,
+        LLM sections are not used (a `Mem0ConfigWarning` names them); `memlm.facts.mem0_config`
+        has the mapping.
+
+        Example:
+            >>> Memory.from_config({"vector_store": {"provider": "faiss", "config": {"path": "/tmp/mem"}}})
+        """
+        from memlm.facts.mem0_config import memory_settings
+
+        return cls(**memory_settings(config_dict))
+
     def close(self) -> None:
         self.store.close()
 
@@ -102,9 +128,13 @@ class FactMemory:
             ) -> dict[str, list[dict[str, Any]]]:
         """Remember what `messages` say about the user.
 
-        `messages` is a string, a message dict or a list of them (`{"role", "content"}`). With
-        `infer=True` facts are extracted from user messages by rules (the raw turn is kept as each
-        fact's source); with `infer=False` each text is stored as it is. A fact that updates one
+        `messages` is a string, a message dict or a list of them (`{"role", "content"}`, optional
+        `name`). System messages are never stored. With `infer=True` facts are extracted by rules
+        from the user's messages only (the raw turn is kept as each fact's source; requests and
+        questions are not facts; a memory with no user also keeps statements about the world); with
+        `infer=False` each message is stored as it is, as a conversation turn: its `name` and the
+        message before it in its run (this call's previous message, or the run's latest memory) are
+        searched with it (`context`). A fact that updates one
         already known ("I moved to Oslo" after "I live in Lisbon") supersedes it: the old one stays in
         its history, no longer retrieved. `expires_at` (a time), `ttl` (seconds from now) or mem0's
         `expiration_date` ("YYYY-MM-DD") end a fact's retrieval.
@@ -123,14 +153,27 @@ class FactMemory:
                 check_name(value, name)
         deadline = self._expiry(expires_at, ttl, expiration_date)
         extra = {"metadata": metadata, "agent_id": agent_id, "run_id": run_id, "expires_at": deadline}
-        results: list[LearnResult] = []
-        for role, text in _as_messages(messages):
+        # What a user says about themselves becomes their memory; a memory that belongs to an agent or
+        # a run (no user) is about the world ("Ticket 42: the printer is on fire"), so its statements count.
+        about_the_world = user_id is None and user is None
+        results: list[tuple[LearnResult, str, str | None]] = []
+        previous = self._last_message_of_run(owner, run_id) if not infer else None
+        for role, text, name in _as_messages(messages):
+            if role == "system":  # instructions and retrieved memories, not something anyone said
+                continue
             if not infer:
-                results.append(self.bank.learn(text, category, owner, source=text, importance=1.0, actor="api",
-                                               **extra))
+                # A stored message is a turn of a conversation: who said it and what it answers are
+                # searched with it (its `context`), and its vector is of "name: text".
+                said = f"{name}: {text}" if name else text
+                context = " ".join(part for part in (previous, f"{name}:" if name else None) if part) or None
+                result = self.bank.learn(text, category, owner, source=said, importance=1.0, actor="api",
+                                         embed_text=said, context=context, **extra)
+                results.append((result, role, name))
+                previous = said
             elif role == "user":
-                results.extend(self.bank.remember_turn(text, user=owner, **extra))
-        return {"results": [_event(result) for result in results]}
+                learned = self.bank.remember_turn(text, user=owner, keep_statements=about_the_world, **extra)
+                results.extend((result, role, name) for result in learned)
+        return {"results": [_event(result, role, name) for result, role, name in results]}
 
     def update(self, memory_id: int | str, text: str | None = None, user_id: str | None = None, *,
                user: str | None = None, data: str | None = None, metadata: dict[str, Any] | None = None,
@@ -164,8 +207,10 @@ class FactMemory:
                    run_id: str | None = None) -> dict[str, Any]:
         """Delete every memory of the owner (only those of `agent_id` / `run_id` when given)."""
         owner = self._owner(user_id, user, agent_id, run_id, None, required=True)
-        self.store.require_user(owner)
         accept = compile_filters({k: v for k, v in (("agent_id", agent_id), ("run_id", run_id)) if v is not None})
+        if not self.store.has_user(owner):  # nothing was ever stored for them: nothing to delete (as mem0)
+            self._refuse_cross_user_scope(owner, user_id, user, None)
+            return {"message": "Memories deleted successfully!", "deleted": 0}
         ids = [f.id for f in self.store.facts(owner, include_inactive=True) if accept is None or accept(f)]
         deleted = self.store.delete(ids, owner, actor="api")
         return {"message": "Memories deleted successfully!", "deleted": deleted}
@@ -179,19 +224,27 @@ class FactMemory:
     def search(self, query: str, user_id: str | None = None, *, user: str | None = None, agent_id: str | None = None,
                run_id: str | None = None, limit: int | None = None, top_k: int | None = None,
                filters: dict[str, Any] | None = None, threshold: float | None = None,
-               min_similarity: float | None = None, rerank: bool = False) -> dict[str, list[dict[str, Any]]]:
+               min_similarity: float | None = None, rerank: bool = False, explain: bool = False
+               ) -> dict[str, list[dict[str, Any]]]:
         """The owner's live memories ranked for `query` (hybrid: vectors + BM25), best first.
 
-        `limit` / `top_k` (default 5) caps the results; `threshold` (alias `min_similarity`) is the
-        lowest relevance kept; `filters` narrows them (`memlm.facts.filters`). Superseded, expired
-        and deleted memories are never returned. Each result has mem0's keys (`id`, `memory`,
-        `hash`, `metadata`, `score`, `created_at`, `updated_at`, `user_id`, ...) and memlm's
-        (`similarity`, `lexical`, `importance`, `category`, ...).
+        `limit` / `top_k` caps the results (mem0's default, 20); `threshold` (alias `min_similarity`)
+        is the lowest relevance kept (mem0's default, 0.1); `filters` narrows them
+        (`memlm.facts.filters`). Superseded, expired and deleted memories are never returned; an
+        owner with no memories yet gets `{"results": []}`. Each result has mem0's keys (`id`,
+        `memory`, `hash`, `metadata`, `score`, `created_at`, `updated_at`, `user_id`, ...) and
+        memlm's (`similarity`, `lexical`, `importance`, `category`, ...), which explain every score
+        (so `explain=True` adds nothing); memlm has no separate re-ranker (`rerank` changes nothing).
         """
-        count = _count(limit, top_k, 5)
+        count = _count(limit, top_k, DEFAULT_TOP_K)
         floor = _threshold(threshold, min_similarity)
+        floor = DEFAULT_THRESHOLD if floor is None else floor
         owner = self._owner(user_id, user, agent_id, run_id, filters, required=True)
         accept = self._accept(filters, agent_id, run_id)
+        query = check_text(query, "query")
+        if not self.store.has_user(owner):
+            self._refuse_cross_user_scope(owner, user_id, user, filters)
+            return {"results": []}
         hits = self.bank.retrieve(query, count, owner, min_similarity=floor, accept=accept)
         return {"results": [{**_memory(hit.fact), "score": hit.score, "similarity": hit.similarity,
                              "lexical": hit.lexical} for hit in hits]}
@@ -201,11 +254,14 @@ class FactMemory:
                 top_k: int | None = None, category: str | None = None, show_expired: bool = False,
                 include_superseded: bool = False) -> dict[str, list[dict[str, Any]]]:
         """The owner's memories, oldest first: live ones only, unless `show_expired` /
-        `include_superseded` (then each has its `status` and `expires_at` to tell them apart)."""
+        `include_superseded` (then each has its `status` and `expires_at` to tell them apart). All
+        of them unless `limit` / `top_k` is given; an owner with no memories yet gets `{"results": []}`."""
         count = _count(limit, top_k, None)
         owner = self._owner(user_id, user, agent_id, run_id, filters, required=True)
-        self.store.require_user(owner)
         accept = self._accept(filters, agent_id, run_id)
+        if not self.store.has_user(owner):
+            self._refuse_cross_user_scope(owner, user_id, user, filters)
+            return {"results": []}
         now = self.store.clock()
         facts = [f for f in self.store.facts(owner, category=category, include_inactive=True)
                  if (include_superseded or f.status == "active") and (show_expired or not f.expired(now))
@@ -242,6 +298,10 @@ class FactMemory:
         named = {value for value in (user_id, user) if value is not None}
         if isinstance(filters, dict) and isinstance(filters.get("user_id"), str):
             named.add(filters["user_id"])
+        elif isinstance(filters, dict) and isinstance(filters.get("AND"), list):
+            # mem0 also names the user as one condition of an AND: {"AND": [{"user_id": "alice"}, ...]}
+            named |= {part["user_id"] for part in filters["AND"]
+                      if isinstance(part, dict) and isinstance(part.get("user_id"), str)}
         elif isinstance(filters, dict) and "user_id" in filters:
             raise ConfigError("filters['user_id'] must be one user id (a string): memlm searches one user at a time")
         if len(named) > 1:
@@ -256,6 +316,29 @@ class FactMemory:
         if required:
             raise ConfigError("say whose memories: user_id= (or user=), agent_id= or run_id=")
         return None
+
+    def _last_message_of_run(self, owner: str, run_id: str | None) -> str | None:
+        """The message the next turn of a run follows (its source: "name: text"), if the run has one."""
+        if run_id is None:
+            return None
+        latest = self.store.latest_in_run(owner, run_id) if self.store.has_user(owner) else None
+        return None if latest is None else latest.source
+
+    def _refuse_cross_user_scope(self, owner: str, user_id: str | None, user: str | None,
+                                 filters: dict[str, Any] | None) -> None:
+        """mem0 lets a call scoped by `agent_id` / `run_id` alone reach every user's memories of that
+        agent or run; memlm keeps users apart. When the agent (run) has no memories of its own but
+        users' memories carry its id, say so rather than answer with an empty list that looks like
+        mem0's."""
+        named_user = user_id is not None or user is not None or (isinstance(filters, dict) and "user_id" in filters)
+        if named_user or not owner.startswith(("agent.", "run.")):
+            return
+        kind, value = owner.split(".", 1)
+        if self.store.scope_in_other_owners(f"{kind}_id", value, owner):
+            raise ConfigError(
+                f"{kind}_id {value!r} has no memories of its own; the memories that carry it belong to users, "
+                f"and memlm searches one user at a time (isolation: no search across users by {kind}_id alone). "
+                f"Add user_id=... (or filters={{'user_id': ...}}) to search a user's memories of this {kind}.")
 
     @staticmethod
     def _accept(filters: dict[str, Any] | None, agent_id: str | None, run_id: str | None
@@ -301,9 +384,10 @@ def _threshold(threshold: Any, min_similarity: Any) -> float | None:
     return float(value)
 
 
-def _as_messages(messages: Messages) -> list[tuple[str, str]]:
+def _as_messages(messages: Messages) -> list[tuple[str, str, str | None]]:
+    """(role, content, name) of each message; a bare string is the user's."""
     if isinstance(messages, (str, bytes, bytearray)):
-        return [("user", check_text(messages, "message", MAX_SOURCE_CHARS))]
+        return [("user", check_text(messages, "message", MAX_SOURCE_CHARS), None)]
     if isinstance(messages, dict):
         messages = [messages]
     if not isinstance(messages, list):
@@ -313,7 +397,10 @@ def _as_messages(messages: Messages) -> list[tuple[str, str]]:
     for message in messages:
         if not isinstance(message, dict) or "content" not in message:
             raise ConfigError(f"each message must be a dict with 'role' and 'content', got {message!r:.80}")
-        pairs.append((message.get("role", "user"), check_text(message["content"], "message", MAX_SOURCE_CHARS)))
+        role, name = message.get("role", "user"), message.get("name")
+        if not isinstance(role, str) or (name is not None and not isinstance(name, str)):
+            raise ConfigError(f"a message's role and name must be strings, got {message!r:.80}")
+        pairs.append((role, check_text(message["content"], "message", MAX_SOURCE_CHARS), name))
     return pairs
 
 
@@ -332,11 +419,11 @@ def _memory(fact: Fact) -> dict[str, Any]:
     return values
 
 
-def _event(result: LearnResult) -> dict[str, Any]:
+def _event(result: LearnResult, role: str = "user", name: str | None = None) -> dict[str, Any]:
     fact = result.fact
     event = "NONE" if not result.stored else ("UPDATE" if result.superseded else "ADD")
     entry = {"id": fact.id if fact else None, "memory": fact.text if fact else None, "event": event,
-             "reason": result.reason}
+             "reason": result.reason, "role": role, "actor_id": name}
     if result.superseded:
         entry["previous_memory"] = " ".join(old.text for old in result.superseded)
         entry["previous_ids"] = [old.id for old in result.superseded]
@@ -352,3 +439,47 @@ def _change(change: FactChange) -> dict[str, Any]:
             "new_memory": change.new_text, "event": _EVENTS.get(change.action, change.action.upper()),
             "created_at": when, "updated_at": when, "is_deleted": change.action == "delete",
             "actor_id": change.actor, "role": None}
+
+
+class AsyncMemory:
+    """`FactMemory` for asyncio code, as mem0's `AsyncMemory`: the same methods, awaited. Each call
+    runs in a worker thread (the store serialises them), so the event loop never waits on SQLite or
+    on the encoder.
+
+    Example:
+        >>> memory = AsyncMemory()
+        >>> await memory.add("I live in Oslo.", user_id="ada")
+        >>> await memory.search("Where do I live?", user_id="ada")
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.memory = FactMemory(*args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config_dict: dict[str, Any]) -> AsyncMemory:
+        instance = cls.__new__(cls)
+        instance.memory = FactMemory.from_config(config_dict)
+        return instance
+
+    def close(self) -> None:
+        self.memory.close()
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        self.close()
+
+
+def _awaitable(name: str) -> Callable[..., Any]:
+    method = getattr(FactMemory, name)
+
+    @functools.wraps(method)
+    async def call(self: AsyncMemory, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.memory, name), *args, **kwargs)
+
+    return call
+
+
+for _name in ("add", "search", "get_all", "get", "update", "delete", "delete_all", "history", "reset", "users"):
+    setattr(AsyncMemory, _name, _awaitable(_name))

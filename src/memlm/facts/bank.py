@@ -65,6 +65,11 @@ class FactBankConfig:
         ttl: seconds a new fact stays retrievable (None: forever); `learn(expires_at=...)` sets one fact's.
         slot_bonus: added to the relevance of the user's facts that fill the slot a question asks
             about ("Where do I live?" and "I moved to Oslo": slot "home"; `memlm.facts.slots`).
+        turn_lexical_weight: the W of `hybrid:W` for memories stored as conversation turns (those
+            with a `context`: the message they follow, who spoke). A turn's words say more than its
+            vector: chit-chat turns all sound alike to MiniLM (docs/bank.md, "Real conversations").
+        run_weight: each candidate also gets this share of the best relevance among the candidates
+            of its run (`run_id`): what answers a question is where the talk was about it.
     """
 
     user: str = "default"
@@ -86,6 +91,8 @@ class FactBankConfig:
     supersede_similarity: float = 0.4
     ttl: float | None = None
     slot_bonus: float = 0.2
+    turn_lexical_weight: float = 1.0
+    run_weight: float = 0.6
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +112,8 @@ class FactBankConfig:
         check_fusion(self.retrieval)
         check_range("supersede_similarity", self.supersede_similarity, -1.0, 1.0, mechanism="bank")
         check_range("slot_bonus", self.slot_bonus, 0.0, 10.0, mechanism="bank")
+        check_range("turn_lexical_weight", self.turn_lexical_weight, 0.0, 10.0, mechanism="bank")
+        check_range("run_weight", self.run_weight, 0.0, 10.0, mechanism="bank")
         for name in ("recency_half_life", "importance_half_life", "ttl"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -162,7 +171,8 @@ class FactBank:
               session: str | None = None, importance: float | None = None, row: int | None = None,
               actor: str = "learn", embed_text: str | None = None, embedding: np.ndarray | None = None,
               latent: np.ndarray | None = None, spoken: str | None = None, expires_at: float | None = None,
-              metadata: dict | None = None, agent_id: str | None = None, run_id: str | None = None) -> LearnResult:
+              metadata: dict | None = None, agent_id: str | None = None, run_id: str | None = None,
+              context: str | None = None) -> LearnResult:
         """Store `text` as a fact if it is new and useful; the result says what happened and why.
 
         `embed_text` is what retrieval matches against (default: `text`); chat facts use the user's
@@ -209,7 +219,7 @@ class FactBank:
                                       source=source, session=session or self.session, row=row, latent=latent,
                                       actor=actor, spoken=spoken, expires_at=expires_at, metadata=metadata,
                                       agent_id=agent_id, run_id=run_id, supersedes=[f.id for f in replaced],
-                                      reason=why or None, slot=slot_key(slot))
+                                      reason=why or None, slot=slot_key(slot), context=context)
             except DuplicateFactError:  # another process stored the same text a moment ago
                 duplicate = self.store.find_duplicate(user, text, row)
                 return LearnResult("duplicate", duplicate, importance, "exact duplicate (stored concurrently)")
@@ -239,17 +249,18 @@ class FactBank:
         return replaced, "; ".join(reasons)
 
     def remember_turn(self, user_text: str, reply: str | None = None, *, judge: Callable[[str], bool] | None = None,
-                      user: str | None = None, **kwargs: Any) -> list[LearnResult]:
+                      user: str | None = None, keep_statements: bool = False, **kwargs: Any) -> list[LearnResult]:
         """Extract facts from a user message and learn them; the raw turn is kept as their source.
 
         Rules only (plus `judge` if given) and constant importance: no model call, so a turn is
-        memorised in milliseconds.
+        memorised in milliseconds. `keep_statements` also keeps statements that are not about the
+        speaker (`extract_facts`), for memories that belong to an agent or a run.
         """
         # The source is provenance, not input to validate: a reply may hold any character.
         source = CONTROL_CHARACTERS.sub(" ", f"user: {user_text}" + (f"\nassistant: {reply}" if reply else ""))
         return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
                            spoken=fact.sentence, **kwargs)
-                for fact in extract_facts(user_text, judge)]
+                for fact in extract_facts(user_text, judge, keep_statements)]
 
     # --- forgetting --------------------------------------------------------------------------
     def evict(self, user: str) -> int:
@@ -276,6 +287,29 @@ class FactBank:
         return fact.importance * 0.5 ** (age / half_life)
 
     # --- retrieving --------------------------------------------------------------------------
+    def _conversation_fusion(self, fused: list[tuple[int, float]], facts: dict[int, Fact], bm25: dict[int, float],
+                             method: str) -> list[tuple[int, float]]:
+        """Conversation turns weigh their words more (`turn_lexical_weight`), and every candidate
+        gets `run_weight` x the best relevance of its run's candidates. Measured on LoCoMo, weights
+        chosen on half its conversations: docs/bank.md, "Real conversations"."""
+        weight = _hybrid_weight(method)
+        if weight is None:  # one side alone (dense, lexical, rrf) stays as it is: a baseline to compare with
+            return fused
+        best = max(bm25.values(), default=0.0)
+        if best > 0 and self.config.turn_lexical_weight != weight:
+            extra = self.config.turn_lexical_weight - weight
+            fused = [(fact_id, relevance + (extra * bm25.get(fact_id, 0.0) / best if facts[fact_id].context else 0.0))
+                     for fact_id, relevance in fused]
+        if self.config.run_weight and any(facts[fact_id].run_id for fact_id, _ in fused):
+            best_of_run: dict[str, float] = {}
+            for fact_id, relevance in fused:
+                run = facts[fact_id].run_id
+                if run is not None and relevance > best_of_run.get(run, float("-inf")):
+                    best_of_run[run] = relevance
+            fused = [(fact_id, relevance + self.config.run_weight * best_of_run.get(facts[fact_id].run_id, 0.0)
+                      if facts[fact_id].run_id is not None else relevance) for fact_id, relevance in fused]
+        return sorted(fused, key=lambda pair: (-pair[1], pair[0]))
+
     def retrieve(self, query: str, k: int | None = None, user: str | None = None, *, row: int | None = None,
                  min_similarity: float | None = None, touch: bool = True,
                  accept: Callable[[Fact], bool] | None = None) -> list[RetrievedFact]:
@@ -302,6 +336,7 @@ class FactBank:
                                strict=True))
         bm25 = {fact.id: score for fact, score in lexical}
         fused = fuse_rankings([(f.id, c) for f, c in dense], [(f.id, s) for f, s in lexical], method, cosines)
+        fused = self._conversation_fusion(fused, facts, bm25, method)
         asked = question_slot(query) if self.config.slot_bonus else None
         if asked is not None:
             head = f"user|{asked.split()[-1]}"
@@ -325,6 +360,10 @@ class FactBank:
         if touch and ranked:
             self.store.touch([r.fact.id for r in ranked], user)
         return ranked
+
+
+def _hybrid_weight(method: str) -> float | None:
+    return float(method.split(":", 1)[1]) if method.startswith("hybrid:") else None
 
 
 def slot_key(slot: Slot | None) -> str | None:

@@ -27,6 +27,14 @@ _FIRST_PERSON = re.compile(r"\b(i|i'm|im|i've|ive|i'd|i'll|my|mine|me|myself|we|
 _CHATTER = re.compile(r"^(hi|hello|hey|thanks|thank you|ok|okay|sure|yes|no|bye|goodbye)\b[\s!.,]*$", re.IGNORECASE)
 _LEADING = re.compile(r"^(?:(?:hi|hello|hey|well|so|oh|also|and|btw|by the way|anyway)\b[,!.\s]*)+", re.IGNORECASE)
 _REMEMBER = re.compile(r"^(?:please\s+)?(?:remember|note)(?:\s+that|:)?\s+", re.IGNORECASE)
+# A request to the assistant ("Tell me about my bees.", "Please help me plan my trip to Rome", "Can
+# you ...") asks for something; it states nothing the user wants remembered, and rewriting it in the
+# third person yields nonsense ("Tell the user abouts the user's bees.").
+_REQUEST = re.compile(
+    r"^(?:please\b|pls\b|kindly\b|(?:can|could|would|will)\s+you\b|i\s+(?:want|need|would\s+like|'d\s+like)\s+you\s+to\b|"
+    r"let\s+me\s+know\b|(?:tell|show|give|help|find|explain|recommend|suggest|write|make|create|plan|list|describe|"
+    r"remind|teach|send|book|check|draft|summari[sz]e|translate|compare|calculate|search|look\s+up|generate|"
+    r"answer|ask|fix|debug|rewrite|edit)\b)", re.IGNORECASE)
 
 # Ordered: longer phrases first so "I'm" is not rewritten as "I" + "'m".
 _THIRD_PERSON = [
@@ -44,7 +52,18 @@ _AFTER_SUBJECT = re.compile(r"\bthe user ((?:really|also|just|never|always|usual
                             r"sometimes|mostly|only) )?([a-z]+)\b")
 _NO_ENDING = {"is", "was", "has", "does", "doesn't", "can", "could", "will", "would", "should", "must", "might",
               "may", "shall", "did", "had", "were", "are", "and", "or", "but", "to", "in", "at", "on", "for",
-              "with", "who", "that", "the", "a", "an", "as", "of", "by", "from", "too", "so", "not"}
+              "with", "who", "that", "the", "a", "an", "as", "of", "by", "from", "too", "so", "not",
+              # prepositions and adverbs that can follow the subject ("... the user about", "the user now")
+              "about", "into", "onto", "through", "over", "under", "after", "before", "up", "out", "off",
+              "around", "down", "back", "again", "here", "there", "then", "now", "when", "if", "because",
+              "yet", "already", "even", "ever", "once", "twice", "than", "himself", "herself", "themselves"}
+# Irregular past tenses: already right after "the user" ("I told ..." -> "the user told", not "tolds").
+_NO_ENDING |= {"told", "said", "went", "got", "made", "took", "saw", "came", "gave", "found", "thought", "knew",
+                "bought", "brought", "felt", "left", "met", "ran", "began", "wrote", "ate", "drank", "sang",
+                "swam", "won", "lost", "kept", "built", "sent", "spent", "paid", "heard", "held", "sold", "taught",
+                "caught", "fought", "slept", "stood", "understood", "forgot", "broke", "chose", "drove", "flew",
+                "grew", "threw", "wore", "became", "sat", "fell", "hid", "rode", "rose", "shook", "spoke", "stole",
+                "woke"}
 _IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "are": "is", "were": "was"}
 
 
@@ -101,16 +120,32 @@ def categorize(sentence: str) -> str:
     return "other"
 
 
-def extract_facts(text: str, judge: Callable[[str], bool] | None = None) -> list[ExtractedFact]:
-    """Facts stated by the user in `text`, rewritten in the third person."""
+def is_request(sentence: str) -> bool:
+    """Whether a sentence asks the assistant to do something ("Tell me about ...", "Can you ...")."""
+    return bool(_REQUEST.match(_LEADING.sub("", sentence).strip()))
+
+
+def extract_facts(text: str, judge: Callable[[str], bool] | None = None,
+                  keep_statements: bool = False) -> list[ExtractedFact]:
+    """Facts stated by the user in `text`, rewritten in the third person.
+
+    Questions, small talk and requests to the assistant are never facts. With `keep_statements`,
+    a statement about anything else is kept too, as it was written ("Ticket 42: the printer on floor
+    3 is on fire."): memories of an agent or a run are about the world, not about a user.
+    """
     facts = []
     for sentence in split_sentences(text):
         cleaned = _REMEMBER.sub("", _LEADING.sub("", sentence)).strip()
         if len(cleaned) < 4 or cleaned.endswith("?") or _CHATTER.match(cleaned):
             continue
         explicit = cleaned != _LEADING.sub("", sentence).strip()  # "remember that ..." is always kept
+        if not explicit and is_request(cleaned):
+            continue
         if explicit or _FIRST_PERSON.search(cleaned) or (judge is not None and judge(cleaned)):
             facts.append(ExtractedFact(third_person(cleaned), categorize(cleaned), sentence))
+        elif keep_statements:
+            statement = cleaned if cleaned.endswith((".", "!")) else cleaned + "."
+            facts.append(ExtractedFact(statement[0].upper() + statement[1:], categorize(cleaned), sentence))
     return facts
 
 

@@ -11,9 +11,13 @@ filters) to combine them. A condition is `field: value` (equality) or `field: {o
 | `contains`, `icontains` | substring (case-sensitive / not) |
 | `*` (as the value) | the field is present |
 
-Fields: `user_id`, `agent_id`, `run_id`, `category`/`categories`, `memory` (the text), the times
-`created_at`, `updated_at`, `expires_at` (ISO 8601 strings, dates, `datetime`s or unix seconds), and
-any other name is a key of the fact's `metadata`. A fact lacking the field fails every condition but
+Fields: `user_id`, `agent_id`, `run_id`, `memory` (the text), the times `created_at`, `updated_at`,
+`expires_at` (ISO 8601 strings, dates, `datetime`s or unix seconds), and any other name is a key of
+the fact's `metadata` (also spelt `{"metadata": {"key": condition}}`). `category` and `categories`
+are what the caller put in the metadata under that name, as in mem0 (`metadata={"category":
+"movies"}`); a fact whose metadata has no such key is matched on memlm's own category (the one given
+to `add(category=...)`, else the rules' guess). On a list value (`"categories": ["travel", "food"]`)
+equality and `contains` / `icontains` test membership. A fact lacking the field fails every condition but
 `ne` / `nin`. A malformed filter (unknown operator, `in` without a list, a time that is not one)
 raises `ConfigError` before anything is searched.
 """
@@ -62,6 +66,9 @@ def _field(fact: Fact, name: str) -> Any:
         value = getattr(fact, TIME_FIELDS[name])
         return _MISSING if value is None else value
     if name in ("category", "categories"):
+        metadata = fact.metadata or {}
+        if name in metadata:  # the caller's own category, as mem0 reads it
+            return metadata[name]
         return _MISSING if fact.category is None else fact.category
     if name == "memory":
         return fact.text
@@ -82,6 +89,8 @@ def _compare(operator: str, actual: Any, expected: Any) -> bool:
         return any(_compare("eq", actual, item) for item in expected)
     if operator == "nin":
         return not _compare("in", actual, expected)
+    if operator in ("contains", "icontains") and isinstance(actual, list):  # a list of categories or tags
+        return any(_compare(operator, item, expected) or _compare("eq", item, expected) for item in actual)
     if operator in ("contains", "icontains"):
         if not isinstance(actual, str):
             return False
@@ -129,9 +138,18 @@ def compile_filters(filters: dict[str, Any] | None, skip: tuple[str, ...] = ()) 
             raise ConfigError(f"filter keys must be strings, got {key!r}")
         if key in skip:
             continue
+        if key == "metadata":  # {"metadata": {"key": condition}}: the same as {"key": condition}
+            if not isinstance(value, dict):
+                raise ConfigError("filter 'metadata' needs a dict of metadata keys and conditions")
+            inner = compile_filters(value)
+            if inner is not None:
+                parts.append(inner)
+            continue
         if key in LOGICAL:
-            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-                raise ConfigError(f"filter {key!r} needs a list of filter dicts")
+            if key == "NOT" and isinstance(value, dict):  # mem0 writes both {"NOT": {...}} and {"NOT": [...]}
+                value = [value]
+            if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
+                raise ConfigError(f"filter {key!r} needs a non-empty list of filter dicts")
             children = [compile_filters(item) or (lambda fact: True) for item in value]
             if key == "AND":
                 parts.append(lambda fact, c=children: all(child(fact) for child in c))

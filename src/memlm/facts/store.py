@@ -26,18 +26,11 @@ them.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import math
 import os
-import re
 import sqlite3
 import threading
 import time
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +38,32 @@ import numpy as np
 
 from memlm.errors import ConfigError, IncompatibleMemoryError, MemlmError, storage_error
 from memlm.facts.backends.base import FactBackend
+from memlm.facts.connection import SerializedConnection
 from memlm.facts.lexical import LexicalIndex
+from memlm.facts.records import (  # noqa: F401  (re-exported: the store's public names live here too)
+    ACTIVE,
+    CONTROL_CHARACTERS,
+    MAX_FACT_CHARS,
+    MAX_SOURCE_CHARS,
+    SUPERSEDED,
+    DuplicateFactError,
+    Fact,
+    FactChange,
+    FactNotFoundError,
+    UnknownUserError,
+    _check_metadata,
+    _check_time,
+    _metadata_json,
+    check_id,
+    check_text,
+    search_text,
+    text_key,
+)
+from memlm.facts.vector_index import UserIndex
 from memlm.paths import check_name
 from memlm.store.sqlite import connect, copy_database, get_meta, set_meta, transaction
 
 SCHEMA_VERSION = 2
-MAX_FACT_CHARS = 20_000
-MAX_SOURCE_CHARS = 200_000
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS facts (
@@ -78,7 +89,8 @@ CREATE TABLE IF NOT EXISTS facts (
     metadata TEXT,                  -- JSON object
     agent_id TEXT,
     run_id TEXT,
-    slot TEXT                       -- subject and attribute head the fact fills (memlm.facts.slots), if any
+    slot TEXT,                      -- subject and attribute head the fact fills (memlm.facts.slots), if any
+    context TEXT                    -- searchable words that are not the fact: the message before a turn, who spoke
 );
 CREATE INDEX IF NOT EXISTS facts_user ON facts (user);
 CREATE TABLE IF NOT EXISTS history (
@@ -97,11 +109,12 @@ CREATE INDEX IF NOT EXISTS history_fact ON history (fact_id);
 """
 
 _FACT_COLUMNS = ("id, user, category, text, importance, created, last_used, use_count, source, session, row, spoken, "
-                 "status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot")
+                 "status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot, context")
 # Columns schema 2 added, for files written by schema 1 (added in place when such a file is opened).
 _NEW_COLUMNS = {"facts": (("spoken", "TEXT"), ("status", "TEXT NOT NULL DEFAULT 'active'"),
                           ("superseded_by", "INTEGER"), ("expires_at", "REAL"), ("updated", "REAL"),
-                          ("metadata", "TEXT"), ("agent_id", "TEXT"), ("run_id", "TEXT"), ("slot", "TEXT")),
+                          ("metadata", "TEXT"), ("agent_id", "TEXT"), ("run_id", "TEXT"), ("slot", "TEXT"),
+                          ("context", "TEXT")),
                 "history": (("reason", "TEXT"),)}
 _INDEXES = """
 DROP INDEX IF EXISTS facts_user_key;
@@ -110,240 +123,14 @@ DROP INDEX IF EXISTS facts_user_key;
 CREATE UNIQUE INDEX IF NOT EXISTS facts_user_key_active ON facts (user, text_key, COALESCE(row, -1))
     WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS facts_user_slot ON facts (user, slot) WHERE slot IS NOT NULL;
+-- the newest turn of a run, which the next turn follows (`latest_in_run`, once per stored turn)
+CREATE INDEX IF NOT EXISTS facts_user_run ON facts (user, run_id, id) WHERE run_id IS NOT NULL;
 """
-ACTIVE = "active"
-SUPERSEDED = "superseded"
 _LIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > ?)"
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-class UnknownUserError(MemlmError, KeyError):
-    """A user that never stored anything in this store."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class DuplicateFactError(ConfigError):
-    """The user already has a fact with this text (e.g. another process stored it a moment ago)."""
-
-
-class FactNotFoundError(MemlmError, KeyError):
-    """No fact with this id for this user (another user's fact reads as missing, by design)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass
-class Fact:
-    id: int
-    user: str
-    category: str | None
-    text: str
-    importance: float
-    created: float
-    last_used: float
-    use_count: int
-    source: str | None
-    session: str | None
-    row: int | None
-    spoken: str | None = None
-    status: str = ACTIVE
-    superseded_by: int | None = None
-    expires_at: float | None = None
-    updated: float | None = None
-    metadata: dict[str, Any] | None = None
-    agent_id: str | None = None
-    run_id: str | None = None
-    slot: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.metadata, str):
-            self.metadata = json.loads(self.metadata)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
-
-    def live(self, now: float) -> bool:
-        """Retrievable: active (not superseded) and not expired."""
-        return self.status == ACTIVE and not self.expired(now)
-
-
-@dataclass
-class FactChange:
-    id: int
-    fact_id: int
-    user: str
-    action: str
-    old_text: str | None
-    new_text: str | None
-    actor: str | None
-    time: float
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def check_text(text: Any, what: str = "fact", limit: int = MAX_FACT_CHARS) -> str:
-    """Reject what cannot be a fact: non-strings, bytes, empty, control characters, oversized."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        raise ConfigError(f"{what} must be text (str), got {type(text).__name__}; decode it first")
-    if not isinstance(text, str):
-        raise ConfigError(f"{what} must be text (str), got {type(text).__name__}")
-    text = text.strip()
-    if not text:
-        raise ConfigError(f"{what} is empty")
-    if len(text) > limit:
-        raise ConfigError(f"{what} is too long ({len(text):,} characters; limit {limit:,})")
-    if CONTROL_CHARACTERS.search(text):
-        raise ConfigError(f"{what} contains control characters (binary data?)")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ConfigError(f"{what} is not valid Unicode ({error.reason})") from None
-    return text
-
-
-def text_key(text: str) -> str:
-    """Key of exact duplicates: case, accents' composition, spacing and final punctuation ignored."""
-    normalized = unicodedata.normalize("NFKC", text).casefold()
-    normalized = re.sub(r"\s+", " ", normalized).strip().rstrip(".!?;, ")
-    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
-
-
-@contextlib.contextmanager
-def _one_faiss_thread() -> Iterator[None]:
-    """One query against a flat index is one sweep over memory: extra OpenMP threads only add their
-    wake-up cost and contend with torch's pool, which has just embedded the query (on 2 cores this
-    doubled the p95 of a search at 100K facts; benchmarks/bank_latency.py)."""
-    import faiss
-
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 def _blob(vector: np.ndarray | None) -> bytes | None:
     return None if vector is None else np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-class UserIndex:
-    """Exact inner-product search over one user's fact vectors (FAISS `IndexIDMap2(IndexFlatIP)`), by
-    fact id. Exact on purpose: a user holds thousands of facts, not millions, and a missed fact is a
-    lost memory."""
-
-    def __init__(self, dimension: int):
-        import faiss
-
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-
-    def remove(self, ids: np.ndarray) -> None:
-        self.index.remove_ids(np.asarray(ids, dtype=np.int64))
-
-    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """(fact id, inner product) of the `k` best, best first."""
-        with _one_faiss_thread():
-            scores, found = self.index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), k)
-        return [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0]
-
-
-class _Rows:
-    """A statement's result, read in full while the connection was held."""
-
-    def __init__(self, rows: list[tuple], lastrowid: int | None, rowcount: int):
-        self.rows, self.lastrowid, self.rowcount = rows, lastrowid, rowcount
-
-    def __iter__(self) -> Iterator[tuple]:
-        return iter(self.rows)
-
-    def fetchone(self) -> tuple | None:
-        return self.rows[0] if self.rows else None
-
-    def fetchall(self) -> list[tuple]:
-        return list(self.rows)
-
-
-@contextlib.contextmanager
-def _damage_is_typed(connection: sqlite3.Connection) -> Iterator[None]:
-    """A damaged file can pass `connect` and fail later, on the page a query reads: report that as
-    `CorruptedFileError` (integrity violations and lock / disk errors keep their own handling)."""
-    try:
-        yield
-    except sqlite3.IntegrityError:
-        raise
-    except sqlite3.DatabaseError as error:
-        from memlm.errors import CorruptedFileError
-
-        name = next((row[2] for row in _safe_list(connection)), "the fact store")
-        if isinstance(error, sqlite3.OperationalError) and "decode" not in str(error).lower():
-            raise storage_error(error, name) from error  # locked, disk full, read-only: not damage
-        raise CorruptedFileError(f"{name} is damaged ({error}); restore it from a backup") from error
-    except UnicodeDecodeError as error:  # memlm writes only UTF-8: a row (or SQLite's report of a page) that is not
-        from memlm.errors import CorruptedFileError
-
-        name = next((row[2] for row in _safe_list(connection)), "the fact store")
-        raise CorruptedFileError(f"{name} is damaged: it holds text that is not UTF-8 ({error}); restore it from a "
-                                 "backup") from error
-
-
-def _safe_list(connection: sqlite3.Connection) -> list[tuple]:
-    try:
-        return connection.execute("PRAGMA database_list").fetchall()
-    except sqlite3.Error:
-        return []
-
-
-class SerializedConnection:
-    """One SQLite connection shared by threads, used by one thread at a time (the store's lock), each
-    statement read to the end before the lock is released.
-
-    Sharing the bare connection let one thread's unfinished SELECT keep a read snapshot open while
-    another thread began a write transaction on the same connection; in WAL mode SQLite then
-    answers "database is locked" at once (a stale snapshot cannot be upgraded), without waiting."""
-
-    def __init__(self, connection: sqlite3.Connection, lock: threading.RLock):
-        self.raw, self._lock = connection, lock
-
-    def execute(self, sql: str, parameters: Any = ()) -> _Rows:
-        with self._lock, _damage_is_typed(self.raw):
-            cursor = self.raw.execute(sql, parameters)
-            rows = cursor.fetchall() if cursor.description is not None else []
-            return _Rows(rows, cursor.lastrowid, cursor.rowcount)
-
-    def executemany(self, sql: str, parameters: Any) -> _Rows:
-        with self._lock, _damage_is_typed(self.raw):
-            cursor = self.raw.executemany(sql, parameters)
-            return _Rows([], cursor.lastrowid, cursor.rowcount)
-
-    def executescript(self, script: str) -> None:
-        with self._lock:
-            self.raw.executescript(script)
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.raw.in_transaction
-
-    def backup(self, target: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self.raw.backup(getattr(target, "raw", target), **kwargs)
-
-    def close(self) -> None:
-        with self._lock:
-            self.raw.close()
 
 
 class FactStore(FactBackend):
@@ -411,6 +198,17 @@ class FactStore(FactBackend):
         check_name(user, "user id")
         return self.connection.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
 
+    def latest_in_run(self, user: str, run_id: str) -> Fact | None:
+        sql = f"SELECT {_FACT_COLUMNS} FROM facts WHERE user = ? AND run_id = ? ORDER BY id DESC LIMIT 1"
+        found = self.connection.execute(sql, (user, run_id)).fetchone()
+        return None if found is None else Fact(*found)
+
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        if field not in ("agent_id", "run_id"):
+            raise ConfigError(f"no scope field {field!r}")
+        sql = f"SELECT 1 FROM facts WHERE {field} = ? AND user != ? LIMIT 1"
+        return self.connection.execute(sql, (value, owner)).fetchone() is not None
+
     def require_user(self, user: str) -> str:
         if not self.has_user(user):
             raise UnknownUserError(f"no memories were ever stored for user {user!r}")
@@ -422,15 +220,18 @@ class FactStore(FactBackend):
             latent: np.ndarray | None = None, actor: str | None = None, spoken: str | None = None,
             expires_at: float | None = None, metadata: dict[str, Any] | None = None,
             agent_id: str | None = None, run_id: str | None = None, supersedes: Iterable[int] = (),
-            reason: str | None = None, slot: str | None = None) -> Fact:
+            reason: str | None = None, slot: str | None = None, context: str | None = None) -> Fact:
         """Insert one fact (and its history entry) in one transaction; the facts in `supersedes` are
-        marked superseded by it in the same transaction (`reason` says why)."""
+        marked superseded by it in the same transaction (`reason` says why). `context` is searched by
+        words with it (`search_text`) but is not part of it."""
         check_name(user, "user id")
         text = check_text(text)
         if source is not None:
             source = check_text(source, "source", MAX_SOURCE_CHARS)
         if spoken is not None:
             spoken = check_text(spoken, "sentence")
+        if context is not None:
+            context = check_text(context, "context", MAX_SOURCE_CHARS)
         embedding = self._check_vector(embedding)
         expires_at = _check_time(expires_at, "expires_at")
         metadata_json = _metadata_json(metadata)
@@ -440,11 +241,11 @@ class FactStore(FactBackend):
             try:
                 cursor = self.connection.execute(
                     "INSERT INTO facts (user, category, text, text_key, embedding, latent, importance, created, "
-                    "last_used, source, session, row, spoken, expires_at, updated, metadata, agent_id, run_id, slot) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "last_used, source, session, row, spoken, expires_at, updated, metadata, agent_id, run_id, slot, "
+                    "context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (user, category, text, text_key(text), _blob(embedding), _blob(latent), float(importance),
                      now, now, source, session, row, spoken, expires_at, now, metadata_json, agent_id, run_id,
-                     slot))
+                     slot, context))
             except sqlite3.IntegrityError:
                 raise DuplicateFactError(f"an identical fact is already stored for user {user!r}") from None
             fact_id = int(cursor.lastrowid)
@@ -705,13 +506,13 @@ class FactStore(FactBackend):
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))
                     rows = self.connection.execute(
-                        f"SELECT id, embedding, text, spoken FROM facts WHERE user = ? AND id IN ({marks}) "
+                        f"SELECT id, embedding, text, spoken, context FROM facts WHERE user = ? AND id IN ({marks}) "
                         f"AND status = 'active'", [user, *chunk]).fetchall()
                     if rows:
-                        vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob, _, _ in rows])
+                        vectors = np.stack([np.frombuffer(blob, dtype=np.float32) for _, blob, *_ in rows])
                         index.add(vectors, np.asarray([i for i, *_ in rows], dtype=np.int64))
-                        for fact_id, _, text, spoken in rows:
-                            lexical.add(fact_id, text if not spoken else f"{spoken} {text}")
+                        for fact_id, _, text, spoken, context in rows:
+                            lexical.add(fact_id, search_text(text, spoken, context))
         self._indexes[user] = (index, lexical, latest)
         return index, lexical
 
@@ -785,39 +586,3 @@ class FactStore(FactBackend):
         with self._lock:
             other.connection.backup(self.connection.raw)
             self._indexes.clear()
-
-
-def check_id(fact_id: Any) -> int:
-    """A fact id: an int, or a string of digits (ids come back from JSON and from mem0-style code as text)."""
-    if isinstance(fact_id, bool) or not isinstance(fact_id, (int, str, np.integer)):
-        raise ConfigError(f"a fact id must be an integer, got {type(fact_id).__name__}")
-    if isinstance(fact_id, str):
-        # ASCII digits only: str.isdigit() also accepts '²' (which int() refuses) and '٣' (which int() reads as 3)
-        if not fact_id.strip().isascii() or not fact_id.strip().isdigit():
-            raise ConfigError(f"a fact id must be an integer, got {fact_id!r}")
-        fact_id = int(fact_id.strip())
-    if not -2**63 <= int(fact_id) < 2**63:  # SQLite's INTEGER: a larger id cannot name a fact
-        raise ConfigError(f"a fact id must fit in 64 bits, got {fact_id}")
-    return int(fact_id)
-
-
-def _check_time(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{what} must be a unix time in seconds (a finite number) or None, got {value!r}")
-    return float(value)
-
-
-def _check_metadata(metadata: Any) -> dict[str, Any]:
-    if not isinstance(metadata, dict) or not all(isinstance(key, str) for key in metadata):
-        raise ConfigError(f"metadata must be a dict with string keys, got {type(metadata).__name__}")
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"metadata must be JSON-serialisable ({error})") from None
-    return metadata
-
-
-def _metadata_json(metadata: dict[str, Any] | None) -> str | None:
-    return None if not metadata else json.dumps(_check_metadata(metadata), sort_keys=True, allow_nan=False)

@@ -20,7 +20,7 @@ from memlm.server.keys import Principal
 router = APIRouter(prefix="/v1/memories", tags=["Memories (facts)"], responses=ERROR_RESPONSES)
 
 MAX_ID = 2**63 - 1
-NameField = Field(None, min_length=1, max_length=128, description="letters, digits, '.', '_', '-'")
+NameField = Field(None, min_length=1, max_length=128, description="letters, digits, '.', '_', '-', '@', '+'")
 
 
 class Message(BaseModel):
@@ -91,7 +91,7 @@ class MemoryItem(BaseModel):
 class AddResult(BaseModel):
     id: int | None
     memory: str | None
-    event: str = Field(description="ADD (stored) or NONE (not stored: duplicate or not useful)")
+    event: str = Field(description="ADD (stored), UPDATE (stored, replacing an older memory) or NONE (not stored)")
     reason: str
     user_id: str
     agent_id: str | None = None
@@ -105,19 +105,25 @@ class AddResponse(BaseModel):
 
 class MemoryList(BaseModel):
     results: list[MemoryItem]
-    total: int | None = Field(None, description="the user's memories in all (listing without filters)")
+    total: int | None = Field(None, description="how many memories the listing's scope holds in all")
 
 
 class Change(BaseModel):
+    """One change of a memory, in mem0's history shape plus memlm's `reason` and `actor`."""
+
     id: int
-    fact_id: int
-    user: str
-    action: str
-    old_text: str | None
-    new_text: str | None
-    actor: str | None
-    time: float
+    memory_id: int
+    old_memory: str | None
+    new_memory: str | None
+    event: str = Field(description="ADD, UPDATE, SUPERSEDE or DELETE")
     created_at: str | None
+    updated_at: str | None
+    is_deleted: bool
+    actor_id: str | None = None
+    role: str | None = None
+    reason: str | None = None
+    actor: str | None = None
+    time: float
 
 
 class HistoryResponse(BaseModel):
@@ -152,15 +158,18 @@ def list_memories(request: Request, who: Principal = Depends(principal),
     user = act_as(who, user_id)
     adapter = facts(request)
     items = adapter.get_all(user, limit=limit, offset=offset, agent_id=agent_id, run_id=run_id, order=order)
-    return MemoryList(results=[MemoryItem(**item) for item in items], total=adapter.count(user))
+    total = adapter.count(user, agent_id=agent_id, run_id=run_id)
+    return MemoryList(results=[MemoryItem(**item) for item in items], total=total)
 
 
 @router.post("/list", response_model=MemoryList, summary="List a user's memories with filters")
 def filter_memories(body: ListRequest, request: Request, who: Principal = Depends(principal)) -> MemoryList:
     user = act_as(who, body.user_id)
-    items = facts(request).get_all(user, limit=body.limit, offset=body.offset, agent_id=body.agent_id,
-                                   run_id=body.run_id, filters=body.filters)
-    return MemoryList(results=[MemoryItem(**item) for item in items])
+    adapter = facts(request)
+    items = adapter.get_all(user, limit=body.limit, offset=body.offset, agent_id=body.agent_id,
+                            run_id=body.run_id, filters=body.filters)
+    total = adapter.count(user, agent_id=body.agent_id, run_id=body.run_id, filters=body.filters)
+    return MemoryList(results=[MemoryItem(**item) for item in items], total=total)
 
 
 @router.post("/search", response_model=MemoryList, summary="Search a user's memories")
@@ -169,7 +178,7 @@ def search_memories(body: SearchRequest, request: Request, who: Principal = Depe
     if requested is None and isinstance(body.filters, dict) and isinstance(body.filters.get("user_id"), str):
         requested = body.filters["user_id"]  # mem0 v2 names the user inside filters
     user = act_as(who, requested)
-    limit = body.limit or body.top_k or 5
+    limit = body.limit or body.top_k or 20  # mem0's default top_k
     items = facts(request).search(user, body.query, limit=limit, agent_id=body.agent_id, run_id=body.run_id,
                                   filters=body.filters, threshold=body.threshold)
     return MemoryList(results=[MemoryItem(**item) for item in items])

@@ -29,6 +29,16 @@ class FactBackend(ABC):
     @abstractmethod
     def has_user(self, user: str) -> bool: ...
 
+    def latest_in_run(self, user: str, run_id: str) -> Any:
+        """The user's newest fact of a run (any status), or None: the message a new turn follows."""
+        return None
+
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        """Whether facts owned by someone other than `owner` carry `field` (agent_id or run_id) =
+        `value`: the API then explains that memlm does not search across users by an agent or a run.
+        Only the answer leaves the store, never the facts."""
+        return False
+
     def require_user(self, user: str) -> str:
         from memlm.facts.store import UnknownUserError
 

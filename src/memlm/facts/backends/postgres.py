@@ -25,7 +25,7 @@ from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.facts.backends import redact, register_backend
 from memlm.facts.backends.base import FactBackend
 from memlm.facts.lexical import LexicalIndex
-from memlm.facts.store import (
+from memlm.facts.records import (
     ACTIVE,
     MAX_SOURCE_CHARS,
     SUPERSEDED,
@@ -38,6 +38,7 @@ from memlm.facts.store import (
     _metadata_json,
     check_id,
     check_text,
+    search_text,
     text_key,
 )
 from memlm.paths import check_name
@@ -70,12 +71,15 @@ CREATE TABLE IF NOT EXISTS memlm_facts (
     metadata TEXT,
     agent_id TEXT,
     run_id TEXT,
-    slot TEXT
+    slot TEXT,
+    context TEXT
 );
+ALTER TABLE memlm_facts ADD COLUMN IF NOT EXISTS context TEXT;
 CREATE INDEX IF NOT EXISTS memlm_facts_owner ON memlm_facts (owner, id);
 CREATE UNIQUE INDEX IF NOT EXISTS memlm_facts_owner_key_active ON memlm_facts (owner, text_key, COALESCE(batch_row, -1))
     WHERE status = 'active';
 CREATE INDEX IF NOT EXISTS memlm_facts_owner_slot ON memlm_facts (owner, slot) WHERE slot IS NOT NULL;
+CREATE INDEX IF NOT EXISTS memlm_facts_owner_run ON memlm_facts (owner, run_id, id) WHERE run_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS memlm_history (
     id BIGSERIAL PRIMARY KEY,
     fact_id BIGINT NOT NULL,
@@ -91,7 +95,7 @@ CREATE INDEX IF NOT EXISTS memlm_history_owner ON memlm_history (owner, id);
 CREATE INDEX IF NOT EXISTS memlm_history_fact ON memlm_history (fact_id);
 """
 _COLUMNS = ("id, owner, category, text, importance, created, last_used, use_count, source, session, batch_row, "
-            "spoken, status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot")
+            "spoken, status, superseded_by, expires_at, updated, metadata, agent_id, run_id, slot, context")
 _LIVE = "status = 'active' AND (expires_at IS NULL OR expires_at > %s)"
 
 
@@ -160,19 +164,32 @@ class PostgresFactStore(FactBackend):
         check_name(user, "user id")
         return self._one("SELECT 1 FROM memlm_users WHERE owner = %s", (user,)) is not None
 
+    def latest_in_run(self, user: str, run_id: str) -> Fact | None:
+        found = self._one(f"SELECT {_COLUMNS} FROM memlm_facts WHERE owner = %s AND run_id = %s ORDER BY id DESC "
+                          "LIMIT 1", (user, run_id))
+        return None if found is None else Fact(*found)
+
+    def scope_in_other_owners(self, field: str, value: str, owner: str) -> bool:
+        if field not in ("agent_id", "run_id"):
+            raise ConfigError(f"no scope field {field!r}")
+        return self._one(f"SELECT 1 FROM memlm_facts WHERE {field} = %s AND owner != %s LIMIT 1",
+                         (value, owner)) is not None
+
     # --- writing -----------------------------------------------------------------------------
     def add(self, user: str, text: str, embedding: np.ndarray, *, importance: float, category: str | None = None,
             source: str | None = None, session: str | None = None, row: int | None = None,
             latent: np.ndarray | None = None, actor: str | None = None, spoken: str | None = None,
             expires_at: float | None = None, metadata: dict[str, Any] | None = None,
             agent_id: str | None = None, run_id: str | None = None, supersedes: Iterable[int] = (),
-            reason: str | None = None, slot: str | None = None) -> Fact:
+            reason: str | None = None, slot: str | None = None, context: str | None = None) -> Fact:
         check_name(user, "user id")
         text = check_text(text)
         if source is not None:
             source = check_text(source, "source", MAX_SOURCE_CHARS)
         if spoken is not None:
             spoken = check_text(spoken, "sentence")
+        if context is not None:
+            context = check_text(context, "context", MAX_SOURCE_CHARS)
         embedding = self._check_vector(embedding)
         expires_at = _check_time(expires_at, "expires_at")
         metadata_json = _metadata_json(metadata)
@@ -184,11 +201,11 @@ class PostgresFactStore(FactBackend):
                     fact_id = int(self.connection.execute(
                         "INSERT INTO memlm_facts (owner, category, text, text_key, embedding, latent, importance, "
                         "created, last_used, source, session, batch_row, spoken, expires_at, updated, metadata, "
-                        "agent_id, run_id, slot) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                        "%s, %s, %s, %s, %s) RETURNING id",
+                        "agent_id, run_id, slot, context) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                        "%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                         (user, category, text, text_key(text), embedding, _bytes(latent), float(importance), now,
                          now, source, session, row, spoken, expires_at, now, metadata_json, agent_id, run_id,
-                         slot)).fetchone()[0])
+                         slot, context)).fetchone()[0])
                     self._log(fact_id, user, "add", None, text, actor, now, reason)
                     for old_id in supersedes:
                         self._supersede(int(old_id), fact_id, text, user, actor, now, reason)
@@ -415,10 +432,11 @@ class PostgresFactStore(FactBackend):
             present = [fact_id for fact_id in changed if fact_id in lexical]
             if present:
                 lexical.remove(present)
-            for fact_id, text, spoken in self._all(
-                    "SELECT id, text, spoken FROM memlm_facts WHERE owner = %s AND id = ANY(%s) AND status = %s",
+            for fact_id, text, spoken, context in self._all(
+                    "SELECT id, text, spoken, context FROM memlm_facts WHERE owner = %s AND id = ANY(%s) "
+                    "AND status = %s",
                     (user, changed, ACTIVE)):
-                lexical.add(fact_id, text if not spoken else f"{spoken} {text}")
+                lexical.add(fact_id, search_text(text, spoken, context))
         self._lexical[user] = (lexical, latest)
         return lexical
 

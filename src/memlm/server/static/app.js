@@ -230,7 +230,7 @@ function memoryItem(memory) {
       const data = await api(`/v1/memories/${memory.id}/history`);
       item.querySelector(".history")?.remove();
       item.append(el("ol", { class: "history" }, ...data.results.map((c) =>
-        el("li", {}, `${c.created_at.replace("T", " ").slice(0, 19)} ${c.action} by ${c.actor}: ${c.new_text ?? c.old_text}`))));
+        el("li", {}, `${c.created_at.replace("T", " ").slice(0, 19)} ${c.event} by ${c.actor}: ${c.new_memory ?? c.old_memory}`))));
     } catch (error) { notice(error.message); }
   });
   item.append(history, edit, remove);
