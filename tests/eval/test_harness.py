@@ -16,7 +16,8 @@ from memlm.eval.harness import Harness, Suite, run_suite
 from memlm.eval.tasks.babilong import BabilongTask
 from memlm.memories.base import Memory
 
-TINY_SUITE = dict(babilong_tasks=("qa1",), unseen_babilong_tasks=("qa1",), lengths=(0, 400), long_lengths=(), samples=1, recall_users=1,
+TINY_SUITE = dict(babilong_tasks=("qa1",), unseen_babilong_tasks=("qa1",),
+                  lengths=(0, 400), long_lengths=(), samples=1, recall_users=1,
                   recall_sessions=2, recall_filler_turns=1, ppl_corpus="pg-essays", ppl_tokens=256, facts=8,
                   fact_questions=2, generation_samples=2, max_new_tokens=4, answer_tokens=4)
 
