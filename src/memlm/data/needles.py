@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from memlm.data.babilong import Sample
 from memlm.data.cast import cast
 from memlm.data.haystack import haystack as _haystack
 
@@ -64,16 +65,9 @@ def _fact(kind: str, person: str, rng: random.Random) -> tuple[str, str, str]:
 
 
 @dataclass(frozen=True)
-class Needle:
-    """One question: `context` is the haystack with `facts` placed in order; `answer`'s words score a reply."""
-
-    task: str
-    context: str
-    question: str
-    answer: str
-    facts: tuple[str, ...]
-    target_tokens: int
-    seed: int
+class Needle(Sample):
+    """One question, as a BABILong sample: `context` is the haystack with `facts` placed in order; the
+    answer is free text, and every one of its words must be in a correct reply (`answer_correct`)."""
 
 
 INSTRUCTION = ("I will give you a long text with a few facts hidden in it, and a question. Answer the question "
