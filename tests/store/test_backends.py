@@ -106,8 +106,9 @@ def test_bad_locations_are_typed_errors(tmp_path):
     store = filled("ada", items=2)
     with pytest.raises(ConfigError, match="no key/value store backend for redis"):
         save_store(store, "redis://host/0", "ada")
-    with pytest.raises(ConfigError, match="name"):
-        save_store(store, str(tmp_path), "../escape")
+    for name in ("../escape", "ada\n", "ada/"):  # `$` alone would pass "ada\n" (a newline in a folder name)
+        with pytest.raises(ConfigError, match="name"):
+            save_store(store, str(tmp_path), name)
     with pytest.raises(ConfigError, match="cannot reach the PostgreSQL store"):
         save_store(store, "postgresql://memlm:secret@127.0.0.1:1/db?connect_timeout=3", "ada")
     with pytest.raises(ConfigError, match="torch backend"):
