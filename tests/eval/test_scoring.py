@@ -55,3 +55,19 @@ def test_reciting_needs_most_of_a_facts_own_words():
     assert recites("You grow basil on your balcony.", "I grow basil on my balcony.")
     assert not recites("Your balcony is sunny.", "I grow basil on my balcony.")
     assert not recites("Basil.", "I grow basil on my balcony.", "What do I grow on my balcony?")
+
+
+@pytest.mark.parametrize("successes, trials, low, high", [
+    # hand-computed: centre = (p + z²/2n) / (1 + z²/n), half = z sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n)
+    (95, 100, 0.888250, 0.978456), (5, 10, 0.236593, 0.763407), (0, 10, 0.0, 0.277533), (10, 10, 0.722467, 1.0),
+    (1, 3, 0.061492, 0.792340), (0, 0, 0.0, 1.0),
+])
+def test_wilson_interval_matches_hand_computed_values(successes, trials, low, high):
+    got = scoring.wilson_interval(successes, trials)
+    assert got == pytest.approx((low, high), abs=1e-6)
+
+
+def test_a_wider_z_gives_a_wider_wilson_interval():
+    narrow, wide = scoring.wilson_interval(30, 60, z=1.0), scoring.wilson_interval(30, 60, z=3.0)
+    assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
+    assert narrow == pytest.approx((0.435982, 0.564018), abs=1e-6)
