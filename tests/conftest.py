@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,11 +67,16 @@ def default_backbone():
 
 # --- fact store backends ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def _store_servers(tmp_path_factory):
-    """Where the session's store servers keep their data; they stop at the end of the session."""
-    directory = tmp_path_factory.mktemp("store-servers")
-    yield directory
-    stop_servers()
+def _store_servers():
+    """Where the session's store servers keep their data (a folder of their own, not under pytest's
+    rotating temporary folder: a later pytest run on the same machine removes the oldest of those,
+    and with it a running PostgreSQL's socket and data); they stop, and it goes, at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="memlm-test-servers-"))
+    try:
+        yield directory
+    finally:
+        stop_servers()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKENDS)
