@@ -6,11 +6,13 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_model
 
 import memlm
+import memlm.train.trainer as trainer_module
 from memlm.train import Example, TrainConfig, Trainer, collate
 
 KEYS = list(range(100, 110))
@@ -91,8 +93,21 @@ def test_relevance_labels_reach_the_importance_scorer_through_the_trainer(tmp_pa
     assert kept_key > 0.9 and memory.kept_mask.sum(-1).float().mean().item() < 1.5  # the key, and little else
 
 
-def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer):
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monkeypatch):
     memories = [{"mechanism": "recurrent", "memory_size": 16}]
+    # Every step draws from Python's, NumPy's and torch's generators (as dropout or sampling would):
+    # each row's loss gets a random weight, so a resume that did not restore all three generators
+    # would train on other weights and end elsewhere.
+    answer_losses = trainer_module.answer_losses
+
+    def randomly_weighted(logits, targets):
+        losses = answer_losses(logits, targets)
+        rows = losses.shape[0]
+        weights = (torch.rand(rows) + torch.tensor([random.random() for _ in range(rows)])
+                   + torch.from_numpy(np.random.rand(rows)).float())
+        return losses * weights.to(losses.device)
+
+    monkeypatch.setattr(trainer_module, "answer_losses", randomly_weighted)
 
     class Killed(Exception):
         pass
