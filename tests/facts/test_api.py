@@ -36,6 +36,11 @@ def test_update_and_history_record_who_changed_what(store):
     memory.update(fact_id, "The user lives in Lisbon.", user="ada")
     hits = memory.search("where lisbon", user="ada", min_similarity=-1)["results"]
     assert hits[0]["memory"] == "The user lives in Lisbon."
+    # the stored vector is the new text's: similarity is the cosine of the query with the new text
+    # (a stale vector, the old text's, would give the query's cosine with "The user lives in Porto.")
+    query, new, old = words_embed(["where lisbon", "The user lives in Lisbon.", "The user lives in Porto."])
+    assert hits[0]["similarity"] == pytest.approx(float(query @ new), abs=1e-5)
+    assert float(query @ new) > float(query @ old) + 0.1
     memory.delete(fact_id, user="ada")
     history = memory.history(fact_id, user="ada")
     assert [(h["action"], h["old_text"], h["new_text"]) for h in history] == [
