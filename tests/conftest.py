@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from require_all import (  # noqa: F401 (the CI rule's hooks, see require_all.py)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from stores import BACKENDS, stop_servers, store_url
 from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
 
