@@ -109,11 +109,14 @@ def test_compare_perplexity_reports_each_variant_against_the_same_baseline(token
 
     backbone = tiny_model("llama")
     text = "the cat sat on the mat and the dog sat on the log " * 3
-    report = compare_perplexity(backbone, tokenizer, text, window=16, variants={"knn": ["knn"]}, max_tokens=40,
-                                progress=False, reference_context=32)
+    knn_lm = memlm.KnnConfig(attention="off", knn_lm=True, lm_lambda=0.5)  # works untrained: changes the value
+    report = compare_perplexity(backbone, tokenizer, text, window=16, variants={"knn": ["knn"], "knn-lm": [knn_lm]},
+                                max_tokens=40, progress=False, reference_context=32)
     assert report["window"] == 16 and report["tokens"] == 40
     results = report["results"]
-    assert list(results) == ["baseline", "knn", "context-32"]
+    assert list(results) == ["baseline", "knn", "knn-lm", "context-32"]
+    assert [result["label"] for result in results.values()] == list(results)
+    assert not math.isclose(results["knn-lm"]["perplexity"], results["baseline"]["perplexity"], rel_tol=1e-3)
     ids = tokenizer(text, return_tensors="pt").input_ids[0, :40]
     baseline = segment_perplexity(memlm.MemoryModel(backbone), ids, window=16, progress=False).perplexity
     assert math.isclose(report["baseline_ppl"], baseline, rel_tol=1e-6)
