@@ -47,6 +47,7 @@ PLAIN = fact(metadata={"priority": 2, "topic": "travel", "tags": ["a", "b"], "na
     ({"memory": {"icontains": "GREEN TEA"}}, True), ({"memory": "I like Green tea"}, True),
     ({"category": "work"}, True), ({"categories": "work"}, True), ({"category": "home"}, False),
     ({"user_id": "ada"}, True), ({"user_id": "bob"}, False), ({"agent_id": "agent"}, True), ({"run_id": "r2"}, False),
+    ({"run_id": "r1"}, True), ({"run_id": "*"}, True),
     ({"topic": "*"}, True), ({"missing": "*"}, False), ({"expires_at": "*"}, False), ({"created_at": "*"}, True),
 ])
 def test_each_operator_at_its_boundary(filters, expected):
@@ -69,6 +70,12 @@ def test_a_missing_field_fails_every_condition_but_ne_and_nin(operator, expected
     assert matches({"user_id": {operator: value}}, fact(user=None)) is expected
 
 
+@pytest.mark.parametrize("name", ["category", "categories", "agent_id", "run_id", "expires_at", "topic"])
+def test_a_field_that_is_none_is_absent(name):
+    assert not matches({name: "*"}, fact(metadata={"other": 1}))
+    assert not matches({"user_id": "*"}, fact(user=None)) and matches({"user_id": "*"}, fact())
+
+
 def test_time_fields_compare_as_unix_seconds_from_any_spelling():
     item = fact(created=to_unix_time("2026-03-15T12:00:00Z"), updated=to_unix_time("2026-03-16"), expires_at=5.0)
     assert matches({"created_at": {"gte": "2026-03-15"}}, item)
@@ -81,6 +88,18 @@ def test_time_fields_compare_as_unix_seconds_from_any_spelling():
     assert matches({"created_at": {"in": ["2026-03-15T12:00:00Z"]}}, item)
 
 
+def test_a_naive_time_is_utc_whatever_the_local_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert to_unix_time(dt.datetime(1970, 1, 2)) == DAY and to_unix_time("1970-01-02T00:00:00") == DAY
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_to_unix_time_and_iso_time():
     assert to_unix_time(5) == 5.0 and isinstance(to_unix_time(5), float) and to_unix_time(2.5) == 2.5
     assert to_unix_time("1970-01-02") == DAY and to_unix_time(" 1970-01-02T00:00:00Z ") == DAY
@@ -88,6 +107,8 @@ def test_to_unix_time_and_iso_time():
     assert to_unix_time("1970-01-02T01:00:00+01:00") == DAY
     with pytest.raises(ConfigError, match="created must be a time"):
         to_unix_time(True, "created")
+    with pytest.raises(ConfigError, match="^time must be a time"):
+        to_unix_time(False)
     with pytest.raises(ConfigError, match="'soon' is not an ISO 8601"):
         to_unix_time("soon")
     with pytest.raises(ConfigError, match="got list"):

@@ -122,3 +122,15 @@ def test_a_copy_holds_the_same_rows_and_meta(store, tmp_path):
     copy = RecordStore(tmp_path / "copy.sqlite")
     assert copy.select() == store.select() and copy.generation == 3 and copy.get_meta("layout") == {"a": 1}
     copy.close()
+
+
+def test_the_schema_version_is_recorded_and_a_newer_one_refused(tmp_path):
+    import memlm
+    from memlm.store.records import SCHEMA_VERSION
+
+    store = RecordStore(tmp_path / "records.sqlite")
+    assert store.get_meta("schema_version") == SCHEMA_VERSION
+    store.set_meta("schema_version", SCHEMA_VERSION + 1)  # as a newer memlm would leave it
+    store.close()
+    with pytest.raises(memlm.CorruptedFileError, match="newer memlm"):
+        RecordStore(tmp_path / "records.sqlite")
