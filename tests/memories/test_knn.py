@@ -151,6 +151,22 @@ def test_knn_lm_weights_neighbours_by_a_softmax_of_scores_divided_by_the_tempera
     torch.testing.assert_close(mixed, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_knn_lm_mixes_only_the_rows_that_hold_memory():
+    """Nothing stored: the logits are the backbone's. Only batch row 1 stored: row 1 is mixed, and row 0
+    (no neighbours) keeps the backbone's distribution over the vocabulary."""
+    backbone = tiny_model("llama")
+    probe = token_batch(2, seed=3)
+    bare = logits(backbone, probe)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="off", knn_lm=True, lm_lambda=0.5))
+    torch.testing.assert_close(logits(memory_model, probe, write_memory=False), bare)
+    memory_model.memorize(torch.cat([torch.full((1, 16), 257), token_batch(1, length=16, seed=4)]),
+                          torch.tensor([[0] * 16, [1] * 16]), segment_length=8, progress=False)
+    mixed = logits(memory_model, probe, write_memory=False)
+    torch.testing.assert_close(mixed[0], bare[0].log_softmax(-1), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed[1], bare[1].log_softmax(-1), atol=1e-3)
+    torch.testing.assert_close(mixed[1].exp().sum(-1), torch.ones(probe.shape[1]), atol=1e-4, rtol=0)
+
+
 def test_writes_record_provenance_and_can_be_deleted(tokenizer):
     memory_model = memlm.attach(tiny_model("llama"), KnnConfig(layers=[0, 1], chunk_size=4), tokenizer=tokenizer)
     memory_model.set_provenance(user="ada", session="s1")
