@@ -50,7 +50,7 @@ GROUPS: dict[str, Group] = {
                           "resume only: checkpoint save/restore, optimizer state, the random generators"),
     "memories-knn": Group("src/memlm/memories/knn.py", ["tests/memories/test_knn.py", "-k", "temperature or knn_lm"],
                           ["*ǁKnnMemoryǁ_mix_logits__*"], "sample: the kNN-LM mixture (_mix_logits)"),
-    "facts-update": Group("src/memlm/facts/api.py", ["tests/facts/test_api.py", "-k", "sqlite"],
+    "facts-update": Group("src/memlm/facts/api.py", ["tests/facts/test_api.py", "-k", "sqlite or each_alone"],
                           ["*ǁFactMemoryǁupdate__*"], "sample: FactMemory.update"),
 }
 
