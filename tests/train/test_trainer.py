@@ -99,8 +99,10 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     # each row's loss gets a random weight, so a resume that did not restore all three generators
     # would train on other weights and end elsewhere.
     answer_losses = trainer_module.answer_losses
+    steps_taken = []
 
     def randomly_weighted(logits, targets):
+        steps_taken.append(1)
         losses = answer_losses(logits, targets)
         rows = losses.shape[0]
         weights = (torch.rand(rows) + torch.tensor([random.random() for _ in range(rows)])
@@ -131,8 +133,10 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     with pytest.raises(Killed):  # killed while fetching step 5's batch: checkpoint-3 is the last saved
         run(tmp_path / "resumed", dies_at=4)
     torch.manual_seed(123)  # another process state: resuming must not depend on it
+    steps_taken.clear()
     resumed, trainer = run(tmp_path / "resumed")
     assert trainer.step == 6
+    assert len(steps_taken) == 3  # it went on from checkpoint-3 (starting over would also end at step 6)
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     logged = (tmp_path / "resumed" / "run" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end
