@@ -210,6 +210,7 @@ def test_update_changes_text_metadata_and_expiry_each_alone(tmp_path):
     assert memory.update(fact_id, expires_at="2030-01-02T00:00:00Z", user_id="ada")["expires_at"] == 1_893_542_400.0
     assert memory.get(fact_id, user_id="ada")["metadata"] == {"a": 1, "b": 2}  # an expiry alone keeps metadata
     assert memory.update(fact_id, expiration_date="2030-01-03", user_id="ada")["expires_at"] == 1_893_628_800.0
+    assert memory.update(fact_id, "I live in Lagos.", user_id="ada")["expires_at"] == 1_893_628_800.0  # kept
     assert memory.update(fact_id, expires_at=None, user_id="ada")["expires_at"] is None
     with pytest.raises(memlm.ConfigError, match="^update needs a new text, metadata or expires_at$"):
         memory.update(fact_id, user_id="ada")
