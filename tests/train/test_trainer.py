@@ -133,6 +133,9 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     with pytest.raises(Killed):  # killed while fetching step 5's batch: checkpoint-3 is the last saved
         run(tmp_path / "resumed", dies_at=4)
     torch.manual_seed(123)  # another process state: resuming must not depend on it
+    leftover = tmp_path / "resumed" / "run" / "checkpoint-000005.tmp"  # a later save killed while writing
+    leftover.mkdir()
+    (leftover / "trainer_state.json").write_text("{not json")
     steps_taken.clear()
     resumed, trainer = run(tmp_path / "resumed")
     assert trainer.step == 6
@@ -140,6 +143,17 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     logged = (tmp_path / "resumed" / "run" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end
+
+
+@pytest.mark.parametrize("state", ["[]", '{"optimizer": {}}'])
+def test_a_checkpoint_whose_state_is_not_a_trainer_state_is_refused(tmp_path, tokenizer, state):
+    checkpoint = tmp_path / "run" / "checkpoint-000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(state)
+    trainer = Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": 16}], steps=3),
+                      tiny_model("llama"), tokenizer, progress=False, data=KeyRecall(batch_size=2))
+    with pytest.raises(memlm.CorruptedFileError, match="checkpoint-000002/trainer_state.json is not a memlm trainer"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("values, message", [
