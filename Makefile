@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.memlm-installed
 
-.PHONY: demo test lint bench reliability clean
+.PHONY: demo test lint bench reliability mutate clean
 
 demo: $(STAMP)
 	$(BIN)/memlm demo
@@ -26,6 +26,13 @@ bench: $(STAMP)
 reliability: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reliability.py --kills 200 --copies 50 --fuzz 10000 --users 32 --seconds 30
 
+# Mutation testing (docs/testing.md): mutmut over the core modules, each group with the tests that cover it.
+# Not part of `make test` (about an hour on 2 cores). `make mutate MUTATE="eval-scoring store-records"` runs some.
+MUTATE ?=
+MUTATE_JOBS ?= 2
+mutate: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/mutate.py $(MUTATE) --jobs $(MUTATE_JOBS)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -39,4 +46,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info mutants .mutate

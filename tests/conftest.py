@@ -1,9 +1,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from require_all import (  # noqa: F401 (the CI rule's hooks, see require_all.py)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from stores import BACKENDS, stop_servers, store_url
 from tiny import ARCHITECTURES, save_tiny_folder, tiny_model, tiny_tokenizer
 
@@ -64,11 +73,16 @@ def default_backbone():
 
 # --- fact store backends ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def _store_servers(tmp_path_factory):
-    """Where the session's store servers keep their data; they stop at the end of the session."""
-    directory = tmp_path_factory.mktemp("store-servers")
-    yield directory
-    stop_servers()
+def _store_servers():
+    """Where the session's store servers keep their data (a folder of their own, not under pytest's
+    rotating temporary folder: a later pytest run on the same machine removes the oldest of those,
+    and with it a running PostgreSQL's socket and data); they stop, and it goes, at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="memlm-test-servers-"))
+    try:
+        yield directory
+    finally:
+        stop_servers()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKENDS)

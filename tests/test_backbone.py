@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from tiny import tiny_model, write_tiny_gguf
@@ -62,14 +60,13 @@ def test_dtype_and_device_options(tiny_folder):
             memlm.load_backbone(tiny_folder, device="cuda")
 
 
-def test_unreachable_hub_fails_fast_with_a_clear_message(monkeypatch):
+@pytest.mark.timeout(120)  # a hang fails here; the < 10 s target is in benchmarks/timing_targets.py
+def test_unreachable_hub_fails_with_a_clear_message(monkeypatch):
     # Nothing listens on the discard port: the hub is unreachable, as it is on this project's machines.
     monkeypatch.setattr(backbone_module, "_hub_endpoint", lambda: "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    started = time.perf_counter()
     with pytest.raises(memlm.BackboneNotFoundError, match="cannot be reached"):
         memlm.load_backbone("someone/some-model-that-is-not-cached")
-    assert time.perf_counter() - started < 10
 
 
 def test_gguf_is_converted_once_then_served_from_cache(tiny_gguf, tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ from conftest import REAL_CACHE
 
 import memlm
 
-pytestmark = pytest.mark.integration
+# several CLI children a test, each allowed 300 s (_memlm)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 PROMPT = "The capital of France is"
 

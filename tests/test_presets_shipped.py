@@ -9,8 +9,9 @@ import torch
 from tiny import tiny_model
 
 import memlm
-from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LORA_PREFIX
 from memlm.registry import BUILTIN_PRESETS
+from memlm.serialization import load_tensors
 
 TRAINED = sorted(name for name, preset in BUILTIN_PRESETS.items() if preset.weights is not None)
 MAX_BYTES = 8 * 2**20
@@ -42,10 +43,14 @@ def test_a_trained_preset_loads_by_name_on_the_default_model_and_still_answers_p
     model, tokenizer = default_backbone
     memory_model = memlm.attach(model, name, tokenizer=tokenizer)
     try:
-        for memory_name, memory in memory_model.memories.items():  # trained: not the fresh initialisation
-            fresh = type(memory)(memory.config, memory_model.layout, memory_model.context).state_dict()
-            trained = memory.state_dict().items()
-            assert any(not torch.equal(fresh[k].to(v.dtype), v.cpu()) for k, v in trained), memory_name
+        # Every weight attached is the shipped one (a load that skipped a tensor would leave the random
+        # initialisation there), and LoRA's too.
+        shipped, _ = load_tensors(BUILTIN_PRESETS[name].path / ADAPTER_WEIGHTS_FILE)
+        attached = {**memory_model.memories.state_dict(),
+                    **{LORA_PREFIX + key: value for key, value in model.named_parameters() if ".lora_" in key}}
+        assert sorted(attached) == sorted(shipped)
+        for key, tensor in shipped.items():
+            assert torch.equal(attached[key].cpu(), tensor.to(attached[key].dtype)), key
         encoded = tokenizer("The capital of France is", return_tensors="pt")
         reply = memory_model.generate(**encoded, max_new_tokens=8, do_sample=False, write_memory=False,
                                       pad_token_id=tokenizer.pad_token_id)

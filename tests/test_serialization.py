@@ -37,3 +37,27 @@ def test_random_bytes_are_refused(tmp_path):
     path.write_bytes(os.urandom(4096))
     with pytest.raises(memlm.CorruptedFileError):
         load_tensors(path)
+
+
+def test_every_flipped_byte_is_refused_or_loads_the_same_tensors(tmp_path):
+    """A flip in the tensor bytes fails the checksum; a flip anywhere else (header, lengths, metadata)
+    is refused as unreadable or leaves the tensors exactly as saved (nothing loads as other data)."""
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).to(torch.bfloat16)}
+    save_tensors(tmp_path / "x.safetensors", tensors, {"note": "n"})
+    data = (tmp_path / "x.safetensors").read_bytes()
+    data_start = 8 + int.from_bytes(data[:8], "little")  # safetensors: u64 header length, header, tensor bytes
+    refused_in_data = 0
+    for position in range(len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        (tmp_path / "y.safetensors").write_bytes(bytes(damaged))
+        try:
+            loaded, _ = load_tensors(tmp_path / "y.safetensors")
+        except memlm.CorruptedFileError as error:
+            if position >= data_start:
+                assert "checksum" in str(error)
+                refused_in_data += 1
+            continue
+        assert position < data_start, f"a flip at tensor byte {position} loaded"
+        assert sorted(loaded) == sorted(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert refused_in_data == len(data) - data_start > 0

@@ -18,8 +18,8 @@ from memlm.errors import ConfigError
 
 APP_NAME = "memlm"
 # '@' and '+' too: e-mail addresses are the user ids many apps (and mem0's docs) use, and both are
-# portable in file names.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+# portable in file names. fullmatch, not match with `$`: `$` also matches before a trailing newline ("alice\n").
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 
 
 def home_dir(override: str | os.PathLike | None = None) -> Path:
@@ -40,7 +40,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 def check_name(name: str, what: str = "name") -> str:
     """Session and user names become directory names: allow only a safe, portable alphabet."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_', '-', '@' or '+', "
             "starting with a letter or digit"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -123,15 +122,13 @@ def test_short_custom_haystack_is_cycled():
     assert_facts_in_order(sample)
 
 
-def test_128k_context_is_fast_and_on_target():
-    started = time.perf_counter()
+def test_128k_context_is_on_target():
+    # its speed (two 128K contexts in < 10 s) is a target in benchmarks/timing_targets.py
     samples = babilong.generate("qa3", n=2, length=128_000, seed=0, count_tokens=word_count)
-    elapsed = time.perf_counter() - started
     for sample in samples:
         assert abs(word_count(sample.context) - 128_000) <= 0.02 * 128_000
         assert_facts_in_order(sample)
         assert babilong.solve("qa3", sample.facts, sample.question) == sample.answer
-    assert elapsed < 10, f"two 128K contexts took {elapsed:.1f}s"
 
 
 def test_prompts_keep_context_separate():

@@ -36,6 +36,11 @@ def test_update_and_history_record_who_changed_what(store):
     memory.update(fact_id, "The user lives in Lisbon.", user="ada")
     hits = memory.search("where lisbon", user="ada", min_similarity=-1)["results"]
     assert hits[0]["memory"] == "The user lives in Lisbon."
+    # the stored vector is the new text's: similarity is the cosine of the query with the new text
+    # (a stale vector, the old text's, would give the query's cosine with "The user lives in Porto.")
+    query, new, old = words_embed(["where lisbon", "The user lives in Lisbon.", "The user lives in Porto."])
+    assert hits[0]["similarity"] == pytest.approx(float(query @ new), abs=1e-5)
+    assert float(query @ new) > float(query @ old) + 0.1
     memory.delete(fact_id, user="ada")
     history = memory.history(fact_id, user="ada")
     assert [(h["action"], h["old_text"], h["new_text"]) for h in history] == [
@@ -188,3 +193,30 @@ def test_a_writer_killed_mid_write_leaves_every_fact_whole(store):
             assert [h["action"] for h in memory.history(fact["id"], user="crash")] == ["add"]
         memory.add("after the crash", user="crash", infer=False)  # the store still takes writes
         assert memory.search("after the crash", user="crash", limit=1)["results"][0]["memory"] == "after the crash"
+
+
+def test_update_changes_text_metadata_and_expiry_each_alone(tmp_path):
+    """FactMemory.update's parts one at a time (mutants of update survived where only the text
+    changed): mem0's `data` alias, metadata merged, expiry set by `expires_at` or `expiration_date`
+    and cleared by None, nothing to change refused, and another user's id unknown under user_id."""
+    memory = words_memory(tmp_path / "facts.sqlite")
+    fact_id = memory.add("I live in Porto.", user_id="ada", infer=False, metadata={"a": 1})["results"][0]["id"]
+    other = memory.add("I live in Oslo.", user_id="bob", infer=False)["results"][0]["id"]
+    answer = memory.update(fact_id, data="I live in Faro.", user_id="ada")
+    assert answer["message"] == "Memory updated successfully!" and answer["memory"] == "I live in Faro."
+    assert answer["metadata"] == {"a": 1} and answer["expires_at"] is None  # untouched
+    assert memory.update(fact_id, metadata={"b": 2}, user_id="ada")["metadata"] == {"a": 1, "b": 2}
+    assert memory.get(fact_id, user_id="ada")["memory"] == "I live in Faro."  # metadata alone keeps the text
+    assert memory.update(fact_id, expires_at="2030-01-02T00:00:00Z", user_id="ada")["expires_at"] == 1_893_542_400.0
+    assert memory.get(fact_id, user_id="ada")["metadata"] == {"a": 1, "b": 2}  # an expiry alone keeps metadata
+    assert memory.update(fact_id, expiration_date="2030-01-03", user_id="ada")["expires_at"] == 1_893_628_800.0
+    assert memory.update(fact_id, "I live in Lagos.", user_id="ada")["expires_at"] == 1_893_628_800.0  # kept
+    assert memory.update(fact_id, expires_at=None, user_id="ada")["expires_at"] is None
+    with pytest.raises(memlm.ConfigError, match="^update needs a new text, metadata or expires_at$"):
+        memory.update(fact_id, user_id="ada")
+    with pytest.raises(memlm.ConfigError, match="expires_at 'soon' is not an ISO 8601"):
+        memory.update(fact_id, expires_at="soon", user_id="ada")
+    with pytest.raises(FactNotFoundError):
+        memory.update(other, "hacked", user_id="ada")
+    assert memory.get(other, user_id="bob")["memory"] == "I live in Oslo."
+    memory.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from helpers import WORDS_DIM, text_embed
 
 from memlm.facts import FactMemory
@@ -26,6 +27,7 @@ def _serve(url: str, worker: int, start) -> None:
                     raise SystemExit(3)
 
 
+@pytest.mark.timeout(700)  # two workers joined for up to 300 s each
 def test_two_processes_share_one_postgres_store_without_loss_or_leaks(postgres_store):
     FactMemory(store=postgres_store, embed=text_embed, encoder="words", dimension=WORDS_DIM).close()
     context = multiprocessing.get_context("spawn")

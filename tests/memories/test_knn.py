@@ -43,19 +43,23 @@ def test_joint_attention_over_all_of_memory_equals_full_context(architecture, to
     assert not torch.allclose(logits(memory_model, second, write_memory=False), full, atol=1e-3)
 
 
-@pytest.mark.parametrize("positions, max_distance, offset", [("relative", 12, 0), ("relative", 4, 0),
-                                                              ("relative", 12, 100), ("fixed", 12, 0)])
-def test_logits_match_rotating_each_key_to_its_clamped_distance(positions, max_distance, offset):
+@pytest.mark.parametrize("positions, max_distance, offset, top_k", [
+    ("relative", 12, 0, 10), ("relative", 4, 0, 10), ("relative", 12, 100, 10), ("fixed", 12, 0, 10),
+    ("fixed", 12, 0, 3), ("fixed", 4, 100, 1)])
+def test_logits_match_rotating_each_key_to_its_clamped_distance(positions, max_distance, offset, top_k):
     """Reference: every stored key rotated to window position p - clamp(d, 1, max_distance) and
     dotted with the query at p (d: its distance in the stream; `fixed`: memory_distance). Covers
-    items within max_distance (the stream block), beyond it (clamped) and both at once."""
+    items within max_distance (the stream block), beyond it (clamped) and both at once. With
+    `top_k` below the 10 stored items (`fixed`: candidates are searched where they are scored),
+    each query gets exactly its `top_k` best keys: a search that ranked them wrongly (e.g. with
+    the negated query, which finds the worst) fails here."""
     from memlm.memories.knn import _rotate
 
     backbone = tiny_model("llama")
     first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
-    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=10, recent=0,
+    memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=top_k, recent=0,
                                                     max_distance=max_distance, positions=positions,
-                                                    memory_distance=7))
+                                                    memory_distance=7, backend_options={"dtype": "float32"}))
     memory = memory_model.memories["knn"]
     memory_model._begin_call()
     memory_model.write(first)
@@ -81,7 +85,9 @@ def test_logits_match_rotating_each_key_to_its_clamped_distance(positions, max_d
     cos, sin = memory._rotary_at(layer, window - distance, query)  # (T, N, R)
     placed = _rotate(keys.unsqueeze(1).expand(-1, length, -1, -1), cos, sin)  # (H, T, N, D)
     expected = torch.einsum("htd,htnd->htn", query[0], placed)
-    torch.testing.assert_close(result.scores[0].sort(-1).values, expected.sort(-1).values, atol=1e-4, rtol=1e-4)
+    assert result.scores.shape[-1] == top_k
+    torch.testing.assert_close(result.scores[0].sort(-1, descending=True).values, expected.topk(top_k).values,
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_fixed_placement_differs_from_relative():
@@ -120,6 +126,45 @@ def test_knn_lm_logits_are_a_proper_mixture():
     torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(1, probe.shape[1]), atol=1e-4, rtol=0)
     # The LM part keeps at least (1 - λ) of its probability on every token.
     assert (mixed.exp() >= 0.7 * bare.softmax(-1) - 1e-6).all()
+
+
+@pytest.mark.parametrize("temperature", [0.25, 4.0])
+def test_knn_lm_weights_neighbours_by_a_softmax_of_scores_divided_by_the_temperature(temperature):
+    """Reference mixture from the neighbours the search returned: lambda * softmax(-d^2 / T) put on
+    their next tokens + (1 - lambda) * the backbone's softmax (T != 1, so multiplying by T fails)."""
+    backbone = tiny_model("llama")
+    probe = token_batch(1, seed=3)
+    bare = logits(backbone, probe)[0]
+    memory_model = memlm.attach(backbone, KnnConfig(attention="off", knn_lm=True, lm_lambda=0.3, lm_top_k=6,
+                                                    lm_temperature=temperature))
+    memory_model.write(token_batch(1, length=40, seed=4))
+    group = memory_model.memories["knn"].store.group("lm", 0, -1)
+    found = []
+    search = group.search_positions
+    group.search_positions = lambda *args: found.append(search(*args)) or found[-1]
+    mixed = logits(memory_model, probe, write_memory=False)[0]
+    assert len(found) == 1
+    scores, tokens = found[0].scores[0], group.gather_values(found[0].positions)[0]  # (T, 6) each
+    assert (scores <= 0).all() and (scores.std(-1) > 0).all()  # negative squared distances, not all tied
+    neighbours = torch.zeros_like(bare).scatter_add_(1, tokens, torch.softmax(scores / temperature, dim=-1))
+    expected = (0.3 * neighbours + 0.7 * bare.softmax(-1)).log()
+    torch.testing.assert_close(mixed, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_knn_lm_mixes_only_the_rows_that_hold_memory():
+    """Nothing stored: the logits are the backbone's. Only batch row 1 stored: row 1 is mixed, and row 0
+    (no neighbours) keeps the backbone's distribution over the vocabulary."""
+    backbone = tiny_model("llama")
+    probe = token_batch(2, seed=3)
+    bare = logits(backbone, probe)
+    memory_model = memlm.attach(backbone, KnnConfig(attention="off", knn_lm=True, lm_lambda=0.5))
+    torch.testing.assert_close(logits(memory_model, probe, write_memory=False), bare)
+    memory_model.memorize(torch.cat([torch.full((1, 16), 257), token_batch(1, length=16, seed=4)]),
+                          torch.tensor([[0] * 16, [1] * 16]), segment_length=8, progress=False)
+    mixed = logits(memory_model, probe, write_memory=False)
+    torch.testing.assert_close(mixed[0], bare[0].log_softmax(-1), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed[1], bare[1].log_softmax(-1), atol=1e-3)
+    torch.testing.assert_close(mixed[1].exp().sum(-1), torch.ones(probe.shape[1]), atol=1e-4, rtol=0)
 
 
 def test_writes_record_provenance_and_can_be_deleted(tokenizer):

@@ -38,6 +38,7 @@ def fuzz(tmp_path: Path, *options: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.timeout(1000)  # its fuzzing child may run up to 900 s
 def test_every_file_loader_survives_coverage_guided_fuzzing(tmp_path):
     report = fuzz(tmp_path, "--runs", str(RUNS))
     failed = {r["target"]: r.get("crash", "")[-1500:] for r in report["targets"] if not r["passed"]}

@@ -4,45 +4,68 @@ one user gets 404 for another user's ids."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import pytest
 from campaign import open_memory
 
-from memlm.errors import MemlmError
+from memlm.errors import ConfigError, MemlmError
 
+# Names outside the safe alphabet ([A-Za-z0-9][A-Za-z0-9._-]{0,127}): every call must refuse them.
 HOSTILE = ["../x", "../../etc/passwd", "a/../../b", "/abs", "..", ".", "a'; DROP TABLE facts;--",
-           "x\" OR 1=1 --", "a\x00b", "~root", "a b", "é", "a" * 129, "", "CON", "-rf", ".hidden"]
+           "x\" OR 1=1 --", "a\x00b", "~root", "a b", "\u00e9", "a" * 129, "", "-rf", ".hidden",
+           "alice\n", "alice\r", "\nalice", "al\nice", "alice\t", "alice/", "alice\\x"]
+# Names of the safe alphabet: every call must accept them (and still write nothing outside home).
+SAFE = ["CON", "alice", "a" * 128, "A.b_c-9"]
 
 
 def files_under(root: Path) -> set[str]:
     return {str(path) for path in root.rglob("*")}
 
 
-@pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_user_and_session_names_are_refused_and_write_nothing_outside_home(tmp_path, name):
+def name_calls(memory, home: Path, name: str) -> dict:
     from memlm.paths import session_dir, user_dir
     from memlm.server.keys import KeyStore
 
-    home, outside = tmp_path / "home", tmp_path
+    return {"add": lambda: memory.add("I like tea.", user_id=name),
+            "search": lambda: memory.search("tea", user_id=name),
+            "get_all": lambda: memory.get_all(user_id=name), "delete_all": lambda: memory.delete_all(user_id=name),
+            "session_dir": lambda: session_dir(name, home), "user_dir": lambda: user_dir(name, home),
+            "key": lambda: KeyStore(home / "keys.sqlite").create(name)}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_user_and_session_names_are_refused_by_every_call_and_write_nothing(tmp_path, name):
+    home = tmp_path / "home"
     home.mkdir()
-    before = files_under(outside)
     memory = open_memory(home / "facts.sqlite")
-    accepted = []
-    for call in (lambda: memory.add("I like tea.", user_id=name), lambda: memory.search("tea", user_id=name),
-                 lambda: memory.get_all(user_id=name), lambda: memory.delete_all(user_id=name),
-                 lambda: session_dir(name, home), lambda: user_dir(name, home),
-                 lambda: KeyStore(home / "keys.sqlite").create(name)):
-        with contextlib.suppress(MemlmError):
-            accepted.append(call())
+    before = files_under(tmp_path)
+    for call in name_calls(memory, home, name).values():
+        with pytest.raises(ConfigError):
+            call()
     memory.close()
-    if name not in ("CON", "-rf", ".hidden") or accepted:  # names of the safe alphabet may be accepted ...
-        created = files_under(outside) - before
-        assert all(path.startswith(str(home)) for path in created), created  # ... but nothing leaves home
-    if name.startswith(".") or "/" in name or "\x00" in name or "'" in name or '"' in name or not name:
-        assert not accepted, f"{name!r} was accepted"
+    created = {Path(path) for path in files_under(tmp_path) - before}
+    # only the two databases (and their journals) may appear: no folder or file named after the name
+    assert all(path.parent == home and path.name.startswith(("facts.sqlite", "keys.sqlite")) for path in created), \
+        created
+
+
+@pytest.mark.parametrize("name", SAFE)
+def test_safe_names_are_accepted_and_write_only_inside_home(tmp_path, name):
+    home = tmp_path / "home"
+    home.mkdir()
+    memory = open_memory(home / "facts.sqlite")
+    before = files_under(tmp_path)
+    calls = name_calls(memory, home, name)
+    assert calls["add"]()["results"]
+    assert isinstance(calls["search"]()["results"], list) and calls["get_all"]()["results"]
+    assert calls["delete_all"]()["deleted"] == 1
+    assert calls["session_dir"]() == home / "sessions" / name and calls["user_dir"]() == home / "users" / name
+    assert calls["key"]().startswith("mlm-")
+    memory.close()
+    created = files_under(tmp_path) - before
+    assert created and all(path.startswith(str(home)) for path in created), created
 
 
 def test_sql_looking_text_metadata_and_filters_are_data(tmp_path):

@@ -119,7 +119,10 @@ def test_streaming_streams_while_the_server_stays_responsive(live):
     with live() as (url, app):
         engine = app.state.engine
 
+        passes = []
+
         def slow(*_):  # every forward pass of the backbone takes 40 ms: a 40-token answer takes > 1.6 s
+            passes.append(1)
             time.sleep(0.04)
 
         hook = engine.model.backbone.register_forward_pre_hook(slow)
@@ -130,10 +133,9 @@ def test_streaming_streams_while_the_server_stays_responsive(live):
 
             def probe() -> None:  # a memory request while the model is busy
                 time.sleep(0.3)
-                begin = time.perf_counter()
-                with urllib.request.urlopen(f"{url}/v1/memories", timeout=5) as response:
+                with urllib.request.urlopen(f"{url}/v1/memories", timeout=60) as response:
                     assert response.status == 200
-                answered.append(time.perf_counter() - begin)
+                answered.append(len(passes))  # how far generation had got when the answer came
 
             thread = threading.Thread(target=probe)
             thread.start()
@@ -150,7 +152,10 @@ def test_streaming_streams_while_the_server_stays_responsive(live):
             hook.remove()
     assert len(arrivals) >= 5
     assert arrivals[-1] - arrivals[0] > 0.4  # pieces arrive as tokens are made, not all at the end
-    assert answered and answered[0] < 0.8  # answered while generation ran (blocked, it would wait > 1.3 s)
+    # Answered while generation ran: fewer forward passes had been made than the whole answer took (a
+    # request blocked behind generation is answered after the last pass). No wall-clock limit: the
+    # order of events does not depend on how fast the machine is.
+    assert answered and answered[0] < len(passes), (answered, len(passes))
 
 
 def test_decoding_options_map_to_generate(client, monkeypatch):
@@ -227,7 +232,8 @@ def test_a_client_that_leaves_stops_its_generation(live):
 
     with live() as (url, app):
         engine = app.state.engine
-        slow = engine.model.backbone.register_forward_pre_hook(lambda *_: time.sleep(0.04))
+        passes = []
+        slow = engine.model.backbone.register_forward_pre_hook(lambda *_: passes.append(1) or time.sleep(0.04))
         (space,) = engine.tokenizer.encode(" ", add_special_tokens=False)
         body = {"model": BANK, "max_tokens": 100, "stream": True, "logit_bias": {str(space): 100},
                 "messages": [{"role": "user", "content": "My cat is called Tom."}]}
@@ -237,12 +243,11 @@ def test_a_client_that_leaves_stops_its_generation(live):
                 for line in response.iter_lines():
                     if '"content": " "' in line:
                         break  # the first token arrived: leave
-            left = time.perf_counter()
-            engine.submit(lambda: None).result(timeout=30)  # the worker is free once generation stopped
-            waited = time.perf_counter() - left
+            engine.submit(lambda: None).result(timeout=60)  # the worker is free once generation stopped
         finally:
             slow.remove()
-        assert waited < 2.0  # 100 tokens at 40 ms would take 4 s
+        # generation stopped early: the 100 tokens asked for take 100 forward passes (no wall-clock limit)
+        assert len(passes) < 100, len(passes)
         assert app.state.facts.get_all("local") == []  # an abandoned turn teaches nothing
 
 

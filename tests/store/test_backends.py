@@ -35,7 +35,9 @@ def location(request, tmp_path, _store_servers) -> str:
 
 
 def layout(width: int = 8) -> StoreLayout:
-    return StoreLayout({"attention": GroupSpec(2, width, 2 * width, "ip"), "lm": GroupSpec(1, 12, None, "l2")})
+    # least_used eviction counts hits, so a round trip must keep them (a store saving zeros fails `same`)
+    return StoreLayout({"attention": GroupSpec(2, width, 2 * width, "ip"), "lm": GroupSpec(1, 12, None, "l2")},
+                       eviction="least_used")
 
 
 def filled(user: str, items: int = 20, seed: int = 0, width: int = 8) -> KeyValueStore:
@@ -50,6 +52,9 @@ def filled(user: str, items: int = 20, seed: int = 0, width: int = 8) -> KeyValu
               [{"user": user, "sequence": 2, "position": i, "token": 100 + i, "text": f"lm {i}"}
                for i in range(items)])
     store.search("attention", 0, 3, torch.randn(2, 4, width, generator=generator), k=3)  # some hits
+    store.search("lm", 0, -1, torch.randn(1, 2, 12, generator=generator), k=2)
+    for key in (("attention", 0, 3), ("lm", 0, -1)):
+        assert store.groups[key]._hits.data.sum() > 0  # the round trips below carry real hit counts
     return store
 
 
@@ -106,8 +111,9 @@ def test_bad_locations_are_typed_errors(tmp_path):
     store = filled("ada", items=2)
     with pytest.raises(ConfigError, match="no key/value store backend for redis"):
         save_store(store, "redis://host/0", "ada")
-    with pytest.raises(ConfigError, match="name"):
-        save_store(store, str(tmp_path), "../escape")
+    for name in ("../escape", "ada\n", "ada/"):  # `$` alone would pass "ada\n" (a newline in a folder name)
+        with pytest.raises(ConfigError, match="name"):
+            save_store(store, str(tmp_path), name)
     with pytest.raises(ConfigError, match="cannot reach the PostgreSQL store"):
         save_store(store, "postgresql://memlm:secret@127.0.0.1:1/db?connect_timeout=3", "ada")
     with pytest.raises(ConfigError, match="torch backend"):

@@ -140,13 +140,26 @@ def test_bad_search_options_are_config_errors(options):
 
 
 def test_cluster_search_pads_scores_when_candidates_are_few():
-    keys = torch.randn(1, 100, 8)
+    keys = torch.randn(1, 100, 8, generator=torch.Generator().manual_seed(0))
+    queries = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(1))
     index = ClusterIndex(ClusterSearch(page_size=16, probe_pages=1, exact_below=1, min_queries=1))
     group = group_with(keys, search="exact")
-    scores, positions = cluster_search(index, keys.clone(), keys, torch.randn(1, 8, 8), 32, 100,
-                                       group._exact_search)
+    scores, positions = cluster_search(index, keys.clone(), keys, queries, 32, 100, group._exact_search)
     assert scores.shape == positions.shape == (1, 8, 16)  # one page of 16 candidates
-    assert torch.isfinite(scores[..., :1]).all()
+    # Reference: each query reads the page whose mean it scores highest; it gets that page's items,
+    # best first, with their exact scores, then -inf (position 0) for the page's empty slots.
+    chosen = (queries[0] @ index.means[0].T).argmax(-1)  # (8,)
+    padded = 0
+    for query, page in enumerate(chosen.tolist()):
+        members = index.order[0, page * 16:(page + 1) * 16]
+        members = members[(members >= 0) & (members < 100)]
+        expected = (keys[0, members] @ queries[0, query]).sort(descending=True).values
+        found = len(members)
+        torch.testing.assert_close(scores[0, query, :found], expected)
+        assert sorted(positions[0, query, :found].tolist()) == sorted(members.tolist())
+        assert torch.isneginf(scores[0, query, found:]).all() and (positions[0, query, found:] == 0).all()
+        padded += 16 - found
+    assert padded > 0  # some page had empty slots: the padding was exercised
 
 
 @pytest.mark.parametrize("backend_options", [{"search": "fast"}, {"probe_pages": 0}])

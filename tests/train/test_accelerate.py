@@ -23,6 +23,7 @@ def _environment(tmp_path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "MEMLM_HOME": str(tmp_path / "home"), "MEMLM_CACHE": str(tmp_path / "cache")}
 
 
+@pytest.mark.timeout(1300)  # two runs of up to 600 s each
 def test_two_gloo_processes_train_the_weights_of_one_process_on_the_combined_batch(tmp_path):
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if launcher is None:

@@ -6,11 +6,13 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_model
 
 import memlm
+import memlm.train.trainer as trainer_module
 from memlm.train import Example, TrainConfig, Trainer, collate
 
 KEYS = list(range(100, 110))
@@ -93,8 +95,23 @@ def test_relevance_labels_reach_the_importance_scorer_through_the_trainer(tmp_pa
     assert kept_key > 0.9 and memory.kept_mask.sum(-1).float().mean().item() < 1.5  # the key, and little else
 
 
-def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer):
+def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monkeypatch):
     memories = [{"mechanism": "recurrent", "memory_size": 16}]
+    # Every step draws from Python's, NumPy's and torch's generators (as dropout or sampling would):
+    # each row's loss gets a random weight, so a resume that did not restore all three generators
+    # would train on other weights and end elsewhere.
+    answer_losses = trainer_module.answer_losses
+    steps_taken = []
+
+    def randomly_weighted(logits, targets):
+        steps_taken.append(1)
+        losses = answer_losses(logits, targets)
+        rows = losses.shape[0]
+        weights = (torch.rand(rows) + torch.tensor([random.random() for _ in range(rows)])
+                   + torch.from_numpy(np.random.rand(rows)).float())
+        return losses * weights.to(losses.device)
+
+    monkeypatch.setattr(trainer_module, "answer_losses", randomly_weighted)
 
     class Killed(Exception):
         pass
@@ -118,11 +135,27 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer):
     with pytest.raises(Killed):  # killed while fetching step 5's batch: checkpoint-3 is the last saved
         run(tmp_path / "resumed", dies_at=4)
     torch.manual_seed(123)  # another process state: resuming must not depend on it
+    leftover = tmp_path / "resumed" / "run" / "checkpoint-000005.tmp"  # a later save killed while writing
+    leftover.mkdir()
+    (leftover / "trainer_state.json").write_text("{not json")
+    steps_taken.clear()
     resumed, trainer = run(tmp_path / "resumed")
     assert trainer.step == 6
+    assert len(steps_taken) == 3  # it went on from checkpoint-3 (starting over would also end at step 6)
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     logged = (tmp_path / "resumed" / "run" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end
+
+
+@pytest.mark.parametrize("state", ["[]", '{"optimizer": {}}'])
+def test_a_checkpoint_whose_state_is_not_a_trainer_state_is_refused(tmp_path, tokenizer, state):
+    checkpoint = tmp_path / "run" / "checkpoint-000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(state)
+    trainer = Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": 16}], steps=3),
+                      tiny_model("llama"), tokenizer, progress=False, data=KeyRecall(batch_size=2))
+    with pytest.raises(memlm.CorruptedFileError, match="checkpoint-000002/trainer_state.json is not a memlm trainer"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("values, message", [

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from memlm.errors import ConfigError
 from memlm.model import ConfigSpec, MemoryModel
 
 
@@ -40,7 +41,7 @@ def segment_perplexity(model: MemoryModel, input_ids: torch.Tensor, window: int,
                        progress: bool = True) -> PerplexityResult:
     """Perplexity of `input_ids` (1-D) scored segment by segment with `model`'s memories."""
     if window < 2:
-        raise ValueError(f"window must be at least 2 tokens, got {window}")
+        raise ConfigError(f"window must be at least 2 tokens, got {window}")
     input_ids = input_ids.reshape(-1).to(model.layout.device)
     model.reset()
     model._begin_call()
@@ -70,7 +71,7 @@ def context_perplexity(model: Any, input_ids: torch.Tensor, window: int, context
     """Reference without memory: score the same segments, each with up to `context` tokens of real
     context in front (a sliding window). This is what memory could at best recover."""
     if context < window:
-        raise ValueError(f"context ({context}) must be at least the window ({window})")
+        raise ConfigError(f"context ({context}) must be at least the window ({window})")
     input_ids = input_ids.reshape(-1).to(next(model.parameters()).device)
     started = time.perf_counter()
     total_nll, total_tokens = 0.0, 0

@@ -37,7 +37,7 @@ from memlm.store.sqlite import connect, transaction
 
 ROLES = ("user", "admin")
 KEYS_FILE = "keys.sqlite"
-_KEY = re.compile(r"^mlm-([0-9a-f]{8})-([A-Za-z0-9_-]{43})$")
+_KEY = re.compile(r"mlm-([0-9a-f]{8})-([A-Za-z0-9_-]{43})")  # fullmatch
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,            -- the public part of the key, shown by `memlm keys list`
@@ -123,7 +123,7 @@ class KeyStore:
 
     def verify(self, key: str | None) -> Principal | None:
         """The principal of a valid, unrevoked key; None for anything else (no detail on purpose)."""
-        match = _KEY.match(key or "")
+        match = _KEY.fullmatch(key or "")
         if match is None:
             return None
         row = self.connection.execute("SELECT hash, user, role, revoked FROM keys WHERE id = ?",
@@ -142,7 +142,7 @@ class KeyStore:
                 cursor = self.connection.execute("UPDATE keys SET revoked = ? WHERE user = ? AND revoked IS NULL",
                                                  (now, check_name(user, "user id")))
             else:
-                match = _KEY.match(key_id or "")
+                match = _KEY.fullmatch(key_id or "")
                 key_id = match.group(1) if match else key_id
                 cursor = self.connection.execute("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
                                                  (now, key_id))

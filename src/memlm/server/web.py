@@ -20,7 +20,7 @@ from memlm.server.errors import ERROR_RESPONSES, NotFound
 from memlm.server.keys import Principal
 
 STATIC_DIR = Path(__file__).parent / "static"
-_PLOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
+_PLOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png")  # fullmatch
 
 router = APIRouter(tags=["Server and web page"], responses=ERROR_RESPONSES)
 
@@ -94,7 +94,7 @@ def report(request: Request, _: Principal = Depends(principal)) -> Report:
             saved = {}
     markdown = (directory / "results.md").read_text(encoding="utf-8") if (directory / "results.md").is_file() else None
     plots = [Plot(name=path.name, url=f"/v1/report/files/{path.name}")
-             for path in sorted(directory.glob("*.png")) if _PLOT.match(path.name)]
+             for path in sorted(directory.glob("*.png")) if _PLOT.fullmatch(path.name)]
     return Report(available=True, title=saved.get("title"), created=saved.get("created"), command=saved.get("command"),
                   plots=plots, markdown=markdown, human=human)
 
@@ -103,6 +103,6 @@ def report(request: Request, _: Principal = Depends(principal)) -> Report:
             responses={200: {"content": {"image/png": {}}}})
 def report_file(name: str, request: Request, _: Principal = Depends(principal)) -> FileResponse:
     directory = _report_dir(request)
-    if directory is None or not _PLOT.match(name) or not (directory / name).is_file():
+    if directory is None or not _PLOT.fullmatch(name) or not (directory / name).is_file():
         raise NotFound(f"no plot named {name!r}", "name")
     return FileResponse(directory / name, media_type="image/png")

@@ -44,7 +44,7 @@ from memlm.store.records import COLUMNS, Record
 REMOTE_SCHEMES = ("postgresql", "postgres", "milvus")
 STORE_ENV = "MEMLM_STORE"  # as memlm.facts.backends.STORE_ENV (not imported: it loads the fact store)
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_NAME = re.compile(r"^[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+ -]{0,199}$")
+_NAME = re.compile(r"[A-Za-z0-9_@:+-][A-Za-z0-9_.@:+ -]{0,199}")  # fullmatch: `$` passes "name\n"
 
 
 def is_remote(location: Any) -> bool:
@@ -102,7 +102,7 @@ def read_reference(directory: Path, url: str | None) -> str | None:
 
 
 def check_store_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"a saved memory's name must be 1-200 letters, digits, spaces or _.@:+- not starting "
                           f"with a dot (got {name!r}): name it after its user or session")
     return name

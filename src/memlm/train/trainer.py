@@ -292,8 +292,12 @@ class Trainer:
                 return data.batch(start + step, rank)
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # A generator of its own: a DataLoader without one draws its base seed from torch's global
+        # generator when its iterator starts, after `_resume` restored it, so a resumed run's steps saw
+        # torch's random numbers shifted by one draw.
         loader = torch.utils.data.DataLoader(Steps(), batch_size=None, num_workers=workers,
-                                             prefetch_factor=4 if workers else None)
+                                             prefetch_factor=4 if workers else None,
+                                             generator=torch.Generator().manual_seed(self.config.train.seed))
         return iter(loader)
 
     # --- evaluating ----------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Mutation testing of memlm's core modules with mutmut 3 (`make mutate`; docs/testing.md).
+
+mutmut reads its settings from ./pyproject.toml and copies the source and tests into ./mutants, so each
+group (a module and the few test files that cover it) runs in a folder of its own, .mutate/<group>/, made
+afresh from this checkout with that group's [tool.mutmut] settings. A group may name only some of its
+module's functions (a sample, said so in the table). Results: .mutate/<group>.json and a Markdown table.
+
+    python tools/mutate.py                          # every group
+    python tools/mutate.py eval-scoring store-records --jobs 2
+    python tools/mutate.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutate"
+
+
+@dataclass
+class Group:
+    module: str  # a file under src/
+    tests: list[str]  # pytest arguments selecting the tests that cover it
+    functions: list[str] = field(default_factory=list)  # mutant-name globs; empty: the whole module
+    note: str = ""
+
+
+GROUPS: dict[str, Group] = {
+    "eval-scoring": Group("src/memlm/eval/scoring.py", ["tests/eval/test_scoring.py"]),
+    "eval-perplexity": Group("src/memlm/eval/perplexity.py", ["tests/eval/test_perplexity.py"]),
+    "store-records": Group("src/memlm/store/records.py",
+                           ["tests/store/test_records.py", "tests/store/test_store.py", "tests/store/test_backends.py",
+                            "-k",
+                            "not kill_during_save and not postgres and not milvus and not writer"]),
+    "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
+    "train-resume": Group("src/memlm/train/trainer.py",
+                          ["tests/train/test_trainer.py", "-k", "resuming or not_a_trainer"],
+                          ["*x__rng_state__*", "*x__set_rng_state__*", "*ǁTrainerǁ_resume__*"],
+                          "resume only: restoring weights, optimizer, schedule, step and the random generators"),
+    "memories-knn": Group("src/memlm/memories/knn.py", ["tests/memories/test_knn.py", "-k", "temperature or knn_lm"],
+                          ["*ǁKnnMemoryǁ_mix_logits__*"], "sample: the kNN-LM mixture (_mix_logits)"),
+    "facts-update": Group("src/memlm/facts/api.py", ["tests/facts/test_api.py", "-k", "sqlite or each_alone"],
+                          ["*ǁFactMemoryǁupdate__*"], "sample: FactMemory.update"),
+}
+
+
+def workdir(name: str, group: Group) -> Path:
+    """.mutate/<name>: src, tests, configs and a pyproject.toml whose [tool.mutmut] is this group's."""
+    directory = WORK / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "mutants")
+    for part in ("src", "tests", "configs"):
+        shutil.copytree(ROOT / part, directory / part, ignore=ignore)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = re.sub(r"\n\[tool\.mutmut\].*?(?=\n\[|\Z)", "\n", pyproject, flags=re.S)
+    settings = {"source_paths": ["src/memlm"], "only_mutate": [group.module],
+                "pytest_add_cli_args_test_selection": group.tests,
+                "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"], "process_isolation": "forkserver"}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    (directory / "pyproject.toml").write_text(pyproject.rstrip() + "\n\n[tool.mutmut]\n" + "\n".join(lines) + "\n")
+    return directory
+
+
+def run_group(name: str, group: Group, jobs: int) -> dict:
+    directory = workdir(name, group)
+    mutmut = [sys.executable, "-m", "mutmut"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    started = time.monotonic()
+    log = (WORK / f"{name}.log").open("w")
+    subprocess.run([*mutmut, "run", "--max-children", str(jobs), *group.functions], cwd=directory, env=env,
+                   stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - started
+    listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=directory, env=env, capture_output=True,
+                             text=True, check=False).stdout
+    statuses: dict[str, str] = {}
+    for line in listing.splitlines():
+        if ":" in line:
+            mutant, status = (part.strip() for part in line.rsplit(":", 1))
+            if group.functions and not any(re.fullmatch(glob.replace("*", ".*"), mutant) for glob in group.functions):
+                continue
+            statuses[mutant] = status
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    diffs = {mutant: subprocess.run([*mutmut, "show", mutant], cwd=directory, env=env, capture_output=True,
+                                    text=True, check=False).stdout
+             for mutant, status in statuses.items() if status not in ("killed", "timeout")}
+    result = {"group": name, "module": group.module, "tests": " ".join(group.tests),
+              "scope": group.note or "whole module", "counts": counts, "seconds": round(seconds),
+              "not_killed": diffs}
+    (WORK / f"{name}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| group | module | scope | mutants | killed | survived | timeout | other | killed % | tests |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        counts = dict(result["counts"])
+        total = sum(counts.values())
+        killed, survived, timeout = counts.pop("killed", 0), counts.pop("survived", 0), counts.pop("timeout", 0)
+        other = ", ".join(f"{status} {count}" for status, count in counts.items()) or "0"
+        score = f"{100 * (killed + timeout) / total:.1f}" if total else "-"
+        rows.append(f"| {result['group']} | `{result['module']}` | {result['scope']} | {total} | {killed} | "
+                    f"{survived} | {timeout} | {other} | {score} | `{result['tests']}` |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("groups", nargs="*", choices=[[], *GROUPS], metavar="GROUP")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--list", action="store_true", help="list the groups and stop")
+    args = parser.parse_args()
+    if args.list:
+        for name, group in GROUPS.items():
+            print(f"{name}: {group.module} ({group.note or 'whole module'}) <- {' '.join(group.tests)}")
+        return 0
+    WORK.mkdir(exist_ok=True)
+    results = [run_group(name, GROUPS[name], args.jobs) for name in args.groups or GROUPS]
+    print(table(results))
+    for result in results:
+        for mutant, diff in result["not_killed"].items():
+            print(f"\n--- not killed: {mutant}\n{diff.strip()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
