@@ -148,8 +148,9 @@ def compile_filters(filters: dict[str, Any] | None, skip: tuple[str, ...] = ()) 
         if key in LOGICAL:
             if key == "NOT" and isinstance(value, dict):  # mem0 writes both {"NOT": {...}} and {"NOT": [...]}
                 value = [value]
-            if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
-                raise ConfigError(f"filter {key!r} needs a non-empty list of filter dicts")
+            # An empty list is the identity of its operator: AND of nothing holds, OR of nothing does not.
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                raise ConfigError(f"filter {key!r} needs a list of filter dicts")
             children = [compile_filters(item) or (lambda fact: True) for item in value]
             if key == "AND":
                 parts.append(lambda fact, c=children: all(child(fact) for child in c))
