@@ -90,7 +90,7 @@ def test_mem0_scopes_metadata_and_filters(client):
     assert memories() == ["The user likes chess.", "The user likes jazz."]
 
 
-@pytest.mark.parametrize("filters", [{"topic": {"regex": "x"}}, {"AND": "x"}, {"OR": []}, {"metadata": 3},
+@pytest.mark.parametrize("filters", [{"topic": {"regex": "x"}}, {"AND": "x"}, {"OR": [3]}, {"metadata": 3},
                                      {"topic": {}}, {"topic": {"in": "music"}}])
 def test_unsupported_filters_are_named(filters):
     with pytest.raises(ValueError, match="filter"):
