@@ -128,3 +128,15 @@ def test_eval_human_adds_the_votes_to_a_report(run, tmp_path):
     assert "## Human evaluation" in (tmp_path / "report" / "results.md").read_text()
     missing = run("eval", "human", "--out", tmp_path / "x", "--votes", tmp_path / "none.sqlite")
     assert missing.exit_code == 2 and "no votes" in missing.output
+
+
+def test_lengths_read_plain_counts_and_k_and_m_suffixes():
+    import typer
+
+    from memlm.cli.eval import parse_length
+
+    assert [parse_length(text) for text in ("4096", "4K", "16k", "1M", "10m")] == \
+        [4096, 4096, 16384, 1024 ** 2, 10 * 1024 ** 2]
+    for bad in ("", "K", "1.5K", "4G", "M4"):
+        with pytest.raises(typer.BadParameter, match="length in tokens"):
+            parse_length(bad)
