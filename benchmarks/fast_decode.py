@@ -1,0 +1,197 @@
+"""Fast greedy decoding (`memlm.decode`) vs. transformers' eager loop, bare and with each memory.
+
+Batch 1, greedy, a fixed number of new tokens (`min_new_tokens` = `max_new_tokens`), in one process:
+
+* bare, eager (transformers' `generate`, dynamic cache): the baseline today;
+* bare, static (static KV cache, the step run eagerly) and bare, graph (the step replayed as a CUDA graph);
+* each memory (`recurrent`, `slots`, `importance`, `bank` with prompt fusion and its fact-token bonus;
+  `--memories` adds others, e.g. `knn`, which falls back to eager), in the fast mode, its ratio to
+  bare fast.
+
+Every fast row's tokens are checked against eager `generate()` of the same configuration twice:
+against transformers' loop on the same static cache (`cache_implementation="static"`: the same
+kernels, so the tokens must be identical; a mismatch fails the run) and against the default dynamic
+cache (reported: in bfloat16 a different attention kernel may flip a near-tie; the column says where).
+Memories get non-zero gates (small random weights, fixed seed) and a written state, so their reads
+change the output. Writes a CSV, a Markdown table and a JSON record to `--out`.
+
+    python benchmarks/fast_decode.py --model /tmp/SmolLM2-135M-Instruct --out /tmp/decode   # CUDA, bf16
+    python benchmarks/fast_decode.py --device cpu --tiny --out /tmp/decode-smoke            # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import memlm
+from memlm.backbone import resolve_dtype
+
+PROMPT = "Memory lets a language model keep what it learned in earlier turns. In this essay we"
+FACT = "The user's dog is called Biscuit."
+TARGET_TOKENS_PER_S, TARGET_RATIO = 1000.0, 0.8
+
+
+def tiny_backbone(device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A small random Llama and a byte tokenizer (the test suite's), for a smoke run without weights."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny import tiny_model, tiny_tokenizer
+
+    return tiny_model("llama", hidden_size=64, num_layers=4).to(device, dtype), tiny_tokenizer()
+
+
+def build(backbone: Any, tokenizer: Any, name: str, seed: int) -> tuple[memlm.MemoryModel, dict[str, Any], Any]:
+    """A memory model with `name` attached (none for "bare"), its prompt, and what to run before each call."""
+    prepare = None
+    if name == "bare":
+        model = memlm.MemoryModel(backbone, [], tokenizer=tokenizer)
+    elif name == "bank":
+        model = memlm.attach(backbone, memlm.BankConfig(encoder="backbone", fusion="prompt"), tokenizer=tokenizer)
+        model.memories["bank"].learn(FACT, importance=1.0)
+        messages = [{"role": "user", "content": "What is my dog called? Tell me about him."}]
+
+        def prepare() -> None:  # each generate() takes the bonus of the facts put in the prompt just before
+            model.augment_messages(messages)
+
+        fused, used = model.augment_messages(messages)
+        assert used, "the bank retrieved nothing: no fact-token bonus to measure"
+        ids = tokenizer.apply_chat_template(fused, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"].to(backbone.device)
+        return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, prepare
+    else:
+        model = memlm.attach(backbone, name, tokenizer=tokenizer)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # small random weights: open gates, so the reads change the output
+            for parameter in model.memory_parameters():
+                parameter.copy_((torch.randn(parameter.shape, generator=generator) * 0.05).to(parameter.dtype))
+    encoded = tokenizer(PROMPT, return_tensors="pt").to(backbone.device)
+    if name not in ("bare", "bank"):
+        model.write(encoded["input_ids"])  # a state, so decode steps really read it
+        for memory in model.memories.values():
+            if hasattr(memory, "add_tokens"):  # importance: every slot kept, every step reads them
+                essay = tokenizer(PROMPT * 40, return_tensors="pt").input_ids.to(backbone.device)
+                memory.add_tokens(essay[:, :memory.config.max_memory_size])
+    return model, dict(encoded), prepare
+
+
+def timed(model: memlm.MemoryModel, inputs: dict[str, Any], prepare: Any, decode: str, new_tokens: int,
+          **options: Any) -> tuple[float, torch.Tensor]:
+    if prepare is not None:
+        prepare()
+    if inputs["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                            write_memory=False, decode=decode, pad_token_id=model.tokenizer.pad_token_id, **options)
+    if inputs["input_ids"].is_cuda:
+        torch.cuda.synchronize()
+    return new_tokens / (time.perf_counter() - started), output
+
+
+def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    if a.shape == b.shape and torch.equal(a, b):
+        return "yes"
+    length = min(a.shape[1], b.shape[1])
+    different = (a[:, :length] != b[:, :length]).any(dim=0).nonzero()
+    return f"no: from token {int(different[0]) if len(different) else length}"
+
+
+def measure(backbone: Any, tokenizer: Any, name: str, decode: str, args: argparse.Namespace) -> dict[str, Any]:
+    model, inputs, prepare = build(backbone, tokenizer, name, args.seed)
+    try:
+        timed(model, inputs, prepare, decode, args.new_tokens)  # warm-up: records the graph, fills caches
+        speeds, output = [], None
+        for _ in range(args.repeats):
+            speed, output = timed(model, inputs, prepare, decode, args.new_tokens)
+            speeds.append(speed)
+        path = model.greedy_decoder.last_path if decode != "eager" else "eager"
+        row = {"memory": name, "decode": decode, "path": path, "tokens_per_s": statistics.median(speeds)}
+        if decode != "eager":
+            _, same_cache = timed(model, inputs, prepare, "eager", args.new_tokens, cache_implementation="static",
+                                  disable_compile=True)
+            _, dynamic = timed(model, inputs, prepare, "eager", args.new_tokens)
+            row["same_as_eager_static_cache"] = first_difference(output, same_cache)
+            row["same_as_eager_dynamic_cache"] = first_difference(output, dynamic)
+        return row
+    finally:
+        model.detach()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a model folder, GGUF file or hub id (default: the embedded one)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for decode_speed.{csv,md,json}")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--memories", default="recurrent,slots,importance,bank")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="a small random model instead of --model (smoke test)")
+    args = parser.parse_args()
+
+    dtype = resolve_dtype(args.dtype, torch.device(args.device))
+    if args.tiny:
+        backbone, tokenizer = tiny_backbone(args.device, dtype)
+    else:
+        backbone, tokenizer = memlm.load_backbone(args.model, device=args.device, dtype=dtype)
+    fast = "graph" if args.device.startswith("cuda") else "static"
+    plan = [("bare", "eager"), ("bare", "static")] + ([("bare", "graph")] if fast == "graph" else [])
+    plan += [(name, fast) for name in args.memories.split(",") if name]
+    rows = []
+    for name, decode in plan:
+        try:
+            rows.append(measure(backbone, tokenizer, name, decode, args))
+        except Exception as error:  # noqa: BLE001  (one memory failing should not hide the others' numbers)
+            rows.append({"memory": name, "decode": decode, "path": f"error: {type(error).__name__}: {error}",
+                         "tokens_per_s": float("nan"), "same_as_eager_static_cache": "error"})
+        print(json.dumps(rows[-1]), flush=True)
+    bare_fast = next(r["tokens_per_s"] for r in rows if r["memory"] == "bare" and r["decode"] == fast)
+    for row in rows:
+        row["ratio_to_bare_fast"] = row["tokens_per_s"] / bare_fast
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    record = {"model": "tiny random llama" if args.tiny else str(getattr(backbone.config, "name_or_path", args.model)),
+              "device": device_name, "dtype": str(dtype).replace("torch.", ""), "new_tokens": args.new_tokens,
+              "repeats": args.repeats, "torch": torch.__version__,
+              "transformers": __import__("transformers").__version__, "command": " ".join(sys.argv), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = ["memory", "decode", "path", "tokens_per_s", "ratio_to_bare_fast", "same_as_eager_static_cache",
+               "same_as_eager_dynamic_cache"]
+    with open(args.out / "decode_speed.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: row.get(key, "") for key in columns} for row in rows)
+    (args.out / "decode_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"{record['model']} on {device_name} ({record['dtype']}), batch 1, greedy, {args.new_tokens} new "
+             f"tokens, median of {args.repeats}; torch {torch.__version__}, transformers {record['transformers']}",
+             "", "| memory | decode | ran as | tokens/s | ratio to bare fast | = eager, static cache "
+             "| = eager, dynamic cache |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['memory']} | {r['decode']} | {r['path']} | {r['tokens_per_s']:.1f} "
+              f"| {r['ratio_to_bare_fast']:.3f} | {r.get('same_as_eager_static_cache', '')} "
+              f"| {r.get('same_as_eager_dynamic_cache', '')} |" for r in rows]
+    fast_rows = [r for r in rows if r["decode"] == fast]
+    lines += ["", f"targets: bare {fast} ≥ {TARGET_TOKENS_PER_S:.0f} tokens/s: "
+              f"{'met' if bare_fast >= TARGET_TOKENS_PER_S else 'NOT met'} ({bare_fast:.0f}); each memory ≥ "
+              f"{TARGET_RATIO} of it: " + ", ".join(
+                  f"{r['memory']} {'met' if r['ratio_to_bare_fast'] >= TARGET_RATIO else 'NOT met'}"
+                  for r in fast_rows if r["memory"] != "bare")]
+    (args.out / "decode_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    wrong = [r for r in fast_rows if r.get("same_as_eager_static_cache") != "yes"]
+    if wrong:
+        print(f"FAILED: tokens differ from eager on the same static cache: {[r['memory'] for r in wrong]}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
