@@ -40,6 +40,8 @@ def test_static_decoding_gives_eager_tokens_on_every_backbone(architecture):
     assert memory_model.greedy_decoder.last_path == "static"
     eager, static = both(memory_model, *padded_batch(), max_new_tokens=12)  # left padding: positions, masks
     assert torch.equal(static, eager)
+    # Gemma 3's sliding-window cache layers count in a Python int: its steps run, but are not recorded
+    assert all(s.graph_ready() == (architecture != "gemma3") for s in memory_model.greedy_decoder.sessions.values())
 
 
 def _open(memory_model):
@@ -231,3 +233,53 @@ def test_graph_calls_read_memory_from_static_buffers_and_give_the_tensors_back()
     memory_model.reset()  # no state: the reads take another branch, so the step is recorded again
     with decoder._static_state(session, graph=True):
         assert recurrent.state is None and decoder._graph_key(session) != key
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])  # gemma3's sliding layers: never recorded
+def test_the_recorded_step_never_reads_the_device_on_padded_batches(architecture, monkeypatch):
+    memory_model = memlm.MemoryModel(tiny_model(architecture), [])
+    original = _DecodeSession.step
+
+    def guarded(session):
+        with ForbidHostReads():
+            original(session)
+
+    monkeypatch.setattr(_DecodeSession, "step", guarded)
+    memory_model.generate(*padded_batch(), max_new_tokens=4, decode="static", **GREEDY)
+    [session] = memory_model.greedy_decoder.sessions.values()
+    assert session.padded and session.graph_ready()
+
+
+# --- decode="compile": dynamo traces the step (the "eager" backend: inductor's codegen takes a minute here) ----
+@pytest.fixture
+def compile_with_dynamo_only(monkeypatch):
+    monkeypatch.setattr("memlm.decode.COMPILE_BACKEND", "eager")
+
+
+def test_the_compiled_step_gives_eager_tokens_and_sees_memories_attached_later(compile_with_dynamo_only, tokenizer):
+    memory_model = memlm.MemoryModel(tiny_model("llama"), [], tokenizer=tokenizer)
+    ids = token_batch(batch_size=1, length=7, seed=5)
+    eager, compiled = (memory_model.generate(ids, max_new_tokens=10, decode=decode, **GREEDY)
+                       for decode in ("eager", "compile"))
+    assert torch.equal(compiled, eager) and memory_model.greedy_decoder.last_path == "compile"
+    # Dynamo does not guard on module hooks: a step compiled before these memories came must not be reused.
+    for config in ("recurrent", "slots", "importance", BANK_BY_PROMPT):
+        memory_model.add_memory(config)
+    randomize_memory_weights(memory_model, seed=4)
+    memory_model.write(token_batch(batch_size=1, length=10))
+    eager, compiled = (memory_model.generate(ids, max_new_tokens=10, decode=decode, **GREEDY)
+                       for decode in ("eager", "compile"))
+    assert torch.equal(compiled, eager)
+    with memory_model.paused() as bare:
+        assert not torch.equal(eager[:, -10:], bare.generate(ids, max_new_tokens=10, do_sample=False,
+                                                            pad_token_id=PAD_ID)[:, -10:])
+
+
+def test_a_failing_compiler_falls_back_to_static_decoding(monkeypatch, caplog):
+    monkeypatch.setattr("memlm.decode.COMPILE_BACKEND", "no-such-backend")
+    memory_model = memlm.MemoryModel(tiny_model("llama"), [])
+    ids = token_batch(batch_size=1, length=7)
+    with caplog.at_level("WARNING", logger="memlm.decode"):
+        fast = memory_model.generate(ids, max_new_tokens=8, decode="compile", **GREEDY)
+    assert torch.equal(fast, memory_model.generate(ids, max_new_tokens=8, **GREEDY))
+    assert memory_model.greedy_decoder.last_path == "static" and "torch.compile failed" in caplog.text

@@ -66,3 +66,20 @@ def test_graph_decoding_replays_the_static_tokens_and_follows_memory_writes(name
         [session] = memory_model.greedy_decoder.sessions.values()
         graphs.append(session.graph)
     assert graphs[0] is graphs[1] is graphs[2]  # recorded once, replayed with each turn's state
+
+
+@pytest.mark.parametrize("names", [[], ["recurrent", "slots", "importance", "bank"]])
+def test_compiled_graph_decoding_on_cuda(names, tokenizer):
+    """Inductor's fused step recorded as a CUDA graph: eager's tokens in float32; in bfloat16 it runs
+    (fused kernels round differently: benchmarks/fast_decode.py reports how far the tokens agree)."""
+    configs = [memlm.BankConfig(encoder="backbone", fusion="prompt") if name == "bank" else name for name in names]
+    options = dict(max_new_tokens=40, do_sample=False, write_memory=False, pad_token_id=257)
+    for dtype in (torch.float32, torch.bfloat16):
+        memory_model = memlm.attach(tiny_model("llama").to("cuda", dtype), configs, tokenizer=tokenizer)
+        randomize_memory_weights(memory_model, scale=0.2)
+        memory_model.write(token_batch(batch_size=1, length=12).cuda())
+        probe = token_batch(batch_size=1, length=6, seed=10).cuda()
+        compiled = memory_model.generate(probe, decode="compile", **options)
+        assert memory_model.greedy_decoder.last_path == "compile"
+        if dtype == torch.float32:
+            assert torch.equal(compiled, memory_model.generate(probe, **options))

@@ -8,10 +8,16 @@ transformers' `generate()` spends most of each token of a small model in Python 
   flags, the tokens out) and updates them in place. No Python branch looks at a value on the device.
 * `"graph"`: on CUDA, that step is recorded once as a CUDA graph and replayed for every token; the
   host reads the device only every `SYNC_EVERY` tokens (to stop at end of sequence and to stream).
+* `"compile"`: the step compiled by `torch.compile` (inductor fuses its many small kernels: a norm,
+  a rotary embedding, an activation become one kernel each) and, on CUDA, recorded as a CUDA graph.
 * `"auto"`: `"graph"` on CUDA, `"static"` elsewhere; `"eager"` (the default): transformers' loop.
 
 Tokens are those of eager greedy `generate()`: the same prefill, positions, masks, float32 scores,
-logits processors and end-of-sequence padding. Graph replay runs the very kernels the static step runs.
+logits processors and end-of-sequence padding. Graph replay runs the very kernels the static step runs,
+so `"static"` and `"graph"` agree bit for bit. `"compile"` runs other kernels (fused, with eager's
+intermediate roundings emulated): the same tokens in float32; in bfloat16 a near-tie may flip.
+A 135M model's step is ~1,300 small kernels in eager form, so on a GPU `"graph"` is bound by their
+count and `"compile"` is the fast one; `benchmarks/fast_decode.py` measures both.
 
 Memories take part through the `StaticDecode` capability (memories/base.py): its reads must work on a
 static cache, and for graphs its decode-time tensors (`decode_state_names`) are swapped for static
@@ -32,6 +38,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +49,9 @@ from memlm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DECODE_MODES = ("eager", "static", "graph", "auto")
+DECODE_MODES = ("eager", "static", "graph", "compile", "auto")
+RECORDED_MODES = ("graph", "compile")  # on CUDA, the step is recorded as a CUDA graph
+COMPILE_BACKEND = "inductor"  # tests use "eager": dynamo's tracing and guards without inductor's minute of codegen
 SYNC_EVERY = 16  # CUDA: tokens decoded between two host reads of the finished flags
 CACHE_BUCKET = 256  # cache lengths round up to this, so one cache and graph serve many prompt lengths
 MAX_SESSIONS = 4  # (batch, cache length) shapes kept with their caches and graphs
@@ -133,6 +142,7 @@ class GreedyDecoder:
         self.sessions: dict[tuple[int, int], _DecodeSession] = {}
         self.last_path = "eager"
         self._logged: set[str] = set()
+        self._compile_failure: str | None = None
 
     def generate(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, mode: str,
                  kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -153,8 +163,24 @@ class GreedyDecoder:
         if mode == "graph" and not session.graph_ready():
             self._note(f"graph -> static: {session.graph_blocker}")
             mode = "static"
-        with torch.no_grad(), self._static_state(session, mode == "graph"):
-            sequences = session.run(input_ids, attention_mask, settings, mode, self._graph_key(session))
+        if mode == "compile":  # what stops a graph stops compiling too (graph breaks, recompiling per token)
+            cuda = self.model.layout.device.type == "cuda"
+            why = (self._graph_blocker() if cuda else self._reads_blocker()) or session.graph_blocker \
+                or self._compile_failure
+            if why is not None:
+                self._note(f"compile -> static: {why}")
+                mode = "static"
+        recorded = mode in RECORDED_MODES and self.model.layout.device.type == "cuda"
+        try:
+            with torch.no_grad(), self._static_state(session, recorded):
+                sequences = session.run(input_ids, attention_mask, settings, mode, recorded, self._graph_key(session))
+        except Exception as error:  # noqa: BLE001  (a compiler failure: decode again without it, from the start)
+            if mode != "compile" or settings.streamer is not None:
+                raise
+            self._compile_failure = f"torch.compile failed ({type(error).__name__}: {str(error)[:200]})"
+            self._note(f"compile -> static: {self._compile_failure}")
+            session.graph, session.graph_key = None, None
+            return self.generate(input_ids, attention_mask, "static", kwargs)
         self.last_path = mode
         return sequences
 
@@ -172,6 +198,10 @@ class GreedyDecoder:
     def _graph_blocker(self) -> str | None:
         if self.model.layout.device.type != "cuda":
             return "CUDA graphs need a CUDA device"
+        return self._reads_blocker()
+
+    def _reads_blocker(self) -> str | None:
+        """Why some read of a decode step looks at the device from the host (None: nothing does)."""
         attention = str(self.model.backbone.config._attn_implementation or "eager").removeprefix("memlm|")
         if attention not in GRAPH_ATTENTION:
             return f"attention {attention!r} (graphs need one of {GRAPH_ATTENTION})"
@@ -278,22 +308,25 @@ class _DecodeSession:
         self.padded = False
         self.graph: Any = None
         self.graph_key: tuple | None = None
+        self.compiled_step: Any = None
+        self.compiled_key: tuple | None = None
 
     def graph_ready(self) -> bool:
         return self.graph_blocker is None
 
     # --- one call ------------------------------------------------------------------------------
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, settings: GreedySettings,
-            mode: str, graph_key: tuple) -> torch.Tensor:
+            mode: str, recorded: bool, graph_key: tuple) -> torch.Tensor:
         device = self.token.device
         input_ids = input_ids.to(device)
         self._fill(input_ids, attention_mask, settings)
         streamer = settings.streamer
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        graph_key = (graph_key, self.padded, len(self.fact_biases))
-        if mode == "graph" and self.graph_key != graph_key:
+        graph_key = (graph_key, mode, self.padded, len(self.fact_biases))
+        if recorded and self.graph_key != graph_key:
             self.graph, self.graph_key = None, graph_key  # recorded again below, after a warm-up
+        step = self._compiled_step(graph_key) if mode == "compile" else self.step
         self._prefill(input_ids, attention_mask)
         decoded, streamed, total = 1, 0, settings.max_new_tokens
         sync_every = SYNC_EVERY if device.type == "cuda" else 1
@@ -303,11 +336,11 @@ class _DecodeSession:
             if done is not None or decoded >= total:
                 break
             count = min(sync_every, total - decoded)
-            if mode == "graph":
-                self._replay(count)
+            if recorded:
+                self._replay(count, step)
             else:
                 for _ in range(count):
-                    self.step()
+                    step()
             decoded += count
         if streamer is not None:
             streamer.end()
@@ -383,22 +416,43 @@ class _DecodeSession:
                 streamer.put(chunk)
         return end, done
 
-    # --- CUDA graphs ---------------------------------------------------------------------------
-    def _replay(self, count: int) -> None:
+    # --- torch.compile and CUDA graphs ---------------------------------------------------------
+    def _compiled_step(self, key: tuple) -> Any:
+        """`step` compiled by torch.compile for what `key` describes (compiled on its first call: in the
+        warm-up, before recording).
+
+        Dynamo keeps compiled code on the function's code object and by default does not guard on
+        module hooks, so a step compiled before a memory was attached would be reused without its
+        hooks. Each key (session, memories and their hooks, state layout, weights) therefore gets a copy
+        of `step` with a code object of its own: its compiled code serves that key only."""
+        if self.compiled_key != key:
+            import torch._inductor.config
+
+            code = _DecodeSession.step.__code__.replace()  # a new code object: a cache of its own
+            function = types.FunctionType(code, _DecodeSession.step.__globals__, "step")
+            options = {}
+            if COMPILE_BACKEND == "inductor" and hasattr(torch._inductor.config, "emulate_precision_casts"):
+                options["emulate_precision_casts"] = True  # round low-precision intermediates where eager does
+            self.compiled_step = torch.compile(types.MethodType(function, self), backend=COMPILE_BACKEND,
+                                               dynamic=False, **({"options": options} if options else {}))
+            self.compiled_key = key
+        return self.compiled_step
+
+    def _replay(self, count: int, step: Any) -> None:
         if self.graph is None:
             warmup = min(WARMUP_STEPS, count)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(warmup):  # real steps: their tokens count
-                    self.step()
+                for _ in range(warmup):  # real steps (their tokens count); torch.compile compiles in the first
+                    step()
             torch.cuda.current_stream().wait_stream(side)
             count -= warmup
             if count == 0:
                 return
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.step()  # recorded, not run: the replays below run it
+                step()  # recorded, not run: the replays below run it
             self.graph = graph
         for _ in range(count):
             self.graph.replay()
