@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 import memlm
+import memlm.decode
 from memlm.backbone import resolve_dtype
 
 PROMPT = "Memory lets a language model keep what it learned in earlier turns. In this essay we"
@@ -115,13 +116,16 @@ def measure(backbone: Any, tokenizer: Any, name: str, modes: list[str], args: ar
             started = time.perf_counter()
             timed(model, inputs, prepare, decode, args.new_tokens)  # warm-up: compiles, records the graph
             warmup_s = time.perf_counter() - started
-            speeds = []
+            seconds, prefill_seconds = [], []
             for _ in range(args.repeats):
                 speed, outputs[decode] = timed(model, inputs, prepare, decode, args.new_tokens)
-                speeds.append(speed)
+                seconds.append(args.new_tokens / speed)
+                prefill_seconds.append(1 / timed(model, inputs, prepare, decode, 1)[0])  # the prompt's pass alone
             path = model.greedy_decoder.last_path if decode != "eager" else "eager"
-            rows.append({"memory": name, "decode": decode, "path": path, "tokens_per_s": statistics.median(speeds),
-                         "warmup_s": warmup_s})
+            total, prefill = statistics.median(seconds), statistics.median(prefill_seconds)
+            rows.append({"memory": name, "decode": decode, "path": path, "tokens_per_s": args.new_tokens / total,
+                         "decode_tokens_per_s": (args.new_tokens - 1) / max(total - prefill, 1e-9),
+                         "prefill_ms": 1000 * prefill, "warmup_s": warmup_s})
         eager_speed, dynamic = timed(model, inputs, prepare, "eager", args.new_tokens)
         _, same_cache = timed(model, inputs, prepare, "eager", args.new_tokens, cache_implementation="static",
                               disable_compile=True)
@@ -135,15 +139,15 @@ def measure(backbone: Any, tokenizer: Any, name: str, modes: list[str], args: ar
         model.detach()
 
 
-COLUMNS = ["memory", "decode", "path", "tokens_per_s", "ratio_to_bare", "speedup_vs_eager", "eager_tokens_per_s",
-           "warmup_s", "same_as_eager_static_cache", "same_as_eager_dynamic_cache"]
+COLUMNS = ["memory", "decode", "path", "tokens_per_s", "decode_tokens_per_s", "ratio_to_bare", "speedup_vs_eager",
+           "eager_tokens_per_s", "prefill_ms", "warmup_s", "same_as_eager_static_cache", "same_as_eager_dynamic_cache"]
 
 
 def write_tables(rows: list[dict[str, Any]], record: dict[str, Any], out: Path) -> list[str]:
     """decode_speed.{csv,json,md} in `out` (rewritten after every memory, so a run cut short keeps its rows)."""
-    bare = {row["decode"]: row["tokens_per_s"] for row in rows if row["memory"] == "bare"}
+    bare = {row["decode"]: row.get("decode_tokens_per_s", float("nan")) for row in rows if row["memory"] == "bare"}
     for row in rows:
-        row["ratio_to_bare"] = row["tokens_per_s"] / bare.get(row["decode"], float("nan"))
+        row["ratio_to_bare"] = row.get("decode_tokens_per_s", float("nan")) / bare.get(row["decode"], float("nan"))
         row["speedup_vs_eager"] = row["tokens_per_s"] / row.get("eager_tokens_per_s", float("nan"))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "decode_speed.csv", "w", newline="") as handle:
@@ -154,19 +158,24 @@ def write_tables(rows: list[dict[str, Any]], record: dict[str, Any], out: Path) 
     lines = [f"{record['model']} on {record['device']} ({record['dtype']}), batch 1, greedy, {record['new_tokens']} "
              f"new tokens, median of {record['repeats']}; torch {record['torch']}, transformers "
              f"{record['transformers']}", "",
-             "| memory | decode | ran as | tokens/s | ratio to bare (same decode) | × eager | first call (s) "
-             "| = eager, static cache | = eager, dynamic cache |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['memory']} | {r['decode']} | {r['path']} | {r['tokens_per_s']:.1f} | {r['ratio_to_bare']:.3f} "
-              f"| {r['speedup_vs_eager']:.1f} | {r.get('warmup_s', float('nan')):.1f} "
+             "| memory | decode | ran as | tokens/s (call) | tokens/s (decode) | ratio to bare (decode, same mode) "
+             "| × eager (call) | prompt pass (ms) | first call (s) | = eager, static cache | = eager, dynamic cache |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    lines += [f"| {r['memory']} | {r['decode']} | {r['path']} | {r['tokens_per_s']:.1f} "
+              f"| {r.get('decode_tokens_per_s', nan):.1f} | {r['ratio_to_bare']:.3f} | {r['speedup_vs_eager']:.1f} "
+              f"| {r.get('prefill_ms', nan):.1f} | {r.get('warmup_s', nan):.1f} "
               f"| {r.get('same_as_eager_static_cache', '')} | {r.get('same_as_eager_dynamic_cache', '')} |"
               for r in rows]
     fast = [r for r in rows if r["decode"] not in ("eager", "static")] or [r for r in rows if r["decode"] == "static"]
-    best = max((r for r in fast if r["memory"] == "bare"), key=lambda r: r["tokens_per_s"], default=None)
+    best = max((r for r in fast if r["memory"] == "bare"), key=lambda r: r.get("decode_tokens_per_s", 0),
+               default=None)
     if best is not None:
         memories = [r for r in fast if r["memory"] != "bare" and r["decode"] == best["decode"]]
-        lines += ["", f"targets: bare ≥ {TARGET_TOKENS_PER_S:.0f} tokens/s: "
-                  f"{'met' if best['tokens_per_s'] >= TARGET_TOKENS_PER_S else 'NOT met'} "
-                  f"({best['tokens_per_s']:.0f}, {best['decode']}); each memory ≥ {TARGET_RATIO} of it: "
+        rate = best.get("decode_tokens_per_s", 0)
+        lines += ["", f"targets (decode tokens/s, the prompt's pass excluded; per call: {best['tokens_per_s']:.0f}): "
+                  f"bare ≥ {TARGET_TOKENS_PER_S:.0f}: {'met' if rate >= TARGET_TOKENS_PER_S else 'NOT met'} "
+                  f"({rate:.0f}, {best['decode']}); each memory ≥ {TARGET_RATIO} of it: "
                   + ", ".join(f"{r['memory']} {'met' if r['ratio_to_bare'] >= TARGET_RATIO else 'NOT met'}"
                               for r in memories)]
     (out / "decode_speed.md").write_text("\n".join(lines) + "\n")
@@ -186,7 +195,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a small random model instead of --model (smoke test)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="inductor mode for decode=compile, e.g. max-autotune-no-cudagraphs (long compiles)")
     args = parser.parse_args()
+    memlm.decode.COMPILE_MODE = args.compile_mode
 
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
     if args.tiny:

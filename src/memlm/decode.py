@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 DECODE_MODES = ("eager", "static", "graph", "compile", "auto")
 RECORDED_MODES = ("graph", "compile")  # on CUDA, the step is recorded as a CUDA graph
 COMPILE_BACKEND = "inductor"  # tests use "eager": dynamo's tracing and guards without inductor's minute of codegen
+# An inductor mode without its own CUDA graphs (the decoder records one), e.g. "max-autotune-no-cudagraphs":
+# inductor then also generates and tunes matmuls (minutes of compiling). None: inductor's defaults.
+COMPILE_MODE: str | None = None
 SYNC_EVERY = 16  # CUDA: tokens decoded between two host reads of the finished flags
 CACHE_BUCKET = 256  # cache lengths round up to this, so one cache and graph serve many prompt lengths
 MAX_SESSIONS = 4  # (batch, cache length) shapes kept with their caches and graphs
@@ -431,8 +434,13 @@ class _DecodeSession:
             code = _DecodeSession.step.__code__.replace()  # a new code object: a cache of its own
             function = types.FunctionType(code, _DecodeSession.step.__globals__, "step")
             options = {}
-            if COMPILE_BACKEND == "inductor" and hasattr(torch._inductor.config, "emulate_precision_casts"):
-                options["emulate_precision_casts"] = True  # round low-precision intermediates where eager does
+            if COMPILE_BACKEND == "inductor":
+                options = dict(torch._inductor.list_mode_options(COMPILE_MODE)) if COMPILE_MODE else {}
+                if options.get("triton.cudagraphs"):
+                    raise ConfigError(f"COMPILE_MODE {COMPILE_MODE!r} records CUDA graphs itself; use a "
+                                      f"'-no-cudagraphs' mode: the decoder records the step")
+                if hasattr(torch._inductor.config, "emulate_precision_casts"):
+                    options["emulate_precision_casts"] = True  # round low-precision intermediates where eager does
             self.compiled_step = torch.compile(types.MethodType(function, self), backend=COMPILE_BACKEND,
                                                dynamic=False, **({"options": options} if options else {}))
             self.compiled_key = key

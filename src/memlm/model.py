@@ -308,8 +308,8 @@ class MemoryModel(nn.Module):
                 the context; the earlier tokens are first streamed into memory in segments of
                 `context_window` tokens.
             decode: "eager" (transformers' loop), or fast greedy decoding (`memlm.decode`): "static"
-                (static KV cache), "graph" (plus CUDA graphs), "auto" (graph on CUDA, else static);
-                the same tokens, and transformers' loop wherever the fast one does not apply.
+                (static KV cache), "graph" (plus CUDA graphs), "compile" (plus torch.compile), "auto"
+                (graph on CUDA, else static); transformers' loop wherever the fast one does not apply.
 
         Returns what `transformers` returns, for the caller's prompt: tokens an `InputRewriting`
         memory put in front of it are not part of the returned sequences.
