@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import platform
 import statistics
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StaticCache
 
 import memlm
 import memlm.decode
 from memlm.backbone import resolve_dtype
+from memlm.decode import CACHE_BUCKET
 
 PROMPT = "Memory lets a language model keep what it learned in earlier turns. In this essay we"
 FACT = "The user's dog is called Biscuit."
@@ -127,8 +130,13 @@ def measure(backbone: Any, tokenizer: Any, name: str, modes: list[str], args: ar
                          "decode_tokens_per_s": (args.new_tokens - 1) / max(total - prefill, 1e-9),
                          "prefill_ms": 1000 * prefill, "warmup_s": warmup_s})
         eager_speed, dynamic = timed(model, inputs, prepare, "eager", args.new_tokens)
-        _, same_cache = timed(model, inputs, prepare, "eager", args.new_tokens, cache_implementation="static",
-                              disable_compile=True)
+        # transformers' loop on a static cache of the fast path's length (kernels may depend on the length);
+        # the longest session is the full calls' (the 1-token calls may have made a shorter one)
+        length = max((length for _, length in model.greedy_decoder.sessions), default=CACHE_BUCKET)
+        cache = StaticCache(config=backbone.config, max_cache_len=length)
+        name_of_cache = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+        _, same_cache = timed(model, inputs, prepare, "eager", args.new_tokens, disable_compile=True,
+                              **{name_of_cache: cache})
         for row in rows:
             row["eager_tokens_per_s"] = eager_speed
             if row["decode"] != "eager":

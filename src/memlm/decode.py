@@ -38,6 +38,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import Any
 
 import torch
 
-from memlm.errors import ConfigError
+from memlm.errors import ConfigError, MemlmError
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +147,17 @@ class GreedyDecoder:
         self.last_path = "eager"
         self._logged: set[str] = set()
         self._compile_failure: str | None = None
+        self._lock = threading.Lock()  # sessions' buffers serve one call at a time (a server's threads)
 
     def generate(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, mode: str,
                  kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Prompt + greedy reply (B, T + n), as transformers returns it; None: run transformers' own
         `generate` instead (the reason is logged)."""
+        with self._lock:
+            return self._generate(input_ids, attention_mask, mode, kwargs)
+
+    def _generate(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, mode: str,
+                  kwargs: dict[str, Any]) -> torch.Tensor | None:
         backbone = self.model.backbone
         mode = resolve_mode(mode, self.model.layout.device)
         settings = greedy_settings(backbone, kwargs) if input_ids is not None else "inputs_embeds"
@@ -164,11 +171,11 @@ class GreedyDecoder:
         length = -(-(prompt_length + settings.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
         session = self._session(batch_size, length)
         if mode == "graph" and not session.graph_ready():
-            self._note(f"graph -> static: {session.graph_blocker}")
+            self._note(f"graph -> static: {session.cache_blocker}")
             mode = "static"
         if mode == "compile":  # what stops a graph stops compiling too (graph breaks, recompiling per token)
             cuda = self.model.layout.device.type == "cuda"
-            why = (self._graph_blocker() if cuda else self._reads_blocker()) or session.graph_blocker \
+            why = (self._graph_blocker() if cuda else self._reads_blocker()) or session.cache_blocker \
                 or self._compile_failure
             if why is not None:
                 self._note(f"compile -> static: {why}")
@@ -178,12 +185,12 @@ class GreedyDecoder:
             with torch.no_grad(), self._static_state(session, recorded):
                 sequences = session.run(input_ids, attention_mask, settings, mode, recorded, self._graph_key(session))
         except Exception as error:  # noqa: BLE001  (a compiler failure: decode again without it, from the start)
-            if mode != "compile" or settings.streamer is not None:
+            if mode != "compile" or settings.streamer is not None or isinstance(error, MemlmError):
                 raise
             self._compile_failure = f"torch.compile failed ({type(error).__name__}: {str(error)[:200]})"
             self._note(f"compile -> static: {self._compile_failure}")
             session.graph, session.graph_key = None, None
-            return self.generate(input_ids, attention_mask, "static", kwargs)
+            return self._generate(input_ids, attention_mask, "static", kwargs)
         self.last_path = mode
         return sequences
 
@@ -247,7 +254,8 @@ class GreedyDecoder:
         """What a recorded graph depends on besides its session's shapes; a change means recording again."""
         layout = tuple((key, None if value is None else (tuple(value.shape), value.dtype, value.device))
                        for key, value in self._decode_state(session.batch_size).items())
-        hooks = tuple((name, id(memory), len(memory._hook_handles)) for name, memory in self.model.memories.items())
+        hooks = tuple((name, id(memory), tuple(getattr(handle, "id", id(handle)) for handle in memory._hook_handles))
+                      for name, memory in self.model.memories.items())  # handle ids are never reused
         weights = tuple(parameter.data_ptr() for parameter in self.model.parameters())
         return layout, hooks, weights, self.model.lora is not None, self.model.backbone.config._attn_implementation
 
@@ -290,9 +298,9 @@ class _DecodeSession:
         device = next(backbone.parameters()).device
         vocab = backbone.get_output_embeddings().weight.shape[0]
         self.cache = StaticCache(config=backbone.config, max_cache_len=length)
-        self.graph_blocker = None
+        self.cache_blocker = None
         if any(type(layer) is not StaticLayer for layer in self.cache.layers):
-            self.graph_blocker = "sliding-window cache layers keep their length in a Python int"
+            self.cache_blocker = "sliding-window cache layers keep their length in a Python int"
         parameters = inspect.signature(backbone.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.logits_to_keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
@@ -315,7 +323,7 @@ class _DecodeSession:
         self.compiled_key: tuple | None = None
 
     def graph_ready(self) -> bool:
-        return self.graph_blocker is None
+        return self.cache_blocker is None
 
     # --- one call ------------------------------------------------------------------------------
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, settings: GreedySettings,
