@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--modes", default=None,
                         help="fast decode modes to time (default: graph,compile on CUDA, static on CPU)")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a small random model instead of --model (smoke test)")
     parser.add_argument("--compile-mode", default=None,

@@ -114,8 +114,8 @@ def greedy_settings(backbone: Any, kwargs: dict[str, Any]) -> GreedySettings | s
     others = [type(p).__name__ for p in processors if not isinstance(p, FactTokenBias)]
     if others:
         return f"logits processor(s) {others}"
-    if config.max_new_tokens is None:
-        return "max_new_tokens not given"
+    if config.max_new_tokens is None or config.max_new_tokens < 1:
+        return f"max_new_tokens={config.max_new_tokens}"
     eos = config.eos_token_id
     eos_ids = [] if eos is None else [int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])]
     pad = config.pad_token_id
@@ -161,6 +161,8 @@ class GreedyDecoder:
         backbone = self.model.backbone
         mode = resolve_mode(mode, self.model.layout.device)
         settings = greedy_settings(backbone, kwargs) if input_ids is not None else "inputs_embeds"
+        if input_ids is not None and input_ids.shape[1] == 0:
+            settings = "an empty prompt"
         reason = settings if isinstance(settings, str) else self._static_blocker()
         if reason is not None:
             return self._fall_back("eager", reason)
