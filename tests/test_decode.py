@@ -107,6 +107,29 @@ def test_end_of_sequence_padding_and_min_new_tokens_follow_eager():
     assert eager[0, -1] == PAD_ID or eager.shape[1] == free.shape[1]
 
 
+class RecordingStreamer:
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value.tolist())
+
+    def end(self):
+        self.ended = True
+
+
+def test_a_streamer_gets_what_eager_gives_it_up_to_the_end_of_sequence():
+    memory_model = memlm.MemoryModel(tiny_model("llama"), [])
+    ids = token_batch(batch_size=1, length=6, seed=8)
+    free = memory_model.generate(ids, max_new_tokens=10, eos_token_id=None, **GREEDY)
+    streamers = {decode: RecordingStreamer() for decode in ("eager", "static")}
+    for decode, streamer in streamers.items():  # ends at the 4th new token
+        memory_model.generate(ids, max_new_tokens=10, eos_token_id=int(free[0, 9]), streamer=streamer, decode=decode,
+                              **GREEDY)
+    assert streamers["static"].puts == streamers["eager"].puts and len(streamers["eager"].puts) == 1 + 4
+    assert streamers["static"].ended
+
+
 def test_calls_reuse_one_cache_and_read_each_turns_memory():
     def turns(decode: str) -> list[torch.Tensor]:
         memory_model = _open(memlm.attach(tiny_model("llama"), ["recurrent", "slots"]))
