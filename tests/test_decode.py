@@ -306,3 +306,14 @@ def test_a_failing_compiler_falls_back_to_static_decoding(monkeypatch, caplog):
         fast = memory_model.generate(ids, max_new_tokens=8, decode="compile", **GREEDY)
     assert torch.equal(fast, memory_model.generate(ids, max_new_tokens=8, **GREEDY))
     assert memory_model.greedy_decoder.last_path == "static" and "torch.compile failed" in caplog.text
+
+
+def test_a_copied_model_decodes_with_caches_of_its_own():
+    import copy
+
+    memory_model = memlm.MemoryModel(tiny_model("llama"), [])
+    ids = token_batch(batch_size=1, length=5)
+    first = memory_model.generate(ids, max_new_tokens=4, decode="static", **GREEDY)
+    copied = copy.deepcopy(memory_model)
+    assert copied.greedy_decoder.model is copied and not copied.greedy_decoder.sessions
+    assert torch.equal(copied.generate(ids, max_new_tokens=4, decode="static", **GREEDY), first)

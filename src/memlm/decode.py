@@ -149,6 +149,12 @@ class GreedyDecoder:
         self._compile_failure: str | None = None
         self._lock = threading.Lock()  # sessions' buffers serve one call at a time (a server's threads)
 
+    def __getstate__(self) -> dict[str, Any]:  # a copied model (copy.deepcopy) starts with no caches or graphs
+        return {"model": self.model}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model"])
+
     def generate(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, mode: str,
                  kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Prompt + greedy reply (B, T + n), as transformers returns it; None: run transformers' own
