@@ -216,6 +216,8 @@ class GreedyDecoder:
     def _graph_blocker(self) -> str | None:
         if self.model.layout.device.type != "cuda":
             return "CUDA graphs need a CUDA device"
+        if len({parameter.device for parameter in self.model.parameters()}) > 1:
+            return "the model spans several devices (a graph records one)"
         return self._reads_blocker()
 
     def _reads_blocker(self) -> str | None:
