@@ -305,7 +305,9 @@ def test_a_failing_compiler_falls_back_to_static_decoding(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="memlm.decode"):
         fast = memory_model.generate(ids, max_new_tokens=8, decode="compile", **GREEDY)
     assert torch.equal(fast, memory_model.generate(ids, max_new_tokens=8, **GREEDY))
-    assert memory_model.greedy_decoder.last_path == "static" and "torch.compile failed" in caplog.text
+    assert memory_model.greedy_decoder.last_path == "static" and "torch.compile or recording failed" in caplog.text
+    assert torch.equal(memory_model.generate(ids, max_new_tokens=8, decode="compile", **GREEDY), fast)  # not retried
+    assert memory_model.greedy_decoder._failures.keys() == {"compile"}
 
 
 def test_a_copied_model_decodes_with_caches_of_its_own():

@@ -146,7 +146,7 @@ class GreedyDecoder:
         self.sessions: dict[tuple[int, int], _DecodeSession] = {}
         self.last_path = "eager"
         self._logged: set[str] = set()
-        self._compile_failure: str | None = None
+        self._failures: dict[str, str] = {}  # mode -> why it failed once here (it is not tried again)
         self._lock = threading.Lock()  # sessions' buffers serve one call at a time (a server's threads)
 
     def __getstate__(self) -> dict[str, Any]:  # a copied model (copy.deepcopy) starts with no caches or graphs
@@ -183,21 +183,24 @@ class GreedyDecoder:
             mode = "static"
         if mode == "compile":  # what stops a graph stops compiling too (graph breaks, recompiling per token)
             cuda = self.model.layout.device.type == "cuda"
-            why = (self._graph_blocker() if cuda else self._reads_blocker()) or session.cache_blocker \
-                or self._compile_failure
+            why = (self._graph_blocker() if cuda else self._reads_blocker()) or session.cache_blocker
             if why is not None:
                 self._note(f"compile -> static: {why}")
                 mode = "static"
+        if mode in self._failures:
+            self._note(f"{mode} -> static: {self._failures[mode]}")
+            mode = "static"
         recorded = mode in RECORDED_MODES and self.model.layout.device.type == "cuda"
         try:
             with torch.no_grad(), self._static_state(session, recorded):
                 sequences = session.run(input_ids, attention_mask, settings, mode, recorded, self._graph_key(session))
-        except Exception as error:  # noqa: BLE001  (a compiler failure: decode again without it, from the start)
-            if mode != "compile" or settings.streamer is not None or isinstance(error, MemlmError):
+        except Exception as error:  # noqa: BLE001  (compiling or recording failed: decode again without, from the start)
+            if mode == "static" or settings.streamer is not None or isinstance(error, MemlmError):
                 raise
-            self._compile_failure = f"torch.compile failed ({type(error).__name__}: {str(error)[:200]})"
-            self._note(f"compile -> static: {self._compile_failure}")
-            session.graph, session.graph_key = None, None
+            what = "torch.compile or recording" if mode == "compile" else "recording the CUDA graph"
+            self._failures[mode] = f"{what} failed ({type(error).__name__}: {str(error)[:200]})"
+            self._note(f"{mode} -> static: {self._failures[mode]}")
+            session.graph = session.graph_key = session.compiled_step = session.compiled_key = None
             return self._generate(input_ids, attention_mask, "static", kwargs)
         self.last_path = mode
         return sequences
