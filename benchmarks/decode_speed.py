@@ -10,6 +10,11 @@ even on a noisy machine. Two ratios are reported:
     python benchmarks/decode_speed.py --device cuda --dtype bfloat16 --repeats 10
     python benchmarks/decode_speed.py --memory knn --stored 100000      # 100K items in the knn store
     python benchmarks/decode_speed.py --memory importance --fill        # a full token-importance memory
+
+With `--out DIR` it runs the fast-decoding table instead (benchmarks/fast_decode.py: static KV cache and
+CUDA graphs vs. eager, bare and with each memory, checked token for token against eager):
+
+    python benchmarks/decode_speed.py --model /tmp/SmolLM2-135M-Instruct --out /tmp/decode
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -37,8 +43,13 @@ def timed_generate(model, encoded, new_tokens: int, **kwargs) -> float:
 
 
 def main() -> None:
+    if "--out" in sys.argv or any(argument.startswith("--out=") for argument in sys.argv):
+        import fast_decode  # this folder is on sys.path when a script in it runs
+
+        fast_decode.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--backbone", "--model", default=None)
     parser.add_argument("--memory", default="recurrent", help="comma-separated mechanisms")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)

@@ -73,9 +73,14 @@ class FactTokenBias(LogitsProcessor):
         self.bias = bias
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        bonus = torch.zeros(len(self.rows), scores.shape[1], dtype=scores.dtype, device=scores.device)
+        return scores + self.bonus(scores.shape[0], scores.shape[1], scores.device, scores.dtype)
+
+    def bonus(self, batch_size: int, vocab_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """What `__call__` adds to a (batch_size, vocab_size) score matrix; fast decoding (`memlm.decode`)
+        adds it inside its recorded step."""
+        bonus = torch.zeros(len(self.rows), vocab_size, dtype=dtype, device=device)
         for row, ids in enumerate(self.rows):
-            bonus[row, ids.to(scores.device)] = self.bias
-        if scores.shape[0] % len(self.rows):
-            raise MemoryStateError(f"fact-token bonus for {len(self.rows)} row(s) but the batch has {scores.shape[0]}")
-        return scores + bonus.repeat_interleave(scores.shape[0] // len(self.rows), dim=0)
+            bonus[row, ids.to(device)] = self.bias
+        if batch_size % len(self.rows):
+            raise MemoryStateError(f"fact-token bonus for {len(self.rows)} row(s) but the batch has {batch_size}")
+        return bonus.repeat_interleave(batch_size // len(self.rows), dim=0)

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from memlm.config import MemoryConfig
+from memlm.decode import GreedyDecoder
 from memlm.errors import ConfigError
 from memlm.hooks import backbone_fingerprint, inspect_backbone
 from memlm.lora import BackboneLora, LoraSettings
@@ -88,6 +89,7 @@ class MemoryModel(nn.Module):
         self._fingerprint: dict[str, Any] | None = None
         self.lora: BackboneLora | None = None  # a LoRA adapter on the backbone (`add_lora`)
         self._loading_weights = False  # set while from_pretrained/add_pretrained attach what they load
+        self.greedy_decoder = GreedyDecoder(self)  # generate(decode=...): static cache, CUDA graphs
         try:
             for config in configs:
                 self.add_memory(config)
@@ -295,7 +297,8 @@ class MemoryModel(nn.Module):
             memory.begin_call()
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 *, write_memory: bool = True, context_window: int | None = None, **kwargs: Any) -> Any:
+                 *, write_memory: bool = True, context_window: int | None = None, decode: str = "eager",
+                 **kwargs: Any) -> Any:
         """`transformers` generate with memory; every decoding option is passed through.
 
         Args:
@@ -304,6 +307,9 @@ class MemoryModel(nn.Module):
             context_window: if the prompt is longer, only its last `context_window` tokens stay in
                 the context; the earlier tokens are first streamed into memory in segments of
                 `context_window` tokens.
+            decode: "eager" (transformers' loop), or fast greedy decoding (`memlm.decode`): "static"
+                (static KV cache), "graph" (plus CUDA graphs), "compile" (plus torch.compile), "auto"
+                (graph on CUDA, else static); transformers' loop wherever the fast one does not apply.
 
         Returns what `transformers` returns, for the caller's prompt: tokens an `InputRewriting`
         memory put in front of it are not part of the returned sequences.
@@ -323,7 +329,9 @@ class MemoryModel(nn.Module):
         prompt_ids, prompt_mask, prefix_length = input_ids, attention_mask, 0
         if input_ids is not None and self.capable(InputRewriting):
             prompt_ids, prompt_mask, _, prefix_length = self._rewrite_inputs(input_ids, attention_mask)
-        output = self.backbone.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+        output = None if decode == "eager" else self.greedy_decoder.generate(prompt_ids, prompt_mask, decode, kwargs)
+        if output is None:
+            output = self.backbone.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
         if prefix_length:
             if isinstance(output, torch.Tensor):
                 output = output[:, prefix_length:]

@@ -40,6 +40,14 @@ def test_streaming_prints_the_same_continuation(run, tiny_folder):
     assert streamed.stdout == printed.stdout and len(streamed.stdout.strip()) > len(PROMPT)
 
 
+def test_fast_greedy_decoding_prints_and_streams_the_same_continuation(run, tiny_folder):
+    args = ["generate", PROMPT, "--backbone", tiny_folder, "--max-new-tokens", 6]
+    expected = run(*args, "--no-stream")
+    for flags in (["--no-stream"], ["--stream"]):  # the fast path hands the streamer its tokens too
+        result = run(*args, "--decode", "static", *flags)
+        assert result.exit_code == 0 and result.stdout == expected.stdout, result.output
+
+
 def test_streaming_goes_through_a_streamer(run, tiny_folder, generate_calls):
     run("generate", PROMPT, "--backbone", tiny_folder, "--max-new-tokens", 2)
     run("generate", PROMPT, "--backbone", tiny_folder, "--max-new-tokens", 2, "--no-stream")
@@ -56,6 +64,7 @@ def test_streaming_goes_through_a_streamer(run, tiny_folder, generate_calls):
     (["--repetition-penalty", 1.3], {"repetition_penalty": 1.3}),
     (["--no-repeat-ngram-size", 2], {"no_repeat_ngram_size": 2}),
     (["--num-beams", 3], {"num_beams": 3}),
+    (["--decode", "static"], {"decode": "static"}),
 ])
 def test_each_decoding_flag_reaches_generate(run, tiny_folder, generate_calls, flags, expected):
     result = run("generate", PROMPT, "--backbone", tiny_folder, "--max-new-tokens", 2, *flags)

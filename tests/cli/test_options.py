@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 from memlm.cli import chat, generate
 from memlm.cli.options import DecodingOptions, decoding_options
 
-NINE = ["max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
-        "no_repeat_ngram_size", "num_beams", "seed"]
+TEN = ["max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty",
+       "no_repeat_ngram_size", "num_beams", "seed", "decode"]
 GENERATE_DEFAULTS = {"max_new_tokens": 64, "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-                     "repetition_penalty": None, "no_repeat_ngram_size": None, "num_beams": 1, "seed": None}
+                     "repetition_penalty": None, "no_repeat_ngram_size": None, "num_beams": 1, "seed": None,
+                     "decode": None}
 
 
 def parameters(command) -> dict[str, inspect.Parameter]:
@@ -26,12 +27,12 @@ def parameters(command) -> dict[str, inspect.Parameter]:
     (generate.generate, GENERATE_DEFAULTS, "chat", "stream"),
     (chat.chat, {**GENERATE_DEFAULTS, "max_new_tokens": 128, "repetition_penalty": 1.1}, "judge", "backbone"),
 ])
-def test_the_nine_options_replace_the_decoding_parameter_in_place(command, defaults, before, after):
+def test_the_ten_options_replace_the_decoding_parameter_in_place(command, defaults, before, after):
     names = list(parameters(command))
     assert "decoding" not in names
     start = names.index(before) + 1
-    assert names[start:start + 9] == NINE and names[start + 9] == after
-    assert {name: parameters(command)[name].default for name in NINE} == defaults
+    assert names[start:start + 10] == TEN and names[start + 10] == after
+    assert {name: parameters(command)[name].default for name in TEN} == defaults
 
 
 def test_values_reach_the_decoding_object():

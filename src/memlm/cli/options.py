@@ -137,6 +137,8 @@ class DecodingOptions:
     no_repeat_ngram_size: int | None = _option(min=0, help="forbid repeating n-grams")
     num_beams: int = _option(default=1, min=1, help="beam search width (1: no beams)")
     seed: int | None = _option(help="random seed for sampling")
+    decode: str | None = _option(help="greedy decoding's fast path: static (static KV cache), graph (+ CUDA graphs), "
+                                      "compile (+ torch.compile) or auto; default: transformers' loop")
 
     def to_generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `generate()`, leaving out unset options so transformers' defaults apply.
@@ -159,7 +161,7 @@ class DecodingOptions:
 
 
 def decoding_options(**defaults: Any) -> Callable[[Callable], Callable]:
-    """Give a command the nine decoding options, with per-command `defaults`.
+    """Give a command the ten decoding options, with per-command `defaults`.
 
     The command declares one keyword-only parameter `decoding: DecodingOptions`; in the signature typer
     sees, it is replaced, in place (so --help keeps their order), by one typer option per field of

@@ -13,8 +13,9 @@ from memlm.memories.base import (
     PromptFusion,
     Provenance,
     SegmentInputs,
+    StaticDecode,
     TextLearning,
 )
 
 __all__ = ["AuxiliaryLoss", "FileState", "InputRewriting", "Inspectable", "Memory", "MemoryContext", "PromptFusion",
-           "Provenance", "SegmentInputs", "TextLearning"]
+           "Provenance", "SegmentInputs", "StaticDecode", "TextLearning"]

@@ -39,7 +39,7 @@ from memlm.facts.extraction import second_person
 from memlm.facts.store import CONTROL_CHARACTERS, FactStore
 from memlm.fusion import FactTokenBias, fact_token_ids, facts_block, fuse_facts
 from memlm.hooks import BackboneLayout, add_capture_hook, add_output_hook
-from memlm.memories.base import FileState, Memory, MemoryContext, PromptFusion, Provenance, TextLearning
+from memlm.memories.base import FileState, Memory, MemoryContext, PromptFusion, Provenance, StaticDecode, TextLearning
 from memlm.paths import check_name
 from memlm.serialization import atomic_write_json, read_json
 
@@ -115,7 +115,7 @@ class LatentReader(nn.Module):
         return hidden_states + self.gate * read
 
 
-class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
+class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning, StaticDecode):
     """Continual-learning fact bank: stores what helps, retrieves by similarity and importance."""
 
     config_class = BankConfig
@@ -277,6 +277,11 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning):
         if self.reader is not None:
             self.track(add_output_hook(layout.layers[-1], self._read_latent))
         self.track(add_capture_hook(layout.final_norm or layout.layers[-1], self._capture))
+
+    def graph_blocker(self) -> str | None:
+        # Prompt fusion acts before decoding (the prompt) and through a fixed logit bonus: nothing to read
+        # per step. Latent fusion picks each row's facts on the host at every step.
+        return "latent fusion picks each row's facts on the host at every step" if self.reader is not None else None
 
     def _capture(self, hidden_states: torch.Tensor) -> None:
         if self._write_segments and not self._measuring:

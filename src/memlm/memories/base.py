@@ -22,6 +22,7 @@ abstract class a mechanism also derives from, which `MemoryModel` detects with `
 | `InputRewriting` | lets the memory change the inputs of each segment (e.g. prepend kept tokens) |
 | `AuxiliaryLoss` | adds the memory's own training loss to the trainer's |
 | `Inspectable` | draws the memory's activity over segments (`memlm inspect`) |
+| `StaticDecode` | lets fast greedy decoding (`memlm.decode`: static KV cache, CUDA graphs) run with it attached |
 
 Batch rows follow one rule (`source_rows`): a state of R rows serves a batch of R rows, or of k * R rows
 when beam search / `num_return_sequences` repeat each input row k times; anything else is an error.
@@ -283,6 +284,26 @@ class Inspectable(ABC):
     @abstractmethod
     def activity(self) -> dict[str, Any]:
         """A snapshot of the state after the latest write, as plain numbers or CPU tensors."""
+
+
+class StaticDecode:
+    """Memories whose reads on a decode step work with fast greedy decoding (`memlm.decode`): with
+    transformers' static KV cache (keys and values of a fixed length, the unused tail masked) and,
+    on CUDA, recorded once as a CUDA graph and replayed for every token.
+
+    A recorded step replays the same kernels on the same tensors: its reads must be tensor work only
+    (no `.item()`, no Python branch on a value computed on the device, no new tensors from Python
+    data), and every tensor they read that a write may replace must be named in `decode_state_names`
+    (attributes holding a (rows, ...) tensor or None). While a graph call runs, the decoder points
+    those attributes at static buffers holding the current values, so each replay reads the values of
+    its own call; a change of shape, dtype or None-ness records the step again."""
+
+    decode_state_names: ClassVar[tuple[str, ...]] = ()
+
+    def graph_blocker(self) -> str | None:
+        """Why this memory's decode-step reads cannot be recorded as a CUDA graph now (None: they can);
+        the decoder then runs the static cache without graphs."""
+        return None
 
 
 class AuxiliaryLoss(ABC):

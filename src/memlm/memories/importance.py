@@ -60,6 +60,7 @@ from memlm.memories.base import (
     MemoryContext,
     Provenance,
     SegmentInputs,
+    StaticDecode,
 )
 
 INITIAL_KEEP_PROBABILITY = 0.25  # below any threshold >= 0.25: untrained, nothing is kept at inference
@@ -183,11 +184,13 @@ def cap_tokens(keep: torch.Tensor, scores: torch.Tensor, capacity: int) -> torch
     return limited & keep
 
 
-class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspectable):
+class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspectable, StaticDecode):
     """Token-importance memory: a scorer keeps the tokens that matter and prepends them to later segments."""
 
     config_class = ImportanceConfig
     config: ImportanceConfig
+    # Decode steps read nothing of it: the kept tokens enter once, in front of the prompt (rewrite_inputs).
+    decode_state_names = ()
 
     def __init__(self, config: ImportanceConfig, layout: BackboneLayout, context: MemoryContext):
         super().__init__(config, layout, context)

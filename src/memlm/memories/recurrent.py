@@ -27,7 +27,7 @@ from torch import nn
 from memlm.config import MemoryConfig, check_range
 from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.hooks import BackboneLayout, add_capture_hook, add_input_hook, add_output_hook
-from memlm.memories.base import Inspectable, Memory, MemoryContext, masked_mean
+from memlm.memories.base import Inspectable, Memory, MemoryContext, StaticDecode, masked_mean
 
 READ_POINTS = ("input", "middle", "top")
 
@@ -84,11 +84,12 @@ class GatedReadout(nn.Module):
         return hidden_states + read.unsqueeze(1).to(hidden_states.dtype)  # (B, T, C)
 
 
-class RecurrentMemory(Memory, Inspectable):
+class RecurrentMemory(Memory, Inspectable, StaticDecode):
     """GRU memory state with decay, updated once per segment/turn, read at input/middle/top."""
 
     config_class = RecurrentConfig
     config: RecurrentConfig
+    decode_state_names = ("state",)  # the only tensor a decode step reads that writes replace
 
     def __init__(self, config: RecurrentConfig, layout: BackboneLayout, context: MemoryContext):
         super().__init__(config, layout, context)

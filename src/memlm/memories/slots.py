@@ -31,7 +31,7 @@ from torch import nn
 from memlm.config import MemoryConfig
 from memlm.errors import ConfigError, IncompatibleMemoryError
 from memlm.hooks import BackboneLayout, find_attention_module
-from memlm.memories.base import Inspectable, Memory, MemoryContext
+from memlm.memories.base import Inspectable, Memory, MemoryContext, StaticDecode
 
 
 @dataclass
@@ -132,12 +132,13 @@ class LayerMemory(nn.Module):
         return updated
 
 
-class SlotsMemory(Memory, Inspectable):
+class SlotsMemory(Memory, Inspectable, StaticDecode):
     """LM2-style memory slots per layer: read by cross-attention through a zero output gate, written
     once per segment through input and forget gates."""
 
     config_class = SlotsConfig
     config: SlotsConfig
+    decode_state_names = ("memory",)  # the slots of every chosen layer, replaced by each write
 
     def __init__(self, config: SlotsConfig, layout: BackboneLayout, context: MemoryContext):
         super().__init__(config, layout, context)
