@@ -248,6 +248,69 @@ def eval_recall(
         console.print(f"wrote {output}")
 
 
+@app.command("chat")
+@friendly_errors
+def eval_chat(
+    systems: Annotated[str, typer.Option(help="contenders, comma-separated (e.g. bank = untrained prompt "
+                                              "fusion, chat = the trained chat preset)")] = "bank,chat",
+    seeds: Annotated[str, typer.Option(help="user seeds, comma-separated")] = "0,1,2",
+    users: Annotated[int, typer.Option(min=1, help="synthetic users per seed")] = 5,
+    sessions: Annotated[int, typer.Option(min=1, max=20, help="sessions per user, one fact each")] = 20,
+    questions: Annotated[int | None, typer.Option(min=1, help="told questions per user [default: all]")] = None,
+    untold: Annotated[int, typer.Option(min=0, help="never-told questions per user")] = 4,
+    window: Annotated[int, typer.Option(min=64, help="context window of the contenders")] = 1024,
+    answer_tokens: Annotated[int, typer.Option(min=1, help="new tokens per reply (nothing is cut afterwards)")] = 64,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write every reply and score (JSON)")] = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Chat quality: multi-session recall, clean replies (to the user, <= 40 words, no sentence
+    repeated), "I don't know" for never-told questions, ROUGE-L and BERTScore against reference
+    replies; per contender and seed."""
+    from tqdm.auto import tqdm
+
+    from memlm import load_backbone
+    from memlm.data import multisession
+    from memlm.eval.chat import evaluate_chat
+    from memlm.eval.contenders import Contender
+    from memlm.eval.harness import check_contenders
+    from memlm.serialization import atomic_write_json
+
+    names = check_contenders(comma_list(systems))
+    seed_list = [int(seed) for seed in comma_list(seeds)]
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    report: dict[str, Any] = {"command": "memlm " + " ".join(sys.argv[1:]), "systems": {}}
+    per_user = (questions or sessions) + untold
+    bar = tqdm(total=len(names) * len(seed_list) * users * per_user, desc="chat eval", unit="question")
+    for name in names:
+        contender = Contender(name, model, tokenizer, window, answer_tokens)
+        try:
+            for seed in seed_list:
+                histories = multisession.generate(users, sessions, 4, seed)
+                result = evaluate_chat(contender, histories, questions, untold, bar)
+                report["systems"].setdefault(name, {})[str(seed)] = result
+                if output is not None:
+                    atomic_write_json(output, report)
+        finally:
+            contender.close()
+    bar.close()
+    columns = ("recall", "clean_chat", "well_formed", "untold_says_unknown", "told_says_unknown", "rougeL",
+               "bertscore_f1", "mean_words")
+    table = Table(title="chat quality (multi-session users; never-told questions)")
+    for column in ("system", "seed", *columns):
+        table.add_column(column)
+    for name, by_seed in report["systems"].items():
+        for seed, result in by_seed.items():
+            summary = result["summary"]
+            table.add_row(name, seed, *(f"{summary[c]:.3f}" if isinstance(summary.get(c), float) else "-"
+                                        for c in columns))
+    console.print(table)
+    if output is not None:
+        atomic_write_json(output, report)
+        console.print(f"wrote {output}")
+
+
 @app.command("human")
 @friendly_errors
 def eval_human(

@@ -224,10 +224,11 @@ class Engine:
 
     # --- models -----------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
-        """The backbone alone, each memory alone, and every larger combination (attach order)."""
+        """The default model (every memory) first — a client that takes the first model gets the
+        memory — then the backbone alone, each memory alone and every larger combination (attach order)."""
         names = self.memory_names
         subsets = [combo for size in range(len(names) + 1) for combo in itertools.combinations(names, size)]
-        return [self.model_id(combo) for combo in subsets]
+        return [self.default_model, *(self.model_id(combo) for combo in subsets if combo != names)]
 
     def model_id(self, memories: tuple[str, ...]) -> str:
         return "+".join([self.name, *memories])
