@@ -260,6 +260,9 @@ def eval_chat(
     untold: Annotated[int, typer.Option(min=0, help="never-told questions per user")] = 4,
     window: Annotated[int, typer.Option(min=64, help="context window of the contenders")] = 1024,
     answer_tokens: Annotated[int, typer.Option(min=1, help="new tokens per reply (nothing is cut afterwards)")] = 64,
+    continual: Annotated[int, typer.Option(min=0, help="also the continual task per seed: this many facts "
+                                                        "learned one by one (0: skip; the suite uses 1000)")] = 0,
+    continual_questions: Annotated[int, typer.Option(min=1, help="questions of the continual task")] = 100,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write every reply and score (JSON)")] = None,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
@@ -272,7 +275,7 @@ def eval_chat(
 
     from memlm import load_backbone
     from memlm.data import multisession
-    from memlm.eval.chat import evaluate_chat
+    from memlm.eval.chat import continual_result, evaluate_chat
     from memlm.eval.contenders import Contender
     from memlm.eval.harness import check_contenders
     from memlm.serialization import atomic_write_json
@@ -289,6 +292,9 @@ def eval_chat(
             for seed in seed_list:
                 histories = multisession.generate(users, sessions, 4, seed)
                 result = evaluate_chat(contender, histories, questions, untold, bar)
+                if continual:
+                    result["continual"] = continual_result(contender, continual, continual_questions, seed)
+                    result["summary"].update({f"continual_{k}": v for k, v in result["continual"]["summary"].items()})
                 report["systems"].setdefault(name, {})[str(seed)] = result
                 if output is not None:
                     atomic_write_json(output, report)
@@ -296,7 +302,7 @@ def eval_chat(
             contender.close()
     bar.close()
     columns = ("recall", "clean_chat", "well_formed", "untold_says_unknown", "told_says_unknown", "rougeL",
-               "bertscore_f1", "mean_words")
+               "bertscore_f1", "mean_words", *(("continual_recall", "continual_oldest") if continual else ()))
     table = Table(title="chat quality (multi-session users; never-told questions)")
     for column in ("system", "seed", *columns):
         table.add_column(column)

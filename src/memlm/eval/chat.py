@@ -165,6 +165,23 @@ def evaluate_chat(contender: Any, users: Sequence[Any], questions: int | None = 
     return {"summary": summary, "rows": rows, "untold_rows": unknown_rows}
 
 
+def continual_result(contender: Any, facts: int, questions: int, seed: int) -> dict[str, Any]:
+    """The suite's continual task (`memlm.eval.tasks.continual`) for one seed: recall, recall of the
+    oldest quarter (the facts learned first), and how many replies are well formed."""
+    from types import SimpleNamespace
+
+    from memlm.eval.tasks.continual import ContinualTask
+
+    suite = SimpleNamespace(facts=facts, fact_questions=questions, seed=seed)
+    result = ContinualTask().run("continual/facts", contender, SimpleNamespace(suite=suite))
+    details = result.details
+    oldest = sorted(details, key=lambda d: d["since"])[-max(1, len(details) // 4):]
+    summary = {"recall": sum(d["recalled"] for d in details) / max(1, len(details)),
+               "oldest": sum(d["recalled"] for d in oldest) / max(1, len(oldest)),
+               "well_formed": sum(well_formed(d["reply"]) for d in details) / max(1, len(details))}
+    return {"summary": summary, "rows": details}
+
+
 def _text_metrics(replies: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-L and BERTScore F1 (offline MiniLM, `memlm.eval.metrics`) of replies against references."""
     from memlm.eval import metrics

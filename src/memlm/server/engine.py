@@ -47,6 +47,7 @@ from memlm.server.errors import ApiError
 logger = logging.getLogger("memlm.server")
 
 KV_MEMORY = "knn"
+LORA = "lora"  # a LoRA adapter on the backbone (the chat preset's) is a part of model ids like a memory
 
 
 def slug(name: str) -> str:
@@ -207,8 +208,8 @@ class Engine:
             raise ConfigError("the tokenizer has no chat template: the server needs a chat model")
         self.model, self.tokenizer, self.home = model, tokenizer, Path(home)
         self.name = slug(name or str(model.fingerprint.get("name") or "model"))
-        self.memory_names = tuple(model.memories)
-        self.stateful = tuple(n for n in self.memory_names if n != "bank")
+        self.memory_names = tuple(model.memories) + ((LORA,) if model.lora is not None else ())
+        self.stateful = tuple(n for n in self.memory_names if n not in ("bank", LORA))
         self.state_name = "server." + ".".join(sorted(self.stateful)) if self.stateful else "server"
         self.max_queue = max_queue
         self.default_generation = {"max_new_tokens": 128, "do_sample": False, "repetition_penalty": 1.1,
@@ -317,13 +318,19 @@ class Engine:
 
     @contextlib.contextmanager
     def _only(self, active: tuple[str, ...]) -> Iterator[None]:
-        """Memories outside `active` neither read nor write for a while (their hooks are removed)."""
+        """Memories outside `active` neither read nor write for a while (their hooks are removed); the
+        LoRA adapter, if outside, is switched off (the backbone computes what it would bare)."""
         paused = [memory for name, memory in self.model.memories.items() if name not in active]
+        lora_off = self.model.lora is not None and LORA not in active
         for memory in paused:
             memory.remove_hooks()
+        if lora_off:
+            self.model.lora.enable(False)
         try:
             yield
         finally:
+            if lora_off:
+                self.model.lora.enable(True)
             for memory in paused:
                 memory.attach(self.model.layout)
 
@@ -436,7 +443,7 @@ class Engine:
                     learned = bank.observe_turn(query, reply)
                 timings["memory_write_ms"] = (time.perf_counter() - start) * 1000
                 timings["memory_write_cpu_ms"] = (time.thread_time() - cpu) * 1000
-                others = [name for name in job.memories if name != "bank"]
+                others = [name for name in job.memories if name not in ("bank", LORA)]
                 if others:
                     start = time.perf_counter()
                     turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
