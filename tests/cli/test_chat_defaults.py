@@ -44,3 +44,23 @@ def test_pretrained_of_knows_weights_from_configs(tmp_path):
     assert pretrained_of({"mechanism": "bank"}) is None
     assert pretrained_of("babilong").path.name == "importance-babilong"
     assert pretrained_of(str(trained_folder(tmp_path, []))).path.name == "trained"
+
+
+def test_chat_with_trained_weights_holding_a_bank_uses_the_users_facts(run, tiny_folder, tmp_path):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from memlm import MemoryModel
+
+    weights = tmp_path / "chat-weights"
+    trained = MemoryModel(tiny_model("llama"), [{"mechanism": "bank", "fusion": "prompt", "top_k": 4}],
+                          tokenizer=tiny_tokenizer())
+    trained.add_lora({"r": 2})
+    trained.save_pretrained(weights)
+    args = ["--home", tmp_path / "home", "chat", "--user", "ada", "--backbone", tiny_folder, "--memory", weights,
+            "--max-new-tokens", 2, "--show-memory"]
+    first = run(*args, input="My dog is called Rollo.\n")
+    assert first.exit_code == 0, first.output
+    assert "memories: bank" in first.output and "learned: stored The user's dog is called Rollo." in first.output
+    second = run(*args, input="What is my dog called?\n")
+    assert second.exit_code == 0, second.output
+    assert "used [1] The user's dog is called Rollo." in second.output  # one bank: the user's, across runs
