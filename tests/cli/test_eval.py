@@ -147,4 +147,12 @@ def test_eval_chat_scores_told_and_never_told_questions_per_seed(run, tiny_folde
         untold = by_seed[seed]["untold_rows"]
         assert all(row["question"].endswith("?") and "reply" in row for row in untold)
         assert len(by_seed[seed]["continual"]["rows"]) == 2
-    assert "chat quality" in result.stdout
+    assert "chat quality" in result.stdout and "│ mean " in result.stdout
+    # reports made where no metric package is installed are rescored from their replies
+    for by_seed_result in report["systems"]["bank"].values():
+        by_seed_result["summary"].pop("rougeL")
+    report_file.write_text(json.dumps(report))
+    merged = tmp_path / "merged.json"
+    rescored = run("eval", "chat", "--rescore", report_file, "-o", merged)
+    assert rescored.exit_code == 0, rescored.output
+    assert all("rougeL" in r["summary"] for r in json.loads(merged.read_text())["systems"]["bank"].values())

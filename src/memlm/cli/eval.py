@@ -264,6 +264,9 @@ def eval_chat(
                                                         "learned one by one (0: skip; the suite uses 1000)")] = 0,
     continual_questions: Annotated[int, typer.Option(min=1, help="questions of the continual task")] = 100,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write every reply and score (JSON)")] = None,
+    rescore: Annotated[list[Path] | None, typer.Option(
+        help="instead of evaluating: merge these saved reports, recompute ROUGE-L and BERTScore from their "
+             "replies, print the table (and write --output)")] = None,
     backbone: BackboneOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
@@ -280,6 +283,16 @@ def eval_chat(
     from memlm.eval.harness import check_contenders
     from memlm.serialization import atomic_write_json
 
+    if rescore:
+        from memlm.eval.chat import rescore as rescore_report
+
+        report = {"command": "memlm " + " ".join(sys.argv[1:]), "systems": {}}
+        for path in rescore:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            for name, by_seed in saved["systems"].items():
+                report["systems"].setdefault(name, {}).update(by_seed)
+        _chat_table(rescore_report(report), output)
+        return
     names = check_contenders(comma_list(systems))
     seed_list = [int(seed) for seed in comma_list(seeds)]
     model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
@@ -301,6 +314,14 @@ def eval_chat(
         finally:
             contender.close()
     bar.close()
+    _chat_table(report, output)
+
+
+def _chat_table(report: dict[str, Any], output: Path | None) -> None:
+    from memlm.serialization import atomic_write_json
+
+    summaries = [result["summary"] for by_seed in report["systems"].values() for result in by_seed.values()]
+    continual = any("continual_recall" in summary for summary in summaries)
     columns = ("recall", "clean_chat", "well_formed", "untold_says_unknown", "told_says_unknown", "rougeL",
                "bertscore_f1", "mean_words", *(("continual_recall", "continual_oldest") if continual else ()))
     table = Table(title="chat quality (multi-session users; never-told questions)")
@@ -311,6 +332,10 @@ def eval_chat(
             summary = result["summary"]
             table.add_row(name, seed, *(f"{summary[c]:.3f}" if isinstance(summary.get(c), float) else "-"
                                         for c in columns))
+        if len(by_seed) > 1:
+            mean = {c: [r["summary"][c] for r in by_seed.values() if isinstance(r["summary"].get(c), float)]
+                    for c in columns}
+            table.add_row(name, "mean", *(f"{sum(v) / len(v):.3f}" if v else "-" for v in mean.values()))
     console.print(table)
     if output is not None:
         atomic_write_json(output, report)

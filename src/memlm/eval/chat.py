@@ -182,6 +182,17 @@ def continual_result(contender: Any, facts: int, questions: int, seed: int) -> d
     return {"summary": summary, "rows": details}
 
 
+def rescore(report: dict[str, Any]) -> dict[str, Any]:
+    """Recompute ROUGE-L and BERTScore of a saved `memlm eval chat` report (e.g. one made on a host
+    without rouge-score / bert-score) from its replies, in place."""
+    for by_seed in report["systems"].values():
+        for result in by_seed.values():
+            rows = result["rows"] + result["untold_rows"]
+            result["summary"].pop("bertscore_error", None)
+            result["summary"].update(_text_metrics([r["reply"] for r in rows], [r["reference"] for r in rows]))
+    return report
+
+
 def _text_metrics(replies: list[str], references: list[str]) -> dict[str, float]:
     """ROUGE-L and BERTScore F1 (offline MiniLM, `memlm.eval.metrics`) of replies against references."""
     from memlm.eval import metrics
