@@ -55,7 +55,8 @@ def test_answers_say_the_listed_fact_to_the_user_and_nothing_else():
     assert len(answers) > 50
     for turn in answers:
         assert contains(turn.reply, turn.answer) and turn.answer in turn.messages[0]["content"]
-        assert re.match(r"^(Your|You)\b", turn.reply), turn.reply
+        assert re.search(r"\b(?:you|your)\b", turn.reply, re.IGNORECASE), turn.reply  # to the user
+        assert not re.match(r"^(?:I|My)\b", turn.reply), turn.reply  # not as the user
         assert "the user" not in turn.reply.lower() and well_formed(turn.reply)
     # distractors of a similar relation are listed beside the right one in some turns
     assert any(sum(word in t.messages[0]["content"] for word in ("sister", "brother", "mother", "father")) >= 2
@@ -104,3 +105,8 @@ def test_untold_evaluation_questions_are_never_training_questions_nor_told_attri
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown chat turn kind"):
         chat_turns.ChatTurnGenerator({"gossip": 1.0})
+
+
+def test_some_never_told_questions_come_with_no_facts_at_all():
+    bare = [t for t in of_kind("unknown") if not any(m["role"] == "system" for m in t.messages)]
+    assert bare and all(says_unknown(t.reply) for t in bare)

@@ -480,7 +480,8 @@ class ChatTurnGenerator:
     def _unknown(self, rng: random.Random) -> ChatTurn:
         name = rng.choice(sorted(self.attributes))
         attribute = self.attributes[name]
-        listed = self._listed(rng, None, name, {name})
+        # a new user has no facts at all: retrieval lists nothing and the template's own system prompt stays
+        listed = self._listed(rng, None, name, {name}) if rng.random() > 0.15 else []
         question = rng.choice(attribute.questions) + rng.choice(_ANSWER_SUFFIXES)
         reply = rng.choice(_UNKNOWN).format(what=attribute.what)
         return ChatTurn(self._fused(rng, listed, question), reply[0].upper() + reply[1:], "unknown")
