@@ -7,7 +7,7 @@ import json
 
 import memlm.registry as registry
 from memlm.cli.chat import _bank_specs, default_chat_memories
-from memlm.registry import Pretrained, Preset, pretrained_of
+from memlm.registry import Preset, Pretrained, pretrained_of
 from memlm.server.app import server_memories
 
 

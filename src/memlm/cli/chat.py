@@ -139,7 +139,8 @@ def chat(
     from memlm.chat import ChatSession
     from memlm.facts.extraction import model_judge
 
-    specs = memory_specs(memory, memory_config) if (memory or memory_config or adapter) else default_chat_memories(["recurrent"])
+    specs = (memory_specs(memory, memory_config) if (memory or memory_config or adapter)
+             else default_chat_memories(["recurrent"]))
     memory_model, tokenizer = build_model(backbone, device, dtype, _bank_specs(specs, user), adapter)
     session_chat = ChatSession(memory_model, tokenizer, session=session, user=user, context_turns=context_turns,
                                system_prompt=system, generation=decoding.to_generate_kwargs(),

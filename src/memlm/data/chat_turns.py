@@ -168,7 +168,8 @@ def _attributes() -> dict[str, Attribute]:
         "dessert": (("My favourite dessert is {}.", "I never say no to {} for dessert."),
                     ("What's my favourite dessert?", "Which dessert do I like best?"),
                     "your favourite dessert", "tastes"),
-        "colour": (("My favourite colour is {}.", "I like {} best of all colours.", "I painted my room {}, my favourite colour."),
+        "colour": (("My favourite colour is {}.", "I like {} best of all colours.",
+                    "I painted my room {}, my favourite colour."),
                    ("What's my favourite colour?", "What colour do I like best?", "Which colour is my favourite?"),
                    "your favourite colour", "tastes"),
         "instrument": (("I play the {}.", "I'm taking {} lessons.", "I practise the {} every evening."),
@@ -245,7 +246,8 @@ def evaluation_strings() -> frozenset[str]:
     """Every statement and question template of the evaluation's recall and continual tasks."""
     strings = {text for statements, questions, _ in multisession.ATTRIBUTES.values()
                for text in (*statements, *questions)}
-    strings |= {text for relation in continual_facts.RELATIONS.values() for text in (*relation.facts, *relation.questions)}
+    strings |= {text for relation in continual_facts.RELATIONS.values()
+                for text in (*relation.facts, *relation.questions)}
     return frozenset(strings)
 
 
@@ -465,7 +467,8 @@ class ChatTurnGenerator:
             history += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
         return history
 
-    def _fused(self, rng: random.Random, listed: list[tuple[str, str | None]], message: str) -> tuple[dict[str, str], ...]:
+    def _fused(self, rng: random.Random, listed: list[tuple[str, str | None]], message: str
+               ) -> tuple[dict[str, str], ...]:
         messages = [*self._history(rng), {"role": "user", "content": message}]
         texts = [text for text, _ in listed]
         addressed = [second_person(text, spoken) for text, spoken in listed]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Sequence
@@ -198,10 +199,8 @@ def _text_metrics(replies: list[str], references: list[str]) -> dict[str, float]
     from memlm.eval import metrics
 
     scores: dict[str, float] = {}
-    try:
+    with contextlib.suppress(ImportError):  # rouge-score missing (e.g. on the GPU host): `--rescore` later
         scores["rougeL"] = metrics.rouge(replies, references)["rougeL"]
-    except ImportError:
-        pass
     try:
         scores["bertscore_f1"] = metrics.bertscore(replies, references)["f1"]
     except Exception as error:  # noqa: BLE001 - the MiniLM folder may be missing; the rest still counts

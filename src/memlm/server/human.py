@@ -33,8 +33,9 @@ class ComparisonRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=4000)
     contenders: list[str] | None = Field(None, min_length=2, max_length=2,
-                                         description="two model ids (default: bare backbone vs every memory; with the chat "
-                                                     "preset: its memories without the LoRA vs with it)")
+                                         description="two model ids (default: bare backbone vs every memory; "
+                                                     "with the chat preset: its memories without the LoRA vs "
+                                                     "with it)")
     max_tokens: int | None = Field(None, ge=1)
     user_id: str | None = Field(None, min_length=1, max_length=128)
 
