@@ -4,7 +4,7 @@
 #   run(carry=[".whl"],  "bash benchmarks/gpu_eval.sh wheels")    needs chitchat-dataset-0.9.0 in .whl/
 #   run(carry=[".mini"], "bash benchmarks/gpu_eval.sh minilm")    MiniLM, for the bank's retrieval (eval)
 #   ../shared/gpu/stage 0, run("bash .gpu/setup.sh"), ../shared/gpu/stage 1, then at once
-#   run("bash .gpu/setup.sh && source .gpu/env.sh && bash benchmarks/gpu_chat.sh train")   (~8 min)
+#   run("bash .gpu/setup.sh && source .gpu/env.sh && bash benchmarks/gpu_chat.sh train")   (~8.5 min)
 #   run("source .gpu/env.sh && bash benchmarks/gpu_chat.sh eval")                          (~9 min)
 # Results ($OUT): chat-run.tgz (runs/chat without checkpoints, and src/memlm/presets/chat: unpack it at
 # the project's root and commit the preset folder), train.log; chat-<system>-<seed>.json and their logs.

@@ -305,12 +305,14 @@ def eval_chat(
             for seed in seed_list:
                 histories = multisession.generate(users, sessions, 4, seed)
                 result = evaluate_chat(contender, histories, questions, untold, bar)
+                report["systems"].setdefault(name, {})[str(seed)] = result
+                if output is not None:  # what is done survives a time limit
+                    atomic_write_json(output, report)
                 if continual:
                     result["continual"] = continual_result(contender, continual, continual_questions, seed)
                     result["summary"].update({f"continual_{k}": v for k, v in result["continual"]["summary"].items()})
-                report["systems"].setdefault(name, {})[str(seed)] = result
-                if output is not None:
-                    atomic_write_json(output, report)
+                    if output is not None:
+                        atomic_write_json(output, report)
         finally:
             contender.close()
     bar.close()
