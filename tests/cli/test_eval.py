@@ -156,3 +156,15 @@ def test_eval_chat_scores_told_and_never_told_questions_per_seed(run, tiny_folde
     rescored = run("eval", "chat", "--rescore", report_file, "-o", merged)
     assert rescored.exit_code == 0, rescored.output
     assert all("rougeL" in r["summary"] for r in json.loads(merged.read_text())["systems"]["bank"].values())
+
+
+def test_lengths_read_plain_counts_and_k_and_m_suffixes():
+    import typer
+
+    from memlm.cli.eval import parse_length
+
+    assert [parse_length(text) for text in ("4096", "4K", "16k", "1M", "10m")] == \
+        [4096, 4096, 16384, 1024 ** 2, 10 * 1024 ** 2]
+    for bad in ("", "K", "1.5K", "4G", "M4"):
+        with pytest.raises(typer.BadParameter, match="length in tokens"):
+            parse_length(bad)

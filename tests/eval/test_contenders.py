@@ -38,3 +38,28 @@ def test_the_window_leaves_room_for_what_memories_put_in_front(tokenizer):
     keeping = Contender("importance", tiny_model("llama"), tokenizer, window=256, max_new_tokens=4)
     assert (plain.segment_length, keeping.segment_length) == (256, 256 - 128)
     assert plain._tail_budget("Where is Mary?") - keeping._tail_budget("Where is Mary?") == 128
+
+
+@pytest.mark.parametrize("name", ["recurrent", "importance"])
+def test_a_zeroed_memory_answers_as_if_it_had_read_nothing(name, tokenizer):
+    torch.manual_seed(0)
+    contender = Contender(f"{name}:zeroed", tiny_model("llama"), tokenizer, window=96, max_new_tokens=4)
+    randomize_memory_weights(contender.model, scale=0.3)
+    zeroed = contender.answer_batch(CONTEXTS, CONVERSATIONS)
+    written = []
+    contender.model.memorize = lambda ids, *args, **kwargs: written.append(ids.shape)  # reads nothing
+    contender.zeroed = False
+    assert contender.answer_batch(CONTEXTS, CONVERSATIONS) == zeroed
+    assert written  # the contexts are long enough that something was handed to the memory
+
+
+def test_zeroed_names_a_memory_ablation_and_is_refused_for_baselines(tokenizer):
+    from memlm.errors import ConfigError
+    from memlm.eval.harness import check_contenders
+
+    assert check_contenders(["recurrent", "recurrent:zeroed"]) == ["recurrent", "recurrent:zeroed"]
+    with pytest.raises(ConfigError, match="baselines"):
+        check_contenders(["none:zeroed"])
+    plain = Contender("recurrent", tiny_model("llama"), tokenizer, window=96)
+    zeroed = Contender("recurrent:zeroed", tiny_model("llama"), tokenizer, window=96)
+    assert plain.describe() != zeroed.describe() and "zeroed" not in plain.describe()

@@ -141,12 +141,13 @@ def with_cast(tasks: list[str], cast: str | None) -> list[str]:
 
 
 def parse_length(value: str) -> int:
-    """A token count: 4096, 4K or 4k (K = 1024)."""
+    """A token count: 4096, 4K or 4k (K = 1024), 1M (M = 1024 K)."""
     text = value.strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
     try:
-        return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+        return int(text[:-1] if scale > 1 else text) * scale
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a length in tokens (e.g. 4096 or 4K)", param_hint="--lengths") \
+        raise typer.BadParameter(f"{value!r} is not a length in tokens (e.g. 4096, 4K or 1M)", param_hint="--lengths") \
             from None
 
 

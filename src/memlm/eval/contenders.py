@@ -10,7 +10,9 @@ what falls out of the window is what distinguishes them:
 * `rag` — chunks of it are embedded with the offline MiniLM and the best `top_k` are put in the prompt;
 * any registered mechanism or preset (`recurrent`, `knn-joint`, `bank`, ...) — it is written to the
   memory in segments of `window` tokens as it leaves the window (`MemoryModel.memorize`); memories
-  that fuse through the prompt (the bank) then add what they retrieve for the question.
+  that fuse through the prompt (the bank) then add what they retrieve for the question;
+* `<memory>:zeroed` — the same memory emptied just before the question: the ablation that shows
+  what crosses segments (what is left is the memory's adapter reading the window's tail).
 
 Chat turns (`observe_turn`) are handled as `ChatSession` handles them: each turn is memorised when it
 happens (`MemoryModel.observe_turn`: the bank extracts facts from its text, other memories get one
@@ -27,11 +29,13 @@ from typing import Any
 
 import torch
 
+from memlm.errors import ConfigError
 from memlm.eval.baselines import RagIndex
 from memlm.memories.base import TextLearning
 from memlm.model import MemoryModel, attach
 
 BASELINES = ("none", "full", "rag")
+ZEROED = ":zeroed"  # suffix of a memory contender emptied before the question (an ablation)
 # Base models ship no chat template; they are asked in this plain transcript form instead (after the
 # BOS token, without which models such as Gemma degenerate).
 PLAIN_CHAT_TEMPLATE = (
@@ -49,7 +53,14 @@ class Contender:
     def __init__(self, name: str, backbone: Any, tokenizer: Any, window: int = 1024, max_new_tokens: int = 16,
                  model: MemoryModel | None = None):
         self.name = name
+        # "<memory>:zeroed" is the ablation that shows what crosses segments: the memory reads the whole
+        # context as usual, then is emptied just before the question, so only what the adapter does with
+        # the window's tail is left.
+        name, zeroed = (name[:-len(ZEROED)], True) if name.endswith(ZEROED) else (name, False)
+        self.zeroed = zeroed
         self.kind = name if name in BASELINES and model is None else "memory"
+        if zeroed and self.kind != "memory":
+            raise ConfigError(f"{self.name!r}: {ZEROED} applies to a memory, not to the {name!r} baseline")
         if getattr(tokenizer, "chat_template", None) is None:
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         self.tokenizer = tokenizer
@@ -79,6 +90,8 @@ class Contender:
                      if type(memory).revision}
         if revisions:
             identity["revisions"] = revisions
+        if self.zeroed:
+            identity["zeroed"] = True
         return identity
 
     @classmethod
@@ -190,6 +203,8 @@ class Contender:
             if self.kind == "full" and len(self.buffer) > keep:
                 return None
             self._flush(keep)
+            if self.zeroed:
+                self.model.reset()
             tail = self.buffer[len(self.buffer) - keep:] if keep else []
             content = (self.tokenizer.decode(tail).strip() + "\n\n" if tail else "") + question
             messages = [{"role": "user", "content": content}]
@@ -226,6 +241,8 @@ class Contender:
                 ids[row, :len(head)] = torch.tensor(head, dtype=torch.long)
                 mask[row, :len(head)] = 1
             self.model.memorize(ids, mask, segment_length=self.segment_length, progress=False)
+        if self.zeroed:
+            self.model.reset(batch_size=rows)
         rags = [self._row_rag(head) for head in heads] if self.rag is not None else None
         conversations_so_far: list[list[dict[str, str]]] = []
         for stream, keep, turns in zip(streams, keeps, conversations, strict=True):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from memlm.data import babilong
 from memlm.errors import ConfigError
-from memlm.eval.contenders import BASELINES, Contender
+from memlm.eval.contenders import BASELINES, ZEROED, Contender
 from memlm.eval.tasks import TASK_FAMILIES, PairResult, TaskRun, get_task
 from memlm.hooks import backbone_fingerprint, inspect_backbone
 from memlm.registry import available_mechanisms, available_presets
@@ -105,11 +105,14 @@ def file_label(name: str) -> str:
 def check_contenders(names: Sequence[str]) -> list[str]:
     """Baselines, mechanisms, presets, or folders of trained weights (`memlm train` output)."""
     known = {*BASELINES, *available_mechanisms(), *available_presets()}
-    unknown = [name for name in names
-               if name not in known and not (Path(name).expanduser() / "memlm_config.json").is_file()]
+    unknown = [name for name in names if (base := name.removesuffix(ZEROED)) not in known
+               and not (Path(base).expanduser() / "memlm_config.json").is_file()]
     if unknown:
         raise ConfigError(f"unknown contender(s) {unknown}; choose from baselines {list(BASELINES)}, "
                           f"mechanisms {available_mechanisms()} or presets {sorted(available_presets())}")
+    baselines_zeroed = [name for name in names if name.endswith(ZEROED) and name.removesuffix(ZEROED) in BASELINES]
+    if baselines_zeroed:
+        raise ConfigError(f"{baselines_zeroed}: {ZEROED} empties a memory before the question; baselines have none")
     if len(set(names)) != len(names):
         raise ConfigError(f"a contender is listed twice: {list(names)}")
     return list(names)
