@@ -53,3 +53,38 @@ def test_the_blind_comparison_pits_the_untrained_fusion_against_the_preset(token
         assert created.status_code == 200, created.text
         voted = client.post(f"/v1/eval/comparisons/{created.json()['id']}/vote", json={"choice": "tie"})
         assert set(voted.json()["contenders"].values()) == {"tiny-llama+bank", "tiny-llama+bank+lora"}
+
+
+def test_a_turn_answered_before_its_state_was_saved_is_replayed_from_the_journal(make_app):
+    """The recurrent state is written and saved after the answer; a crash in between (simulated: the save
+    fails once) leaves the turn in the journal, and the next load replays it."""
+    from memlm.server.engine import JOURNAL_FILE
+
+    app = make_app("bank", "recurrent")
+    with TestClient(app, base_url=BASE) as client:
+        engine = app.state.engine
+        real_save = engine.model.save_state
+        calls = []
+
+        def crash_once(directory):
+            calls.append(directory)
+            if len(calls) == 1:
+                raise RuntimeError("killed while saving")
+            return real_save(directory)
+
+        engine.model.save_state = crash_once
+        reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello there."}]})
+        assert reply.status_code == 200, reply.text  # answered before the state was written
+        engine.submit(lambda: None).result()  # the worker has finished the turn (its failed save included)
+        assert len(calls) == 1
+        journal = engine.state_dir("local") / JOURNAL_FILE
+        assert journal.is_file() and "Hello there." in journal.read_text()
+        # a restart: the memories forget, the next job of the user loads the state and replays the journal
+        def restart():
+            engine._loaded_user, engine._dirty = None, False
+            engine.model.memories["recurrent"].reset()
+            engine._ensure_user("local")
+
+        engine.submit(restart).result()
+        assert engine.model.memories["recurrent"].summary()["updates"] == 1
+        assert not journal.exists() and (engine.state_dir("local") / "memory_state.safetensors").is_file()
