@@ -58,14 +58,14 @@ from memlm.model_files import (
     state_folder,
     state_metadata,
 )
-from memlm.registry import get_mechanism, get_preset, make_config
+from memlm.registry import Pretrained, get_mechanism, get_preset, make_config
 from memlm.segments import is_decode_step, ones_mask, position_ids_from_mask, reply_attention_mask
 from memlm.serialization import save_tensors
 
 __all__ = ["ADAPTER_CONFIG_FILE", "ADAPTER_WEIGHTS_FILE", "FORMAT_VERSION", "LORA_PREFIX", "STATE_FILE", "ConfigSpec",
            "MemoryModel", "attach"]
 
-ConfigSpec = MemoryConfig | str | dict
+ConfigSpec = MemoryConfig | str | dict | Pretrained
 
 
 class MemoryModel(nn.Module):
@@ -110,6 +110,8 @@ class MemoryModel(nn.Module):
     def add_memory(self, config: ConfigSpec) -> Memory:
         """Attach one more memory (a config, a mechanism or preset name, or a dict with `mechanism`).
         A trained preset's name attaches its memories, its LoRA adapter and their weights."""
+        if isinstance(config, Pretrained):
+            return self.add_pretrained(config.path, config.settings)
         preset = get_preset(config) if isinstance(config, str) else None
         if preset is not None and preset.path is not None:
             return self.add_pretrained(preset.path)
@@ -132,16 +134,19 @@ class MemoryModel(nn.Module):
             _warn_untrained(name)
         return memory
 
-    def add_pretrained(self, directory: str | os.PathLike) -> Memory:
+    def add_pretrained(self, directory: str | os.PathLike, settings: dict[str, dict[str, Any]] | None = None
+                       ) -> Memory:
         """Attach the memories (and LoRA adapter) saved by `save_pretrained` in `directory`, with their
-        weights, beside any already attached; returns the last of them."""
+        weights, beside any already attached; returns the last of them. `settings` changes settings of
+        its memories before they attach, per mechanism (e.g. {"bank": {"store": "facts.sqlite"}})."""
         directory = Path(directory)
         adapter, tensors = read_adapter(directory, self.fingerprint)
         added: list[str] = []
         try:
             self._loading_weights = True
             for entry in adapter["memories"]:
-                added.append(self.add_memory(make_config(entry)).mechanism)
+                added.append(self.add_memory(make_config({**entry, **(settings or {}).get(entry["mechanism"], {})}
+                                                         )).mechanism)
             if adapter.get("lora"):
                 self.add_lora(LoraSettings.from_dict(adapter["lora"]))
             self._load_weights(tensors, source=directory, only=added)

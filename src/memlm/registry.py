@@ -11,7 +11,7 @@ so a new mechanism is tested on every tiny backbone without further changes.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,43 @@ class Preset:
         return None if self.weights is None else Path(__file__).parent / "presets" / self.weights
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """Trained weights to attach — a shipped preset's folder or a `memlm train` output — with settings
+    of its memories changed first (e.g. `{"bank": {"store": "facts.sqlite", "user": "ada"}}`: the chat
+    preset's bank on a user's fact store). Accepted wherever a memory spec is."""
+
+    path: Path
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def mechanisms(self) -> list[str]:
+        """The mechanisms the weights' config attaches."""
+        from memlm.serialization import read_json
+
+        adapter = read_json(self.path / "memlm_config.json")
+        return [entry.get("mechanism") for entry in adapter.get("memories", [])] if isinstance(adapter, dict) else []
+
+
+def pretrained_of(spec: Any) -> Pretrained | None:
+    """`spec` as trained weights: a `Pretrained`, a trained preset's name, or a folder holding a
+    `memlm_config.json`; None for anything else (a mechanism, a config preset, a dict, a config)."""
+    if isinstance(spec, Pretrained):
+        return spec
+    if not isinstance(spec, str):
+        return None
+    preset = _presets.get(spec)
+    if preset is not None:
+        return Pretrained(preset.path) if preset.path is not None else None
+    folder = Path(spec).expanduser()
+    return Pretrained(folder) if (folder / "memlm_config.json").is_file() else None
+
+
+def _shipped(name: str) -> bool:
+    """Whether the trained weights of preset `name` are in the package (a preset is listed only then)."""
+    return (Path(__file__).parent / "presets" / name / "memory_weights.safetensors").is_file()
+
+
 BUILTIN_PRESETS: dict[str, Preset] = {
     "knn-joint": Preset({"mechanism": "knn", "attention": "joint", "layers": "all", "recent": 512},
                         "training-free kNN attention at every layer: the latest 512 items plus the top-32 older "
@@ -68,6 +105,11 @@ BUILTIN_PRESETS: dict[str, Preset] = {
                              weights="slots-babilong"),
     "recurrent-babilong": Preset({}, "recurrent GRU memory + LoRA, trained on BABILong qa1-qa5 to 4K tokens",
                                  weights="recurrent-babilong"),
+    # Trained with `memlm train --config configs/train/chat.yaml` (benchmarks/gpu_chat.sh): listed once
+    # its weights are in the package.
+    **({"chat": Preset({}, "the bank's prompt fusion + a LoRA that answers like a person: the fact asked "
+                           "about, to the user, in a sentence; \"I don't know\" when no fact says; then stops "
+                           "(the default of memlm chat and memlm serve)", weights="chat")} if _shipped("chat") else {}),
 }
 
 

@@ -130,6 +130,34 @@ def test_eval_human_adds_the_votes_to_a_report(run, tmp_path):
     assert missing.exit_code == 2 and "no votes" in missing.output
 
 
+def test_eval_chat_scores_told_and_never_told_questions_per_seed(run, tiny_folder, tmp_path):
+    report_file = tmp_path / "chat.json"
+    result = run("eval", "chat", "--systems", "bank", "--seeds", "0,1", "--users", 1, "--sessions", 2,
+                 "--untold", 2, "--answer-tokens", 4, "--continual", 8, "--continual-questions", 2,
+                 "--backbone", tiny_folder, "-o", report_file)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+    by_seed = report["systems"]["bank"]
+    assert sorted(by_seed) == ["0", "1"]
+    for seed in ("0", "1"):
+        summary = by_seed[seed]["summary"]
+        assert summary["questions"] == 2 and summary["untold_questions"] == 2
+        assert {"recall", "clean_chat", "untold_says_unknown", "rougeL", "continual_recall",
+                "continual_oldest"} <= set(summary)
+        untold = by_seed[seed]["untold_rows"]
+        assert all(row["question"].endswith("?") and "reply" in row for row in untold)
+        assert len(by_seed[seed]["continual"]["rows"]) == 2
+    assert "chat quality" in result.stdout and "│ mean " in result.stdout
+    # reports made where no metric package is installed are rescored from their replies
+    for by_seed_result in report["systems"]["bank"].values():
+        by_seed_result["summary"].pop("rougeL")
+    report_file.write_text(json.dumps(report))
+    merged = tmp_path / "merged.json"
+    rescored = run("eval", "chat", "--rescore", report_file, "-o", merged)
+    assert rescored.exit_code == 0, rescored.output
+    assert all("rougeL" in r["summary"] for r in json.loads(merged.read_text())["systems"]["bank"].values())
+
+
 def test_lengths_read_plain_counts_and_k_and_m_suffixes():
     import typer
 

@@ -34,7 +34,8 @@ def test_serve_runs_as_one_local_user_without_keys(run, tiny_folder, tmp_path, s
     with TestClient(served["app"], base_url="http://127.0.0.1") as client:
         assert client.get("/v1/me").json() == {"user": "ada", "role": "user", "auth": "local"}
         name = tiny_folder.name  # the backbone's name: its folder's
-        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [name, f"{name}+bank"]
+        # the memory-backed model first: a client that takes the first model gets the memory
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [f"{name}+bank", name]
         reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "I like tea."}]})
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
         assert client.get("/v1/memories").json()["results"][0]["memory"] == "The user likes tea."

@@ -21,7 +21,7 @@ def test_the_default_model_recalls_a_fact_across_requests(default_backbone, keys
         with serving(app) as url:
             alice = OpenAI(base_url=f"{url}/v1", api_key=keys["alice"], max_retries=0)
             bob = OpenAI(base_url=f"{url}/v1", api_key=keys["bob"], max_retries=0)
-            model_id = alice.models.list().data[-1].id
+            model_id = alice.models.list().data[0].id  # the memory-backed model comes first
             assert model_id.startswith("SmolLM2-135M-Instruct") and model_id.endswith("+bank")
             alice.chat.completions.create(model=model_id, messages=[
                 {"role": "user", "content": "My dog is called Biscuit."}])

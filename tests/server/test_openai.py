@@ -30,6 +30,7 @@ def test_reply_stream_and_memory_per_user_with_the_openai_client(live, keys, hom
         alice = OpenAI(base_url=f"{url}/v1", api_key=keys["alice"], max_retries=0)
         bob = OpenAI(base_url=f"{url}/v1", api_key=keys["bob"], max_retries=0)
         assert {m.id for m in alice.models.list()} == {BARE, "tiny-llama+bank", "tiny-llama+recurrent", BANK}
+        assert alice.models.list().data[0].id == BANK  # a client taking the first model gets the memory
 
         told = alice.chat.completions.create(model=BANK, max_tokens=5,
                                              messages=[{"role": "user", "content": "My dog is called Biscuit."}])

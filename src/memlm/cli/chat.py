@@ -31,18 +31,41 @@ CHAT_HELP = """commands:
 
 
 
+def default_chat_memories(fallback: list[str]) -> list[str]:
+    """What `memlm chat` and `memlm serve` attach when no --memory is given: the trained `chat` preset
+    (the bank's prompt fusion + a LoRA that answers like a person) when its weights are shipped, else
+    `fallback` (what they attached before the preset existed)."""
+    from memlm.registry import get_preset
+
+    return ["chat"] if get_preset("chat") is not None else list(fallback)
+
+
 def _bank_specs(specs: list[Any], user: str | None) -> list[Any]:
-    """With --user, the chat gets the shared fact bank of that user (plus recurrent by default)."""
+    """With --user, the chat gets the shared fact bank of that user: a bank among the specs (the chat
+    preset's included) reads and writes that user's facts, and one is added if none is there."""
     from memlm.facts.backends import default_store
     from memlm.paths import facts_path
-    from memlm.registry import make_config
+    from memlm.registry import Pretrained, make_config, pretrained_of
 
     if user is None:
         return specs
     options = {"store": str(default_store(facts_path())), "user": user, "fusion": "prompt"}
-    configs = [make_config(spec) for spec in specs]
-    configs = [c.replace(**options) if c.mechanism == "bank" else c for c in configs]
-    if not any(c.mechanism == "bank" for c in configs):
+    configs: list[Any] = []
+    has_bank = False
+    for spec in specs:
+        pretrained = pretrained_of(spec)
+        if pretrained is not None:
+            if "bank" in pretrained.mechanisms:
+                has_bank = True
+                settings = {**pretrained.settings, "bank": {**pretrained.settings.get("bank", {}), **options}}
+                pretrained = Pretrained(pretrained.path, settings)
+            configs.append(pretrained)
+            continue
+        config = make_config(spec)
+        if config.mechanism == "bank":
+            config, has_bank = config.replace(**options), True
+        configs.append(config)
+    if not has_bank:
         configs.append(make_config("bank", **options))
     return configs
 
@@ -110,13 +133,14 @@ def chat(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = None,
 ) -> None:
-    """Chat in the terminal. The memory (default: recurrent, plus the user's fact bank with --user)
-    persists across turns, and across restarts with --session or --user. Reads lines from stdin,
+    """Chat in the terminal. The memory (default: the trained `chat` preset, which reads the user's fact
+    bank with --user) persists across turns, and across restarts with --session or --user. Reads lines from stdin,
     so it can be scripted with a pipe."""
     from memlm.chat import ChatSession
     from memlm.facts.extraction import model_judge
 
-    specs = memory_specs(memory, memory_config) if (memory or memory_config or adapter) else ["recurrent"]
+    specs = (memory_specs(memory, memory_config) if (memory or memory_config or adapter)
+             else default_chat_memories(["recurrent"]))
     memory_model, tokenizer = build_model(backbone, device, dtype, _bank_specs(specs, user), adapter)
     session_chat = ChatSession(memory_model, tokenizer, session=session, user=user, context_turns=context_turns,
                                system_prompt=system, generation=decoding.to_generate_kwargs(),

@@ -249,6 +249,102 @@ def eval_recall(
         console.print(f"wrote {output}")
 
 
+@app.command("chat")
+@friendly_errors
+def eval_chat(
+    systems: Annotated[str, typer.Option(help="contenders, comma-separated (e.g. bank = untrained prompt "
+                                              "fusion, chat = the trained chat preset)")] = "bank,chat",
+    seeds: Annotated[str, typer.Option(help="user seeds, comma-separated")] = "0,1,2",
+    users: Annotated[int, typer.Option(min=1, help="synthetic users per seed")] = 5,
+    sessions: Annotated[int, typer.Option(min=1, max=20, help="sessions per user, one fact each")] = 20,
+    questions: Annotated[int | None, typer.Option(min=1, help="told questions per user [default: all]")] = None,
+    untold: Annotated[int, typer.Option(min=0, help="never-told questions per user")] = 4,
+    window: Annotated[int, typer.Option(min=64, help="context window of the contenders")] = 1024,
+    answer_tokens: Annotated[int, typer.Option(min=1, help="new tokens per reply (nothing is cut afterwards)")] = 64,
+    continual: Annotated[int, typer.Option(min=0, help="also the continual task per seed: this many facts "
+                                                        "learned one by one (0: skip; the suite uses 1000)")] = 0,
+    continual_questions: Annotated[int, typer.Option(min=1, help="questions of the continual task")] = 100,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write every reply and score (JSON)")] = None,
+    rescore: Annotated[list[Path] | None, typer.Option(
+        help="instead of evaluating: merge these saved reports, recompute ROUGE-L and BERTScore from their "
+             "replies, print the table (and write --output)")] = None,
+    backbone: BackboneOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
+) -> None:
+    """Chat quality: multi-session recall, clean replies (to the user, <= 40 words, no sentence
+    repeated), "I don't know" for never-told questions, ROUGE-L and BERTScore against reference
+    replies; per contender and seed."""
+    from tqdm.auto import tqdm
+
+    from memlm import load_backbone
+    from memlm.data import multisession
+    from memlm.eval.chat import continual_result, evaluate_chat
+    from memlm.eval.contenders import Contender
+    from memlm.eval.harness import check_contenders
+    from memlm.serialization import atomic_write_json
+
+    if rescore:
+        from memlm.eval.chat import rescore as rescore_report
+
+        report = {"command": "memlm " + " ".join(sys.argv[1:]), "systems": {}}
+        for path in rescore:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            for name, by_seed in saved["systems"].items():
+                report["systems"].setdefault(name, {}).update(by_seed)
+        _chat_table(rescore_report(report), output)
+        return
+    names = check_contenders(comma_list(systems))
+    seed_list = [int(seed) for seed in comma_list(seeds)]
+    model, tokenizer = load_backbone(backbone, device=device, dtype=dtype)
+    report: dict[str, Any] = {"command": "memlm " + " ".join(sys.argv[1:]), "systems": {}}
+    per_user = (questions or sessions) + untold
+    bar = tqdm(total=len(names) * len(seed_list) * users * per_user, desc="chat eval", unit="question")
+    for name in names:
+        contender = Contender(name, model, tokenizer, window, answer_tokens)
+        try:
+            for seed in seed_list:
+                histories = multisession.generate(users, sessions, 4, seed)
+                result = evaluate_chat(contender, histories, questions, untold, bar)
+                report["systems"].setdefault(name, {})[str(seed)] = result
+                if output is not None:  # what is done survives a time limit
+                    atomic_write_json(output, report)
+                if continual:
+                    result["continual"] = continual_result(contender, continual, continual_questions, seed)
+                    result["summary"].update({f"continual_{k}": v for k, v in result["continual"]["summary"].items()})
+                    if output is not None:
+                        atomic_write_json(output, report)
+        finally:
+            contender.close()
+    bar.close()
+    _chat_table(report, output)
+
+
+def _chat_table(report: dict[str, Any], output: Path | None) -> None:
+    from memlm.serialization import atomic_write_json
+
+    summaries = [result["summary"] for by_seed in report["systems"].values() for result in by_seed.values()]
+    continual = any("continual_recall" in summary for summary in summaries)
+    columns = ("recall", "clean_chat", "well_formed", "untold_says_unknown", "told_says_unknown", "rougeL",
+               "bertscore_f1", "mean_words", *(("continual_recall", "continual_oldest") if continual else ()))
+    table = Table(title="chat quality (multi-session users; never-told questions)")
+    for column in ("system", "seed", *columns):
+        table.add_column(column)
+    for name, by_seed in report["systems"].items():
+        for seed, result in by_seed.items():
+            summary = result["summary"]
+            table.add_row(name, seed, *(f"{summary[c]:.3f}" if isinstance(summary.get(c), float) else "-"
+                                        for c in columns))
+        if len(by_seed) > 1:
+            mean = {c: [r["summary"][c] for r in by_seed.values() if isinstance(r["summary"].get(c), float)]
+                    for c in columns}
+            table.add_row(name, "mean", *(f"{sum(v) / len(v):.3f}" if v else "-" for v in mean.values()))
+    console.print(table)
+    if output is not None:
+        atomic_write_json(output, report)
+        console.print(f"wrote {output}")
+
+
 @app.command("human")
 @friendly_errors
 def eval_human(

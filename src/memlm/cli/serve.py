@@ -66,7 +66,10 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    specs = memory_specs(memory, memory_config) if (memory or memory_config or adapter) else ["bank", "recurrent"]
+    from memlm.cli.chat import default_chat_memories
+
+    specs = (memory_specs(memory, memory_config) if (memory or memory_config or adapter)
+             else default_chat_memories(["bank", "recurrent"]))
     model, tokenizer = build_model(backbone, device, dtype, server_memories(specs, home), adapter)
     if report is None and Path("docs/results/eval-quick/results.json").is_file():
         report = Path("docs/results/eval-quick")

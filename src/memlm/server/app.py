@@ -81,11 +81,19 @@ class ServerSettings:
 def server_memories(specs: list[Any], home: str | Path | None = None) -> list[Any]:
     """Memory configs for a server: the `bank` reads and writes the shared fact store of `home` with
     prompt fusion (what the API's memory routes see), whatever the spec said about its store."""
-    from memlm.registry import make_config
+    from memlm.registry import Pretrained, make_config, pretrained_of
 
-    configs = [make_config(spec) for spec in specs]
     options = {"store": str(default_store(facts_path(home))), "fusion": "prompt"}
-    return [c.replace(**options) if c.mechanism == "bank" else c for c in configs]
+    configs: list[Any] = []
+    for spec in specs:
+        pretrained = pretrained_of(spec)
+        if pretrained is not None:  # trained weights (the chat preset): their bank on the shared store
+            settings = {**pretrained.settings, "bank": {**pretrained.settings.get("bank", {}), **options}}
+            configs.append(Pretrained(pretrained.path, settings))
+            continue
+        config = make_config(spec)
+        configs.append(config.replace(**options) if config.mechanism == "bank" else config)
+    return configs
 
 
 def create_app(model: MemoryModel, tokenizer: Any, settings: ServerSettings | None = None,

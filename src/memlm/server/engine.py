@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -47,6 +49,8 @@ from memlm.server.errors import ApiError
 logger = logging.getLogger("memlm.server")
 
 KV_MEMORY = "knn"
+JOURNAL_FILE = "pending_turns.jsonl"  # turns answered whose state is not saved yet (replayed after a crash)
+LORA = "lora"  # a LoRA adapter on the backbone (the chat preset's) is a part of model ids like a memory
 
 
 def slug(name: str) -> str:
@@ -207,8 +211,8 @@ class Engine:
             raise ConfigError("the tokenizer has no chat template: the server needs a chat model")
         self.model, self.tokenizer, self.home = model, tokenizer, Path(home)
         self.name = slug(name or str(model.fingerprint.get("name") or "model"))
-        self.memory_names = tuple(model.memories)
-        self.stateful = tuple(n for n in self.memory_names if n != "bank")
+        self.memory_names = tuple(model.memories) + ((LORA,) if model.lora is not None else ())
+        self.stateful = tuple(n for n in self.memory_names if n not in ("bank", LORA))
         self.state_name = "server." + ".".join(sorted(self.stateful)) if self.stateful else "server"
         self.max_queue = max_queue
         self.default_generation = {"max_new_tokens": 128, "do_sample": False, "repetition_penalty": 1.1,
@@ -224,10 +228,11 @@ class Engine:
 
     # --- models -----------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
-        """The backbone alone, each memory alone, and every larger combination (attach order)."""
+        """The default model (every memory) first — a client that takes the first model gets the
+        memory — then the backbone alone, each memory alone and every larger combination (attach order)."""
         names = self.memory_names
         subsets = [combo for size in range(len(names) + 1) for combo in itertools.combinations(names, size)]
-        return [self.model_id(combo) for combo in subsets]
+        return [self.default_model, *(self.model_id(combo) for combo in subsets if combo != names)]
 
     def model_id(self, memories: tuple[str, ...]) -> str:
         return "+".join([self.name, *memories])
@@ -289,8 +294,37 @@ class Engine:
 
     def _save_if_dirty(self) -> None:
         if self._dirty and self._loaded_user is not None:
-            self.model.save_state(self.state_dir(self._loaded_user))
+            directory = self.state_dir(self._loaded_user)
+            self.model.save_state(directory)
+            (directory / JOURNAL_FILE).unlink(missing_ok=True)  # what it held is in the saved state now
             self._dirty = False
+
+    def _journal(self, user: str, query: str, reply: str, memories: tuple[str, ...]) -> None:
+        """Append a turn whose write pass is not saved yet to the user's journal, durably (fsync)."""
+        directory = self.state_dir(user)
+        directory.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"user": query, "assistant": reply, "memories": list(memories)}, ensure_ascii=False)
+        with (directory / JOURNAL_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _replay_journal(self, user: str) -> None:
+        """Write the turns a crash left in the journal (answered, not yet in the saved state), then save."""
+        path = self.state_dir(user) / JOURNAL_FILE
+        if not path.exists():
+            return
+        replayed = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                turn = json.loads(line)
+                self._apply_turn(str(turn["user"]), str(turn["assistant"]), tuple(turn["memories"]))
+                replayed += 1
+            except (ValueError, KeyError, TypeError):  # a torn last line: that turn was never answered
+                logger.warning("skipping a damaged line of %s", path)
+        logger.info("replayed %d journaled turn(s) of %s", replayed, user)
+        self._dirty = True
+        self._save_if_dirty()
 
     def _ensure_user(self, user: str) -> None:
         """Make the memories hold `user`'s state (the bank only needs to know who it serves)."""
@@ -313,16 +347,23 @@ class Engine:
         if (directory / STATE_FILE).exists():
             self.model.load_state(directory)
         self._loaded_user = user
+        self._replay_journal(user)
 
     @contextlib.contextmanager
     def _only(self, active: tuple[str, ...]) -> Iterator[None]:
-        """Memories outside `active` neither read nor write for a while (their hooks are removed)."""
+        """Memories outside `active` neither read nor write for a while (their hooks are removed); the
+        LoRA adapter, if outside, is switched off (the backbone computes what it would bare)."""
         paused = [memory for name, memory in self.model.memories.items() if name not in active]
+        lora_off = self.model.lora is not None and LORA not in active
         for memory in paused:
             memory.remove_hooks()
+        if lora_off:
+            self.model.lora.enable(False)
         try:
             yield
         finally:
+            if lora_off:
+                self.model.lora.enable(True)
             for memory in paused:
                 memory.attach(self.model.layout)
 
@@ -429,21 +470,21 @@ class Engine:
             finish = "stop" if ended or trimmer.stopped or _hit_stop(self.tokenizer.decode(generated), job.stop) \
                 else ("length" if len(generated) >= max_new else "stop")
             learned: list[Any] = []
+            pending: tuple[str, ...] = ()
             start, cpu = time.perf_counter(), time.thread_time()
             if job.learn and not job.cancelled.is_set() and query.strip():
                 if bank is not None:
                     learned = bank.observe_turn(query, reply)
                 timings["memory_write_ms"] = (time.perf_counter() - start) * 1000
                 timings["memory_write_cpu_ms"] = (time.thread_time() - cpu) * 1000
-                others = [name for name in job.memories if name != "bank"]
-                if others:
+                if any(name not in ("bank", LORA) for name in job.memories):
+                    pending = job.memories
+                    # The stateful memories' write pass and state save come after the answer (off the
+                    # response path); the turn is journaled durably first, so a crash in between loses
+                    # nothing: the next load replays it (`_replay_journal`).
                     start = time.perf_counter()
-                    turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
-                    with self.model.segment_writes(False, [bank] if bank is not None else []):
-                        self.model.write(self._template(turn, add_generation_prompt=False))
-                    self._dirty = True
-                    self._save_if_dirty()
-                    timings["state_write_ms"] = (time.perf_counter() - start) * 1000
+                    self._journal(job.user, query, reply, pending)
+                    timings["journal_ms"] = (time.perf_counter() - start) * 1000
             else:
                 timings["memory_write_ms"] = timings["memory_write_cpu_ms"] = 0.0
         timings["total_ms"] = (time.perf_counter() - job.submitted) * 1000
@@ -451,6 +492,22 @@ class Engine:
                           "usage": {"prompt_tokens": int(prompt_ids.shape[1]), "completion_tokens": int(len(generated)),
                                     "total_tokens": int(prompt_ids.shape[1] + len(generated))},
                           "learned": [_learned(result) for result in learned], "timings": timings}))
+        if pending:
+            start = time.perf_counter()
+            self._apply_turn(query, reply, pending)
+            self._save_if_dirty()
+            logger.debug("state of %s written after the answer in %.1f ms", job.user,
+                         (time.perf_counter() - start) * 1000)
+
+    def _apply_turn(self, query: str, reply: str, memories: tuple[str, ...]) -> None:
+        """One turn's write pass, read through `memories` (the job's), into its stateful memories (the bank
+        learned the turn's facts already and stores no segment of it)."""
+        bank = self.model.memories["bank"] if "bank" in memories and "bank" in self.model.memories else None
+        turn = [{"role": "user", "content": query}, {"role": "assistant", "content": reply}]
+        with self._only(tuple(memories)), \
+                self.model.segment_writes(False, [bank] if bank is not None else []):
+            self.model.write(self._template(turn, add_generation_prompt=False))
+        self._dirty = True
 
     # --- documents (worker thread) ------------------------------------------------------------
     def kv_memory(self) -> Any:

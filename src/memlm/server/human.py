@@ -1,7 +1,8 @@
 """Human evaluation over HTTP: two contenders answer one prompt blind, a person votes, votes add up.
 
 * `POST /v1/eval/comparisons` — both contenders (model ids; default: the bare backbone against every
-  memory) answer the prompt with the caller's memories, learning nothing; the answers come back as A
+  memory, or, with the chat preset, its untrained prompt fusion — the same memories without the LoRA —
+  against the preset) answer the prompt with the caller's memories, learning nothing; the answers come back as A
   and B in random order, without saying which is which.
 * `POST /v1/eval/comparisons/{id}/vote` — "A", "B" or "tie"; once per comparison; the answer
   reveals the contenders.
@@ -32,7 +33,9 @@ class ComparisonRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=4000)
     contenders: list[str] | None = Field(None, min_length=2, max_length=2,
-                                         description="two model ids (default: bare backbone vs every memory)")
+                                         description="two model ids (default: bare backbone vs every memory; "
+                                                     "with the chat preset: its memories without the LoRA vs "
+                                                     "with it)")
     max_tokens: int | None = Field(None, ge=1)
     user_id: str | None = Field(None, min_length=1, max_length=128)
 
@@ -93,6 +96,17 @@ def votes(request: Request) -> VoteStore:
     return request.app.state.votes
 
 
+def default_contenders(engine: Engine) -> list[str]:
+    """What a comparison pits against the server's default model when the caller names no contenders:
+    with a trained LoRA (the chat preset), the same memories without it (the untrained prompt fusion);
+    otherwise the bare backbone."""
+    from memlm.server.engine import LORA
+
+    if LORA in engine.memory_names and len(engine.memory_names) > 1:
+        return [engine.model_id(tuple(n for n in engine.memory_names if n != LORA)), engine.default_model]
+    return [engine.model_id(()), engine.default_model]
+
+
 @router.post("/comparisons", response_model=ComparisonOut, summary="Two contenders answer one prompt, blind")
 async def create_comparison(body: ComparisonRequest, request: Request,
                             who: Principal = Depends(principal)) -> ComparisonOut:
@@ -100,7 +114,7 @@ async def create_comparison(body: ComparisonRequest, request: Request,
     user = act_as(who, body.user_id)
     if not body.prompt.strip():
         raise ApiError(400, "the prompt is empty", "invalid_value", "prompt")
-    contenders = body.contenders or [engine.model_id(()), engine.default_model]
+    contenders = body.contenders or default_contenders(engine)
     for contender in contenders:
         engine.resolve_model(contender)
     if contenders[0] == contenders[1]:

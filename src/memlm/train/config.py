@@ -31,6 +31,8 @@ from memlm.config import MemoryConfig, lm2_configs
 from memlm.errors import ConfigError, MemlmError
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5", "followup")
+CHAT_TASK = "chat"  # chat turns over fused facts (memlm.data.chat_turns): the `chat` preset
+TASKS = (*BABILONG_TASKS, CHAT_TASK)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -84,6 +86,9 @@ class DataSection:
             rather than bAbI's vocabulary; the evaluation's unseen cast never meets it.
         lm_corpus: plain text for a language-modelling term (keeps general ability); [] for none.
         lm_every: every n-th step is a language-modelling step (0: never).
+        chat: options of the `chat` task (`memlm.data.chat_turns.ChatTurnGenerator`): `mix` (weight of
+            each kind of turn: answer, unknown, tell, chitchat, other), `max_facts` (facts listed per
+            prompt), `max_stream` (at most this many other facts in the message of an `other` turn).
         files: your own data instead of (or beside) the tasks: text files (trained as a document read
             through memory, the next-token loss on its last window) and JSONL chat transcripts
             (`{"role": ..., "content": ...}` per line; the loss on the last assistant reply).
@@ -96,6 +101,7 @@ class DataSection:
     lm_corpus: list[str] = field(default_factory=lambda: ["gutenberg-train"])
     lm_every: int = 4
     files: list[str] = field(default_factory=list)
+    chat: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,9 +167,11 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.memory_specs()
         data, train = self.data, self.train
-        unknown = sorted(set(data.tasks) - set(BABILONG_TASKS), key=str)
+        unknown = sorted(set(data.tasks) - set(TASKS), key=str)
         if unknown:
-            raise ConfigError(f"data.tasks: unknown {unknown}; choose from {list(BABILONG_TASKS)}")
+            raise ConfigError(f"data.tasks: unknown {unknown}; choose from {list(TASKS)}")
+        if not isinstance(data.chat, dict) or set(data.chat) - {"mix", "max_facts", "max_stream"}:
+            raise ConfigError(f"data.chat takes mix, max_facts and max_stream, got {data.chat!r}")
         if "pg-essays" in data.haystack or "pg-essays" in data.lm_corpus:
             raise ConfigError("data: pg-essays is the evaluation's haystack; train on other text")
         steps = [stage.get("step") if isinstance(stage, dict) else None for stage in data.curriculum]

@@ -144,9 +144,14 @@ class TrainingData:
         self.batch_size, self.seed = batch_size, seed
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else self.pad_id
-        self.haystack = [corpus_text(name) for name in section.haystack] if section.tasks else []
+        self.haystack = [corpus_text(name) for name in section.haystack] if set(section.tasks) - {"chat"} else []
         self.lm_ids = self._lm_tokens() if section.lm_corpus and section.lm_every else None
         self.files = [self._file_example_source(Path(path).expanduser()) for path in section.files]
+        self.chat_turns = None
+        if "chat" in section.tasks:
+            from memlm.data.chat_turns import ChatTurnGenerator
+
+            self.chat_turns = ChatTurnGenerator(**section.chat)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -165,6 +170,8 @@ class TrainingData:
         source = rng.choice(sources)
         if source == "files":
             return self._files_batch(rng)
+        if source == "chat":
+            return self.chat_batch(rng, self.batch_size)
         length = rng.choice(self.lengths_at(step))
         seed = TRAIN_SEED_OFFSET + (step * 64 + rank) * 7 + 1
         return self.task_batch(source, length, seed, self.batch_size)
@@ -226,6 +233,29 @@ class TrainingData:
     def _template(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
                                                        tokenize=True, return_dict=True)["input_ids"])
+
+    # --- chat turns (the `chat` preset) ------------------------------------------------------------
+    def chat_batch(self, rng: random.Random, size: int) -> Batch:
+        """`size` chat turns (`memlm.data.chat_turns`): the fused prompt as `memlm chat` builds it, the
+        loss on the reply and the end of its turn. Nothing goes through memory first."""
+        assert self.chat_turns is not None
+        examples = [self.chat_example(self.chat_turns.turn(rng)) for _ in range(size)]
+        return collate(examples, self.pad_id, "chat", 0)
+
+    def chat_example(self, turn: Any) -> Example:
+        messages = [*turn.messages, {"role": "assistant", "content": turn.reply}]
+        prompt = self._template(messages, False)
+        start = len(self._template(list(turn.messages), True))
+        content = self.tokenizer(turn.reply, add_special_tokens=False).input_ids
+        if prompt[start:start + len(content)] != content:
+            raise ConfigError("the tokenizer's chat template does not render replies as their own tokens")
+        end = start + len(content) + 1  # the reply and the first token of the end of its turn
+        budget = self.window - self.prefix
+        if end > budget:  # keep the reply whole: cut the prompt's head (the oldest history) instead
+            prompt, start, end = prompt[end - budget:], start - (end - budget), budget
+        targets = [-100] * len(prompt)
+        targets[max(0, start):end] = prompt[max(0, start):end]
+        return Example([], None, prompt[:end], targets[:end])
 
     # --- language modelling and the user's files --------------------------------------------------------
     def _lm_tokens(self) -> torch.Tensor:

@@ -317,6 +317,9 @@ class Trainer:
         results: dict[str, Any] = {"step": self.step}
         try:
             for task in self.config.data.tasks:
+                if task == "chat":
+                    results.update(self._evaluate_chat(train.eval_samples))
+                    continue
                 for length in train.eval_lengths:
                     seed = HELDOUT_SEED_OFFSET + length
                     haystack = self.data.haystack
@@ -347,6 +350,28 @@ class Trainer:
                     self._tensorboard.add_scalar(f"eval/{name}", value, self.step)
         if self.progress:
             tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.0%}" for k, v in results.items() if k != "step"))
+        return results
+
+    def _evaluate_chat(self, samples: int) -> dict[str, float]:
+        """Held-out chat turns (other seeds), answered greedily: per kind, the share of good replies
+        (`memlm.eval.chat.turn_ok`: the answer said, "I don't know" for never-told questions, short,
+        no sentence repeated)."""
+        from memlm.eval.chat import turn_ok
+
+        rng = random.Random(f"{HELDOUT_SEED_OFFSET}/chat")
+        scores: dict[str, list[bool]] = {}
+        for _ in range(samples):
+            turn = self.data.chat_turns.turn(rng)
+            ids = torch.tensor([self.data._template(list(turn.messages), True)], device=self.accelerator.device)
+            with self.accelerator.autocast():
+                output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), write_memory=False,
+                                             max_new_tokens=64, do_sample=False,
+                                             pad_token_id=self.tokenizer.pad_token_id)
+            reply = self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            scores.setdefault(turn.kind, []).append(turn_ok(turn.kind, reply, turn.answer))
+        results = {f"chat/{kind}": sum(values) / len(values) for kind, values in sorted(scores.items())}
+        every = [value for values in scores.values() for value in values]
+        results["chat"] = sum(every) / max(1, len(every))
         return results
 
     # --- logging -------------------------------------------------------------------------------
