@@ -50,13 +50,7 @@ evaluate() {
       > "$out/eval-${family//\//_}.log" 2>&1 &
   done
   wait
-  python3 - <<'PY' | tee "$out/cast-table.txt"
-import json, pathlib
-for path in sorted(pathlib.Path("/tmp/eval-cast/pairs").rglob("*.json")):
-    pair = json.loads(path.read_text())
-    cells = " ".join(f"{r['length']}:{r['value']:.2f}(n={r['n']})" for r in pair.get("records", []))
-    print(f"{path.parent.name}/{path.stem:70s} {cells}")
-PY
+  python3 benchmarks/pairs_table.py /tmp/eval-cast | tee "$out/cast-table.txt"
 }
 
 case "${1:?usage: gpu_cast.sh train|eval}" in

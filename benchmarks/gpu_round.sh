@@ -68,13 +68,7 @@ evaluate() {
     sleep 2
   done
   wait
-  python3 - <<'PY' | tee "$out/table.txt"
-import json, pathlib
-for path in sorted(pathlib.Path("/tmp/eval-round/pairs").rglob("*.json")):
-    pair = json.loads(path.read_text())
-    cells = " ".join(f"{r.get('length')}:{r['value']:.3f}(n={r.get('n')})" for r in pair.get("records", []))
-    print(f"{path.stem:80s} {cells}")
-PY
+  python3 benchmarks/pairs_table.py /tmp/eval-round | tee "$out/table.txt"
   tar czf "$out/pairs.tgz" -C /tmp eval-round/pairs
 }
 

@@ -117,7 +117,7 @@ def evaluate_chat(contender: Any, users: Sequence[Any], questions: int | None = 
                   untold: int = 4, progress: Any = None) -> dict[str, Any]:
     """Multi-session recall (`memlm.eval.recall.recall_rows`) and, per user, `untold` never-told
     questions; every reply scored for recall, cleanliness and "I don't know"."""
-    from memlm.eval.recall import recall_rows
+    from memlm.eval.recall import recall_rows, replay_sessions
 
     started = time.perf_counter()
     rows = recall_rows(contender, users, progress, questions)
@@ -134,12 +134,7 @@ def evaluate_chat(contender: Any, users: Sequence[Any], questions: int | None = 
     unknown_rows = []
     for index, user in enumerate(users):
         # The user's memory is still the one `recall_rows` built last only for the last user: rebuild.
-        contender.reset(user=user.user)
-        for session in user.sessions:
-            contender.new_session()
-            for message, reply in session:
-                contender.observe_turn(message, reply)
-        contender.new_session()
+        replay_sessions(contender, user)
         for offset in range(untold):
             question, what = UNTOLD_QUESTIONS[(index * untold + offset) % len(UNTOLD_QUESTIONS)]
             reply = contender.ask(question) or ""

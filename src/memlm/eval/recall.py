@@ -28,18 +28,23 @@ from memlm.eval.scoring import clean_reply, contains, exact_match, first_sentenc
 SYSTEMS = ("none", "full", "bank")
 
 
+def replay_sessions(contender: Contender, user: UserHistory) -> None:
+    """The user's memory from scratch: every session's turns observed, then a new session (for questions)."""
+    contender.reset(user=user.user)
+    for session in user.sessions:
+        contender.new_session()
+        for message, reply in session:
+            contender.observe_turn(message, reply)
+    contender.new_session()
+
+
 def recall_rows(contender: Contender, users: Sequence[UserHistory], progress: Any = None,
                 questions: int | None = None) -> list[dict[str, Any]]:
     """Every question's reply and score for one contender; `questions` asks only that many per user,
     spread evenly over the sessions."""
     rows = []
     for user in users:
-        contender.reset(user=user.user)
-        for session in user.sessions:
-            contender.new_session()
-            for message, reply in session:
-                contender.observe_turn(message, reply)
-        contender.new_session()
+        replay_sessions(contender, user)
         step = max(1, len(user.questions) // questions) if questions else 1
         for question in user.questions[::step][:questions]:
             reply = contender.ask(question.question) or ""
