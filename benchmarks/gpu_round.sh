@@ -7,8 +7,9 @@
 #                               carry=[".gpu"])
 #   then on the warm host: run("bash benchmarks/gpu_round.sh eval") (the runs are still in runs/), or both
 #   in one call: gpu_round.sh all (with shorter runs and EVAL_SECONDS).
-# `train` trains configs/train/<name>.yaml for each name in RUNS, all at once, each stopped by its
-# config's max_minutes (TRAIN_SECONDS kills a straggler); $OUT/runs.tgz brings back each run's final
+# `train` trains configs/train/<name>.yaml for each name in RUNS, all at once, each stopped (and saved)
+# after MAX_MINUTES (default 7; TRAIN_SECONDS kills a straggler); a later call resumes a run from its
+# newest checkpoint if runs/ is still there or carried back; $OUT/runs.tgz brings back each run's final
 # weights (or its newest checkpoint), log and curves.
 # `eval` runs the jobs named in EVALS at once, each a `memlm eval` into /tmp/eval-round (the pair cache:
 # finished pairs are kept when a job is cut by EVAL_SECONDS); $OUT/pairs.tgz and $OUT/table.txt.
@@ -80,7 +81,7 @@ train() {
     for name in $RUNS; do
       smaller=(); [[ $big != 1 && $name == *-16k ]] && smaller=(--batch-size 2)
       timeout "${TRAIN_SECONDS:-520}" python3 -m memlm.cli train --config "configs/train/$name.yaml" --output "runs/$name" \
-        --device cuda --backbone "$backbone" "${smaller[@]}" > "$out/train-$name.log" 2>&1 &
+        --device cuda --backbone "$backbone" --max-minutes "${MAX_MINUTES:-7}" "${smaller[@]}" > "$out/train-$name.log" 2>&1 &
       trainers+=($!)
       sleep 2
     done

@@ -16,6 +16,8 @@ def train(
     output: Annotated[Path | None, typer.Option(help="run folder [default: the config's output]")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="override train.steps")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="override train.batch_size")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        min=0, help="override train.max_minutes: stop (and save) after this long; 0: no limit")] = None,
     files: Annotated[list[Path] | None, typer.Option(
         "--file", help="your own text file or JSONL chat transcript to train on (repeatable)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run folder's latest checkpoint")] = True,
@@ -36,6 +38,8 @@ def train(
         overrides["train.steps"] = steps
     if batch_size is not None:
         overrides["train.batch_size"] = batch_size
+    if max_minutes is not None:
+        overrides["train.max_minutes"] = max_minutes
     if files:
         overrides["data.files"] = [str(path) for path in files]
     if backbone is not None:
