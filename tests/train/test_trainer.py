@@ -318,3 +318,21 @@ def json_of(folder: Path) -> dict:
     import json
 
     return json.loads((folder / "memlm_config.json").read_text())
+
+
+def test_a_run_stopped_by_its_time_limit_saves_a_checkpoint_of_that_step_and_resumes_from_it(tmp_path, tokenizer,
+                                                                                             monkeypatch):
+    memories = [{"mechanism": "recurrent", "memory_size": 16}]
+    clock = iter(range(10**6))  # each reading of the clock is one more second
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
+    first = Trainer(config(tmp_path, memories, steps=50, max_minutes=0.25, save_every=0),
+                    tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall())
+    stopped = first.train()
+    assert 0 < stopped.steps < 50
+    assert (tmp_path / "run" / f"checkpoint-{stopped.steps:06d}").is_dir()
+    again = Trainer(config(tmp_path, memories, steps=stopped.steps + 2, save_every=0),
+                    tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall())
+    taken = []
+    original = again.step_module.forward
+    monkeypatch.setattr(again.step_module, "forward", lambda batch: taken.append(1) or original(batch))
+    assert again.train().steps == stopped.steps + 2 and len(taken) == 2  # resumed at the stop, not at step 0

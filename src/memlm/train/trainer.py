@@ -247,6 +247,9 @@ class Trainer:
             if self.accelerator.gather(out_of_time).max() > 0:  # every process stops at the same step
                 if self.progress and self.accelerator.is_main_process:
                     tqdm.write(f"stopping at step {self.step}: train.max_minutes ({train.max_minutes}) reached")
+                # A checkpoint of this very step, so that a rerun resumes here (not at the last save_every).
+                if self.step and not (self.output / f"checkpoint-{self.step:06d}").is_dir():
+                    self.save_checkpoint()
                 break
             batch = next(loader).to(self.accelerator.device)
             tick = time.perf_counter()
