@@ -70,3 +70,8 @@ def test_hybrid_without_lexical_evidence_keeps_the_dense_order_and_scores():
 def test_hybrid_breaks_ties_by_id():
     fused = fuse_rankings([(7, 0.5), (3, 0.5)], [(9, 1.0)], "hybrid:0", cosine={9: 0.5})
     assert [item for item, _ in fused] == [3, 7, 9]
+
+
+def test_hybrid_scales_bm25_scores_below_one_too():
+    fused = dict(fuse_rankings([(1, 0.4), (2, 0.3)], [(2, 0.5), (1, 0.25)], "hybrid:0.2"))
+    assert fused == pytest.approx({1: 0.4 + 0.2 * 0.25 / 0.5, 2: 0.3 + 0.2})
