@@ -269,7 +269,8 @@ def test_state_round_trips_through_save_and_load_and_goes_on_identically(tmp_pat
     original.write(token_batch(seed=9))
     restored.write(token_batch(seed=9))
     assert torch.allclose(copy.state, memory.state, atol=1e-6)  # float noise of another memory layout only
-    assert copy.state_norm_history == pytest.approx(memory.state_norm_history) and len(copy.state_norm_history) == 3  # the loaded history keeps its bound
+    assert copy.state_norm_history == pytest.approx(memory.state_norm_history)
+    assert len(copy.state_norm_history) == 3  # the loaded history keeps its bound
     restored.load_state(empty)
     assert copy.state is None and copy.updates == 0 and copy.summary()["rows"] == 0
 
