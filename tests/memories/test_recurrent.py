@@ -247,6 +247,7 @@ def test_the_norm_history_keeps_the_latest_history_size_updates():
         memory_model.write(token_batch(seed=seed))
         norms.append(float(memory_model.memories["recurrent"].state.norm(dim=-1).mean()))
     assert memory_model.memories["recurrent"].state_norm_history == pytest.approx(norms[-3:])
+    assert memory_model.memories["recurrent"].summary()["state_norm"] == pytest.approx(norms[-1])  # the latest
 
 
 def test_state_round_trips_through_save_and_load_and_goes_on_identically(tmp_path):
@@ -306,11 +307,16 @@ def test_config_messages_name_the_mechanism_and_option_and_the_bounds_are_inclus
     assert RecurrentConfig(memory_size=1, history_size=1).history_size == 1  # the smallest allowed
 
 
-def test_a_bfloat16_backbone_keeps_a_bfloat16_state():
+def test_a_bfloat16_backbone_keeps_a_bfloat16_state(tmp_path):
+    saved = memlm.attach(tiny_model("llama"), RecurrentConfig(memory_size=8))
+    saved.write(token_batch(seed=1))
+    saved.save_state(tmp_path)  # a float32 state
     backbone = tiny_model("llama").to(torch.bfloat16)
     memory_model = memlm.attach(backbone, RecurrentConfig(memory_size=8))
     memory_model.write(token_batch(seed=1))
     memory_model.reset(batch_size=2)
     assert memory_model.memories["recurrent"].state.dtype == torch.bfloat16
     memory_model.write(token_batch(seed=2))
+    assert memory_model.memories["recurrent"].state.dtype == torch.bfloat16
+    memory_model.load_state(tmp_path)  # is read in the model's dtype
     assert memory_model.memories["recurrent"].state.dtype == torch.bfloat16
