@@ -151,12 +151,12 @@ def test_slot_state_round_trips_and_activity_measures_the_distance_from_the_iden
     memory = original.memories["slots"]
     assert torch.equal(memory.slot_activity(), torch.zeros(2, 4))
     original.save_state(tmp_path / "empty")
-    original.write(token_batch(seed=1))
-    original.write(token_batch(seed=2))
+    original.write(token_batch(3, seed=1))  # 3 rows, 2 layers
+    original.write(token_batch(3, seed=2))
     moved = (memory.memory.detach() - identity_slots(4, 32)).norm(dim=-1).mean(dim=0)  # (L, N)
     torch.testing.assert_close(memory.slot_activity(), moved)
-    assert memory.activity()["layers"] == [0, 1]
-    assert memory.summary() == {"updates": 2, "rows": 2, "layers": [0, 1], "memory_slots": 4,
+    assert memory.activity()["layers"] == [0, 1] and torch.equal(memory.activity()["slot_change"], moved)
+    assert memory.summary() == {"updates": 2, "rows": 3, "layers": [0, 1], "memory_slots": 4,
                                 "slot_change": round(float(moved.mean()), 4), "mode": "persistent"}
     original.save_state(tmp_path / "written")
     restored = attached()
@@ -193,9 +193,14 @@ def test_slot_config_messages_name_the_option():
     assert SlotsConfig(memory_slots=1, num_mem_heads=1, mem_dim=1, layers=(0,), forget_bias=2).memory_slots == 1
 
 
-def test_a_bfloat16_backbone_keeps_bfloat16_slots():
+def test_a_bfloat16_backbone_keeps_bfloat16_slots(tmp_path):
+    saved = memlm.attach(tiny_model("llama"), SlotsConfig(memory_slots=4))
+    saved.write(token_batch(seed=1))
+    saved.save_state(tmp_path)  # float32 slots
     memory_model = memlm.attach(tiny_model("llama").to(torch.bfloat16), SlotsConfig(memory_slots=4))
     memory_model.reset(batch_size=2)
     assert memory_model.memories["slots"].memory.dtype == torch.bfloat16
     memory_model.write(token_batch(seed=1))
+    assert memory_model.memories["slots"].memory.dtype == torch.bfloat16
+    memory_model.load_state(tmp_path)  # read in the model's dtype
     assert memory_model.memories["slots"].memory.dtype == torch.bfloat16
