@@ -204,3 +204,30 @@ def test_a_bfloat16_backbone_keeps_bfloat16_slots(tmp_path):
     assert memory_model.memories["slots"].memory.dtype == torch.bfloat16
     memory_model.load_state(tmp_path)  # read in the model's dtype
     assert memory_model.memories["slots"].memory.dtype == torch.bfloat16
+
+
+def test_the_hook_adds_the_read_to_the_attention_output_and_only_learned_weights_are_saved():
+    backbone = tiny_model("llama")
+    attention = backbone.model.layers[1].self_attn
+    seen = {}
+    attention.register_forward_hook(  # registered first: sees the attention's own output
+        lambda _m, _a, kwargs, output: seen.update(hidden=kwargs["hidden_states"], bare=output[0].clone()),
+        with_kwargs=True)
+    memory_model = memlm.attach(backbone, SlotsConfig(layers=[1], memory_slots=4))
+    attention.register_forward_hook(lambda _m, _a, output: seen.update(read_in=output[0].clone()))  # after it
+    randomize_memory_weights(memory_model)
+    memory = memory_model.memories["slots"]
+    memory_model.write(token_batch(seed=1))
+    logits(memory_model, token_batch(seed=2), write_memory=False)
+    expected = seen["bare"] + memory.layer_memories["1"].read(seen["hidden"], memory.memory[:, 0])
+    torch.testing.assert_close(seen["read_in"], expected)
+    # the identity slots are where a memory starts, not a learned weight: not in the weights saved
+    assert "initial" not in memory.state_dict() and "layer_memories.1.output_gate" in memory.state_dict()
+
+
+def test_attaching_slots_untrained_says_that_they_need_training(monkeypatch):
+    import memlm.model
+
+    monkeypatch.setattr(memlm.model, "_warned", set())
+    with pytest.warns(UserWarning, match="'slots' memory starts untrained"):
+        memlm.attach(tiny_model("llama"), "slots")
