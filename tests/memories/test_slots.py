@@ -231,3 +231,13 @@ def test_attaching_slots_untrained_says_that_they_need_training(monkeypatch):
     monkeypatch.setattr(memlm.model, "_warned", set())
     with pytest.warns(UserWarning, match="'slots' memory starts untrained"):
         memlm.attach(tiny_model("llama"), "slots")
+
+
+def test_slots_read_gpt2s_positional_hidden_states_too():
+    backbone = tiny_model("gpt2")  # GPT-2's attention gets hidden_states positionally, the others by keyword
+    probe, bare = token_batch(seed=2), logits(backbone, token_batch(seed=2))
+    memory_model = memlm.attach(backbone, SlotsConfig(layers=[0], memory_slots=4))
+    randomize_memory_weights(memory_model)
+    memory_model.write(token_batch(seed=1))
+    assert memory_model.memories["slots"].updates == 1
+    assert not torch.allclose(logits(memory_model, probe, write_memory=False), bare)
