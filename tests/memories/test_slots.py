@@ -241,3 +241,14 @@ def test_slots_read_gpt2s_positional_hidden_states_too():
     memory_model.write(token_batch(seed=1))
     assert memory_model.memories["slots"].updates == 1
     assert not torch.allclose(logits(memory_model, probe, write_memory=False), bare)
+
+
+def test_a_layers_weights_are_bias_free_projections_gates_and_the_output_gate():
+    """The layout the shipped slots presets load into: projections without bias (an added bias would
+    also make the zero-state read non-zero), a bias only on the input/forget gates."""
+    from memlm.memories.slots import LayerMemory
+
+    names = sorted(name for name, _ in LayerMemory(8, SlotsConfig(memory_slots=3, num_mem_heads=2, mem_dim=4))
+                   .named_parameters())
+    assert names == ["gates.bias", "gates.weight", "output_gate", "read_out.weight", "read_query.weight",
+                     "slot_key_value.weight", "token_key_value.weight", "write_out.weight", "write_query.weight"]
