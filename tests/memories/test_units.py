@@ -154,6 +154,33 @@ def test_boundary_tables_are_read_once_per_tokenizer_and_again_for_a_larger_voca
     assert larger.shape == (len(tokenizer) + 4,) and not larger[-1]  # ids past the tokenizer: no boundary
 
 
+def test_token_units_number_each_row_from_0_and_ids_outside_the_tables_are_read_at_its_edges(tokenizer):
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    assert units.unit_index(ids, valid, "token", tokenizer, 256).tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert units.unit_index(ids[:, :0], valid[:, :0], "word", tokenizer, 256).shape == (2, 0)
+    space = tokenizer(" ", add_special_tokens=False).input_ids[0]
+    size = units.boundary_tables(tokenizer, 256)[0].shape[0]
+    # an id past the tables reads as the last id (a special: a boundary), a negative one as id 0
+    outside = torch.tensor([[65, 66, size + 40, 67, -3, 68, space, 69]])
+    inside = torch.tensor([[65, 66, size - 1, 67, 0, 68, space, 69]])
+    ones = torch.ones_like(outside, dtype=torch.bool)
+    for unit in ("word", "sentence"):
+        assert torch.equal(units.unit_index(outside, ones, unit, tokenizer, 256),
+                           units.unit_index(inside, ones, unit, tokenizer, 256))
+
+
+def test_long_sentences_are_cut_per_row(tokenizer):
+    """Each row counts its own sentence's length: row 1's sentence starts later than row 0's."""
+    n = units.MAX_SENTENCE_TOKENS
+    letter, stop = (tokenizer(text, add_special_tokens=False).input_ids[0] for text in ("a", "."))
+    rows = torch.full((2, n + 10), letter)
+    rows[1, 4] = stop  # row 1: a new sentence starts at 5
+    index = units.unit_index(rows, torch.ones_like(rows, dtype=torch.bool), "sentence", tokenizer, 256)
+    assert index[0].tolist() == [0] * n + [1] * 10
+    assert index[1].tolist() == [0] * 5 + [1] * n + [2] * 5
+
+
 @pytest.mark.integration
 def test_kept_text_of_multi_token_names_on_the_default_model(default_backbone):
     """On the real tokenizer: names of several tokens (not one of bAbI's) come out whole."""
