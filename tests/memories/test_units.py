@@ -149,6 +149,9 @@ def test_boundary_tables_are_read_once_per_tokenizer_and_again_for_a_larger_voca
     assert starts[space] and ends[space] and not starts[letter] and not ends[letter] and sentence_ends[stop]
     assert not sentence_ends[space] and not sentence_ends[letter]
     assert starts[tokenizer.eos_token_id] and sentence_ends[tokenizer.eos_token_id]  # specials end everything
+    assert starts[tokenizer.pad_token_id] and ends[tokenizer.pad_token_id]  # every special, not only the first
+    partial = [i for i in range(256) if tokenizer.decode([i]) == "\ufffd"]  # a byte of a multi-byte character
+    assert partial and not starts[partial].any() and not ends[partial].any()
     assert units.boundary_tables(tokenizer, 256)[0] is starts  # cached
     larger = units.boundary_tables(tokenizer, len(tokenizer) + 4)[0]
     assert larger.shape == (len(tokenizer) + 4,) and not larger[-1]  # ids past the tokenizer: no boundary
