@@ -126,3 +126,15 @@ def test_compare_perplexity_reports_each_variant_against_the_same_baseline(token
     assert math.isclose(results["context-32"]["perplexity"], reference, rel_tol=1e-6)
     assert math.isclose(results["context-32"]["change_vs_baseline"], reference / baseline - 1, rel_tol=1e-6)
     assert not any(name.startswith("memory.") for name, _ in backbone.named_modules())  # variants detached
+
+
+def test_compare_perplexity_shows_progress_bars_by_default_and_none_when_asked(tokenizer, capsys):
+    from tiny import tiny_model
+
+    backbone, text = tiny_model("llama"), "the cat sat on the mat " * 2
+    compare_perplexity(backbone, tokenizer, text, window=8, variants={}, max_tokens=16, reference_context=12)
+    shown = capsys.readouterr().err
+    assert "perplexity baseline" in shown and "perplexity context-12" in shown  # one bar per pass, by default
+    compare_perplexity(backbone, tokenizer, text, window=8, variants={}, max_tokens=16, reference_context=12,
+                       progress=False)
+    assert "perplexity" not in capsys.readouterr().err

@@ -108,6 +108,82 @@ def test_an_unknown_unit_is_refused():
         ImportanceConfig(keep_unit="paragraph")
 
 
+def test_a_words_score_is_its_best_tokens_and_a_sentences_the_mean_of_its_valid_tokens():
+    logits = torch.tensor([[1.0, 5.0, -2.0, 3.0, 9.0]])
+    index = torch.tensor([[0, 0, 1, 1, 2]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    assert units.unit_logits(logits, index, valid, "token") is logits
+    # padding keeps its own logit and never lifts its unit's score
+    assert units.unit_logits(logits, index, valid, "word").tolist() == [[5.0, 5.0, 3.0, 3.0, 9.0]]
+    assert units.unit_logits(logits, index, valid, "sentence").tolist() == [[3.0, 3.0, 0.5, 0.5, 9.0]]
+    half_padded = torch.tensor([[True, False, True, True, True]])  # the mean counts valid tokens only
+    assert units.unit_logits(logits, index, half_padded, "sentence").tolist() == [[1.0, 5.0, 0.5, 0.5, 9.0]]
+    assert units.first_of_unit(torch.tensor([[0, 0, 1, 2, 2, 2]])).tolist() == [[True, False, True, True, False,
+                                                                                 False]]
+
+
+def test_the_capacity_cut_keeps_the_best_units_whole_and_the_newer_on_ties():
+    keep = torch.tensor([[True, True, True, True, True, True]])
+    index = torch.tensor([[0, 0, 1, 1, 1, 2]])  # units of 2, 3 and 1 tokens
+    scores = torch.tensor([[2.0, 0.0, 1.0, 1.0, 1.0, 1.0]])  # best tokens: 2, 1, 1
+    assert units.cap_units(keep, scores, index, capacity=6) is keep  # everything fits: unchanged
+    # 5 tokens: unit 0 (best, 2 tokens), then unit 2 (newer of the two tied, 1 token); unit 1 (3) no longer fits
+    assert units.cap_units(keep, scores, index, capacity=5).tolist() == [[True, True, False, False, False, True]]
+    # in rank order as far as they fit: once the best unit does not fit, no lower one jumps the queue
+    assert units.cap_units(keep, scores, index, capacity=1).tolist() == [[False] * 6]
+    newest_best = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 3.0]])
+    assert units.cap_units(keep, newest_best, index, capacity=1).tolist() == [[False] * 5 + [True]]
+    # tokens not among the candidates neither count nor come back
+    partial = torch.tensor([[True, False, True, True, True, False]])
+    assert units.cap_units(partial, scores, index, capacity=1).tolist() == [[True] + [False] * 5]
+    assert units.cap_units(partial, scores, index, capacity=3).tolist() == [[True] + [False] * 5]
+    assert units.cap_units(torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long),
+                           capacity=0).shape == (0, 0)
+
+
+def test_boundary_tables_are_read_once_per_tokenizer_and_again_for_a_larger_vocabulary(tokenizer, monkeypatch):
+    monkeypatch.setattr(units, "_tables", type(units._tables)())
+    starts, ends, sentence_ends = units.boundary_tables(tokenizer, 256)
+    assert starts.shape == ends.shape == sentence_ends.shape == (len(tokenizer),)
+    space, letter, stop = (tokenizer(text, add_special_tokens=False).input_ids[0] for text in (" ", "a", "."))
+    assert starts[space] and ends[space] and not starts[letter] and not ends[letter] and sentence_ends[stop]
+    assert not sentence_ends[space] and not sentence_ends[letter]
+    assert starts[tokenizer.eos_token_id] and sentence_ends[tokenizer.eos_token_id]  # specials end everything
+    assert starts[tokenizer.pad_token_id] and ends[tokenizer.pad_token_id]  # every special, not only the first
+    partial = [i for i in range(256) if tokenizer.decode([i]) == "\ufffd"]  # a byte of a multi-byte character
+    assert partial and not starts[partial].any() and not ends[partial].any()
+    assert units.boundary_tables(tokenizer, 256)[0] is starts  # cached
+    larger = units.boundary_tables(tokenizer, len(tokenizer) + 4)[0]
+    assert larger.shape == (len(tokenizer) + 4,) and not larger[-1]  # ids past the tokenizer: no boundary
+
+
+def test_token_units_number_each_row_from_0_and_ids_outside_the_tables_are_read_at_its_edges(tokenizer):
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    assert units.unit_index(ids, valid, "token", tokenizer, 256).tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert units.unit_index(ids[:, :0], valid[:, :0], "word", tokenizer, 256).shape == (2, 0)
+    space = tokenizer(" ", add_special_tokens=False).input_ids[0]
+    size = units.boundary_tables(tokenizer, 256)[0].shape[0]
+    # an id past the tables reads as the last id (a special: a boundary), a negative one as id 0
+    outside = torch.tensor([[65, 66, size + 40, 67, -3, 68, space, 69]])
+    inside = torch.tensor([[65, 66, size - 1, 67, 0, 68, space, 69]])
+    ones = torch.ones_like(outside, dtype=torch.bool)
+    for unit in ("word", "sentence"):
+        assert torch.equal(units.unit_index(outside, ones, unit, tokenizer, 256),
+                           units.unit_index(inside, ones, unit, tokenizer, 256))
+
+
+def test_long_sentences_are_cut_per_row(tokenizer):
+    """Each row counts its own sentence's length: row 1's sentence starts later than row 0's."""
+    n = units.MAX_SENTENCE_TOKENS
+    letter, stop = (tokenizer(text, add_special_tokens=False).input_ids[0] for text in ("a", "."))
+    rows = torch.full((2, n + 10), letter)
+    rows[1, 4] = stop  # row 1: a new sentence starts at 5
+    index = units.unit_index(rows, torch.ones_like(rows, dtype=torch.bool), "sentence", tokenizer, 256)
+    assert index[0].tolist() == [0] * n + [1] * 10
+    assert index[1].tolist() == [0] * 5 + [1] * n + [2] * 5
+
+
 @pytest.mark.integration
 def test_kept_text_of_multi_token_names_on_the_default_model(default_backbone):
     """On the real tokenizer: names of several tokens (not one of bAbI's) come out whole."""

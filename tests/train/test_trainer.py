@@ -112,6 +112,9 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
         return losses * weights.to(losses.device)
 
     monkeypatch.setattr(trainer_module, "answer_losses", randomly_weighted)
+    # Evaluations every 2 steps, recorded cheaply (the held-out tasks are not what this test is about): the
+    # one at step 2 happened before checkpoint-3, so only a restored history still holds it after the resume.
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: self.evaluations.append({"step": self.step}))
 
     class Killed(Exception):
         pass
@@ -126,12 +129,13 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
         torch.manual_seed(0)
         data = DiesAtStep(batch_size=4)
         data.dies_at = dies_at
-        trainer = Trainer(config(output, memories, steps=6, save_every=3, window=17, max_new_tokens=1),
+        trainer = Trainer(config(output, memories, steps=6, save_every=3, eval_every=2, window=17, max_new_tokens=1),
                           tiny_model("llama"), tokenizer, progress=False, data=data)
         trainer.train()
         return {name: tensor.clone() for name, tensor in trainer.model.memories.state_dict().items()}, trainer
 
-    straight, _ = run(tmp_path / "straight")
+    straight, straight_trainer = run(tmp_path / "straight")
+    assert straight_trainer.evaluations == [{"step": 2}, {"step": 4}, {"step": 6}]
     with pytest.raises(Killed):  # killed while fetching step 5's batch: checkpoint-3 is the last saved
         run(tmp_path / "resumed", dies_at=4)
     torch.manual_seed(123)  # another process state: resuming must not depend on it
@@ -142,6 +146,7 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     resumed, trainer = run(tmp_path / "resumed")
     assert trainer.step == 6
     assert len(steps_taken) == 3  # it went on from checkpoint-3 (starting over would also end at step 6)
+    assert trainer.evaluations == straight_trainer.evaluations  # step 2's came from the checkpoint
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     logged = (tmp_path / "resumed" / "run" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end

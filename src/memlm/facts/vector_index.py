@@ -23,10 +23,6 @@ def _one_faiss_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def _blob(vector: np.ndarray | None) -> bytes | None:
-    return None if vector is None else np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
 class UserIndex:
     """Exact inner-product search over one user's fact vectors (FAISS `IndexIDMap2(IndexFlatIP)`), by
     fact id. Exact on purpose: a user holds thousands of facts, not millions, and a missed fact is a
