@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from memlm import MemoryModel
 from memlm.serialization import load_tensors
-from memlm.server.engine import OpenAIPenalties, StopTrimmer
+from memlm.server.generation import OpenAIPenalties, StopTrimmer
 
 BANK = "tiny-llama+bank+recurrent"
 BARE = "tiny-llama"

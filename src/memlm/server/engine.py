@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import TextIteratorStreamer
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from memlm.errors import ConfigError
 from memlm.memories.base import FileState
@@ -45,6 +44,16 @@ from memlm.memories.knn import CONTEXT_TOKENS
 from memlm.model import STATE_FILE, MemoryModel
 from memlm.paths import check_name, user_dir
 from memlm.server.errors import ApiError
+from memlm.server.generation import (
+    Cancelled,
+    LogitBias,
+    OpenAIPenalties,
+    StopTrimmer,
+    Streamer,
+    cut_at_stop,
+    eos_ids,
+    hit_stop,
+)
 
 logger = logging.getLogger("memlm.server")
 
@@ -76,103 +85,6 @@ class ChatJob:
     emit: Callable[[tuple[str, Any]], None] = lambda event: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
-
-
-class _Streamer(TextIteratorStreamer):
-    """transformers' text streamer, sending every token's text as soon as it is whole (the base class
-    waits for the end of a word) to a callback that puts it on the event loop."""
-
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        self._on_text = on_text
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.dim() > 1:
-            if value.shape[0] > 1:
-                raise ValueError("streaming supports one sequence only")
-            value = value[0]
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.token_cache.extend(value.tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\ufffd"):  # a character split over tokens: wait for the rest of it
-            return
-        self.on_finalized_text(text[self.print_len:])
-        self.print_len = len(text)
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self._on_text(text)
-
-
-class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class OpenAIPenalties(LogitsProcessor):
-    """OpenAI's presence and frequency penalties, exactly as its API defines them:
-    logit[j] -= count[j] * frequency + (count[j] > 0) * presence, counting generated tokens only."""
-
-    def __init__(self, presence: float, frequency: float):
-        self.presence, self.frequency = presence, frequency
-        self.start: int | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.start is None:
-            self.start = input_ids.shape[1]  # the first call sees the prompt only
-        generated = input_ids[:, self.start:]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
-
-
-class LogitBias(LogitsProcessor):
-    """OpenAI's `logit_bias`: a fixed bonus (-100..100) added to chosen token ids."""
-
-    def __init__(self, bias: dict[int, float]):
-        self.ids = torch.tensor(list(bias), dtype=torch.long)
-        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.clone()
-        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
-        return scores
-
-
-class StopTrimmer:
-    """Streams text while holding back what might be the start of a stop sequence; the stop sequence
-    itself is never sent (as in OpenAI's API)."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.buffer = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.buffer += text
-        if not self.stops:
-            out, self.buffer = self.buffer, ""
-            return out
-        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.buffer, self.stopped = self.buffer[:cut], "", True
-            return out
-        safe = max(0, len(self.buffer) - self.hold)
-        out, self.buffer = self.buffer[:safe], self.buffer[safe:]
-        return out
-
-    def flush(self) -> str:
-        out, self.buffer = ("" if self.stopped else self.buffer), ""
-        return out
 
 
 class TurnEmbeddings:
@@ -448,13 +360,13 @@ class Engine:
                 processors.append(OpenAIPenalties(job.presence_penalty, job.frequency_penalty))
             if job.logit_bias:
                 processors.append(LogitBias(job.logit_bias))
-            criteria = StoppingCriteriaList([_Cancelled(job.cancelled)])
+            criteria = StoppingCriteriaList([Cancelled(job.cancelled)])
             extra: dict[str, Any] = {}
             if job.stop:
                 extra = {"stop_strings": job.stop, "tokenizer": self.tokenizer}
             output = self.model.generate(
                 input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), write_memory=False,
-                streamer=_Streamer(self.tokenizer, on_text), logits_processor=processors,
+                streamer=Streamer(self.tokenizer, on_text), logits_processor=processors,
                 stopping_criteria=criteria, pad_token_id=self.tokenizer.pad_token_id, **extra, **job.generation)
             generated = output[0, prompt_ids.shape[1]:]
             timings["generate_ms"] = (time.perf_counter() - generate_start) * 1000
@@ -464,10 +376,10 @@ class Engine:
             if tail:
                 job.emit(("delta", tail))
             reply = self.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            reply = _cut_at_stop(reply, job.stop).strip()
-            eos = _eos_ids(self.model.backbone.generation_config, self.tokenizer)
+            reply = cut_at_stop(reply, job.stop).strip()
+            eos = eos_ids(self.model.backbone.generation_config, self.tokenizer)
             ended = bool(len(generated)) and int(generated[-1]) in eos
-            finish = "stop" if ended or trimmer.stopped or _hit_stop(self.tokenizer.decode(generated), job.stop) \
+            finish = "stop" if ended or trimmer.stopped or hit_stop(self.tokenizer.decode(generated), job.stop) \
                 else ("length" if len(generated) >= max_new else "stop")
             learned: list[Any] = []
             pending: tuple[str, ...] = ()
@@ -597,20 +509,3 @@ def _learned(result: Any) -> dict[str, Any]:
     fact = result.fact
     return {"id": fact.id if fact else None, "memory": fact.text if fact else None,
             "event": "ADD" if result.stored else "NONE", "reason": result.reason}
-
-
-def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
-    ids = config.eos_token_id if config is not None else None
-    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        found.add(int(tokenizer.eos_token_id))
-    return {int(i) for i in found}
-
-
-def _hit_stop(text: str, stops: list[str]) -> bool:
-    return any(stop and stop in text for stop in stops)
-
-
-def _cut_at_stop(text: str, stops: list[str]) -> str:
-    cuts = [text.find(stop) for stop in stops if stop and stop in text]
-    return text[:min(cuts)] if cuts else text
