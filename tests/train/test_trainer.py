@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -328,8 +329,8 @@ def json_of(folder: Path) -> dict:
 def test_a_run_stopped_by_its_time_limit_saves_a_checkpoint_of_that_step_and_resumes_from_it(tmp_path, tokenizer,
                                                                                              monkeypatch):
     memories = [{"mechanism": "recurrent", "memory_size": 16}]
-    clock = iter(range(10**6))  # each reading of the clock is one more second
-    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
+    clock = iter(range(10**6))  # each reading of the trainer's clock is one more second (pytest's own is untouched)
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     first = Trainer(config(tmp_path, memories, steps=50, max_minutes=0.25, save_every=0),
                     tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall())
     stopped = first.train()
