@@ -19,6 +19,11 @@ GPU (no FAISS there: the torch backend; `$MEMLM_GGUF` names the model):
     python3 benchmarks/knn_speed.py --device cuda --dtype bfloat16 --sizes 65536,262144,1048576 \\
         --out knn_speed_h200.json
 
+knn-joint (exact, matrix product), the same with the fused kernel, and `knn-fast`, in one run and one plot:
+
+    python3 benchmarks/knn_speed.py --device cuda --dtype bfloat16 --sizes 65536,262144,1048576 \\
+        --backends torch:exact,torch:fused,knn-fast@ --out knn_fast_h100.json
+
 CPU (2 cores):
 
     python benchmarks/knn_speed.py --device cpu --sizes 16384 --segment 512 --out knn_speed_cpu.json
@@ -162,16 +167,22 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
     from memlm.registry import make_config
 
     # "torch:exact" / "torch:clusters" pick the torch backend's search mode; "torch:clusters:32:128" also
-    # sets page_size:probe_pages, so several settings can be timed side by side
+    # sets page_size:probe_pages, so several settings can be timed side by side; "torch:fused" is exact
+    # search by the fused Triton kernel. "<preset>@<backend>" times another preset (e.g. knn-fast@torch),
+    # "<preset>@" that preset as shipped.
+    preset, _, backend = backend.rpartition("@")
+    preset = preset or args.memory
     name, _, mode = backend.partition(":")
     search, _, setting = mode.partition(":")
-    config = make_config(args.memory, backend=name)
+    config = make_config(preset, **({"backend": name} if name else {}))
     if search:
         options = {**config.backend_options, "search": search}
+        if search == "fused":
+            options |= {"search": "exact", "kernel": "triton"}
         if setting:
             page_size, probe_pages = (int(part) for part in setting.split(":"))
             options |= {"page_size": page_size, "probe_pages": probe_pages}
-        config = make_config(args.memory, backend=name, backend_options=options)
+        config = make_config(preset, backend=name, backend_options=options)
     memory_model = memlm.MemoryModel(model, [config], tokenizer=tokenizer)
     memory = memory_model.memories["knn"]
     encoded = tokenizer(PROMPT, return_tensors="pt").to(device)
@@ -299,7 +310,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         if not curve:
             continue
         axis.plot([p["stored"] for p in curve], [p["memory_ms"] for p in curve], marker=".", markersize=3,
-                  linewidth=1, label=f"knn-joint ({backend})")
+                  linewidth=1, label=backend if "@" in backend else f"knn-joint ({backend})")
         for point in curve:
             bare_points.setdefault(point["stored"], []).append(point["bare_ms"])
     if bare_points:

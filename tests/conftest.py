@@ -2,8 +2,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+# Without a GPU, Triton kernels (memlm.store.fused_topk) run in Triton's interpreter. Triton reads the
+# flag when it jits its own helpers, at its import, which torch and transformers trigger where Triton is
+# installed: so it is set here, before either is imported (no torch yet to ask for CUDA: nvidia-smi).
+if shutil.which("nvidia-smi") is None:
+    assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -39,7 +39,8 @@ import torch
 from memlm.errors import ConfigError
 
 SEARCH_MODES = ("clusters", "exact")
-SEARCH_OPTIONS = ("search", "page_size", "probe_pages", "exact_below", "min_queries")
+SEARCH_OPTIONS = ("search", "page_size", "probe_pages", "exact_below", "min_queries", "kernel")
+SEARCH_KERNELS = ("torch", "triton", "auto")  # how exact search runs: memlm.store.fused_topk
 GATHER_BUDGET = 1 << 27  # elements of one (heads, queries, candidates, dim) gather; queries are chunked above it
 TRAIN_SAMPLE = 65536  # keys per head that k-means sees
 TRAIN_ITERATIONS = 10
@@ -59,6 +60,9 @@ class ClusterSearch:
         exact_below: stores with at most this many items are searched exactly; also the most keys
             appended since the last cluster ordering before the order is rebuilt.
         min_queries: fewer queries per call (decode steps) are searched exactly.
+        kernel: how exact search runs (inner products): "torch" (a matrix product, then a top-k: the
+            reference), "triton" (`memlm.store.fused_topk`: one pass over the keys, no score matrix;
+            CUDA only), or "auto" (triton on a CUDA device where Triton is installed, else torch).
     """
 
     search: str = "exact"
@@ -66,6 +70,7 @@ class ClusterSearch:
     probe_pages: int = 64
     exact_below: int = 8192
     min_queries: int = 32
+    kernel: str = "torch"
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ClusterSearch:
@@ -74,7 +79,9 @@ class ClusterSearch:
         search = cls(**picked)
         if search.search not in SEARCH_MODES:
             raise ConfigError(f"backend_options search must be one of {SEARCH_MODES}, got {search.search!r}")
-        for name in SEARCH_OPTIONS[1:]:
+        if search.kernel not in SEARCH_KERNELS:
+            raise ConfigError(f"backend_options kernel must be one of {SEARCH_KERNELS}, got {search.kernel!r}")
+        for name in ("page_size", "probe_pages", "exact_below", "min_queries"):
             value = getattr(search, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"backend_options {name} must be a positive integer, got {value!r}")

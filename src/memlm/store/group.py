@@ -14,6 +14,7 @@ import torch
 
 from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError
 from memlm.store.clusters import ClusterIndex, ClusterSearch, cluster_search
+from memlm.store.fused_topk import fused_topk, runs_on, triton_importable
 from memlm.store.index import GrowableHeads, GrowableRows, VectorIndex, exact_topk, index_from_arrays, make_index
 
 KV_EVICTION_POLICIES = ("oldest", "least_used")
@@ -94,6 +95,7 @@ class MemoryGroup:
             self._norms = GrowableHeads(spec.heads, (), device, torch.float32) if spec.metric == "l2" else None
             # Cluster search ranks inner products only: L2 groups (kNN-LM) stay exact.
             self._clusters = ClusterIndex(options["search"]) if spec.metric == "ip" else None
+            self._fused = spec.metric == "ip" and _fused_kernel(options["search"].kernel, device)
         else:
             self.indexes = [make_index(layout.backend, spec.key_dim, spec.metric, **options)
                             for _ in range(spec.heads)]
@@ -193,6 +195,8 @@ class MemoryGroup:
     def _exact_search(self, queries: torch.Tensor, keys: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-`take` of each query (H, Q, dim) over `keys` (H, N, dim), the group's first N items:
         scores (H, Q, take) float32 and positions, best first; queries chunked to bound the scores."""
+        if self._fused:  # one pass over the keys, no (H, q, N) scores (memlm.store.fused_topk)
+            return fused_topk(queries, keys, take)
         heads, count, limit = queries.shape[0], queries.shape[1], keys.shape[1]
         budget = SCORE_BUDGET * (4 if keys.device.type == "cuda" else 1)
         chunk = max(1, budget // (heads * limit * max(keys.element_size(), 4 if self._norms is not None else 2)))
@@ -367,6 +371,19 @@ def _similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     if keys.shape[0] == 1:
         return (queries[0] @ keys[0].T).unsqueeze(0)
     return torch.stack([queries[head] @ keys[head].T for head in range(keys.shape[0])])
+
+
+def _fused_kernel(kernel: str, device: torch.device) -> bool:
+    """Whether exact search runs the fused Triton kernel: "auto" where it can, "triton" or an error."""
+    if kernel == "torch":
+        return False
+    if runs_on(torch.device(device)):
+        return True
+    if kernel == "triton":
+        raise ConfigError(f"backend_options kernel='triton' needs a CUDA device and Triton installed (here: "
+                          f"{torch.device(device)}, Triton {'installed' if triton_importable() else 'missing'}); "
+                          "kernel='auto' falls back to torch's matrix product")
+    return False
 
 
 def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
