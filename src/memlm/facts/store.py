@@ -545,6 +545,9 @@ class FactStore(FactBackend):
                 stale = changed if self.shared_index else present
                 if stale:
                     index.remove(np.asarray(stale, dtype=np.int64))
+                reserve = getattr(index, "reserve", None)
+                if reserve is not None:  # one allocation for a process's first sync (every fact of the user)
+                    reserve(len(index) + len(changed))
                 for start in range(0, len(changed), 900):  # SQLite's bound-parameter limit
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))

@@ -69,13 +69,14 @@ class UserIndex:
         """The ids it holds (in row order)."""
         return self._ids[:self._size].copy()
 
-    def _reserve(self, rows: int) -> None:
+    def reserve(self, rows: int) -> None:
+        """Make room for `rows` vectors in all (a sync that is about to add many says so first)."""
         if rows <= len(self._ids):
             return
-        capacity = max(rows, len(self._ids) + len(self._ids) // 4, 1024)
+        capacity = max(rows, 2 * len(self._ids), 1024)  # pages never written are never resident
         for name in ("_vectors", "_prefix", "_tail", "_ids"):
             old = getattr(self, name)
-            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            new = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:self._size] = old[:self._size]
             setattr(self, name, new)
 
@@ -87,7 +88,7 @@ class UserIndex:
         if present:
             self.remove(present)
         start, count = self._size, len(ids)
-        self._reserve(start + count)
+        self.reserve(start + count)
         self._vectors[start:start + count] = vectors
         width = self._prefix.shape[1]
         self._prefix[start:start + count] = vectors[:, :width]
