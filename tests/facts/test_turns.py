@@ -173,3 +173,59 @@ def test_a_turn_sees_what_another_process_committed_before_it(tmp_path, encoder)
     assert results[0].status == "duplicate"
     assert f"near-duplicate of fact {first.fact.id}" in results[0].reason
     other.store.close()
+
+
+def _turns_until_killed(path: str, acks: str, crash_at: int) -> None:
+    """Chat turns as the server runs them (retrieve, then learn, in `turn()`), acknowledged one by one
+    (a `K` line with the facts a turn stored, after it returned); turn `crash_at` kills the process
+    (SIGKILL) right after its first fact was inserted, before the second."""
+    import json
+    import os
+    import signal
+
+    from helpers import WORDS_DIM, words_embed
+
+    store = FactStore(path, WORDS_DIM, "words")
+    bank = FactBank(FactBankConfig(user=USER, importance="constant"), store, words_embed)
+    handle = os.open(acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    real_add, number = store.add, 0
+
+    def add(*args, **kwargs):
+        fact = real_add(*args, **kwargs)
+        if number == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fact
+
+    store.add = add
+    for number in range(crash_at + 1):  # noqa: B007 - `add` reads it
+        turn = f"My locker number is {number}. I have practised judo for {number + 3} years."
+        with bank.turn():
+            if number:
+                bank.retrieve(f"What is my locker number {number - 1}?")
+            stored = [(r.fact.id, r.fact.text) for r in bank.remember_turn(turn, "Noted.") if r.stored]
+        os.write(handle, f"K {json.dumps(stored)}\n".encode())
+
+
+def test_a_chat_turn_killed_between_its_facts_leaves_none_of_them(tmp_path):
+    """SIGKILL in the middle of a turn's write (one fact inserted, the next not yet): the turn's
+    transaction was never committed, so none of its facts are there (a fact per transaction left the
+    first); every acknowledged turn's facts and touches are, and the store passes its check."""
+    import json
+    import multiprocessing
+
+    from helpers import WORDS_DIM
+
+    path, acks = str(tmp_path / "facts.sqlite"), tmp_path / "acks"
+    writer = multiprocessing.get_context("spawn").Process(target=_turns_until_killed, args=(path, str(acks), 12))
+    writer.start()
+    writer.join(timeout=120)
+    assert writer.exitcode == -9
+    acked = [json.loads(line[2:]) for line in acks.read_text().splitlines()]
+    assert len(acked) == 12 and all(len(stored) == 2 for stored in acked)
+    store = FactStore(path, WORDS_DIM, "words")
+    store.check()
+    facts = {fact.id: fact for fact in store.facts(USER, include_inactive=True)}
+    assert {fact_id: fact.text for fact_id, fact in facts.items()} == {
+        fact_id: text for stored in acked for fact_id, text in stored}
+    assert sum(fact.use_count for fact in facts.values()) == 11  # each acknowledged turn's retrieval
+    store.close()
