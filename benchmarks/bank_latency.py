@@ -12,12 +12,16 @@ For each size (facts stored for one user) it measures, one call at a time as a c
 * query_embed: MiniLM embedding one question, alone;
 * touch: `FactStore.touch` of 5 found facts (the write transaction a search ends with: one fsync);
   search_total is roughly query_embed + search_store + touch;
-* add: `Memory.add("<a chat turn with 1-2 facts>", user=...)`: rules extraction, MiniLM embedding of
-  each fact, exact and near-duplicate checks (the near-duplicate check is a store search, which first
-  syncs the index with the previous write), SQLite insert (WAL, synchronous=FULL: one fsync a fact);
+* add: `Memory.add("<a chat turn with 1-2 facts>", user=...)`: rules extraction, one MiniLM call for
+  the turn's sentences, exact and near-duplicate checks (one pass over the user's vectors for all the
+  turn's facts, after the index is brought up to date with the previous write), SQLite insert (WAL,
+  synchronous=FULL: one transaction, one fsync, for the turn);
 * store_add / search_after_write: `FactStore.add` with a precomputed vector, then `FactStore.search`
   right after it (which applies that write to the in-memory index first): the write path minus
-  embedding, split in two.
+  embedding, split in two;
+* search_after_delete: `FactStore.delete` of one stored fact, then `FactStore.search` (which takes it
+  out of the in-memory index first: what a sync costs after a fact was superseded, updated or
+  deleted); the delete itself is not timed.
 
 The store is filled with synthetic facts ("The user's sister Maria lives in Porto.", numbers, foods,
 pets...) written in one transaction through the store's own connection, exactly the rows
@@ -309,6 +313,11 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
     for text, vector in zip(write_texts, write_vectors, strict=True):
         store_add_ms.append(timed_ms(lambda t=text, v=vector: store.add(USER, t, v, importance=1.0))[0])
         after_write_ms.append(timed_ms(lambda v=vector: store.search(USER, v, QUERY_K))[0])
+    after_delete_ms = []
+    victims = [fact.id for fact in store.facts(USER, limit=len(write_texts), offset=1000)]
+    for fact_id, vector in zip(victims, write_vectors, strict=False):
+        store.delete([fact_id], USER, actor="bench")
+        after_delete_ms.append(timed_ms(lambda v=vector: store.search(USER, v, QUERY_K))[0])
 
     return {
         "size": size, "facts_at_search": facts, "facts_after": store.count(USER),
@@ -320,6 +329,7 @@ def measure(memory: Any, encoder: Any, size: int, queries: list[str], turns: lis
         "add_ms": percentiles(add_ms), "facts_per_turn": round(float(np.mean(per_turn)), 2),
         "add_events": dict(events),
         "store_add_ms": percentiles(store_add_ms), "search_after_write_ms": percentiles(after_write_ms),
+        "search_after_delete_ms": percentiles(after_delete_ms) if after_delete_ms else None,
     }
 
 

@@ -318,7 +318,8 @@ def main() -> None:
     try:
         info = wait_ready(url, process)
         memory_model = next(m for m in info["models"] if m.endswith("+bank"))
-        bare_model = info["models"][0]
+        # the backbone alone: the id without memories (/v1/models lists the memory-backed model first)
+        bare_model = next(m for m in info["models"] if "+" not in m)
         models = (memory_model, bare_model)
         print(f"server up: {memory_model} vs {bare_model}; warming up each user's index ...", flush=True)
         # one memory turn per user first: it builds the user's index (reads all its facts), not measured

@@ -78,3 +78,41 @@ def test_hybrid_fusion_lets_a_rare_word_decide_between_close_vectors():
     assert fuse_rankings(dense, [(3, 1.0)], "hybrid:0.1", {3: 0.05})[-1] == (3, pytest.approx(0.15))
     with pytest.raises(Exception, match="fusion"):
         check_fusion("hybrid:x")
+
+
+def test_writes_between_searches_give_the_scores_of_an_index_built_at_once():
+    """Searches between adds and removals reuse the postings arrays they built (extended by what was
+    appended since) and the lengths array kept in place: every score must still be exactly that of
+    an index built from the final documents."""
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "gamma", "delta", "kefir", "oboe", "lisbon", "oslo"]
+    index, texts = LexicalIndex(), {}
+    for step in range(400):
+        fact_id = int(rng.integers(0, 300))
+        if fact_id in texts and rng.random() < 0.3:
+            index.remove([fact_id])
+            del texts[fact_id]
+        else:
+            texts[fact_id] = " ".join(rng.choice(words, int(rng.integers(1, 6))))
+            index.add(fact_id, texts[fact_id])
+        if step % 7 == 0:
+            index.search(" ".join(rng.choice(words, 3)), 10)
+    fresh = LexicalIndex()
+    for fact_id in sorted(texts, key=lambda i: index._slot[i]):  # the same slot order
+        fresh.add(fact_id, texts[fact_id])
+    for query in ("alpha beta", "kefir oboe lisbon", "oslo", "gamma delta alpha beta"):
+        assert index.search(query, 50) == fresh.search(query, 50)
+
+
+def test_a_search_after_one_new_document_builds_no_array_over_all_documents(monkeypatch):
+    index = LexicalIndex()
+    for i in range(5000):
+        index.add(i, f"fact {i} about kefir and oboe")
+    index.search("kefir oboe", 5)
+    index.add(5000, "a new fact about kefir")
+    sizes = []
+    real = np.asarray
+    monkeypatch.setattr(np, "asarray", lambda value, *args, **kwargs: sizes.append(len(value)) or real(value, *args,
+                                                                                                   **kwargs))
+    assert index.search("kefir oboe", 5)
+    assert max(sizes, default=0) < 100, sizes  # only what was appended since the last search

@@ -20,8 +20,9 @@ ranked by a blend of that relevance, importance (which decays with the time sinc
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -165,6 +166,7 @@ class FactBank:
         self.user = config.user
         self.session: str | None = None
         self._lock = threading.RLock()
+        self._turns = threading.local()  # per thread, inside `turn()`: the touches waiting for its transaction
 
     # --- learning ----------------------------------------------------------------------------
     def learn(self, text: str, category: str | None = None, user: str | None = None, *, source: str | None = None,
@@ -187,45 +189,69 @@ class FactBank:
         text = check_text(text)
         user = check_name(user or self.user, "user id")
         with self._lock:
+            return self._learn(text, category, user, source=source, session=session, importance=importance, row=row,
+                               actor=actor, embed_text=embed_text, embedding=embedding, latent=latent, spoken=spoken,
+                               expires_at=expires_at, metadata=metadata, agent_id=agent_id, run_id=run_id,
+                               context=context)
+
+    def _learn(self, text: str, category: str | None, user: str, *, source: str | None, session: str | None,
+               importance: float | None, row: int | None, actor: str, embed_text: str | None,
+               embedding: np.ndarray | None, latent: np.ndarray | None, spoken: str | None,
+               expires_at: float | None, metadata: dict | None, agent_id: str | None, run_id: str | None,
+               context: str | None, turn: _TurnFacts | None = None) -> LearnResult:
+        """`learn`, under the lock; within `turn` (`remember_turn`), the near-duplicate check reads the
+        candidates the turn found in one pass, plus the turn's own facts stored so far."""
+        duplicate = self.store.find_duplicate(user, text, row)
+        if duplicate is not None:
+            return LearnResult("duplicate", duplicate, duplicate.importance,
+                               f"exact duplicate of fact {duplicate.id}")
+        if embedding is None:
+            embedding = self.embed([embed_text or spoken or text])[0]
+        slot = find_slot(spoken or text)
+        replaced, why = ([], "") if slot is None or not self.config.supersede else \
+            self._superseded_by(user, slot, embedding, row)
+        best = self._nearest(user, embedding, replaced, row) if turn is None else \
+            turn.nearest(self.store, user, embedding, replaced, row)
+        if best is not None and best[1] >= self.config.duplicate_threshold:
+            fact, similarity = best
+            return LearnResult("duplicate", fact, fact.importance,
+                               f"near-duplicate of fact {fact.id} (cosine {similarity:.3f})")
+        if importance is None:
+            use_loss = self.config.importance == "loss" and self.measure is not None
+            improvement = self.measure(text) if use_loss else 1.0
+            importance = improvement * self.config.category_weights.get(category or "", 1.0)
+        if importance < self.config.min_importance:
+            return LearnResult("not useful", None, importance,
+                               f"importance {importance:.3f} is below min_importance {self.config.min_importance}")
+        if latent is None and self.latent is not None:
+            latent = self.latent([text])[0]
+        if expires_at is None and self.config.ttl is not None:
+            expires_at = self.store.clock() + self.config.ttl
+        try:
+            fact = self.store.add(user, text, embedding, importance=importance, category=category,
+                                  source=source, session=session or self.session, row=row, latent=latent,
+                                  actor=actor, spoken=spoken, expires_at=expires_at, metadata=metadata,
+                                  agent_id=agent_id, run_id=run_id, supersedes=[f.id for f in replaced],
+                                  reason=why or None, slot=slot_key(slot), context=context)
+        except DuplicateFactError:  # another process stored the same text a moment ago
             duplicate = self.store.find_duplicate(user, text, row)
-            if duplicate is not None:
-                return LearnResult("duplicate", duplicate, duplicate.importance,
-                                   f"exact duplicate of fact {duplicate.id}")
-            if embedding is None:
-                embedding = self.embed([embed_text or spoken or text])[0]
-            slot = find_slot(spoken or text)
-            replaced, why = ([], "") if slot is None or not self.config.supersede else \
-                self._superseded_by(user, slot, embedding, row)
-            if self.store.has_user(user):
-                nearest = self.store.search(user, embedding, 1 + len(replaced), row=row)
-                nearest = [(fact, cosine) for fact, cosine in nearest if fact.id not in {f.id for f in replaced}]
-                if nearest and nearest[0][1] >= self.config.duplicate_threshold:
-                    fact, similarity = nearest[0]
-                    return LearnResult("duplicate", fact, fact.importance,
-                                       f"near-duplicate of fact {fact.id} (cosine {similarity:.3f})")
-            if importance is None:
-                use_loss = self.config.importance == "loss" and self.measure is not None
-                improvement = self.measure(text) if use_loss else 1.0
-                importance = improvement * self.config.category_weights.get(category or "", 1.0)
-            if importance < self.config.min_importance:
-                return LearnResult("not useful", None, importance,
-                                   f"importance {importance:.3f} is below min_importance {self.config.min_importance}")
-            if latent is None and self.latent is not None:
-                latent = self.latent([text])[0]
-            if expires_at is None and self.config.ttl is not None:
-                expires_at = self.store.clock() + self.config.ttl
-            try:
-                fact = self.store.add(user, text, embedding, importance=importance, category=category,
-                                      source=source, session=session or self.session, row=row, latent=latent,
-                                      actor=actor, spoken=spoken, expires_at=expires_at, metadata=metadata,
-                                      agent_id=agent_id, run_id=run_id, supersedes=[f.id for f in replaced],
-                                      reason=why or None, slot=slot_key(slot), context=context)
-            except DuplicateFactError:  # another process stored the same text a moment ago
-                duplicate = self.store.find_duplicate(user, text, row)
-                return LearnResult("duplicate", duplicate, importance, "exact duplicate (stored concurrently)")
-            self.evict(user)
-            reason = f"importance {importance:.3f}" + (f"; supersedes {_ids(replaced)}: {why}" if replaced else "")
-            return LearnResult("stored", fact, importance, reason, tuple(replaced))
+            return LearnResult("duplicate", duplicate, importance, "exact duplicate (stored concurrently)")
+        if turn is not None:
+            turn.stored.append((fact, np.asarray(embedding, dtype=np.float32)))
+            turn.gone.update(f.id for f in replaced)
+        self.evict(user)
+        reason = f"importance {importance:.3f}" + (f"; supersedes {_ids(replaced)}: {why}" if replaced else "")
+        return LearnResult("stored", fact, importance, reason, tuple(replaced))
+
+    def _nearest(self, user: str, embedding: np.ndarray, replaced: list[Fact], row: int | None
+                 ) -> tuple[Fact, float] | None:
+        """The user's live fact most similar to `embedding` (visible to `row`), the facts it replaces
+        left out; None if there is none."""
+        if not self.store.has_user(user):
+            return None
+        nearest = self.store.search(user, embedding, 1 + len(replaced), row=row)
+        nearest = [(fact, cosine) for fact, cosine in nearest if fact.id not in {f.id for f in replaced}]
+        return nearest[0] if nearest else None
 
     def _superseded_by(self, user: str, slot: Slot, embedding: np.ndarray, row: int | None
                        ) -> tuple[list[Fact], str]:
@@ -258,9 +284,73 @@ class FactBank:
         """
         # The source is provenance, not input to validate: a reply may hold any character.
         source = CONTROL_CHARACTERS.sub(" ", f"user: {user_text}" + (f"\nassistant: {reply}" if reply else ""))
-        return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
-                           spoken=fact.sentence, **kwargs)
-                for fact in extract_facts(user_text, judge, keep_statements)]
+        facts = extract_facts(user_text, judge, keep_statements)
+        store = self.store
+        one_pass = (facts and self.config.capacity is None and not {"embedding", "embed_text"} & set(kwargs)
+                    and hasattr(store, "near") and hasattr(store, "batch"))
+        if not one_pass:
+            self._flush_touches()
+            return [self.learn(fact.text, fact.category, user, source=source[:200_000], importance=1.0, actor="chat",
+                               spoken=fact.sentence, **kwargs) for fact in facts]
+        # The whole turn at once, with the same decisions as one `learn` after another: one encoder call
+        # for its sentences, one pass over the user's vectors for their near-duplicate candidates, and
+        # one transaction (one fsync) for what it stores and the touches of the turn's retrieval.
+        user = check_name(user or self.user, "user id")
+        texts = [check_text(fact.text) for fact in facts]
+        vectors = np.asarray(self.embed([fact.sentence or text for fact, text in zip(facts, texts, strict=True)]),
+                             dtype=np.float32)
+        fields = {"source": source[:200_000], "session": None, "importance": 1.0, "row": None, "actor": "chat",
+                  "embed_text": None, "latent": None, "expires_at": None, "metadata": None, "agent_id": None,
+                  "run_id": None, "context": None, **kwargs}
+        with self._lock, store.batch():
+            self._flush_touches()
+            candidates = store.near(user, vectors, self.config.duplicate_threshold)
+            if candidates is None:  # a shared index: one search per fact
+                candidates = [None] * len(facts)
+            turn = _TurnFacts(self.config.duplicate_threshold, store.clock())
+            results = []
+            for fact, text, vector, found in zip(facts, texts, vectors, candidates, strict=True):
+                turn.candidates = found
+                results.append(self._learn(text, fact.category, user, spoken=fact.sentence, embedding=vector,
+                                           turn=turn, **fields))
+        return results
+
+    # --- a chat turn -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """A chat turn (the server's): the facts its retrievals use are marked used (`touch`) in the
+        transaction of the facts it learns (`remember_turn`), one fsync for the turn; with the time
+        they were retrieved. Whatever is still waiting when the turn ends (it learned nothing, or
+        failed) is written then (`flush_touches`). A crash before that loses the turn as a whole:
+        it was not answered."""
+        outer = getattr(self._turns, "touches", None)
+        if outer is None:
+            self._turns.touches = []
+        try:
+            yield
+        finally:
+            if outer is None:
+                try:
+                    self._flush_touches()
+                finally:
+                    self._turns.touches = None
+
+    def flush_touches(self) -> None:
+        """Write the touches the current `turn()` holds back (one transaction)."""
+        self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        pending = getattr(self._turns, "touches", None)
+        if not pending:
+            return
+        self._turns.touches = []
+        batch = getattr(self.store, "batch", contextlib.nullcontext)
+        with self._lock, batch():
+            for user, ids, now in pending:
+                if isinstance(self.store, FactStore):
+                    self.store.touch(ids, user, now=now)
+                else:
+                    self.store.touch(ids, user)
 
     # --- forgetting --------------------------------------------------------------------------
     def evict(self, user: str) -> int:
@@ -358,8 +448,55 @@ class FactBank:
         ranked.sort(key=lambda r: (-r.score, r.fact.id))
         ranked = ranked[:k]
         if touch and ranked:
-            self.store.touch([r.fact.id for r in ranked], user)
+            waiting = getattr(self._turns, "touches", None)
+            if waiting is None:
+                self.store.touch([r.fact.id for r in ranked], user)
+            else:  # inside `turn()`: written with the turn's facts
+                waiting.append((user, [r.fact.id for r in ranked], now))
         return ranked
+
+
+class _TurnFacts:
+    """The near-duplicate check of one fact of a turn learned at once (`FactBank.remember_turn`): the
+    candidates the turn's one pass found for it in the index (committed facts at or above the
+    threshold, best first), the facts the turn stored before it (in its open transaction, not in the
+    index yet) and what those superseded. The answer is the one a search at that point would give."""
+
+    def __init__(self, threshold: float, now: float):
+        self.threshold, self.now = threshold, now
+        self.candidates: list[tuple[int, float]] | None = None
+        self.stored: list[tuple[Fact, np.ndarray]] = []
+        self.gone: set[int] = set()
+
+    def nearest(self, store: Any, user: str, embedding: np.ndarray, replaced: list[Fact], row: int | None
+                ) -> tuple[Fact, float] | None:
+        from memlm.facts.vector_index import faiss_knn
+
+        left_out = self.gone | {fact.id for fact in replaced}
+
+        def usable(fact: Fact) -> bool:
+            return fact.id not in left_out and fact.live(self.now) and (row is None or fact.row in (None, row))
+
+        best: tuple[Fact, float] | None = None
+        query = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        for fact, vector in self.stored:  # the same kernel as the index: the same cosine
+            cosine = float(faiss_knn(query, vector.reshape(1, -1), 1)[0][0, 0])
+            if usable(fact) and cosine >= self.threshold and (best is None or cosine > best[1]):
+                best = (fact, cosine)
+        if self.candidates is None:  # no one-pass index: a search, then the turn's own facts
+            found = [(fact, cosine) for fact, cosine in store.search(user, query[0], 1 + len(left_out), row=row)
+                     if fact.id not in left_out]
+            if found and (best is None or found[0][1] > best[1]):
+                best = found[0]
+            return best
+        for start in range(0, len(self.candidates), 16):
+            chunk = self.candidates[start:start + 16]
+            facts = {fact.id: fact for fact in store.facts_by_id(user, [fact_id for fact_id, _ in chunk])}
+            for fact_id, cosine in chunk:
+                fact = facts.get(fact_id)
+                if fact is not None and usable(fact):
+                    return (fact, cosine) if best is None or cosine > best[1] else best
+        return best
 
 
 def _hybrid_weight(method: str) -> float | None:

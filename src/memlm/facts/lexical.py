@@ -83,7 +83,11 @@ class LexicalIndex:
     added and removed one at a time, keyed by fact id.
 
     Postings are kept per term as Python lists and turned into NumPy arrays the first time a query
-    needs them after a change, so a search costs one vectorised pass over the postings of its terms.
+    needs them, so a search costs one vectorised pass over the postings of its terms. A new document
+    only appends to its terms' postings, so their arrays are extended by what was appended (a removal
+    still rebuilds its terms' arrays), and the document lengths are an array updated in place: a
+    search right after a write no longer rebuilds arrays over every document (1-5 ms at 100K facts,
+    after every learned fact).
     """
 
     def __init__(self, k1: float = 1.5, b: float = 0.75):
@@ -96,7 +100,7 @@ class LexicalIndex:
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> cached postings as arrays
         self._live = 0
         self._total_length = 0
-        self._lengths_array: np.ndarray | None = None
+        self._lengths_array = np.zeros(0, dtype=np.float32)  # slot -> length, capacity beyond len(self._ids)
 
     def __len__(self) -> int:
         return self._live
@@ -121,10 +125,13 @@ class LexicalIndex:
             slots, frequencies = self._postings.setdefault(term, ([], []))
             slots.append(slot)
             frequencies.append(count)
-            self._arrays.pop(term, None)
         self._live += 1
         self._total_length += len(terms)
-        self._lengths_array = None
+        if slot >= len(self._lengths_array):
+            grown = np.zeros(max(1024, 2 * len(self._lengths_array)), dtype=np.float32)
+            grown[:len(self._lengths_array)] = self._lengths_array
+            self._lengths_array = grown
+        self._lengths_array[slot] = len(terms)
 
     def remove(self, fact_ids: Iterable[int]) -> None:
         for fact_id in fact_ids:
@@ -140,8 +147,8 @@ class LexicalIndex:
                 self._arrays.pop(term, None)
             self._total_length -= self._lengths[slot]
             self._ids[slot], self._lengths[slot], self._terms[slot] = -1, 0, ()
+            self._lengths_array[slot] = 0
             self._live -= 1
-        self._lengths_array = None
         if len(self._ids) > 1024 and self._live < len(self._ids) // 2:
             self._compact()
 
@@ -165,14 +172,20 @@ class LexicalIndex:
                 slots, counts = self._postings.setdefault(term, ([], []))
                 slots.append(slot)
                 counts.append(frequencies[(old_slots[fact_id], term)])
-        self._lengths_array = None
+        self._lengths_array = np.asarray(self._lengths, dtype=np.float32)
 
     def _posting_arrays(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        slots, frequencies = self._postings[term]
         cached = self._arrays.get(term)
         if cached is None:
-            slots, frequencies = self._postings[term]
             cached = (np.asarray(slots, dtype=np.int64), np.asarray(frequencies, dtype=np.float32))
-            self._arrays[term] = cached
+        elif len(cached[0]) < len(slots):  # documents added since: appended at the end of the lists
+            done = len(cached[0])
+            cached = (np.concatenate([cached[0], np.asarray(slots[done:], dtype=np.int64)]),
+                      np.concatenate([cached[1], np.asarray(frequencies[done:], dtype=np.float32)]))
+        else:
+            return cached
+        self._arrays[term] = cached
         return cached
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
@@ -180,8 +193,6 @@ class LexicalIndex:
         terms = [term for term in dict.fromkeys(tokenize(query)) if term in self._postings]
         if not terms or self._live == 0 or k <= 0:
             return []
-        if self._lengths_array is None:
-            self._lengths_array = np.asarray(self._lengths, dtype=np.float32)
         average = self._total_length / self._live
         scores: dict[int, float] | None = None
         if len(terms) == 1 or sum(len(self._postings[t][0]) for t in terms) < 256:

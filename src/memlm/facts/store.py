@@ -26,11 +26,12 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ class FactStore(FactBackend):
         self.connection = SerializedConnection(connect(self.path, _SCHEMA, SCHEMA_VERSION), self._lock)
         # user -> (vector index, lexical index, last change applied)
         self._indexes: dict[str, tuple[UserIndex, LexicalIndex, int]] = {}
+        self._batch_version: int | None = None  # inside `batch()`: the newest change committed when it began
         self._migrate()
         self._check_encoder()
 
@@ -236,7 +238,7 @@ class FactStore(FactBackend):
         expires_at = _check_time(expires_at, "expires_at")
         metadata_json = _metadata_json(metadata)
         now = self.clock()
-        with self._lock, transaction(self.connection):
+        with self._lock, self._write():
             self.connection.execute("INSERT OR IGNORE INTO users (user, created) VALUES (?, ?)", (user, now))
             try:
                 cursor = self.connection.execute(
@@ -265,7 +267,7 @@ class FactStore(FactBackend):
             raise ConfigError(f"{len(texts)} texts but {len(vectors)} embeddings")
         now = self.clock()
         ids = []
-        with self._lock, transaction(self.connection):
+        with self._lock, self._write():
             self.connection.execute("INSERT OR IGNORE INTO users (user, created) VALUES (?, ?)", (user, now))
             for text, vector in zip(texts, vectors, strict=True):
                 try:
@@ -312,7 +314,7 @@ class FactStore(FactBackend):
             assignments["metadata"] = _metadata_json({**(old.metadata or {}), **_check_metadata(metadata)})
         if expires_at is not ...:
             assignments["expires_at"] = _check_time(expires_at, "expires_at")
-        with self._lock, transaction(self.connection):
+        with self._lock, self._write():
             try:
                 self.connection.execute(
                     f"UPDATE facts SET {', '.join(f'{name} = ?' for name in assignments)} WHERE id = ? AND user = ?",
@@ -326,7 +328,7 @@ class FactStore(FactBackend):
         """Delete facts of `user` by id; ids of other users are not touched. Returns how many went."""
         check_name(user, "user id")
         now, deleted = self.clock(), 0
-        with self._lock, transaction(self.connection):
+        with self._lock, self._write():
             for fact_id in fact_ids:
                 row = self.connection.execute("SELECT text FROM facts WHERE id = ? AND user = ?",
                                               (int(fact_id), user)).fetchone()
@@ -342,13 +344,37 @@ class FactStore(FactBackend):
         ids = [row[0] for row in self.connection.execute("SELECT id FROM facts WHERE user = ?", (user,))]
         return self.delete(ids, user, actor)
 
-    def touch(self, fact_ids: Iterable[int], user: str) -> None:
-        """Mark facts as used now (recency and use counts feed ranking and eviction)."""
-        now = self.clock()
-        with self._lock, transaction(self.connection):
+    def touch(self, fact_ids: Iterable[int], user: str, now: float | None = None) -> None:
+        """Mark facts as used at `now` (default: now; recency and use counts feed ranking and eviction)."""
+        now = self.clock() if now is None else now
+        with self._lock, self._write():
             self.connection.executemany(
                 "UPDATE facts SET last_used = ?, use_count = use_count + 1 WHERE id = ? AND user = ?",
                 [(now, int(i), user) for i in fact_ids])
+
+    # --- one transaction for many writes ----------------------------------------------------------
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is part of one transaction (one fsync): committed when the block ends,
+        rolled back if it raises. Other processes' writes wait until then (`BEGIN IMMEDIATE`).
+
+        Searches inside see the facts committed when the batch began, not its own writes: the
+        in-memory indexes only ever hold committed rows, so a rollback leaves nothing behind in them
+        (`FactBank.remember_turn` accounts for the turn's own facts itself). Nested: part of the outer."""
+        with self._lock:
+            if self._batch_version is not None:
+                yield
+                return
+            with transaction(self.connection):
+                self._batch_version = self.version()
+                try:
+                    yield
+                finally:
+                    self._batch_version = None
+
+    def _write(self) -> contextlib.AbstractContextManager[Any]:
+        """The transaction of one write: its own, or the open `batch()`'s."""
+        return contextlib.nullcontext() if self._batch_version is not None else transaction(self.connection)
 
     def _log(self, fact_id: int, user: str, action: str, old_text: str | None, new_text: str | None,
              actor: str | None, now: float, reason: str | None = None) -> None:
@@ -460,6 +486,21 @@ class FactStore(FactBackend):
                 return []
             return self._filtered(user, lambda n: lexical.search(query, n), len(lexical), k, row, accept)
 
+    def near(self, user: str, vectors: np.ndarray, threshold: float) -> list[list[tuple[int, float]]] | None:
+        """For each vector, (fact id, cosine) of every one of the user's active facts whose cosine is
+        at least `threshold`, best first, in one pass (`UserIndex.near`): what a near-duplicate check
+        needs. Expiry and rows are not checked yet (`facts_by_id` reads the facts). None when the
+        index cannot (a shared one: `search` instead)."""
+        vectors = np.stack([self._check_vector(vector) for vector in vectors])
+        with self._lock:
+            index, _ = self._synced_indexes(user)
+            near = getattr(index, "near", None)
+            return None if near is None else near(vectors, threshold)
+
+    def facts_by_id(self, user: str, ids: list[int]) -> list[Fact]:
+        """The user's facts with these ids (any status; ids of other users are left out), in no order."""
+        return self._facts_by_id(user, [check_id(fact_id) for fact_id in ids])
+
     def _facts_by_id(self, user: str, ids: list[int]) -> list[Fact]:
         facts = []
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
@@ -487,6 +528,8 @@ class FactStore(FactBackend):
         if index is None or lexical is None:
             index, lexical = self._new_index(user), LexicalIndex()
         latest = self.version(user)
+        if self._batch_version is not None:  # never the open batch's own (uncommitted) changes
+            latest = min(latest, self._batch_version)
         if latest > applied:
             changes = self.connection.execute(
                 "SELECT DISTINCT fact_id FROM history WHERE user = ? AND id > ? AND id <= ?", (user, applied, latest))
@@ -502,6 +545,9 @@ class FactStore(FactBackend):
                 stale = changed if self.shared_index else present
                 if stale:
                     index.remove(np.asarray(stale, dtype=np.int64))
+                reserve = getattr(index, "reserve", None)
+                if reserve is not None:  # one allocation for a process's first sync (every fact of the user)
+                    reserve(len(index) + len(changed))
                 for start in range(0, len(changed), 900):  # SQLite's bound-parameter limit
                     chunk = changed[start:start + 900]
                     marks = ",".join("?" * len(chunk))
@@ -533,8 +579,6 @@ class FactStore(FactBackend):
         embedding of the store's width and an `add` in its history; and the in-memory FAISS and BM25
         indexes, brought up to date from the change log, hold exactly the ids of the user's active
         facts. Returns counts (users, facts, active facts) when everything agrees."""
-        import faiss
-
         from memlm.errors import CorruptedFileError
 
         problems: list[str] = []
@@ -566,7 +610,7 @@ class FactStore(FactBackend):
                     index, lexical = self._synced_indexes(user)
                 except MemlmError:
                     continue  # a name check_name refuses: already reported as a bad user above
-                vector_ids = set(faiss.vector_to_array(index.index.id_map).tolist())
+                vector_ids = set(index.ids().tolist())
                 lexical_ids = {fact_id for fact_id in lexical._slot}
                 if vector_ids != active:
                     problems.append(f"user {user!r}: vector index holds {sorted(vector_ids - active)[:5]} "

@@ -329,7 +329,8 @@ class Engine:
         # The memory's read: the turn's one batch of embeddings, then the search. Timed on the clock and in
         # this thread's CPU time (which other processes taking the CPU do not inflate).
         start, cpu = time.perf_counter(), time.thread_time()
-        with self._only(job.memories), self._turn_embeddings(bank, query if job.learn else ""):
+        with self._only(job.memories), self._turn_embeddings(bank, query if job.learn else ""), \
+                (bank.facts.turn() if bank is not None and job.learn else contextlib.nullcontext()):
             messages, used = job.messages, []
             if bank is not None and query.strip():
                 messages, used = bank.augment_messages(job.messages, query)
@@ -386,7 +387,11 @@ class Engine:
             start, cpu = time.perf_counter(), time.thread_time()
             if job.learn and not job.cancelled.is_set() and query.strip():
                 if bank is not None:
+                    # The turn's one transaction: the facts it learns and the touches of its retrieval
+                    # (held back by `bank.facts.turn()`; a turn that fails or is cancelled writes them
+                    # when it ends).
                     learned = bank.observe_turn(query, reply)
+                    bank.facts.flush_touches()
                 timings["memory_write_ms"] = (time.perf_counter() - start) * 1000
                 timings["memory_write_cpu_ms"] = (time.thread_time() - cpu) * 1000
                 if any(name not in ("bank", LORA) for name in job.memories):
