@@ -12,7 +12,7 @@ from functools import lru_cache
 import pytest
 
 from memlm.data import needle_train, needles
-from memlm.data.cast import cast
+from memlm.data.cast import TITLES, cast
 
 SENTINEL = "Zqxsentinel"  # stands for every slot of a template (a person, a value): a word no shape holds
 SEEDS = range(150)
@@ -127,10 +127,19 @@ def test_training_needles_are_varied_answerable_and_hidden_at_length():
             assert abs(count(sample.context) - 1500) <= 30 and all(f in sample.context for f in sample.facts)
             assert sum(needles.answer_correct(fact, sample.answer) for fact in sample.facts) >= 1
     facts = training_samples("facts")
-    for sample in facts:  # whoever the question names is named in exactly one fact
+    for sample in facts:  # whoever the question names is named in exactly one fact, and it holds the answer
         asked = {w for w in re.findall(r"[^\W\d_][\w.]*", sample.question)[1:] if w[0].isupper()}
-        assert asked and sum(asked <= set(re.findall(r"[^\W\d_][\w.]*", fact)) for fact in sample.facts) == 1, sample
+        naming = [fact for fact in sample.facts if asked <= set(re.findall(r"[^\W\d_][\w.]*", fact))]
+        assert asked and len(naming) == 1 and needles.answer_correct(naming[0], sample.answer), sample
     assert {min(len(s.facts) for s in facts), max(len(s.facts) for s in facts)} == {3, 5}
+    # No two people, authors, cities or schools of a sample share a word ("Anna" and "Anna Berg" would
+    # make a question about Anna ask about two facts); the templates' own capitals and months may repeat.
+    shared = {w for template in all_templates() for w in re.findall(r"[A-Z]\w*", template)}
+    shared |= {*needle_train.MONTHS, *(w for school in needle_train.SCHOOLS for w in school.split())}
+    for sample in facts:
+        named = [{w if w in TITLES else w.rstrip(".") for w in re.findall(r"[^\W\d_]\w*\.?", fact)
+                  if w[0].isupper()} - shared for fact in sample.facts]
+        assert all(not a & b for i, a in enumerate(named) for b in named[i + 1:]), sample.facts
     sentences = {re.sub(r"[A-Z]\w*|\d+", "", fact) for s in facts for fact in s.facts}
     assert len({s.question.split()[0] for s in facts}) >= 6 and len(sentences) > 50
     keys = training_samples("passkey")
