@@ -10,15 +10,24 @@
 # `train` trains configs/train/<name>.yaml for each name in RUNS, all at once, each stopped (and saved)
 # after MAX_MINUTES (default 7; TRAIN_SECONDS kills a straggler); a later call resumes a run from its
 # newest checkpoint if runs/ is still there or carried back; $OUT/runs.tgz brings back each run's final
-# weights (or its newest checkpoint), log and curves.
+# weights (or its newest checkpoint), log and curves. RUNS defaults to babilong-needle (stage 2 trained on
+# BABILong and the training needles, issue 27); the round of 2026-12-07 trained
+# RUNS='babilong-stage3 babilong-stage3-sentences recurrent-16k slots-16k' (the sentences variant only on a
+# card of over 100 GB).
 # `eval` runs the jobs named in EVALS at once, each a `memlm eval` into /tmp/eval-round (the pair cache:
 # finished pairs are kept when a job is cut by EVAL_SECONDS); $OUT/pairs.tgz and $OUT/table.txt.
-#   cast     babilong qa1, bAbI's cast and the unseen cast, 4K and 16K: none, the shipped preset, stage 3
+#   cast     babilong qa1, bAbI's cast and the unseen cast, 4K and 16K: none, the shipped preset and every
+#            trained babilong* run among RUNS (stage 3, babilong-needle)
 #   bptt     qa1 at 0, 4K and 16K: none, recurrent-16k and slots-16k, each also ':zeroed' (the memory
-#            emptied before the question: what is left when nothing crosses segments)
-#   needle   free-form facts and the pass key at 128K: none and the shipped preset
-#   million  qa1 and the pass key at 1M tokens: none and the shipped preset
+#            emptied before the question: what is left when nothing crosses segments); skipped when RUNS
+#            trained neither
+#   needle   free-form facts and the pass key at 128K: none, the shipped preset and the babilong* runs
+#   million  MILLION_TASKS (default qa1 and the pass key) at 1M tokens: none, the shipped preset and the
+#            babilong* runs (MILLION_TASKS=needle/passkey when the time limit must go to the pass key)
 #   ppl      long-document perplexity: none and every importance contender
+# The needle round (two calls on one warm host; bptt is skipped, no *-16k run being trained):
+#   bash benchmarks/gpu_round.sh train
+#   MILLION_TASKS=needle/passkey bash benchmarks/gpu_round.sh eval
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out" runs
@@ -28,7 +37,7 @@ backbone=/tmp/SmolLM2-135M-Instruct
 # Four runs need ~110 GB at once (two importance runs at batch 32, two 16K BPTT runs at batch 4, ~40 GB
 # each): on a smaller card the sentence variant waits and the BPTT runs take 2 samples a step.
 big=$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1) > 100000 ))
-RUNS=${RUNS:-babilong-stage3 $([ "$big" = 1 ] && echo babilong-stage3-sentences) recurrent-16k slots-16k}
+RUNS=${RUNS:-babilong-needle}
 EVALS=${EVALS:-cast bptt needle million ppl}
 EVAL_SECONDS=${EVAL_SECONDS:-540}
 PRESET=${PRESET:-importance-babilong}
@@ -58,11 +67,11 @@ evaluate() {
     case $name in
       cast) job cast "$EVAL_SECONDS" --memory "$importance" --tasks babilong/qa1 --cast both --lengths "${CAST_LENGTHS:-4K,16K}" \
               --samples 100 --batch-size 100 & ;;
-      bptt) job bptt "$EVAL_SECONDS" --memory "$recurrent$zeroed" --tasks babilong/qa1 --lengths "${BPTT_LENGTHS:-0,4K,16K}" \
+      bptt) [ "$recurrent" = none ] || job bptt "$EVAL_SECONDS" --memory "$recurrent$zeroed" --tasks babilong/qa1 --lengths "${BPTT_LENGTHS:-0,4K,16K}" \
               --samples 100 --batch-size 100 & ;;
-      needle) job needle "$EVAL_SECONDS" --memory "none,$PRESET" --tasks needle --lengths 128K --samples 100 \
+      needle) job needle "$EVAL_SECONDS" --memory "$importance" --tasks needle --lengths 128K --samples 100 \
                 --batch-size 50 & ;;
-      million) job million "$EVAL_SECONDS" --memory "none,$PRESET" --tasks babilong/qa1,needle/passkey \
+      million) job million "$EVAL_SECONDS" --memory "$importance" --tasks "${MILLION_TASKS:-babilong/qa1,needle/passkey}" \
                  --lengths 1M --samples "${MILLION_SAMPLES:-40}" --batch-size "${MILLION_SAMPLES:-40}" & ;;
       ppl) job ppl "$EVAL_SECONDS" --memory "$importance" --tasks ppl & ;;
     esac

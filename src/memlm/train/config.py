@@ -31,8 +31,10 @@ from memlm.config import MemoryConfig, lm2_configs
 from memlm.errors import ConfigError, MemlmError
 
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5", "followup")
+# free-form facts and number keys (memlm.data.needle_train): each trainer task and the generator's task
+NEEDLE_TASKS = {"needle": "facts", "passkey": "passkey"}
 CHAT_TASK = "chat"  # chat turns over fused facts (memlm.data.chat_turns): the `chat` preset
-TASKS = (*BABILONG_TASKS, CHAT_TASK)
+TASKS = (*BABILONG_TASKS, *NEEDLE_TASKS, CHAT_TASK)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -75,7 +77,10 @@ class DataSection:
 
     Args:
         tasks: BABILong-style tasks (qa1..qa5, followup for the three-turn conversations), generated
-            from the training split: seeds the evaluation never uses, and a haystack of its own.
+            from the training split: seeds the evaluation never uses, and a haystack of its own; `needle`
+            (3-5 free-form facts about the training cast, one asked) and `passkey` (a number key of 4-7
+            digits), from `memlm.data.needle_train`, whose kinds, sentences, questions and key phrasings
+            are none of the evaluation's `needle` family's; `chat` (the `chat` preset's turns).
         haystack: corpora (`memlm corpus list`; "gutenberg-train" is every Gutenberg text the
             evaluation does not use; "cast-distractors" is sentences about the training cast's people
             and places that state no event) or text files the facts are hidden in. Never the

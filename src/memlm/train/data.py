@@ -1,6 +1,6 @@
-"""Training examples: BABILong-style tasks from the training split, plain text for a language-modelling
-term, and the user's own files. Every batch is a pure function of (seed, step), so a resumed run sees
-exactly the batches it would have seen.
+"""Training examples: BABILong-style tasks and free-form needles (`memlm.data.needle_train`) from the
+training split, plain text for a language-modelling term, and the user's own files. Every batch is a pure
+function of (seed, step), so a resumed run sees exactly the batches it would have seen.
 
 An example is what the model reads in the order it reads it:
 
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from memlm.data import babilong
+from memlm.data import babilong, needle_train, needles
 from memlm.data.cast import Recast, distractor_text
 from memlm.errors import ConfigError
-from memlm.train.config import DataSection
+from memlm.train.config import NEEDLE_TASKS, DataSection
 
 TRAIN_SEED_OFFSET = 1_000_003  # training stories: seeds the evaluation (seed 0 and small ones) never uses
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out stories for evaluation during training
@@ -179,7 +179,12 @@ class TrainingData:
     def task_batch(self, task: str, length: int, seed: int, size: int, vary: bool | None = None) -> Batch:
         """`size` examples of `task` at `length` tokens, stories from `seed`."""
         transform = TRAINING_CAST if (self.section.vary if vary is None else vary) else None
-        if task == "followup":
+        if task in NEEDLE_TASKS:  # always the training cast (`vary` concerns bAbI's stories)
+            needle_samples = needle_train.generate(NEEDLE_TASKS[task], size, length, seed, self.count_tokens,
+                                                   self.haystack)
+            examples = [self.qa_example(s.context, s.facts, [needles.question_prompt(s)], [s.answer])
+                        for s in needle_samples]
+        elif task == "followup":
             samples = babilong.generate_followup(size, length, seed, self.count_tokens, self.haystack, transform)
             examples = [self.qa_example(s.context, s.facts, babilong.followup_questions(s), list(s.answers))
                         for s in samples]

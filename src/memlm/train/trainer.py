@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from memlm.errors import ConfigError, CorruptedFileError, TrainingDivergedError
 from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MemoryModel
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
-from memlm.train.config import TrainConfig
+from memlm.train.config import NEEDLE_TASKS, TrainConfig
 from memlm.train.data import HELDOUT_SEED_OFFSET, Batch, TrainingData
 
 LOG_FILE = "log.csv"
@@ -308,7 +308,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out accuracy (training split, other seeds) per task and length, with greedy answers
         read exactly as the evaluation harness reads them."""
-        from memlm.data import babilong
+        from memlm.data import babilong, needle_train, needles
         from memlm.eval import scoring
         from memlm.eval.contenders import Contender
 
@@ -327,7 +327,15 @@ class Trainer:
                     seed = HELDOUT_SEED_OFFSET + length
                     haystack = self.data.haystack
                     with self.accelerator.autocast():
-                        if task == "followup":
+                        if task in NEEDLE_TASKS:
+                            samples = needle_train.generate(NEEDLE_TASKS[task], train.eval_samples, length, seed,
+                                                            self.data.count_tokens, haystack)
+                            replies = contender.answer_batch([s.context for s in samples],
+                                                             [[needles.question_prompt(s)] for s in samples],
+                                                             [s.question for s in samples])
+                            hits = [needles.answer_correct(r[0], s.answer)
+                                    for r, s in zip(replies, samples, strict=True)]
+                        elif task == "followup":
                             samples = babilong.generate_followup(train.eval_samples, length, seed,
                                                                  self.data.count_tokens, haystack)
                             replies = contender.answer_batch([s.context for s in samples],
