@@ -18,7 +18,8 @@ from memlm.eval.perplexity import segment_perplexity
     {"attention": "sometimes"}, {"attention": "off"}, {"top_k": 0}, {"lm_lambda": 1.5}, {"lm_temperature": 0},
     {"backend": "annoy"}, {"eviction": "random"}, {"capacity": 0}, {"chunk_size": 0}, {"layers": []},
     {"positions": "absolute"}, {"max_distance": 0}, {"recent": -1}, {"backend_options": {"dtype": "int8"}},
-    {"store": "/a/directory"}, {"store": "redis://host/0"}, {"store_name": "../up"},
+    {"store": "/a/directory"}, {"store": "redis://host/0"}, {"store_name": "../up"}, {"search_every": 0},
+    {"search_every": 1.5}, {"backend_options": {"kernel": "cuda"}},
 ])
 def test_invalid_configs_are_refused(options):
     with pytest.raises(memlm.ConfigError):
@@ -273,3 +274,60 @@ def test_cluster_search_reading_every_page_gives_the_exact_search_logits():
     clusters = {"search": "clusters", "page_size": 8, "exact_below": 16, "min_queries": 1}
     torch.testing.assert_close(read_with(**clusters, probe_pages=64), exact)
     assert not torch.allclose(read_with(**clusters, probe_pages=1), exact, atol=1e-4)
+
+
+def test_layers_sharing_a_search_search_once_and_read_the_same_items(monkeypatch):
+    """`search_every=2` over 4 layers: 2 searches a forward pass (the leaders'), and with every stored
+    item retrieved, sharing changes nothing (each layer still scores its own keys exactly)."""
+    from memlm.store.group import MemoryGroup
+
+    backbone = tiny_model("llama", num_layers=4)
+    first, second = token_batch(1, length=10, seed=1), token_batch(1, length=6, seed=2)
+    outputs, searches = {}, []
+    search_positions = MemoryGroup.search_positions
+    monkeypatch.setattr(MemoryGroup, "search_positions",
+                        lambda group, *args, **kwargs: searches.append(1) or search_positions(group, *args, **kwargs))
+    for every in (1, 2):
+        memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=16, recent=0,
+                                                        search_every=every))
+        memory_model._begin_call()
+        memory_model.write(first)
+        searches.clear()
+        outputs[every] = logits(memory_model, second, write_memory=False)
+        assert len(searches) == 4 // every
+        memory_model.detach()
+    torch.testing.assert_close(outputs[2], outputs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_follower_reads_the_leaders_items_not_its_own_best():
+    """With fewer items retrieved than stored, a follower's items are the ones its leader's queries
+    picked: its attention differs from searching with its own queries (which equals full search)."""
+    backbone = tiny_model("llama", num_layers=4)
+    first, second = token_batch(1, length=24, seed=1), token_batch(1, length=6, seed=2)
+    outputs = {}
+    for every in (1, 4):
+        memory_model = memlm.attach(backbone, KnnConfig(attention="joint", layers="all", top_k=3, recent=0,
+                                                        search_every=every))
+        randomize_memory_weights(memory_model)
+        memory_model._begin_call()
+        memory_model.write(first)
+        outputs[every] = logits(memory_model, second, write_memory=False)
+        memory_model.detach()
+    assert not torch.allclose(outputs[4], outputs[1], atol=1e-4)
+
+
+def test_knn_fast_searches_once_per_three_layers(monkeypatch):
+    from memlm.registry import make_config
+    from memlm.store.group import MemoryGroup
+
+    searches = []
+    search_positions = MemoryGroup.search_positions
+    monkeypatch.setattr(MemoryGroup, "search_positions",
+                        lambda group, *args, **kwargs: searches.append(1) or search_positions(group, *args, **kwargs))
+    memory_model = memlm.attach(tiny_model("llama", num_layers=6), make_config("knn-fast"))
+    memory_model._begin_call()
+    memory_model.write(token_batch(1, length=10, seed=1))
+    searches.clear()
+    logits(memory_model, token_batch(1, length=4, seed=2), write_memory=False)
+    assert len(searches) == 2
+    assert not memory_model.memories["knn"].store.group("attention", 0, 0)._fused  # "auto" on a CPU: the product

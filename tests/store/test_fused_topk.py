@@ -85,6 +85,13 @@ def test_a_group_searches_the_same_with_either_kernel(interpreter):
     assert int(found["triton"].positions.max()) < 120
 
 
+def test_auto_leaves_the_interpreter_to_tests(interpreter):
+    spec = GroupSpec(1, 16, 16)
+    auto = MemoryGroup(spec, StoreLayout({"attention": spec}, "torch", {"kernel": "auto"}), torch.device("cpu"),
+                       torch.float32)
+    assert not auto._fused
+
+
 def test_triton_where_it_cannot_run_is_a_clear_error_and_auto_falls_back(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # a CPU without the interpreter
     spec = GroupSpec(1, 16, 16)

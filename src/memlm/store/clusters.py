@@ -62,7 +62,8 @@ class ClusterSearch:
         min_queries: fewer queries per call (decode steps) are searched exactly.
         kernel: how exact search runs (inner products): "torch" (a matrix product, then a top-k: the
             reference), "triton" (`memlm.store.fused_topk`: one pass over the keys, no score matrix;
-            CUDA only), or "auto" (triton on a CUDA device where Triton is installed, else torch).
+            CUDA, or Triton's interpreter on a CPU for tests), or "auto" (triton on a CUDA device where
+            Triton is installed, else torch).
     """
 
     search: str = "exact"

@@ -374,16 +374,17 @@ def _similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def _fused_kernel(kernel: str, device: torch.device) -> bool:
-    """Whether exact search runs the fused Triton kernel: "auto" where it can, "triton" or an error."""
+    """Whether exact search runs the fused Triton kernel: "auto" on CUDA with Triton, "triton" or an error."""
+    device = torch.device(device)
+    if kernel == "auto":  # Triton's interpreter (CPU) only when asked for by name: it is for tests
+        return device.type == "cuda" and triton_importable()
     if kernel == "torch":
         return False
-    if runs_on(torch.device(device)):
-        return True
-    if kernel == "triton":
+    if not runs_on(device):
         raise ConfigError(f"backend_options kernel='triton' needs a CUDA device and Triton installed (here: "
-                          f"{torch.device(device)}, Triton {'installed' if triton_importable() else 'missing'}); "
+                          f"{device}, Triton {'installed' if triton_importable() else 'missing'}); "
                           "kernel='auto' falls back to torch's matrix product")
-    return False
+    return True
 
 
 def _index_options(layout: StoreLayout, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:

@@ -26,6 +26,10 @@ class KnnConfig(MemoryConfig):
             keys join the local softmax) or "off" (only kNN-LM).
         layers: layers with kNN attention: a list of indices, "all", or None for the layer at 3/4 depth.
         top_k: keys retrieved per query and KV head.
+        search_every: consecutive kNN-attention layers that share one search: the first of each run of
+            `search_every` searches with its own queries; the others read the same items (their own
+            layer's keys and values, their own exact logits). Divides the search cost, which grows
+            with what is stored, by `search_every`; 1 (the default) searches at every layer.
         knn_lm: also store (hidden state -> next token) pairs and mix a kNN distribution into the logits.
         lm_lambda: weight λ of the kNN distribution, in [0, 1].
         lm_temperature: divides the negative squared distances before the softmax (> 0).
@@ -65,6 +69,7 @@ class KnnConfig(MemoryConfig):
     attention: str = "gated"
     layers: list[int] | str | None = None
     top_k: int = 32
+    search_every: int = 1
     knn_lm: bool = False
     lm_lambda: float = 0.1
     lm_temperature: float = 100.0
@@ -108,7 +113,7 @@ class KnnConfig(MemoryConfig):
             raise ConfigError(f"knn: max_distance must be a positive integer or None, got {self.max_distance!r}")
         if not isinstance(self.recent, int) or self.recent < 0:
             raise ConfigError(f"knn: recent must be a non-negative integer, got {self.recent!r}")
-        for name in ("top_k", "lm_top_k", "chunk_size", "update_freq", "memory_distance"):
+        for name in ("top_k", "search_every", "lm_top_k", "chunk_size", "update_freq", "memory_distance"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"knn: {name} must be a positive integer, got {value!r}")

@@ -76,6 +76,12 @@ class KnnMemory(Memory, FileState, Provenance):
             self.attention_layers = sorted({layout.resolve_layer(layer) for layer in config.layers})
         if config.attention == "gated":
             self.gate = nn.Parameter(torch.zeros(len(self.attention_layers), self.num_heads))
+        # The layer whose search each kNN-attention layer reads (`search_every`), and what the leaders
+        # found in the current forward pass: {(leader, stored row): (limit, Candidates)}.
+        every = config.search_every
+        self._search_leader = {layer: self.attention_layers[index - index % every]
+                               for index, layer in enumerate(self.attention_layers)}
+        self._shared_search: dict[tuple[int, int], tuple[int, Any]] = {}
         specs = {}
         if self.attention_layers:
             # The value table keeps each item's pre-rotation key next to its value: the relative
@@ -198,6 +204,10 @@ class KnnMemory(Memory, FileState, Provenance):
         q·k_w, with q the query as the layer rotated it and k_w the item's key rotated once to its
         own (negative) window position (the `stream block`, shared with the recent items); every
         other item sits at `max_distance`: R(max_distance)q0 · k0 with the un-rotated pair."""
+        leader = self._search_leader[layer]
+        if leader == layer and self.config.search_every > 1:  # a new pass: what followers read is found anew
+            for key in [key for key in self._shared_search if key[0] == layer]:
+                del self._shared_search[key]
         if self.store is None or not self.reading:
             return None
         batch, heads, length, dim = query.shape
@@ -232,8 +242,9 @@ class KnnMemory(Memory, FileState, Provenance):
                                                                                    query)
             # Query heads h = j * groups + g share KV head j: search head j's keys with all of them.
             # Recent items are attended anyway: retrieval covers the older ones.
-            found = group.search_positions(search_query[row].reshape(self.num_kv_heads, group_size * length, dim),
-                                           k, len(group) - recent)
+            found = self._search(layer, memory_row, group,
+                                 search_query[row].reshape(self.num_kv_heads, group_size * length, dim), k,
+                                 len(group) - recent)
             stored = group.gather_values(found.positions).view(heads, length, k, 2 * dim)  # [key, value]
             keys, values = stored[..., :dim], stored[..., dim:].to(query.dtype)
             valid = torch.isfinite(found.scores).view(heads, length, k)
@@ -254,6 +265,20 @@ class KnnMemory(Memory, FileState, Provenance):
             rows.append((scores.masked_fill(~valid, -math.inf), values, recent_scores,
                          block_values[:, block - recent:]))
         return stack_rows(rows, query, k)
+
+    def _search(self, layer: int, memory_row: int, group: Any, queries: torch.Tensor, k: int, limit: int) -> Any:
+        """The top-k positions of each query among the group's first `limit` items: searched at a
+        leader layer (and kept for its followers), read from the leader's search at a follower. Items
+        are stored in every layer at once, so a position names the same item in each layer's group."""
+        leader = self._search_leader[layer]
+        if leader != layer:
+            shared = self._shared_search.get((leader, memory_row))
+            if shared is not None and shared[0] == limit and shared[1].positions.shape[1] == queries.shape[1]:
+                return shared[1]
+        found = group.search_positions(queries, k, limit)
+        if leader == layer and self.config.search_every > 1:
+            self._shared_search[(layer, memory_row)] = (limit, found)
+        return found
 
     def _stream_block(self, layer: int, memory_row: int, group: Any, start: int, query: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
