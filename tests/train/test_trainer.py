@@ -153,6 +153,35 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end
 
 
+def test_resuming_restores_the_skip_count_reads_older_states_and_says_where_it_resumed(tmp_path, tokenizer, capsys):
+    import json
+    import re
+
+    def trainer(progress=False, memory_size=16):
+        return Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": memory_size}], steps=2),
+                       tiny_model("llama"), tokenizer, progress=progress, data=KeyRecall(batch_size=2))
+
+    directory = trainer().save_checkpoint()
+    state_file = directory / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state.update(step=2, skipped_steps=3, evaluations=[{"step": 1, "qa1": 0.5}])  # at the last step: nothing to run
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    resumed = trainer()
+    resumed.train()
+    assert (resumed.step, resumed.skipped_steps, resumed.evaluations) == (2, 3, [{"step": 1, "qa1": 0.5}])
+    assert "resumed from" not in capsys.readouterr().out  # progress off: nothing said
+    del state["skipped_steps"], state["evaluations"]  # a state written before these were saved
+    state_file.write_text(json.dumps(state))
+    older = trainer(progress=True)
+    older.train()
+    assert (older.step, older.skipped_steps, older.evaluations) == (2, 0, [])
+    assert f"resumed from {directory} at step 2" in capsys.readouterr().out
+    # The memory's config changed since the checkpoint was saved: the error names the checkpoint.
+    with pytest.raises(memlm.IncompatibleMemoryError, match=re.escape(str(directory))):
+        trainer(memory_size=8).train()
+
+
 def _draws() -> list:
     return [random.random(), np.random.randn(3).tolist(), np.random.rand(), torch.randn(3).tolist()]
 
