@@ -204,3 +204,65 @@ def test_kept_text_of_multi_token_names_on_the_default_model(default_backbone):
     kept = "".join(item["text"] for item in memory.kept_tokens(row=0))
     assert kept == " Oluwaseun Lindqvist", (kept, last_pieces)
     memory_model.detach()
+
+
+def test_boundaries_read_each_tokens_raw_text_even_from_a_tokenizer_that_cleans_up_spaces():
+    """Boundaries come from each token's own text: a tokenizer that cleans up spaces by default (a
+    WordPiece one, or any with the cleanup forced) must not turn " n't" into "n't" (which would no
+    longer start a word); only trailing spaces are ignored when reading a sentence's end."""
+    from tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens([" n't", ". ", "?X"])
+    tokenizer.clean_up_tokenization_spaces = True
+    tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    assert tokenizer.decode(tokenizer.convert_tokens_to_ids([" n't"])) == "n't"  # the cleanup is on
+    starts, ends, sentence_ends = units.boundary_tables(tokenizer, len(tokenizer))
+    nt, stop_space, odd = tokenizer.convert_tokens_to_ids([" n't", ". ", "?X"])
+    newline = tokenizer("\n", add_special_tokens=False).input_ids[0]
+    assert starts[nt] and not ends[nt]
+    assert sentence_ends[stop_space] and sentence_ends[newline]  # ". " ends one (its space ignored), so does "\n"
+    assert not sentence_ends[odd]  # only spaces are stripped before looking for the end
+
+
+def test_ids_below_and_above_the_tables_read_as_the_first_and_last_ids():
+    class Vocabulary:  # a tokenizer whose boundary tables are already read (cached)
+        pass
+
+    vocabulary = Vocabulary()
+    starts = torch.tensor([True, False, False, False, False, False])  # only id 0 starts a word
+    ends = torch.tensor([False, False, False, False, False, True])  # only the last id (5) ends one
+    tables = type(units._tables)()
+    tables[vocabulary] = (starts, ends, torch.zeros(6, dtype=torch.bool))
+    ids = torch.tensor([[2, -1, 2, 9, 2]])  # -1 reads as id 0 (a start), 9 as id 5 (an end)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    original = units._tables
+    units._tables = tables
+    try:
+        assert units.unit_index(ids, valid, "word", vocabulary, vocab_size=6).tolist() == [[0, 1, 1, 1, 2]]
+    finally:
+        units._tables = original
+
+
+def test_the_capacity_cut_with_every_token_a_unit_keeps_the_newest_of_many_ties():
+    # More tied units than a small sort keeps in order by chance: the sort must be stable.
+    length, capacity = 64, 20
+    keep = torch.ones(1, length, dtype=torch.bool)
+    index = torch.arange(length)[None]  # every token a unit of its own, the last unit index used too
+    scores = torch.zeros(1, length)
+    scores[0, ::3] = 1.0  # every third unit rates higher; the rest tie
+    kept = units.cap_units(keep, scores, index, capacity)
+    best = scores[0] > 0  # 22 units of the higher score, more than fit: the newest 20 of them
+    expected = torch.zeros(length, dtype=torch.bool)
+    expected[best.nonzero().flatten()[-capacity:]] = True
+    assert kept[0].tolist() == expected.tolist()
+    scores[0, -1] = 5.0  # the newest unit (the last index) rates best: kept first
+    assert units.cap_units(keep, scores, index, capacity=1)[0].nonzero().flatten().tolist() == [length - 1]
+
+
+def test_a_candidate_unit_is_ranked_by_its_candidate_tokens_only():
+    # Unit 0 has one candidate (score 0) and a token that is not one; unit 1 (score 5) is better.
+    keep = torch.tensor([[True, False, True]])
+    index = torch.tensor([[0, 0, 1]])
+    scores = torch.tensor([[0.0, 0.0, 5.0]])
+    assert units.cap_units(keep, scores, index, capacity=1).tolist() == [[False, False, True]]

@@ -153,6 +153,77 @@ def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, tokenizer, monke
     assert [line.split(",")[0] for line in logged[1:]] == ["5", "6"]  # logged every 5 steps and at the end
 
 
+def test_resuming_restores_the_skip_count_reads_older_states_and_says_where_it_resumed(tmp_path, tokenizer, capsys):
+    import json
+    import re
+
+    def trainer(progress=False, memory_size=16):
+        return Trainer(config(tmp_path, [{"mechanism": "recurrent", "memory_size": memory_size}], steps=2),
+                       tiny_model("llama"), tokenizer, progress=progress, data=KeyRecall(batch_size=2))
+
+    directory = trainer().save_checkpoint()
+    state_file = directory / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state.update(step=2, skipped_steps=3, evaluations=[{"step": 1, "qa1": 0.5}])  # at the last step: nothing to run
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    resumed = trainer()
+    resumed.train()
+    assert (resumed.step, resumed.skipped_steps, resumed.evaluations) == (2, 3, [{"step": 1, "qa1": 0.5}])
+    assert "resumed from" not in capsys.readouterr().out  # progress off: nothing said
+    del state["skipped_steps"], state["evaluations"]  # a state written before these were saved
+    state_file.write_text(json.dumps(state))
+    older = trainer(progress=True)
+    older.train()
+    assert (older.step, older.skipped_steps, older.evaluations) == (2, 0, [])
+    assert f"resumed from {directory} at step 2" in capsys.readouterr().out
+    # The memory's config changed since the checkpoint was saved: the error names the checkpoint.
+    with pytest.raises(memlm.IncompatibleMemoryError, match=re.escape(str(directory))):
+        trainer(memory_size=8).train()
+
+
+def _draws() -> list:
+    return [random.random(), np.random.randn(3).tolist(), np.random.rand(), torch.randn(3).tolist()]
+
+
+def test_resuming_random_generators_round_trip_through_the_checkpoints_json():
+    """Python's, NumPy's (with a Gaussian cached: NumPy draws them in pairs) and torch's generators,
+    saved as the checkpoint saves them (JSON), then restored: the same draws come again."""
+    import json
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.randn()  # an odd number of Gaussians: the second of the pair waits in the state
+    assert np.random.get_state()[3] == 1
+    saved = json.loads(json.dumps(trainer_module._rng_state()))
+    expected = _draws()
+    _draws()  # the generators move on
+    trainer_module._set_rng_state(saved)
+    assert _draws() == expected
+
+
+def test_resuming_restores_cuda_generators_when_saved_and_on_a_cuda_machine(monkeypatch):
+    """CUDA's generators (one per device) are saved when CUDA is there and restored when both the
+    checkpoint has them and CUDA is there: a CPU checkpoint resumes on a GPU machine (CUDA faked here)."""
+    states = [torch.arange(6, dtype=torch.uint8), torch.arange(6, 12, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [state.clone() for state in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    saved = trainer_module._rng_state()
+    assert saved["cuda"] == [state.tolist() for state in states]
+    trainer_module._set_rng_state(saved)
+    assert len(restored) == 1 and all(torch.equal(got, want) and got.dtype == torch.uint8
+                                      for got, want in zip(restored[0], states, strict=True))
+    del saved["cuda"]  # saved on a CPU machine: CUDA's generators stay as they are
+    trainer_module._set_rng_state(saved)
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trainer_module._set_rng_state({**saved, "cuda": [state.tolist() for state in states]})  # and no CUDA now
+    assert len(restored) == 1
+
+
 @pytest.mark.parametrize("state", ["[]", '{"optimizer": {}}'])
 def test_a_checkpoint_whose_state_is_not_a_trainer_state_is_refused(tmp_path, tokenizer, state):
     checkpoint = tmp_path / "run" / "checkpoint-000002"
