@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from memlm.data.cast import cast
 from memlm.data.haystack import haystack as _haystack
-from memlm.data.needles import Needle
+from memlm.data.needles import Needle, hide
 
 TASKS = ("facts", "passkey")
 # June is also a first name of the unseen cast: the training needles never write it.
@@ -103,15 +103,7 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     if length > 0 and haystack is None:
         raise ValueError("training needles hide in a training haystack: pass `haystack` (never pg-essays)")
     hay = _haystack(tuple(haystack), count_tokens) if length > 0 else None
-    samples = []
-    for index in range(first, first + n):
-        rng = random.Random(f"needle-train/{task}/{seed}/{index}")
-        facts, question, answer = _key(rng) if task == "passkey" else _facts(rng)
-        place = random.Random(f"needle-train/haystack/{task}/{seed}/{index}")
-        context = " ".join(facts) if hay is None else hay.context(
-            facts, place.randrange(len(hay.sentences)), sorted(place.random() for _ in facts), length)
-        samples.append(Needle(task, context, question, answer, tuple(facts), length, seed))
-    return samples
+    return hide(task, n, length, seed, first, hay, _key if task == "passkey" else _facts, "needle-train")
 
 
 class _Fresh:

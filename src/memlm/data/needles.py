@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from memlm.data.babilong import Sample
 from memlm.data.cast import cast
@@ -87,11 +88,18 @@ def generate(task: str, n: int, length: int, seed: int, count_tokens: Callable[[
     if n < 0 or length < 0:
         raise ValueError(f"n and length must be non-negative, got n={n}, length={length}")
     hay = _haystack(None if haystack is None else tuple(haystack), count_tokens) if length > 0 else None
+    return hide(task, n, length, seed, first, hay, _passkey if task == "passkey" else _facts, "needles")
+
+
+def hide(task: str, n: int, length: int, seed: int, first: int, hay: Any,
+         draw: Callable[[random.Random], tuple[list[str], str, str]], stream: str) -> list[Needle]:
+    """Samples `first`..`first + n - 1`: facts, question and answer from `draw`, the facts hidden in
+    `hay` (None: the facts alone) at about `length` tokens; `stream` names the random streams, so the
+    evaluation's and training's draws never coincide."""
     samples = []
     for index in range(first, first + n):
-        rng = random.Random(f"needles/{task}/{seed}/{index}")
-        facts, question, answer = _passkey(rng) if task == "passkey" else _facts(rng)
-        place = random.Random(f"needles/haystack/{task}/{seed}/{index}")
+        facts, question, answer = draw(random.Random(f"{stream}/{task}/{seed}/{index}"))
+        place = random.Random(f"{stream}/haystack/{task}/{seed}/{index}")
         context = " ".join(facts) if hay is None else hay.context(
             facts, place.randrange(len(hay.sentences)), sorted(place.random() for _ in facts), length)
         samples.append(Needle(task, context, question, answer, tuple(facts), length, seed))
