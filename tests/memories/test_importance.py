@@ -212,6 +212,21 @@ def test_tokens_can_be_added_by_hand_within_capacity(tokenizer):
     assert [i["position"] for i in memory.kept_tokens()] == [2, 3, 4]
 
 
+def test_tokens_kept_by_hand_per_row_or_from_one_list_follow_the_stream_so_far(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=4, keep_unit="token"),
+                                tokenizer=tokenizer)
+    memory = memory_model.memories["importance"]
+    memory_model.write(token_batch(2, length=6))  # untrained: keeps nothing, but 6 tokens of each row went by
+    assert memory.kept_ids.shape == (2, 0)
+    memory.add_tokens(torch.tensor([[65, 66], [67, 68]]))  # one pair per row
+    assert [(i["row"], i["token"], i["position"]) for i in memory.kept_tokens()] == [
+        (0, 65, 6), (0, 66, 7), (1, 67, 6), (1, 68, 7)]
+    fresh = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="token")).memories["importance"]
+    fresh.add_tokens(torch.tensor([70, 71]))  # a plain list of ids: one row, rated 1.0 unless told
+    assert [(i["row"], i["token"], i["position"], i["score"]) for i in fresh.kept_tokens()] == [
+        (0, 70, 0, 1.0), (0, 71, 1, 1.0)]
+
+
 @pytest.mark.parametrize("length", [16, 2048])
 def test_the_reinforce_term_does_not_grow_with_the_number_of_decisions(length):
     """A 16K-token sample makes 16K keep-or-drop decisions; a term that summed their log-probabilities
