@@ -9,9 +9,10 @@ from pathlib import Path
 # Without a GPU, Triton kernels (memlm.store.fused_topk) run in Triton's interpreter. Triton reads the
 # flag when it jits its own helpers, at its import, which torch and transformers trigger where Triton is
 # installed: so it is set here, before either is imported (no torch yet to ask for CUDA: nvidia-smi).
-if shutil.which("nvidia-smi") is None:
+# (Test modules that import this file by name run it again, later: by then the flag is set.)
+if shutil.which("nvidia-smi") is None and "TRITON_INTERPRET" not in os.environ:
     assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
