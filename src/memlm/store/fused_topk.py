@@ -24,6 +24,7 @@ group's `kernel` option says "triton", or "auto" on a CUDA device with Triton in
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -34,6 +35,7 @@ PROGRAMS_WANTED = 1024  # splits are added until (heads x query blocks x splits)
 MIN_KEYS_PER_SPLIT = 8192
 
 
+@functools.cache  # asked by every new memory group; a failed import is not cached by Python
 def triton_importable() -> bool:
     try:
         import triton  # noqa: F401
