@@ -41,10 +41,9 @@ from memlm.errors import ConfigError, CorruptedFileError, TrainingDivergedError
 from memlm.model import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MemoryModel
 from memlm.serialization import atomic_write_json, load_tensors, read_json, save_tensors
 from memlm.train.config import NEEDLE_TASKS, TrainConfig
+from memlm.train.curves import EVAL_FILE, LOG_FILE, plot_curves
 from memlm.train.data import HELDOUT_SEED_OFFSET, Batch, TrainingData
 
-LOG_FILE = "log.csv"
-EVAL_FILE = "eval.csv"
 FINAL_DIR = "final"
 LOG_FIELDS = ("step", "loss", "task_loss", "aux_loss", "kind", "length", "lr", "tokens_per_s", "seconds",
               "skipped")
@@ -562,46 +561,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def plot_curves(output: Path) -> Path | None:
-    """`curves.png`: the training loss (and its parts) and the held-out accuracies against steps."""
-    log = output / LOG_FILE
-    if not log.exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with log.open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    evaluations = []
-    if (output / EVAL_FILE).exists():
-        with (output / EVAL_FILE).open(encoding="utf-8") as handle:
-            evaluations = list(csv.DictReader(handle))
-    panels = 3 if evaluations else 2
-    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    loss_axis, aux_axis = axes[0][0], axes[0][1]
-    for kind in dict.fromkeys(r["kind"] for r in rows):  # one curve per kind of batch (qa1, lm, ...)
-        mine = [r for r in rows if r["kind"] == kind]
-        loss_axis.plot([int(r["step"]) for r in mine], [float(r["task_loss"]) for r in mine], label=kind,
-                       linewidth=1)
-        aux_axis.plot([int(r["step"]) for r in mine], [float(r["aux_loss"]) for r in mine], label=kind,
-                      linewidth=1)
-    loss_axis.set(title="loss on the answers (lm: on the text)", xlabel="step", yscale="log")
-    loss_axis.legend(fontsize=7, ncol=2)
-    # The auxiliary loss (labels, budget, REINFORCE) may be negative: a linear scale.
-    aux_axis.set(title="auxiliary loss of the memories", xlabel="step")
-    if evaluations:
-        keys = [k for k in evaluations[0] if k != "step"]
-        for key in keys:
-            axes[0][2].plot([int(e["step"]) for e in evaluations], [float(e[key]) for e in evaluations],
-                            marker="o", label=key)
-        axes[0][2].set(title="held-out accuracy", xlabel="step", ylim=(-0.02, 1.02))
-        axes[0][2].legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    path = output / "curves.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
