@@ -162,7 +162,10 @@ def checkpoints(segment: int, sizes: list[int]) -> list[int]:
 
 
 def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, args: argparse.Namespace,
-                device: torch.device, copy_bps: float, deadline: float, write_out) -> dict[str, Any]:
+                device: torch.device, copy_bps: float, deadline: float, write_out,
+                result: dict[str, Any]) -> dict[str, Any]:
+    """Time one backend, filling `result` (already in the written results, so each finished size is on
+    disk even if the command is cut by a time limit)."""
     import memlm
     from memlm.registry import make_config
 
@@ -170,6 +173,7 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
     # sets page_size:probe_pages, so several settings can be timed side by side; "torch:fused" is exact
     # search by the fused Triton kernel. "<preset>@<backend>" times another preset (e.g. knn-fast@torch),
     # "<preset>@" that preset as shipped.
+    label = backend  # as given, for the log ("knn-fast@" names the preset as shipped)
     preset, _, backend = backend.rpartition("@")
     preset = preset or args.memory
     name, _, mode = backend.partition(":")
@@ -186,8 +190,8 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
     memory_model = memlm.MemoryModel(model, [config], tokenizer=tokenizer)
     memory = memory_model.memories["knn"]
     encoded = tokenizer(PROMPT, return_tensors="pt").to(device)
-    result: dict[str, Any] = {"config": config.to_dict() if hasattr(config, "to_dict") else str(config),
-                              "curve": [], "sizes": {}, "complete": True}
+    result.update({"config": config.to_dict() if hasattr(config, "to_dict") else str(config),
+                   "curve": [], "sizes": {}, "complete": True})
     segment, stored, index = args.segment, 0, 0
     marks = checkpoints(segment, args.sizes)
     real_bare = real_memory = 0.0  # over every really memorized segment so far
@@ -206,7 +210,7 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
         while stored < size:
             if time.perf_counter() > deadline:
                 result["complete"] = False
-                print(f"[{backend}] time budget spent at {stored} stored tokens", flush=True)
+                print(f"[{label}] time budget spent at {stored} stored tokens", flush=True)
                 return result
             ids = segment_ids()
             # every segment up to memorize_max; beyond, the last `probes` before each checkpoint
@@ -226,9 +230,10 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
             index, stored = index + 1, stored + segment
             if index % 16 == 0 or real and stored >= args.memorize_max:
                 last = result["curve"][-1] if result["curve"] else None
-                print(f"[{backend}] stored {stored:>8} tokens, {time.perf_counter() - started:6.1f} s"
+                print(f"[{label}] stored {stored:>8} tokens, {time.perf_counter() - started:6.1f} s"
                       + (f"; last timed segment: bare {last['bare_ms']:.1f} ms, knn {last['memory_ms']:.1f} ms"
                          if last else ""), flush=True)
+                write_out()  # the curve so far survives a cut
         # at this size: memorize summary, decode, the store's search
         entry: dict[str, Any] = {"stored_tokens": stored, "vectors": len(memory.store) if memory.store else 0}
         if stored <= args.memorize_max:
@@ -246,7 +251,7 @@ def run_backend(backend: str, model: Any, tokenizer: Any, tokens: torch.Tensor, 
         except Exception as error:  # noqa: BLE001 - a store without batched search (an older memlm)
             entry["store_search"] = {"error": repr(error)}
         result["sizes"][str(size)] = entry
-        print(f"[{backend}] {size} stored: " + json.dumps({key: entry.get(key) for key in
+        print(f"[{label}] {size} stored: " + json.dumps({key: entry.get(key) for key in
                                                            ("memorize", "segments_at_size", "decode")}), flush=True)
         write_out()
     memory_model.detach()
@@ -310,7 +315,8 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         if not curve:
             continue
         axis.plot([p["stored"] for p in curve], [p["memory_ms"] for p in curve], marker=".", markersize=3,
-                  linewidth=1, label=backend if "@" in backend else f"knn-joint ({backend})")
+                  linewidth=1, label=(backend[:-1] if backend.endswith("@") else backend) if "@" in backend
+                  else f"knn-joint ({backend})")
         for point in curve:
             bare_points.setdefault(point["stored"], []).append(point["bare_ms"])
     if bare_points:
@@ -411,8 +417,8 @@ def main() -> None:
 
     for backend in args.backends.split(","):
         results["backends"][backend] = {}
-        results["backends"][backend] = run_backend(backend, model, tokenizer, tokens, args, device, copy_bps,
-                                                   deadline, write_out) | results["backends"][backend]
+        run_backend(backend, model, tokenizer, tokens, args, device, copy_bps, deadline, write_out,
+                    results["backends"][backend])
         write_out()
         if cuda:
             results.setdefault("max_memory_GB", {})[backend] = torch.cuda.max_memory_allocated(device) / 1e9
