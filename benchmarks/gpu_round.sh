@@ -9,11 +9,10 @@
 #   in one call: gpu_round.sh all (with shorter runs and EVAL_SECONDS).
 # `train` trains configs/train/<name>.yaml for each name in RUNS, all at once, each stopped (and saved)
 # after MAX_MINUTES (default 7; TRAIN_SECONDS kills a straggler); a later call resumes a run from its
-# newest checkpoint if runs/ is still there or carried back; $OUT/runs.tgz brings back each run's final
-# weights (or its newest checkpoint), log and curves. RUNS defaults to babilong-needle (stage 2 trained on
-# BABILong and the training needles, issue 27); the round of 2026-12-07 trained
-# RUNS='babilong-stage3 babilong-stage3-sentences recurrent-16k slots-16k' (the sentences variant only on a
-# card of over 100 GB).
+# newest checkpoint if runs/ is still there or carried back; $OUT/run-<name>.tgz brings back each run's final
+# weights (or its newest checkpoint), log and curves. RUNS defaults to babilong-needle-scorer (stage 2's scorer alone on a
+# needle-heavy mix, its LoRA frozen; issue 27's second needle design); earlier rounds trained
+# RUNS='babilong-stage3 recurrent-16k slots-16k' and RUNS='babilong-needle recurrent-16k' (2026-12-07).
 # `eval` runs the jobs named in EVALS at once, each a `memlm eval` into /tmp/eval-round (the pair cache:
 # finished pairs are kept when a job is cut by EVAL_SECONDS); $OUT/pairs.tgz and $OUT/table.txt.
 #   cast     babilong qa1, bAbI's cast and the unseen cast, 4K and 16K: none, the shipped preset and every
@@ -28,6 +27,7 @@
 # The needle round (two calls on one warm host; bptt is skipped, no *-16k run being trained):
 #   bash benchmarks/gpu_round.sh train
 #   MILLION_TASKS=needle/passkey bash benchmarks/gpu_round.sh eval
+# A trained run that the host no longer has can be carried back: untar it into runs/ and name it in RUNS.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out" runs
@@ -37,7 +37,7 @@ backbone=/tmp/SmolLM2-135M-Instruct
 # Four runs need ~110 GB at once (two importance runs at batch 32, two 16K BPTT runs at batch 4, ~40 GB
 # each): on a smaller card the sentence variant waits and the BPTT runs take 2 samples a step.
 big=$(( $(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1) > 100000 ))
-RUNS=${RUNS:-babilong-needle}
+RUNS=${RUNS:-babilong-needle-scorer}
 EVALS=${EVALS:-cast bptt needle million ppl}
 EVAL_SECONDS=${EVAL_SECONDS:-540}
 PRESET=${PRESET:-importance-babilong}
@@ -95,14 +95,13 @@ train() {
       sleep 2
     done
     wait "${trainers[@]}"; kill "$monitor" 2>/dev/null
-    kept=()
-    for name in $RUNS; do
+    for name in $RUNS; do  # one archive per run: a transfer brings back files of a few MB, not one of 15
       echo "== $name"; tail -c 400 "$out/train-$name.log"; echo
-      kept+=("runs/$name/log.csv" "runs/$name/curves.png")
+      kept=("runs/$name/log.csv" "runs/$name/curves.png")
       if [ -d "runs/$name/final" ]; then kept+=("runs/$name/final")
       else newest=$(ls -d runs/$name/checkpoint-* 2>/dev/null | sort | tail -1); [ -n "$newest" ] && kept+=("$newest"); fi
+      tar czf "$out/run-$name.tgz" --ignore-failed-read "${kept[@]}"
     done
-    tar czf "$out/runs.tgz" --ignore-failed-read "${kept[@]}"
 }
 
 case "${1:?usage: gpu_round.sh train|eval|all}" in

@@ -243,11 +243,30 @@ def test_a_checkpoint_whose_state_is_not_a_trainer_state_is_refused(tmp_path, to
     ({"data": {"curriculum": [{"step": 5, "lengths": [0]}]}}, "starting at step 0"),
     ({"model": {"memories": []}}, "non-empty"),
     ({"train": {"precision": "fp8"}}, "precision"),
+    ({"train": {"memory_lr": 0}}, "memory_lr must be a positive"),
+    ({"train": {"lr": -1e-4}}, "lr must be a non-negative"),
     ({"schedule": {}}, "unknown section"),
 ])
 def test_bad_configs_are_typed_errors(values, message):
     with pytest.raises(memlm.ConfigError, match=message):
         TrainConfig.from_dict(values)
+
+
+def test_lr_zero_freezes_the_lora_while_the_memories_learn(tmp_path, tokenizer):
+    """`train.lr: 0` (a scorer-only run from a preset): the LoRA's weights end exactly as they began
+    and hold no optimizer state; the memories' weights move."""
+    torch.manual_seed(0)
+    options = {"mechanism": "slots", "layers": "all", "memory_slots": 8, "mem_dim": 64}
+    trainer = Trainer(config(tmp_path, [options], steps=3, window=17, max_new_tokens=1, lora=LORA, lr=0),
+                      tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall())
+    lora_before = {name: value.clone() for name, value in trainer.model.lora.state_dict().items()}
+    memory_before = [value.detach().clone() for value in trainer.model.memories.parameters()]
+    trainer.train()
+    assert all(torch.equal(value, lora_before[name]) for name, value in trainer.model.lora.state_dict().items())
+    assert any(not torch.equal(value, before) for value, before in
+               zip(trainer.model.memories.parameters(), memory_before, strict=True))
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not in_optimizer & {id(p) for p in trainer.model.lora.parameters()}
 
 
 def test_a_config_file_loads_and_overrides_apply(tmp_path):

@@ -117,7 +117,8 @@ class TrainSection:
         steps: optimizer steps.
         batch_size: examples per step (per process), one per batch row; all of one length.
         grad_accum: batches whose gradients are summed before each step.
-        lr: learning rate of the LoRA adapter; memory_lr: of the memories.
+        lr: learning rate of the LoRA adapter (0: the LoRA stays as `init` left it, only the memories
+            learn); memory_lr: of the memories.
         warmup: linear warm-up steps, then cosine decay to 10%.
         window: tokens the model reads at a time, memory prefixes included (as in evaluation).
         bptt: cut backpropagation through memory every this many segments (0: never).
@@ -201,8 +202,10 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be a non-negative number, got {train.max_minutes!r}")
         for name in ("lr", "memory_lr", "grad_clip"):
             value = getattr(train, name)
-            if not isinstance(value, (int, float)) or value < 0 or (name != "grad_clip" and value == 0):
-                raise ConfigError(f"train.{name} must be a positive number, got {value!r}")
+            # lr 0 freezes the LoRA (only the memories learn); the memories always learn
+            if not isinstance(value, (int, float)) or value < 0 or (name == "memory_lr" and value == 0):
+                raise ConfigError(f"train.{name} must be a {'positive' if name == 'memory_lr' else 'non-negative'} "
+                                  f"number, got {value!r}")
         if train.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
         if train.window < 16 + train.max_new_tokens:

@@ -168,6 +168,9 @@ class Trainer:
         for parameter in model.trainable_parameters():  # master weights in float32, under bf16 autocast
             parameter.data = parameter.data.float()
             parameter.requires_grad_(True)
+        if self.config.train.lr == 0 and model.lora is not None:  # a frozen LoRA: no gradient, no optimizer state
+            for parameter in model.lora.parameters():
+                parameter.requires_grad_(False)
         if not model.trainable_parameters():
             raise ConfigError("nothing to train: the memories have no parameters and no LoRA is configured")
         model.train()
@@ -209,7 +212,7 @@ class Trainer:
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
         memory = list(self.model.memories.parameters())
-        lora = self.model.lora.parameters() if self.model.lora is not None else []
+        lora = self.model.lora.parameters() if self.model.lora is not None and self.config.train.lr > 0 else []
         groups = [{"params": memory, "lr": self.config.train.memory_lr}] if memory else []
         return groups + ([{"params": lora, "lr": self.config.train.lr}] if lora else [])
 
