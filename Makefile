@@ -13,8 +13,10 @@ STAMP := $(VENV)/.memlm-installed
 demo: $(STAMP)
 	$(BIN)/memlm demo
 
+# Two pytest-xdist workers per two cores (each module on one worker, its fixtures set up once), each
+# torch single-threaded so the workers do not fight over the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

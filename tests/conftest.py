@@ -14,10 +14,16 @@ if shutil.which("nvidia-smi") is None and "TRITON_INTERPRET" not in os.environ:
     assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
     os.environ["TRITON_INTERPRET"] = "1"
 
+# pytest-xdist's workers (`make test` runs two) start with COLUMNS=80 and LINES=24 in their environment:
+# rich would fix the command line's console at 80 columns when memlm.cli is first imported, and the CLI
+# tests' wide tables (COLUMNS=250 per call) would wrap. Without them rich reads COLUMNS at each print.
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
+
 import pytest
 import torch
 from require_all import (  # noqa: F401 (the CI rule's hooks, see require_all.py)
-    pytest_make_collect_report,
+    pytest_collectreport,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_terminal_summary,

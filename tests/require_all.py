@@ -48,15 +48,15 @@ def pytest_runtest_makereport(item, call):
 
 # A whole module skipped at import (pytest.importorskip at the top) is not failed during collection:
 # a collection error would stop the run before any test. It is listed at the end and fails the run.
+# pytest_collectreport, not the report's maker: under pytest-xdist (`make test` runs two workers) the
+# workers' skipped collection reports reach this hook in the controlling process, whose exit status and
+# summary are the run's.
 _SKIPPED_MODULES: list[tuple[str, str]] = []
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector):
-    outcome = yield
-    report = outcome.get_result()
+def pytest_collectreport(report):
     reason = _forbidden(report)
-    if reason is not None:
+    if reason is not None and (report.nodeid, reason) not in _SKIPPED_MODULES:  # once, however many workers
         _SKIPPED_MODULES.append((report.nodeid, reason))
 
 

@@ -32,7 +32,11 @@ SAMPLE = textwrap.dedent('''
 MODULE_SKIP = "import pytest\npytest.importorskip('a_module_that_is_not_installed')\n\ndef test_x():\n    pass\n"
 
 
-def outcomes(tmp_path: Path, **env: str) -> tuple[dict[str, str], int, str]:
+# `make test` runs the suite on two pytest-xdist workers: the rule must hold there as in one process.
+WORKERS = [pytest.param([], id="one-process"), pytest.param(["-n", "2"], id="xdist")]
+
+
+def outcomes(tmp_path: Path, workers: list[str] | None = None, **env: str) -> tuple[dict[str, str], int, str]:
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     (tmp_path / "test_module_skip.py").write_text(MODULE_SKIP)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
@@ -47,14 +51,15 @@ def outcomes(tmp_path: Path, **env: str) -> tuple[dict[str, str], int, str]:
             if report.outcome != "passed":
                 seen[report.nodeid] = report.outcome
         def pytest_sessionfinish(session):
-            open(os.environ["RECORD"], "w").write(json.dumps(seen))
+            if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process sees every report
+                open(os.environ["RECORD"], "w").write(json.dumps(seen))
     '''))
     record = tmp_path / "record.json"
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MEMLM_REQUIRE_ALL", "MEMLM_ALLOWED_SKIPS")}
+    environment = {key: value for key, value in os.environ.items()  # nor this run's xdist worker's marks
+                   if key not in ("MEMLM_REQUIRE_ALL", "MEMLM_ALLOWED_SKIPS") and not key.startswith("PYTEST_XDIST")}
     environment.update(PYTHONPATH=os.pathsep.join([str(TESTS), str(tmp_path)]), RECORD=str(record), **env)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "require_all", "-p", "record",
-                          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", str(tmp_path / "pytest.ini"),
+                          "-p", "no:cacheprovider", *(workers or []), "--rootdir", str(tmp_path), "-c", str(tmp_path / "pytest.ini"),
                           str(tmp_path)],
                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     return json.loads(record.read_text()), run.returncode, run.stdout
@@ -67,17 +72,20 @@ def test_without_the_variable_skips_stay_skips(tmp_path):
     assert code == 0
 
 
-def test_in_ci_a_skip_fails_unless_allowed(tmp_path):
-    seen, code, output = outcomes(tmp_path, MEMLM_REQUIRE_ALL="1")
+@pytest.mark.parametrize("workers", WORKERS)
+def test_in_ci_a_skip_fails_unless_allowed(tmp_path, workers):
+    seen, code, output = outcomes(tmp_path, workers, MEMLM_REQUIRE_ALL="1")
     assert seen == {"test_missing_component": "failed", "test_cuda_only": "skipped",  # CUDA-only: allowed
                     "test_expected_failure": "skipped", "test_runs": "passed",  # xfail (reported skipped): kept
                     "test_module_skip.py": "skipped"}  # a module skip does not stop collection ...
     assert code == 1 and "FAILED test_module_skip.py" in output  # ... but fails the run, named at the end
 
 
-def test_a_module_skip_alone_fails_the_run(tmp_path):
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_module_skip_alone_fails_the_run(tmp_path, workers):
     (tmp_path / "sub").mkdir()
-    seen, code, output = outcomes(tmp_path / "sub", MEMLM_REQUIRE_ALL="1", MEMLM_ALLOWED_SKIPS="bm25s|CUDA")
+    seen, code, output = outcomes(tmp_path / "sub", workers, MEMLM_REQUIRE_ALL="1",
+                                  MEMLM_ALLOWED_SKIPS="bm25s|CUDA")
     assert seen["test_missing_component"] == "skipped" and seen["test_module_skip.py"] == "skipped"
     assert code == 1 and "a_module_that_is_not_installed" in output
 
