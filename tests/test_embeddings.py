@@ -31,6 +31,7 @@ def encoder(cache_size: int = embeddings.CACHE_SIZE) -> SentenceEncoder:
     instance._lock = threading.Lock()
     instance.cache_size = cache_size
     instance._cache = embeddings.OrderedDict()
+    instance._packed = None
     return instance
 
 
@@ -92,3 +93,43 @@ def test_the_real_minilm_gives_the_same_vectors_through_the_cache():
     plain = enc._encode(texts, 64)
     np.testing.assert_allclose(enc.encode(texts), plain, atol=1e-6)
     np.testing.assert_allclose(enc.encode(texts[::-1]), plain[::-1], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceEncoder:
+    pytest.importorskip("sentence_transformers")
+    try:
+        return SentenceEncoder(embeddings.minilm_path(), cache_size=0)
+    except Exception as error:  # noqa: BLE001 - no offline MiniLM here
+        pytest.skip(str(error))
+
+
+TURN = ["Hi! My sister Maria just moved to Lisbon. I'm allergic to peanuts since 1999. What should I cook?",
+        "My sister Maria just moved to Lisbon.", "I'm allergic to peanuts since 1999.", "Ok",
+        "Café crème, s'il vous plaît!"]
+
+
+def test_a_chat_turns_texts_packed_in_one_row_get_the_padded_batchs_vectors(minilm):
+    assert minilm._packed is not None  # the offline MiniLM is the plain pipeline: packing is on
+    padded = minilm.model.encode(TURN, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    packed = minilm._packed(TURN)
+    np.testing.assert_allclose(packed, padded, atol=1e-5)
+    np.testing.assert_allclose(minilm.encode(TURN), padded, atol=1e-5)
+
+
+def test_texts_too_long_to_pack_go_through_the_padded_batch(minilm):
+    long = ["word " * 300, "another " * 300, "third " * 300]  # 3 x 256 tokens (truncated) > PACK_MAX_TOKENS
+    assert minilm._packed(long) is None
+    padded = minilm.model.encode(long, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(minilm.encode(long), padded, atol=1e-6)
+
+
+def test_only_the_plain_mean_pooling_pipeline_is_packed(minilm):
+    from sentence_transformers import SentenceTransformer
+
+    class Other(list):
+        tokenizer, max_seq_length = None, 128
+
+    assert embeddings._PackedBert.for_model(Other([object(), object()])) is None
+    unnormalised = SentenceTransformer(modules=[minilm.model[0], minilm.model[1]], device="cpu")
+    assert embeddings._PackedBert.for_model(unnormalised) is None  # its vectors are not the packed ones
