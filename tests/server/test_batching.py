@@ -1,0 +1,278 @@
+"""Continuous batching of chat turns (memlm.server.batching): rows of a batch give what the one-at-a-time
+path gives, keep their users' memories apart, join and leave independently, and end their turns (facts,
+journal, saved state) as unbatched turns do."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+import pytest
+import torch
+from helpers import randomize_memory_weights
+from tiny import EOS_ID, tiny_model
+
+from memlm import MemoryModel
+from memlm.paths import home_dir
+from memlm.server import server_memories
+from memlm.server.batching import job_blocker, model_blocker
+from memlm.server.engine import JOURNAL_FILE, ChatJob, Engine
+from memlm.server.generation import cut_at_stop
+
+BANK_RECURRENT = ("bank", "recurrent")
+ENDINGS = itertools.count()
+PROMPTS = {  # different lengths, so rows are left-padded differently
+    "alice": "Hi.",
+    "bob": "What do you know about me and my family, in a few words?",
+    "carol": "Tell me a story.",
+    "dave": "Where do I live, and what is my job? Answer briefly, please, if you can.",
+}
+
+
+def _sharp(model: Any, seed: int = 1) -> Any:
+    """Weights large enough that the reply depends on every prompt token and position (a tiny random model
+    at its init scale answers nearly the same whatever it is asked, which would hide padding mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
+def _ascii_only(tokenizer: Any) -> dict[int, float]:
+    """A logit bias that keeps replies to printable ASCII, one character per token, and never ends them:
+    the reply's text is then its tokens exactly, at full length."""
+    bias = {EOS_ID: -100.0}
+    for token in range(256):
+        text = tokenizer.decode([token])
+        if not (len(text) == 1 and text.isascii() and text.isprintable()):
+            bias[token] = -100.0
+    return bias
+
+
+def make_engine(tokenizer: Any, architecture: str = "llama", memories: tuple[str, ...] = BANK_RECURRENT,
+                batch_size: int = 4) -> Engine:
+    home = home_dir()
+    model = MemoryModel(_sharp(tiny_model(architecture)), server_memories(list(memories), home), tokenizer=tokenizer)
+    randomize_memory_weights(model)  # the recurrent memory's gates open: each user's state shapes the reply
+    return Engine(model, tokenizer, home, batch_size=batch_size, default_generation={"max_new_tokens": 12})
+
+
+class Turn:
+    """One chat job and what it emitted."""
+
+    def __init__(self, engine: Engine, user: str, text: str, memories: tuple[str, ...] = BANK_RECURRENT,
+                 learn: bool = False, max_new: int = 12, **job: Any):
+        self.events: list[tuple[str, Any]] = []
+        self.done = threading.Event()
+        self.on_delta: Any = None
+        job.setdefault("logit_bias", _ascii_only(engine.tokenizer))
+        self.job = ChatJob(user=user, messages=[{"role": "user", "content": text}], memories=memories,
+                           generation=dict(engine.default_generation, max_new_tokens=max_new), learn=learn,
+                           emit=self._emit, **job)
+
+    def _emit(self, event: tuple[str, Any]) -> None:
+        self.events.append(event)
+        if event[0] == "delta" and self.on_delta is not None:
+            self.on_delta(self)
+        if event[0] in ("end", "error"):
+            self.ended = next(ENDINGS)
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        assert self.done.wait(60) and self.events[-1][0] == "end", self.events[-1:]
+        return "".join(value for kind, value in self.events if kind == "delta")
+
+    @property
+    def end(self) -> dict[str, Any]:
+        assert self.done.wait(60) and self.events[-1][0] == "end", self.events[-1:]
+        return self.events[-1][1]
+
+    @property
+    def deltas(self) -> int:
+        return sum(kind == "delta" for kind, _ in self.events)
+
+
+def alone(engine: Engine, *args: Any, **kwargs: Any) -> Turn:
+    """A turn on the one-at-a-time path."""
+    turn = Turn(engine, *args, **kwargs)
+    engine.submit(engine.chat, turn.job).result()
+    return turn
+
+
+def together(engine: Engine, turns: list[Turn]) -> list[Turn]:
+    """Turns queued while the worker is busy, so that they start as one batch."""
+    gate = threading.Event()
+    engine.submit(gate.wait)
+    for turn in turns:
+        engine.submit_chat(turn.job)
+    gate.set()
+    for turn in turns:
+        assert turn.done.wait(60)
+    return turns
+
+
+def remember(engine: Engine) -> None:
+    """Give each user facts and a recurrent state of their own (turns that learn, one at a time)."""
+    for user, said in {"alice": "My dog is called Biscuit.", "bob": "My sister Maria lives in Porto.",
+                       "carol": "I work as a baker.", "dave": "I live in Lisbon."}.items():
+        alone(engine, user, said, learn=True).end  # noqa: B018 - waits for the turn
+
+
+@pytest.fixture
+def engine(tokenizer):
+    engine = make_engine(tokenizer)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])  # rotary and absolute positions
+def test_greedy_rows_give_the_one_at_a_time_tokens(tokenizer, architecture):
+    engine = make_engine(tokenizer, architecture)
+    try:
+        remember(engine)
+        for memories in (BANK_RECURRENT, ("bank",), ()):
+            reference = {user: alone(engine, user, text, memories).text for user, text in PROMPTS.items()}
+            batched = together(engine, [Turn(engine, user, text, memories) for user, text in PROMPTS.items()])
+            assert {turn.job.user: turn.text for turn in batched} == reference, memories
+            assert len(set(reference.values())) >= 3  # the prompts (and memories) matter
+        assert engine.batcher.peak_rows == 4
+    finally:
+        engine.close()
+
+
+def test_a_users_memory_shapes_only_their_row(engine):
+    remember(engine)
+    question = "What do you remember about me?"
+    bob_alone = alone(engine, "bob", question)
+    alice, bob = together(engine, [Turn(engine, "alice", question), Turn(engine, "bob", question)])
+    assert [m["memory"] for m in alice.events[0][1]["memories"]] == ["The user's dog is called Biscuit."]
+    assert all("Biscuit" not in m["memory"] for m in bob.events[0][1]["memories"])
+    assert bob.text == bob_alone.text and alice.text != bob.text
+    # the recurrent state alone (no bank): bob's row reads bob's state, next to alice's
+    bob_alone = alone(engine, "bob", question, ("recurrent",))
+    alice, bob = together(engine, [Turn(engine, "alice", question, ("recurrent",)),
+                                   Turn(engine, "bob", question, ("recurrent",))])
+    assert bob.text == bob_alone.text and alice.text != bob.text
+
+
+def test_a_turn_joins_a_batch_that_is_decoding(engine):
+    remember(engine)
+    long_reference = alone(engine, "alice", PROMPTS["alice"], max_new=40).text
+    short_reference = alone(engine, "bob", PROMPTS["bob"], max_new=8).text
+    long, short = Turn(engine, "alice", PROMPTS["alice"], max_new=40), Turn(engine, "bob", PROMPTS["bob"], max_new=8)
+    joined_at: list[int] = []
+
+    def join(turn: Turn) -> None:  # on the worker, mid-decode: the new turn joins at the next step
+        if turn.deltas == 5 and not joined_at:
+            joined_at.append(turn.deltas)
+            engine.submit_chat(short.job)
+
+    long.on_delta = join
+    engine.submit_chat(long.job)
+    assert long.text == long_reference and short.text == short_reference
+    assert joined_at == [5] and engine.batcher.peak_rows == 2
+    assert short.ended < long.ended  # the short row left while the long one went on
+
+
+def test_cancelling_one_row_leaves_the_others(engine):
+    remember(engine)
+    reference = {user: alone(engine, user, text, max_new=20).text for user, text in PROMPTS.items()}
+    turns = [Turn(engine, user, text, max_new=20) for user, text in PROMPTS.items()]
+
+    def cancel(turn: Turn) -> None:
+        if turn.deltas == 3:
+            turn.job.cancelled.set()
+
+    turns[1].on_delta = cancel
+    together(engine, turns)
+    cancelled = turns[1]
+    cancelled_alone = Turn(engine, cancelled.job.user, PROMPTS[cancelled.job.user], max_new=20)
+    cancelled_alone.on_delta = cancel
+    engine.submit(engine.chat, cancelled_alone.job).result()
+    # it stops one token after the one during which it was cancelled, as on the one-at-a-time path
+    assert cancelled.end["usage"]["completion_tokens"] == cancelled_alone.end["usage"]["completion_tokens"] == 4
+    assert reference[cancelled.job.user].startswith(cancelled.text)
+    assert {t.job.user: t.text for t in turns if t is not cancelled} == \
+        {user: text for user, text in reference.items() if user != cancelled.job.user}
+
+
+def test_stop_strings_are_per_row(engine):
+    remember(engine)
+    reference = {user: alone(engine, user, text, max_new=16).text for user, text in PROMPTS.items()}
+    stop = reference["carol"][5:7]
+    carol_alone = alone(engine, "carol", PROMPTS["carol"], max_new=16, stop=[stop])
+    turns = together(engine, [Turn(engine, user, text, max_new=16, stop=[stop] if user == "carol" else [])
+                              for user, text in PROMPTS.items()])
+    for turn in turns:
+        if turn.job.user == "carol":
+            assert turn.text == carol_alone.text == cut_at_stop(reference["carol"], [stop])
+            assert turn.end["finish_reason"] == carol_alone.end["finish_reason"] == "stop"
+        else:
+            assert turn.text == reference[turn.job.user] and turn.end["finish_reason"] == "length"
+
+
+def test_batched_turns_learn_journal_and_save_as_unbatched_ones(engine):
+    """Each row's turn learns its user's facts, saves its user's recurrent state after the answer, and a
+    save that fails leaves the turn in that user's journal, replayed at the next load."""
+    store = engine.model.memories["bank"].store
+    real_save, failed = engine.model.save_state, []
+
+    def save_failing_for_bob(directory):
+        if "bob" in str(directory) and not failed:
+            failed.append(directory)
+            raise RuntimeError("killed while saving")
+        return real_save(directory)
+
+    engine.model.save_state = save_failing_for_bob
+    alice, bob = together(engine, [Turn(engine, "alice", "My dog is called Biscuit.", learn=True),
+                                   Turn(engine, "bob", "My cat is called Tom.", learn=True)])
+    assert [item["memory"] for item in alice.end["learned"]] == ["The user's dog is called Biscuit."]
+    assert [item["memory"] for item in bob.end["learned"]] == ["The user's cat is called Tom."]
+    assert [f.text for f in store.facts("alice")] == ["The user's dog is called Biscuit."]
+    assert [f.text for f in store.facts("bob")] == ["The user's cat is called Tom."]
+    engine.submit(lambda: None).result()
+    assert (engine.state_dir("alice") / "memory_state.safetensors").is_file()
+    assert not (engine.state_dir("alice") / JOURNAL_FILE).exists()
+    journal = engine.state_dir("bob") / JOURNAL_FILE
+    assert failed and journal.is_file() and "My cat is called Tom." in journal.read_text()
+
+    def restart():
+        engine._loaded_user, engine._dirty = None, False
+        engine.model.memories["recurrent"].reset()
+        engine._ensure_user("bob")
+
+    engine.submit(restart).result()
+    assert engine.model.memories["recurrent"].summary()["updates"] == 1 and not journal.exists()
+
+
+def test_a_retrieval_is_marked_used_when_its_row_ends(engine):
+    remember(engine)
+    store = engine.model.memories["bank"].store
+    turns = together(engine, [Turn(engine, "alice", "What is my dog called?", learn=True),
+                              Turn(engine, "bob", "Where does my sister live?", learn=True),
+                              Turn(engine, "carol", "What is my dog called?", learn=False)])
+    for turn in turns:
+        used = {m["id"] for m in turn.events[0][1]["memories"]}
+        assert used or turn.job.user == "carol"  # alice and bob found their facts; carol has no dog
+        assert {f.id: f.use_count for f in store.facts(turn.job.user)} == \
+            {f.id: int(f.id in used) for f in store.facts(turn.job.user)}
+
+
+def test_what_cannot_batch_runs_one_at_a_time(tokenizer):
+    engine = make_engine(tokenizer, memories=("bank", "knn"))
+    try:
+        turn = Turn(engine, "alice", "Hello.", ("bank", "knn"))
+        assert "knn" in job_blocker(engine, turn.job)
+        plain = Turn(engine, "alice", "Hello.", ("bank",)).job
+        assert job_blocker(engine, plain) is None
+        plain.generation["num_beams"] = 2
+        assert "num_beams" in job_blocker(engine, plain)
+        engine.submit_chat(turn.job)
+        assert turn.end["usage"]["completion_tokens"] == 12 and engine.batcher.peak_rows == 0
+    finally:
+        engine.close()
+    assert "sliding-window" in model_blocker(MemoryModel(tiny_model("gemma3"), []))
