@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -153,11 +154,13 @@ def test_a_users_memory_shapes_only_their_row(tokenizer):
     engine = make_engine(tokenizer, memory_scale=0.5)
     remember(engine)
     question = "What do you remember about me?"
-    bob_alone = alone(engine, "bob", question)
-    alice, bob = together(engine, [Turn(engine, "alice", question), Turn(engine, "bob", question)])
-    assert [m["memory"] for m in alice.events[0][1]["memories"]] == ["The user's dog is called Biscuit."]
-    assert all("Biscuit" not in m["memory"] for m in bob.events[0][1]["memories"])
-    assert bob.text == bob_alone.text and alice.text != bob.text
+    for memories in (BANK_RECURRENT, ("bank",)):  # the bank alone: no state to load, only whose facts
+        bob_alone = alone(engine, "bob", question, memories)
+        alice, bob = together(engine, [Turn(engine, "alice", question, memories),
+                                       Turn(engine, "bob", question, memories)])
+        assert [m["memory"] for m in alice.events[0][1]["memories"]] == ["The user's dog is called Biscuit."]
+        assert all("Biscuit" not in m["memory"] for m in bob.events[0][1]["memories"])
+        assert bob.text == bob_alone.text and alice.text != bob.text
     # the recurrent state alone (no bank): bob's row reads bob's state, next to alice's
     bob_alone = alone(engine, "bob", question, ("recurrent",))
     alice, bob = together(engine, [Turn(engine, "alice", question, ("recurrent",)),
@@ -285,3 +288,45 @@ def test_what_cannot_batch_runs_one_at_a_time(tokenizer):
     finally:
         engine.close()
     assert "sliding-window" in model_blocker(MemoryModel(tiny_model("gemma3"), []))
+
+
+def test_concurrent_streams_through_the_openai_client_are_batched(live, keys):
+    """Four users stream at once from a live server with `batch_size=4`: one batch, each stream what the
+    same request gets alone (answered by the one-at-a-time path of a server without batching)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    users = ["alice", "bob", "alice", "bob"]
+    questions = [[{"role": "user", "content": text}] for text in
+                 ("What is my dog called?", "What is my dog called?", "Tell me about my dog, please.", "Hi.")]
+
+    def ask(url: str, index: int, stream: bool) -> str:
+        client = OpenAI(base_url=f"{url}/v1", api_key=keys[users[index]], max_retries=0)
+        if not stream:
+            reply = client.chat.completions.create(model="tiny-llama+bank", max_tokens=8, messages=questions[index],
+                                                   extra_body={"memlm": {"learn": False}})
+            return reply.choices[0].message.content
+        chunks = list(client.chat.completions.create(model="tiny-llama+bank", max_tokens=8, stream=True,
+                                                     messages=questions[index], extra_body={"memlm": {"learn": False}}))
+        used = [m["memory"] for m in chunks[0].model_extra["memlm"]["memories"]]
+        assert used == (["The user's dog is called Biscuit."] if users[index] == "alice" else []), index
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+    with live("bank", batch_size=0) as (url, app):
+        assert app.state.engine.batcher is None
+        OpenAI(base_url=f"{url}/v1", api_key=keys["alice"], max_retries=0).chat.completions.create(
+            model="tiny-llama+bank", max_tokens=2, messages=[{"role": "user", "content": "My dog is called Biscuit."}])
+        alone_replies = [ask(url, index, stream=False) for index in range(4)]
+    with live("bank", batch_size=4) as (url, app):
+        engine, gate = app.state.engine, threading.Event()
+        engine.submit(gate.wait)  # the worker is busy: the four requests queue, then start as one batch
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(ask, url, index, True) for index in range(4)]
+            deadline = time.monotonic() + 30
+            while len(engine.batcher.waiting) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            streamed = [future.result(timeout=60) for future in futures]
+        assert engine.batcher.peak_rows == 4
+    assert streamed == alone_replies
