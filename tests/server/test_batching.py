@@ -150,6 +150,20 @@ def test_greedy_rows_give_the_one_at_a_time_tokens(tokenizer, architecture):
         engine.close()
 
 
+@pytest.mark.parametrize("memory_scale", [0.05, 0.5])  # the recurrent state nudges, or dominates, the reply
+def test_turns_with_different_memories_share_a_batch(tokenizer, memory_scale):
+    engine = make_engine(tokenizer, memory_scale=memory_scale)
+    try:
+        remember(engine)
+        mixes = {"alice": BANK_RECURRENT, "bob": (), "carol": ("bank",), "dave": ("recurrent",)}
+        reference = {user: alone(engine, user, PROMPTS[user], mixes[user]).text for user in mixes}
+        batched = together(engine, [Turn(engine, user, PROMPTS[user], mixes[user]) for user in mixes])
+        assert {turn.job.user: turn.text for turn in batched} == reference
+        assert engine.batcher.peak_rows == 4
+    finally:
+        engine.close()
+
+
 def test_a_users_memory_shapes_only_their_row(tokenizer):
     engine = make_engine(tokenizer, memory_scale=0.5)
     remember(engine)

@@ -18,10 +18,11 @@ Here chat turns that can share a batch are decoded by one loop on the same worke
 Which turns join a batch (`job_blocker`): those whose memories are a subset of `bank` (prompt fusion),
 `recurrent` and the LoRA adapter, and whose decoding options are the server's (`SUPPORTED_GENERATION`).
 The others (`knn`, `slots`, `importance`: state that is not one row per user, or rewrites the input)
-run on the one-at-a-time path, between batch steps. One batch runs one combination of memories (the
-LoRA adapter is on or off for the whole backbone); a turn for another combination waits until the
-batch drains. With `recurrent`, a user has one row at a time, so that a user's turns see each other's
-writes in order, as they do unbatched.
+run on the one-at-a-time path, between batch steps. Turns for different subsets of these memories share
+a batch (a row that does not use the bank gets no facts; one that does not use `recurrent` reads a zero
+state, which adds exactly nothing); only the LoRA adapter, on or off for the whole backbone, splits
+them: a turn that needs it set the other way waits until the batch drains. A turn that uses `recurrent`
+waits while its user has a row, so that a user's turns see each other's writes in order, as unbatched.
 
 Greedy rows give the tokens the one-at-a-time path gives (tests/server/test_batching.py), up to
 float rounding of the padded attention, which can flip a near-tie.
@@ -52,6 +53,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from memlm.memories.base import PromptFusion
+from memlm.server.engine import LORA, TurnEmbeddings, _learned, _used
 from memlm.server.errors import ApiError
 from memlm.server.generation import LogitBias, OpenAIPenalties, StopTrimmer, Streamer, cut_at_stop, eos_ids, hit_stop
 
@@ -60,7 +62,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("memlm.server")
 
-BATCHED_MEMORIES = frozenset({"bank", "recurrent", "lora"})
+BATCHED_MEMORIES = frozenset({"bank", "recurrent", LORA})
 ROW_STATE_MEMORIES = ("recurrent",)  # memories whose read state is one tensor row per user (`state`)
 SUPPORTED_GENERATION = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
                                   "repetition_penalty"})
@@ -133,7 +135,11 @@ class Batcher:
         self.lock = threading.Lock()
         self.scheduled = False
         self.rows: list[Row] = []
-        self.memories: tuple[str, ...] = ()
+        self.lora = False  # whether the batch runs with the LoRA adapter on (one setting per backbone)
+        # The memories whose hooks stay on while the batch decodes: a row that does not use one reads
+        # nothing from it (the bank only fills its own row's prompt; a recurrent row state of zeros reads
+        # as exactly zero), so turns with and without memory share one batch.
+        self.reading = tuple(name for name in self.model.memories if name in BATCHED_MEMORIES)
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (B, T) 1 where the cache holds a row's token
         self.positions: torch.Tensor | None = None  # (B,) the position of each row's next token
@@ -186,24 +192,23 @@ class Batcher:
                 continue
 
     def _admit(self) -> None:
-        """Move waiting turns into the batch (first come first served): a turn for another combination
-        of memories waits for the batch to drain and holds back those behind it; with a row-state memory,
-        a user's next turn waits for their current one."""
+        """Move waiting turns into the batch (first come first served): a turn that needs the LoRA adapter
+        set the other way waits for the batch to drain and holds back those behind it; a turn with a
+        row-state memory waits while its user has a row (their turns see each other's writes in order)."""
         taken: list[ChatJob] = []
         with self.lock:
             busy = {row.job.user for row in self.rows}
-            memories = self.memories if self.rows else (self.waiting[0].memories if self.waiting else ())
-            per_user = any(name in ROW_STATE_MEMORIES for name in memories)
+            lora = self.lora if self.rows else (LORA in self.waiting[0].memories if self.waiting else False)
             kept: collections.deque[ChatJob] = collections.deque()
             blocked = False
             while self.waiting:
                 job = self.waiting.popleft()
                 if job.cancelled.is_set() and not blocked:
                     taken.append(job)  # answered at once below (no row)
-                elif blocked or job.memories != memories or len(self.rows) + len(taken) >= self.max_rows:
+                elif blocked or (LORA in job.memories) != lora or len(self.rows) + len(taken) >= self.max_rows:
                     blocked = True
                     kept.append(job)
-                elif per_user and job.user in busy:
+                elif job.user in busy and any(name in ROW_STATE_MEMORIES for name in job.memories):
                     kept.append(job)
                 else:
                     busy.add(job.user)
@@ -211,8 +216,7 @@ class Batcher:
             self.waiting = kept
         if not taken:
             return
-        if not self.rows:
-            self.memories = memories
+        self.lora = lora
         rows = [row for row in (self._start(job) for job in taken) if row is not None]
         if not rows:
             return
@@ -227,8 +231,6 @@ class Batcher:
     def _start(self, job: ChatJob) -> Row | None:
         """A turn's start, as on the one-at-a-time path: its user's state, the bank's retrieval into its
         prompt, its logits processors; None if it ended already (cancelled, or failed)."""
-        from memlm.server.engine import TurnEmbeddings, _used
-
         timings = {"queue_ms": (time.perf_counter() - job.submitted) * 1000}
         if job.cancelled.is_set():
             self.engine.release()
@@ -286,19 +288,18 @@ class Batcher:
         return row
 
     def _load_states(self, job: ChatJob) -> dict[str, torch.Tensor]:
-        """The user's row of each row-state memory the turn uses (loaded, journal replayed, as unbatched)."""
-        engine = self.engine
-        names = [name for name in ROW_STATE_MEMORIES if name in job.memories]
-        if not names:
-            from memlm.paths import check_name
+        """The row of each row-state memory the batch reads: the user's (loaded, journal replayed, as
+        unbatched) for those the turn uses, zeros (which read as nothing) for the others."""
+        from memlm.paths import check_name
 
-            check_name(job.user, "user id")
-            return {}
-        engine._ensure_user(job.user)
+        check_name(job.user, "user id")
+        names = [name for name in ROW_STATE_MEMORIES if name in self.reading]
+        if any(name in job.memories for name in names):
+            self.engine._ensure_user(job.user)
         states = {}
         for name in names:
             memory = self.model.memories[name]
-            state = memory.state if memory.state is not None else memory._zeros(1)  # zero state reads as none
+            state = memory.state if name in job.memories and memory.state is not None else memory._zeros(1)
             states[name] = memory.expand_rows(state, 1).detach().clone()
         return states
 
@@ -308,7 +309,7 @@ class Batcher:
         """The batch's memories read: others' hooks removed, row-state memories hold the rows' stack (the
         loaded user's own state is put back after, for the one-at-a-time path)."""
         saved = {name: self.model.memories[name].state for name in states}
-        with self.engine._only(self.memories):
+        with self.engine._only(self.reading + ((LORA,) if self.lora else ())):
             for name, stacked in states.items():
                 self.model.memories[name].state = stacked
             try:
@@ -424,8 +425,6 @@ class Batcher:
 
     def _finish(self, row: Row) -> None:
         """The turn's end, as `Engine._chat`'s: learning, the journal, the answer, then the write pass."""
-        from memlm.server.engine import LORA, _learned
-
         engine, job, timings = self.engine, row.job, row.timings
         try:
             generated = row.generated
