@@ -3,7 +3,9 @@
 Everything that touches the model runs on a single worker thread, one job at a time, first come
 first served: a chat turn, one segment of a document being memorized, a document deleted. The HTTP
 layer stays responsive (it only waits on futures and queues), and a long document does not block
-chats: it is memorized one segment per job, so a chat waits at most one segment.
+chats: it is memorized one segment per job, so a chat waits at most one segment. With `batch_size` > 1,
+chat turns that can share a batch are decoded together by `memlm.server.batching` (continuous batching,
+still on this one thread); the others run here, one at a time.
 
 Per user:
 
