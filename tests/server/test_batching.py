@@ -344,3 +344,29 @@ def test_concurrent_streams_through_the_openai_client_are_batched(live, keys):
             streamed = [future.result(timeout=60) for future in futures]
         assert engine.batcher.peak_rows == 4
     assert streamed == alone_replies
+
+
+def test_turns_with_and_without_the_lora_adapter_take_turns(tokenizer):
+    """The adapter is on or off for the whole backbone: queued turns with it and without it run as batches of
+    one setting each, and every turn answers as it does alone."""
+    home = home_dir()
+    model = MemoryModel(_sharp(tiny_model("llama")), server_memories(["bank"], home), tokenizer=tokenizer)
+    model.add_lora({"r": 2})
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.lora.parameters():  # a trained adapter changes the output (B starts at zero)
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    engine = Engine(model, tokenizer, home, batch_size=4,
+                    default_generation={"max_new_tokens": 12, "repetition_penalty": 3.0})
+    try:
+        mixes = [("bank", "lora"), ("bank", "lora"), ("bank",), ("bank",)]
+        users = list(PROMPTS)
+        reference = [alone(engine, user, PROMPTS[user], memories).text
+                     for user, memories in zip(users, mixes, strict=True)]
+        assert reference[0] != alone(engine, users[0], PROMPTS[users[0]], ("bank",)).text  # the adapter matters
+        batched = together(engine, [Turn(engine, user, PROMPTS[user], memories)
+                                    for user, memories in zip(users, mixes, strict=True)])
+        assert [turn.text for turn in batched] == reference
+        assert engine.batcher.peak_rows == 2  # two with the adapter, then two without
+    finally:
+        engine.close()
