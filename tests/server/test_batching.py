@@ -31,6 +31,9 @@ PROMPTS = {  # different lengths, so rows are left-padded differently
 }
 
 
+OWN_OPTIONS = {"dave": {"presence_penalty": 0.8, "frequency_penalty": 0.5}}  # a row with processors of its own
+
+
 def _sharp(model: Any, seed: int = 1) -> Any:
     """Weights large enough that the reply depends on every prompt token and position (a tiny random model
     at its init scale answers nearly the same whatever it is asked, which would hide padding mistakes)."""
@@ -69,13 +72,15 @@ class Turn:
     """One chat job and what it emitted."""
 
     def __init__(self, engine: Engine, user: str, text: str, memories: tuple[str, ...] = BANK_RECURRENT,
-                 learn: bool = False, max_new: int = 12, **job: Any):
+                 learn: bool = False, max_new: int = 12, generation_overrides: dict[str, Any] | None = None,
+                 **job: Any):
         self.events: list[tuple[str, Any]] = []
         self.done = threading.Event()
         self.on_delta: Any = None
         job.setdefault("logit_bias", _ascii_only(engine.tokenizer))
         self.job = ChatJob(user=user, messages=[{"role": "user", "content": text}], memories=memories,
-                           generation=dict(engine.default_generation, max_new_tokens=max_new), learn=learn,
+                           generation=dict(engine.default_generation, max_new_tokens=max_new,
+                                           **(generation_overrides or {})), learn=learn,
                            emit=self._emit, **job)
 
     def _emit(self, event: tuple[str, Any]) -> None:
@@ -140,8 +145,10 @@ def test_greedy_rows_give_the_one_at_a_time_tokens(tokenizer, architecture):
     try:
         remember(engine)
         for memories in (BANK_RECURRENT, ("bank",), ()):
-            reference = {user: alone(engine, user, text, memories).text for user, text in PROMPTS.items()}
-            batched = together(engine, [Turn(engine, user, text, memories) for user, text in PROMPTS.items()])
+            reference = {user: alone(engine, user, text, memories, **OWN_OPTIONS.get(user, {})).text
+                         for user, text in PROMPTS.items()}
+            batched = together(engine, [Turn(engine, user, text, memories, **OWN_OPTIONS.get(user, {}))
+                                        for user, text in PROMPTS.items()])
             assert {turn.job.user: turn.text for turn in batched} == reference, memories
             assert len(set(reference.values())) == len(reference)  # the prompts (and memories) matter
             assert sum(len(set(text)) > 6 for text in reference.values()) >= 3  # not one character repeated
@@ -222,6 +229,8 @@ def test_cancelling_one_row_leaves_the_others(engine):
     assert reference[cancelled.job.user].startswith(cancelled.text)
     assert {t.job.user: t.text for t in turns if t is not cancelled} == \
         {user: text for user, text in reference.items() if user != cancelled.job.user}
+    engine.submit(lambda: None).result()
+    assert engine.pending == 0 and not engine.batcher.rows  # every row's place in the queue was given back
 
 
 def test_stop_strings_are_per_row(engine):
@@ -370,3 +379,20 @@ def test_turns_with_and_without_the_lora_adapter_take_turns(tokenizer):
         assert engine.batcher.peak_rows == 2  # two with the adapter, then two without
     finally:
         engine.close()
+
+
+def test_sampled_rows_follow_their_own_seed(engine):
+    def sample(seed: int) -> list[str]:
+        turns = [Turn(engine, user, text, generation_overrides={"do_sample": True, "temperature": 1.5, "top_k": 50,
+                                                                "top_p": 0.95}, seed=seed + index)
+                 for index, (user, text) in enumerate(PROMPTS.items())]
+        return [turn.text for turn in together(engine, turns)]
+
+    first = sample(1)
+    assert sample(1) == first and sample(2) != first
+    greedy = [alone(engine, user, text).text for user, text in PROMPTS.items()]
+    assert first != greedy
+    # top_k=1 leaves each row one token to draw: the greedy one (the rows' warpers are applied)
+    narrowed = [Turn(engine, user, text, generation_overrides={"do_sample": True, "temperature": 1.5, "top_k": 1},
+                     seed=7) for user, text in PROMPTS.items()]
+    assert [turn.text for turn in together(engine, narrowed)] == greedy

@@ -42,16 +42,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from memlm.fusion import FactTokenBias
 from memlm.memories.base import PromptFusion
 from memlm.server.engine import LORA, TurnEmbeddings, _learned, _used
 from memlm.server.errors import ApiError
@@ -66,6 +66,7 @@ BATCHED_MEMORIES = frozenset({"bank", "recurrent", LORA})
 ROW_STATE_MEMORIES = ("recurrent",)  # memories whose read state is one tensor row per user (`state`)
 SUPPORTED_GENERATION = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "top_k",
                                   "repetition_penalty"})
+HISTORY_PAD = torch.iinfo(torch.long).max  # clamped to the vocabulary size: a column no token maps to
 STEPS_PER_JOB = 16  # decode steps per worker job: document segments interleave between them
 
 
@@ -107,22 +108,35 @@ class Row:
     embeddings: Any
     touches: list[Any]
     used: list[Any]
-    sequence: torch.Tensor  # (1, T_prompt + generated): what its logits processors read
-    prompt_length: int
+    prompt_ids: torch.Tensor  # (1, T_prompt)
     max_new: int
-    processors: LogitsProcessorList
+    penalty: float  # the repetition penalty (1.0: none), applied to every row at once
+    middle: list[Any]  # processors after the penalty that read the row's tokens (OpenAI penalties)
+    bias_sources: list[Any]  # then fixed additive biases (`logit_bias`, the bank's fact tokens), in order
+    warpers: list[Any]  # then sampling's (temperature, top-k, top-p)
     generator: torch.Generator | None  # sampling rows: their own random stream
     stop_criteria: Any
     trimmer: StopTrimmer
     streamer: Streamer
     states: dict[str, torch.Tensor] = field(default_factory=dict)  # (1, ...) per row-state memory
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    biases: list[torch.Tensor] | None = None  # (1, V) each: `bias_sources` made dense at the first step
     first_token: float | None = None
     generate_start: float = 0.0
     done: bool = False
 
     @property
+    def prompt_length(self) -> int:
+        return int(self.prompt_ids.shape[1])
+
+    @property
     def generated(self) -> torch.Tensor:
-        return self.sequence[0, self.prompt_length:]
+        return torch.tensor(self.tokens, dtype=torch.long)
+
+    @property
+    def sequence(self) -> torch.Tensor:
+        """(1, T_prompt + generated) on the model's device: what a row's own processors read."""
+        return torch.cat([self.prompt_ids, self.generated.to(self.prompt_ids.device).unsqueeze(0)], dim=1)
 
 
 class Batcher:
@@ -145,6 +159,9 @@ class Batcher:
         self.positions: torch.Tensor | None = None  # (B,) the position of each row's next token
         self.last: torch.Tensor | None = None  # (B,) each row's latest token: the next step's input
         self.states: dict[str, torch.Tensor] = {}  # (B, ...) stacked row states per row-state memory
+        # (B, W) every row's tokens (prompt and generated), left-padded with HISTORY_PAD: what the
+        # repetition penalty reads, for all rows in one gather/scatter instead of one call per row
+        self.history: torch.Tensor | None = None
         self.eos = eos_ids(self.model.backbone.generation_config, engine.tokenizer)
         parameters = inspect.signature(self.model.backbone.forward).parameters
         self.keep_last = "logits_to_keep" in parameters
@@ -277,9 +294,11 @@ class Batcher:
         job.emit(("start", {"memories": [_used(hit) for hit in used], "prompt_tokens": int(prompt_ids.shape[1]),
                             "timings": dict(timings)}))
         trimmer = StopTrimmer(job.stop)
+        middle, bias_sources, warpers = _processors(config, job, fusion)
         row = Row(job=job, query=query, timings=timings, bank=bank, embeddings=embeddings, touches=touches,
-                  used=used, sequence=prompt_ids, prompt_length=int(prompt_ids.shape[1]), max_new=max_new,
-                  processors=_processors(config, job, fusion), generator=_generator(config, job, prompt_ids.device),
+                  used=used, prompt_ids=prompt_ids, max_new=max_new, penalty=float(config.repetition_penalty or 1.0),
+                  middle=middle, bias_sources=bias_sources, warpers=warpers,
+                  generator=_generator(config, job, prompt_ids.device),
                   stop_criteria=StopStringCriteria(engine.tokenizer, job.stop) if job.stop else None,
                   trimmer=trimmer, streamer=None, states=states)  # type: ignore[arg-type]
         row.streamer = Streamer(engine.tokenizer, lambda text, row=row: self._on_text(row, text))
@@ -329,29 +348,34 @@ class Batcher:
 
     def _prefill(self, rows: list[Row]) -> None:
         """Run the new rows' prompts (left-padded together), choose their first tokens, join the batch."""
-        device = rows[0].sequence.device
+        device = rows[0].prompt_ids.device
         length = max(row.prompt_length for row in rows)
         pad = self.engine.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long, device=device)
         mask = torch.zeros((len(rows), length), dtype=torch.long, device=device)
         for i, row in enumerate(rows):
-            input_ids[i, length - row.prompt_length:] = row.sequence[0]
+            input_ids[i, length - row.prompt_length:] = row.prompt_ids[0]
             mask[i, length - row.prompt_length:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         states = {name: torch.cat([row.states[name] for row in rows]) for name in rows[0].states}
         cache = DynamicCache(config=self.model.backbone.config)
         logits = self._forward(input_ids, mask, positions, cache, states)
-        self._join(rows, cache, mask, positions[:, -1] + 1, states)
+        history = input_ids.masked_fill(mask == 0, HISTORY_PAD)
+        self._join(rows, cache, mask, positions[:, -1] + 1, states, history)
         self._advance(rows, logits, range(len(self.rows) - len(rows), len(self.rows)))
         self._leave()
 
     def _join(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
-              states: dict[str, torch.Tensor]) -> None:
+              states: dict[str, torch.Tensor], history: torch.Tensor) -> None:
         """Append prefilled rows to the batch: the shorter cache is left-padded to the longer's length."""
         if self.cache is None or not self.rows:
             self.rows, self.cache, self.mask, self.positions, self.states = list(rows), cache, mask, positions, states
             self.last = positions.new_zeros(len(rows))
+            self.history = history
         else:
+            width = max(self.history.shape[1], history.shape[1])
+            self.history = torch.cat([_pad_left(self.history, width, -1, HISTORY_PAD),
+                                      _pad_left(history, width, -1, HISTORY_PAD)])
             width = max(self.mask.shape[1], mask.shape[1])
             for old, new in zip(self.cache.layers, cache.layers, strict=True):
                 old.keys = torch.cat([_pad_left(old.keys, width, -2), _pad_left(new.keys, width, -2)])
@@ -372,20 +396,54 @@ class Batcher:
         self._advance(self.rows, logits, range(len(self.rows)))
         self._leave()
 
+    def _scores(self, rows: list[Row], logits: torch.Tensor, slots: range) -> torch.Tensor:
+        """Each row's logits processed in `generate`'s order, batched where the rows' processors allow:
+        the repetition penalty (one gather/scatter, as transformers' processor does it), the rows' own
+        processors, the fixed biases (one add per layer of them), then sampling's warpers."""
+        vocab = logits.shape[-1]
+        scores = logits
+        penalties = torch.tensor([[row.penalty] for row in rows], dtype=scores.dtype, device=scores.device)
+        if bool((penalties != 1.0).any()):
+            ids = self.history[slots.start:slots.stop].clamp(max=vocab)  # padding -> the extra column
+            padded = torch.nn.functional.pad(scores, (0, 1))
+            score = torch.gather(padded, 1, ids)
+            score = torch.where(score < 0, score * penalties, score / penalties)
+            scores = padded.scatter(1, ids, score)[:, :vocab]
+        scores = scores.clone() if scores is logits else scores
+        for i, row in enumerate(rows):
+            if row.middle:
+                sequence = row.sequence
+                for processor in row.middle:
+                    scores[i:i + 1] = processor(sequence, scores[i:i + 1])
+            if row.biases is None:
+                row.biases = [_dense(source, vocab, scores) for source in row.bias_sources]
+        layers = max(len(row.biases) for row in rows)
+        zeros = scores.new_zeros(1, vocab)
+        for layer in range(layers):  # adding zeros leaves a row exactly as it was
+            scores = scores + torch.cat([row.biases[layer] if layer < len(row.biases) else zeros for row in rows])
+        for i, row in enumerate(rows):
+            if row.warpers:
+                sequence = row.sequence
+                for processor in row.warpers:
+                    scores[i:i + 1] = processor(sequence, scores[i:i + 1])
+        return scores
+
     def _advance(self, rows: list[Row], logits: torch.Tensor, slots: range) -> None:
         """Each row's processors and choice on its own logits; the tokens become the next step's input."""
-        scores = torch.cat([row.processors(row.sequence, logits[i:i + 1]) if row.processors else logits[i:i + 1]
-                            for i, row in enumerate(rows)])
+        scores = self._scores(rows, logits, slots)
         tokens = scores.argmax(-1)
         for i, row in enumerate(rows):
             if row.generator is not None:
                 probs = torch.softmax(scores[i:i + 1], dim=-1)
                 tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0, 0]
         chosen = tokens.tolist()
-        self.last[list(slots)] = tokens
+        self.last[slots.start:slots.stop] = tokens
+        column = self.history.new_full((self.history.shape[0], 1), HISTORY_PAD)  # rows not advanced: padding
+        column[slots.start:slots.stop, 0] = tokens
+        self.history = torch.cat([self.history, column], dim=1)
         for row, token in zip(rows, chosen, strict=True):
-            row.sequence = torch.cat([row.sequence, tokens.new_tensor([[token]])], dim=1)
-            count = row.sequence.shape[1] - row.prompt_length
+            row.tokens.append(token)
+            count = len(row.tokens)
             stopped = row.stop_criteria is not None and bool(row.stop_criteria(row.sequence, None)[0])
             # decided before the token is streamed, as `generate` does (a cancel seen while streaming
             # token n stops the row after token n + 1 on both paths)
@@ -406,6 +464,9 @@ class Batcher:
         index = torch.tensor(keep, device=self.mask.device)
         self.rows = [self.rows[i] for i in keep]
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        self.history = self.history[index]
+        used = (self.history != HISTORY_PAD).any(0).nonzero()
+        self.history = self.history[:, int(used[0]):] if len(used) else self.history
         self.states = {name: state[index.to(state.device)] for name, state in self.states.items()}
         first = int(self.mask.any(0).nonzero()[0])
         self.mask = self.mask[:, first:]
@@ -414,6 +475,7 @@ class Batcher:
 
     def _clear(self) -> None:
         self.rows, self.cache, self.mask, self.positions, self.last, self.states = [], None, None, None, None, {}
+        self.history = None
 
     # --- a row's end -------------------------------------------------------------------------
     def _on_text(self, row: Row, text: str) -> None:
@@ -509,24 +571,34 @@ def _embedding_with(bank: Any, embeddings: Any) -> Iterator[None]:
         bank.facts.embed = original
 
 
-def _processors(config: GenerationConfig, job: ChatJob, fusion: list[Any]) -> LogitsProcessorList:
-    """The row's logits processors in `generate`'s order: its own, then the caller's, then sampling's."""
-    processors = LogitsProcessorList()
-    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=config.repetition_penalty))
+def _processors(config: GenerationConfig, job: ChatJob, fusion: list[Any]) -> tuple[list, list, list]:
+    """The row's logits processors after the repetition penalty, in `generate`'s order (its own, the
+    caller's, then sampling's): (those that read the row's tokens, fixed additive biases, warpers). A
+    fusion processor that is not a fixed bias keeps the biases before it in the first group."""
+    middle: list[Any] = []
     if job.presence_penalty or job.frequency_penalty:
-        processors.append(OpenAIPenalties(job.presence_penalty, job.frequency_penalty))
-    if job.logit_bias:
-        processors.append(LogitBias(job.logit_bias))
-    processors.extend(fusion)
+        middle.append(OpenAIPenalties(job.presence_penalty, job.frequency_penalty))
+    biases: list[Any] = [LogitBias(job.logit_bias)] if job.logit_bias else []
+    biases.extend(fusion)
+    if not all(isinstance(bias, LogitBias | FactTokenBias) for bias in biases):
+        middle, biases = middle + biases, []
+    warpers: list[Any] = []
     if config.do_sample:
         if config.temperature is not None and config.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(config.temperature))
+            warpers.append(TemperatureLogitsWarper(config.temperature))
         if config.top_k is not None and config.top_k != 0:
-            processors.append(TopKLogitsWarper(top_k=config.top_k))
+            warpers.append(TopKLogitsWarper(top_k=config.top_k))
         if config.top_p is not None and config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=config.top_p))
-    return processors
+            warpers.append(TopPLogitsWarper(top_p=config.top_p))
+    return middle, biases, warpers
+
+
+def _dense(bias: Any, vocab: int, like: torch.Tensor) -> torch.Tensor:
+    """A fixed additive bias as a (1, V) row: adding it gives what the processor gives (its zeros add
+    exactly nothing)."""
+    if isinstance(bias, FactTokenBias):
+        return bias.bonus(1, vocab, like.device, like.dtype)
+    return bias(None, like.new_zeros(1, vocab))  # LogitBias: its values at its ids
 
 
 def _generator(config: GenerationConfig, job: ChatJob, device: torch.device) -> torch.Generator | None:
@@ -542,10 +614,10 @@ def _generator(config: GenerationConfig, job: ChatJob, device: torch.device) -> 
     return generator
 
 
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+def _pad_left(tensor: torch.Tensor, width: int, dim: int, value: int = 0) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if missing <= 0:
         return tensor
     shape = list(tensor.shape)
     shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+    return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
