@@ -42,20 +42,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import (
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-from memlm.fusion import FactTokenBias
 from memlm.memories.base import PromptFusion
 from memlm.server.engine import LORA, TurnEmbeddings, _learned, _used
 from memlm.server.errors import ApiError
-from memlm.server.generation import LogitBias, OpenAIPenalties, StopTrimmer, Streamer, cut_at_stop, eos_ids, hit_stop
+from memlm.server.generation import StopTrimmer, Streamer, cut_at_stop, eos_ids, hit_stop
+from memlm.server.row_logits import dense_bias, row_generator, row_processors
 
 if TYPE_CHECKING:
     from memlm.server.engine import ChatJob, Engine
@@ -294,11 +289,11 @@ class Batcher:
         job.emit(("start", {"memories": [_used(hit) for hit in used], "prompt_tokens": int(prompt_ids.shape[1]),
                             "timings": dict(timings)}))
         trimmer = StopTrimmer(job.stop)
-        middle, bias_sources, warpers = _processors(config, job, fusion)
+        middle, bias_sources, warpers = row_processors(config, job, fusion)
         row = Row(job=job, query=query, timings=timings, bank=bank, embeddings=embeddings, touches=touches,
                   used=used, prompt_ids=prompt_ids, max_new=max_new, penalty=float(config.repetition_penalty or 1.0),
                   middle=middle, bias_sources=bias_sources, warpers=warpers,
-                  generator=_generator(config, job, prompt_ids.device),
+                  generator=row_generator(config, job, prompt_ids.device),
                   stop_criteria=StopStringCriteria(engine.tokenizer, job.stop) if job.stop else None,
                   trimmer=trimmer, streamer=None, states=states)  # type: ignore[arg-type]
         row.streamer = Streamer(engine.tokenizer, lambda text, row=row: self._on_text(row, text))
@@ -416,7 +411,7 @@ class Batcher:
                 for processor in row.middle:
                     scores[i:i + 1] = processor(sequence, scores[i:i + 1])
             if row.biases is None:
-                row.biases = [_dense(source, vocab, scores) for source in row.bias_sources]
+                row.biases = [dense_bias(source, vocab, scores) for source in row.bias_sources]
         layers = max(len(row.biases) for row in rows)
         zeros = scores.new_zeros(1, vocab)
         for layer in range(layers):  # adding zeros leaves a row exactly as it was
@@ -570,48 +565,6 @@ def _embedding_with(bank: Any, embeddings: Any) -> Iterator[None]:
     finally:
         bank.facts.embed = original
 
-
-def _processors(config: GenerationConfig, job: ChatJob, fusion: list[Any]) -> tuple[list, list, list]:
-    """The row's logits processors after the repetition penalty, in `generate`'s order (its own, the
-    caller's, then sampling's): (those that read the row's tokens, fixed additive biases, warpers). A
-    fusion processor that is not a fixed bias keeps the biases before it in the first group."""
-    middle: list[Any] = []
-    if job.presence_penalty or job.frequency_penalty:
-        middle.append(OpenAIPenalties(job.presence_penalty, job.frequency_penalty))
-    biases: list[Any] = [LogitBias(job.logit_bias)] if job.logit_bias else []
-    biases.extend(fusion)
-    if not all(isinstance(bias, LogitBias | FactTokenBias) for bias in biases):
-        middle, biases = middle + biases, []
-    warpers: list[Any] = []
-    if config.do_sample:
-        if config.temperature is not None and config.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k is not None and config.top_k != 0:
-            warpers.append(TopKLogitsWarper(top_k=config.top_k))
-        if config.top_p is not None and config.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p=config.top_p))
-    return middle, biases, warpers
-
-
-def _dense(bias: Any, vocab: int, like: torch.Tensor) -> torch.Tensor:
-    """A fixed additive bias as a (1, V) row: adding it gives what the processor gives (its zeros add
-    exactly nothing)."""
-    if isinstance(bias, FactTokenBias):
-        return bias.bonus(1, vocab, like.device, like.dtype)
-    return bias(None, like.new_zeros(1, vocab))  # LogitBias: its values at its ids
-
-
-def _generator(config: GenerationConfig, job: ChatJob, device: torch.device) -> torch.Generator | None:
-    """A sampling row's random stream: seeded by the request's `seed`, else at random (a batch has no one
-    global seed to set, so sampled rows do not repeat the one-at-a-time path's draws)."""
-    if not config.do_sample:
-        return None
-    generator = torch.Generator(device=device)
-    if job.seed is not None:
-        generator.manual_seed(job.seed)
-    else:
-        generator.seed()
-    return generator
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int, value: int = 0) -> torch.Tensor:
