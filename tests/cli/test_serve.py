@@ -30,6 +30,7 @@ def test_serve_runs_as_one_local_user_without_keys(run, tiny_folder, tmp_path, s
     assert result.exit_code == 0, result.output
     assert "no API key configured: every request acts as the local user 'ada'" in result.output
     assert "http://127.0.0.1:8123/v1" in result.output and "MCP" in result.output
+    assert "chat turns: one at a time" in result.output  # batching is off by default on CPU
     assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
     with TestClient(served["app"], base_url="http://127.0.0.1") as client:
         assert client.get("/v1/me").json() == {"user": "ada", "role": "user", "auth": "local"}
@@ -40,6 +41,18 @@ def test_serve_runs_as_one_local_user_without_keys(run, tiny_folder, tmp_path, s
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
         assert client.get("/v1/memories").json()["results"][0]["memory"] == "The user likes tea."
     assert (home / "facts.sqlite").is_file()
+
+
+def test_serve_batches_chat_turns_when_asked(run, tiny_folder, tmp_path, served):
+    result = run("--home", tmp_path / "home", "serve", "--backbone", tiny_folder, "--memory", "bank",
+                 "--max-tokens", 3, "--threads", 1, "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert "chat turns: batched, up to 4 together" in result.output
+    with TestClient(served["app"], base_url="http://127.0.0.1") as client:
+        assert served["app"].state.engine.batcher.max_rows == 4
+        reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "I like tea."}]})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+        assert served["app"].state.engine.batcher.peak_rows == 1  # it went through the batch
 
 
 def test_serve_refuses_to_listen_beyond_loopback_without_keys(run, tmp_path, served):

@@ -38,6 +38,9 @@ def serve(
     temperature: Annotated[float, typer.Option(min=0.0, help="default temperature (0: greedy)")] = 0.0,
     repetition_penalty: Annotated[float, typer.Option(min=0.0, help="default repetition penalty")] = 1.1,
     max_queue: Annotated[int, typer.Option(min=1, help="model jobs waiting at most before 503 busy")] = 64,
+    batch_size: Annotated[int | None, typer.Option(
+        min=0, help="chat turns decoded together at most (continuous batching); 0 or 1: one at a time "
+                    "[default: 32 on CUDA, one at a time on CPU]")] = None,
     max_body_kb: Annotated[int, typer.Option(min=1, help="largest request body (documents excepted), KB")] = 1024,
     max_document_chars: Annotated[int, typer.Option(min=1, help="longest document, in characters")] = 2_000_000,
     mcp: Annotated[bool, typer.Option(help="also serve the MCP tools at /mcp")] = True,
@@ -78,6 +81,7 @@ def serve(
                               home=home, auth=mode, local_user=user, host=host, cors_origins=cors_origin or [],
                               max_body_bytes=max_body_kb * 1024, max_document_chars=max_document_chars,
                               max_tokens_limit=max_tokens_limit, max_queue=max_queue, report_dir=report, mcp=mcp,
+                              batch_size=batch_size,
                               generation={"max_new_tokens": max_tokens, "repetition_penalty": repetition_penalty,
                                           **({"temperature": temperature} if temperature > 0 else {})})
     app = create_app(model, tokenizer, settings, keys=keys)
@@ -86,6 +90,9 @@ def serve(
     base = f"http://{shown}:{port}"
     console.print(f"memlm serve: {engine.default_model} (memories: {', '.join(engine.memory_names) or 'none'}) "
                   f"on {base}", highlight=False, soft_wrap=True)
+    batching = (f"batched, up to {engine.batcher.max_rows} together" if engine.batcher is not None
+                else "one at a time")
+    console.print(f"  chat turns: {batching}", highlight=False)
     if mode == "local":
         console.print(f"[yellow]no API key configured: every request acts as the local user {user!r}; listening on "
                       f"{host} only. Create keys with `memlm keys create --user NAME` to serve several users.[/]",

@@ -339,6 +339,20 @@ class FactBank:
         """Write the touches the current `turn()` holds back (one transaction)."""
         self._flush_touches()
 
+    def take_touches(self) -> list[Any]:
+        """The touches the current `turn()` holds back, handed to the caller (none are left to write):
+        a batched server turn keeps its own between its retrieval and its end, while other turns run."""
+        pending = list(getattr(self._turns, "touches", None) or [])
+        if getattr(self._turns, "touches", None) is not None:
+            self._turns.touches = []
+        return pending
+
+    def give_touches(self, touches: list[Any]) -> None:
+        """Hand touches taken with `take_touches` back to the current `turn()`, which writes them."""
+        if getattr(self._turns, "touches", None) is None:
+            raise RuntimeError("give_touches needs a turn() under way")
+        self._turns.touches.extend(touches)
+
     def _flush_touches(self) -> None:
         pending = getattr(self._turns, "touches", None)
         if not pending:

@@ -39,6 +39,7 @@ from memlm.server.middleware import Guard
 logger = logging.getLogger("memlm.server")
 SERVER_DB = "server.sqlite"
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_BATCH_SIZE = 32  # rows decoded together on CUDA unless told otherwise (`--batch-size`)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class ServerSettings:
         generation: default decoding options (transformers names), e.g. {"max_new_tokens": 128}.
         segment_length: tokens per segment when memorizing documents.
         mcp: also serve the MCP tools at /mcp (streamable HTTP).
+        batch_size: chat turns decoded together at most (continuous batching, docs/server.md); 0 or 1:
+            one at a time; None: `DEFAULT_BATCH_SIZE` when the model is on CUDA, else one at a time.
     """
 
     home: Path | None = None
@@ -73,6 +76,7 @@ class ServerSettings:
     max_queue: int = 64
     report_dir: Path | None = None
     generation: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
     segment_length: int = 512
     mcp: bool = True
     name: str | None = None
@@ -124,8 +128,11 @@ def create_app(model: MemoryModel, tokenizer: Any, settings: ServerSettings | No
     if mode not in ("keys", "local"):
         raise ConfigError(f"auth must be auto, keys or local, got {settings.auth!r}")
     auth = Auth(keys=keys) if mode == "keys" else Auth(local_user=settings.local_user)
+    batch_size = settings.batch_size
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE if model.layout.device.type == "cuda" else 0
     engine = Engine(model, tokenizer, home, name=settings.name, max_queue=settings.max_queue,
-                    default_generation=settings.generation)
+                    default_generation=settings.generation, batch_size=batch_size)
     adapter = FactsAdapter(facts, home / SERVER_DB)
     documents = Documents(engine, home / SERVER_DB, settings.segment_length)
     votes = VoteStore(votes_path(home))

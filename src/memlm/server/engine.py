@@ -3,7 +3,9 @@
 Everything that touches the model runs on a single worker thread, one job at a time, first come
 first served: a chat turn, one segment of a document being memorized, a document deleted. The HTTP
 layer stays responsive (it only waits on futures and queues), and a long document does not block
-chats: it is memorized one segment per job, so a chat waits at most one segment.
+chats: it is memorized one segment per job, so a chat waits at most one segment. With `batch_size` > 1,
+chat turns that can share a batch are decoded together by `memlm.server.batching` (continuous batching,
+still on this one thread); the others run here, one at a time.
 
 Per user:
 
@@ -115,10 +117,11 @@ class Engine:
         home: where per-user state lives (`memlm.paths.home_dir()`).
         name: the backbone's name in model ids (default: from the backbone's config).
         max_queue: jobs waiting at most; beyond, requests get 503 "server busy".
+        batch_size: chat turns decoded together at most (`memlm.server.batching`); 0 or 1: one at a time.
     """
 
     def __init__(self, model: MemoryModel, tokenizer: Any, home: Path, name: str | None = None,
-                 max_queue: int = 64, default_generation: dict[str, Any] | None = None):
+                 max_queue: int = 64, default_generation: dict[str, Any] | None = None, batch_size: int = 0):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigError("the tokenizer has no chat template: the server needs a chat model")
         self.model, self.tokenizer, self.home = model, tokenizer, Path(home)
@@ -137,6 +140,15 @@ class Engine:
         self._dirty = False
         self._ids = itertools.count(1)
         self.jobs_done = 0
+        self.batcher: Any = None
+        if batch_size > 1:
+            from memlm.server.batching import Batcher, model_blocker
+
+            reason = model_blocker(model)
+            if reason is None:
+                self.batcher = Batcher(self, batch_size)
+            else:
+                logger.warning("chat turns run one at a time: this backbone cannot batch (%s)", reason)
 
     # --- models -----------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -173,23 +185,44 @@ class Engine:
     def pending(self) -> int:
         return self._pending
 
-    def submit(self, fn: Callable[..., Any], *args: Any, force: bool = False) -> Future:
-        """Queue `fn(*args)` on the worker; 503 when `max_queue` jobs already wait (unless `force`)."""
+    def reserve(self, force: bool = False) -> None:
+        """Count one more job waiting or running; 503 when `max_queue` already do (unless `force`)."""
         with self._pending_lock:
             if self._pending >= self.max_queue and not force:
                 raise ApiError(503, f"server busy: {self._pending} jobs queued; retry shortly", "server_busy",
                                headers={"Retry-After": "1"})
             self._pending += 1
 
+    def release(self) -> None:
+        """A job counted by `reserve` is done."""
+        with self._pending_lock:
+            self._pending -= 1
+        self.jobs_done += 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any, force: bool = False) -> Future:
+        """Queue `fn(*args)` on the worker; 503 when `max_queue` jobs already wait (unless `force`)."""
+        self.reserve(force)
+
         def run() -> Any:
             try:
                 return fn(*args)
             finally:
-                with self._pending_lock:
-                    self._pending -= 1
-                self.jobs_done += 1
+                self.release()
 
-        return self._executor.submit(run)
+        try:
+            return self._executor.submit(run)
+        except RuntimeError:  # shut down: it never runs
+            with self._pending_lock:
+                self._pending -= 1
+            raise
+
+    def submit_chat(self, job: ChatJob) -> None:
+        """Queue a chat turn: into the batch when batching is on and the turn can join one
+        (`batching.job_blocker`), else as one job of its own."""
+        if self.batcher is not None and self.batcher.accepts(job):
+            self.batcher.add(job)
+        else:
+            self.submit(self.chat, job)
 
     async def run(self, fn: Callable[..., Any], *args: Any, force: bool = False) -> Any:
         return await asyncio.wrap_future(self.submit(fn, *args, force=force))

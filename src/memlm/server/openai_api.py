@@ -269,7 +269,7 @@ async def start_chat(engine: Engine, job: ChatJob) -> tuple[asyncio.Queue, dict[
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     job.emit = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
-    engine.submit(engine.chat, job)
+    engine.submit_chat(job)
     try:
         kind, value = await queue.get()
     except asyncio.CancelledError:
