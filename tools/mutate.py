@@ -13,6 +13,8 @@ module's functions (a sample, said so in the table). Results: .mutate/<group>.js
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import re
@@ -43,8 +45,17 @@ GROUPS: dict[str, Group] = {
                             "-k",
                             "not kill_during_save and not postgres and not milvus and not writer"]),
     "store-kv-store": Group("src/memlm/store/kv_store.py",
-                            ["tests/store/test_store.py", "tests/store/test_backends.py", "-k",
+                            ["tests/store/test_kv_store.py", "tests/store/test_store.py",
+                             "tests/store/test_backends.py", "-k",
                              "not kill_during_save and not postgres and not milvus and not writer"]),
+    "store-index": Group("src/memlm/store/index.py",
+                         ["tests/store/test_store.py", "tests/store/test_fused_topk.py", "-k", "not kill_during_save"]),
+    "store-sqlite": Group("src/memlm/store/sqlite.py",
+                          ["tests/store/test_records.py", "tests/store/test_kv_store.py", "tests/store/test_store.py",
+                           "-k", "not kill_during_save"]),
+    "facts-store": Group("src/memlm/facts/store.py",  # not the tests of minutes: other processes, kills, MiniLM
+                         ["tests/facts/test_api.py", "tests/facts/test_turns.py", "-k",
+                          "not (postgres or milvus or process or killed or classic or learned_at_once)"]),
     "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
     "train-resume": Group("src/memlm/train/trainer.py",
                           ["tests/train/test_trainer.py", "-k", "resuming or not_a_trainer"],
@@ -61,7 +72,8 @@ GROUPS: dict[str, Group] = {
                                      "joint or rotating or fixed_placement or gated or cluster"],
                                     ["*ǁKnnMemoryǁ_retrieve__*", "*ǁKnnMemoryǁ_stream_block__*"],
                                     "sample: retrieval (_retrieve, _stream_block)"),
-    "memories-bank": Group("src/memlm/memories/bank.py", ["tests/memories/test_bank.py"]),
+    "memories-bank": Group("src/memlm/memories/bank.py",
+                           ["tests/memories/test_bank_adapter.py", "tests/memories/test_bank.py"]),
     "memories-recurrent": Group("src/memlm/memories/recurrent.py",
                                 ["tests/memories/test_recurrent.py", "-k", "not trainable"]),
     "memories-slots": Group("src/memlm/memories/slots.py", ["tests/memories/test_slots.py", "-k", "not trainable"]),
@@ -99,14 +111,19 @@ def workdir(name: str, group: Group) -> Path:
     return directory
 
 
-def run_group(name: str, group: Group, jobs: int) -> dict:
-    directory = workdir(name, group)
+def run_group(name: str, group: Group, jobs: int, collect: bool = False) -> dict:
+    """Run the group's mutants afresh, or (`collect`) only read what its last run left in .mutate/<name>:
+    a run stopped early (kill the `mutmut run` process, not this one) keeps every mutant tested so far."""
     mutmut = [sys.executable, "-m", "mutmut"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     started = time.monotonic()
-    log = (WORK / f"{name}.log").open("w")
-    subprocess.run([*mutmut, "run", "--max-children", str(jobs), *group.functions], cwd=directory, env=env,
-                   stdout=log, stderr=subprocess.STDOUT, check=False)
+    if collect:
+        directory = WORK / name
+    else:
+        directory = workdir(name, group)
+        log = (WORK / f"{name}.log").open("w")
+        subprocess.run([*mutmut, "run", "--max-children", str(jobs), *group.functions], cwd=directory, env=env,
+                       stdout=log, stderr=subprocess.STDOUT, check=False)
     seconds = time.monotonic() - started
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=directory, env=env, capture_output=True,
                              text=True, check=False).stdout
@@ -120,14 +137,32 @@ def run_group(name: str, group: Group, jobs: int) -> dict:
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
-    diffs = {mutant: subprocess.run([*mutmut, "show", mutant], cwd=directory, env=env, capture_output=True,
-                                    text=True, check=False).stdout
-             for mutant, status in statuses.items() if status not in ("killed", "timeout")}
+    functions = mutant_functions((directory / "mutants" / group.module).read_text())
+    diffs = {mutant: mutant_diff(functions, mutant) for mutant, status in statuses.items()
+             if status not in ("killed", "timeout")}
     result = {"group": name, "module": group.module, "tests": " ".join(group.tests),
               "scope": group.note or "whole module", "counts": counts, "seconds": round(seconds),
               "not_killed": diffs}
     (WORK / f"{name}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def mutant_functions(mutated: str) -> dict[str, list[str]]:
+    """The body of every function in mutmut's mutated copy of a module, where each mutant is a function
+    `<name>__mutmut_<n>` beside the original `<name>__mutmut_orig`."""
+    lines = mutated.splitlines()
+    return {node.name: lines[node.lineno:node.end_lineno] for node in ast.walk(ast.parse(mutated))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name}
+
+
+def mutant_diff(functions: dict[str, list[str]], mutant: str) -> str:
+    """The lines `mutant` changes (`mutmut show` costs seconds a mutant: a process each)."""
+    name = mutant.rsplit(".", 1)[-1]
+    original = name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+    if name not in functions or original not in functions:
+        return f"(no source found for {mutant})"
+    changed = difflib.unified_diff(functions[original], functions[name], lineterm="", n=0)
+    return "\n".join(line for line in changed if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
 
 def table(results: list[dict]) -> str:
@@ -149,13 +184,15 @@ def main() -> int:
     parser.add_argument("groups", nargs="*", choices=[[], *GROUPS], metavar="GROUP")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="list the groups and stop")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: report what the groups' last (possibly stopped) runs left in .mutate/")
     args = parser.parse_args()
     if args.list:
         for name, group in GROUPS.items():
             print(f"{name}: {group.module} ({group.note or 'whole module'}) <- {' '.join(group.tests)}")
         return 0
     WORK.mkdir(exist_ok=True)
-    results = [run_group(name, GROUPS[name], args.jobs) for name in args.groups or GROUPS]
+    results = [run_group(name, GROUPS[name], args.jobs, args.collect) for name in args.groups or GROUPS]
     print(table(results))
     for result in results:
         for mutant, diff in result["not_killed"].items():
