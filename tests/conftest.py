@@ -17,8 +17,8 @@ if shutil.which("nvidia-smi") is None and "TRITON_INTERPRET" not in os.environ:
 # pytest-xdist's workers (`make test` runs two) start with COLUMNS=80 and LINES=24 in their environment:
 # rich would fix the command line's console at 80 columns when memlm.cli is first imported, and the CLI
 # tests' wide tables (COLUMNS=250 per call) would wrap. Without them rich reads COLUMNS at each print.
-for _variable in ("COLUMNS", "LINES"):
-    os.environ.pop(_variable, None)
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 import pytest
 import torch

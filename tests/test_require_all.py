@@ -59,8 +59,8 @@ def outcomes(tmp_path: Path, workers: list[str] | None = None, **env: str) -> tu
                    if key not in ("MEMLM_REQUIRE_ALL", "MEMLM_ALLOWED_SKIPS") and not key.startswith("PYTEST_XDIST")}
     environment.update(PYTHONPATH=os.pathsep.join([str(TESTS), str(tmp_path)]), RECORD=str(record), **env)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "require_all", "-p", "record",
-                          "-p", "no:cacheprovider", *(workers or []), "--rootdir", str(tmp_path), "-c", str(tmp_path / "pytest.ini"),
-                          str(tmp_path)],
+                          "-p", "no:cacheprovider", *(workers or []), "--rootdir", str(tmp_path),
+                          "-c", str(tmp_path / "pytest.ini"), str(tmp_path)],
                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     return json.loads(record.read_text()), run.returncode, run.stdout
 
