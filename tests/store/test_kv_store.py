@@ -344,7 +344,11 @@ def test_adding_to_an_unknown_kind_or_with_counts_that_differ_is_refused_and_not
     assert len(store) == 0 and store.records.count() == 0
     none = store.add("lm", 0, -1, torch.randn(0, 1, 12), torch.arange(0), [])
     assert none.dtype == torch.int64 and none.shape == (0,) and len(store) == 0 and store.row_count == 0
-    # two layers named, keys and values for one: refused (not silently stored in one layer; layer 0 is
-    # written before zip notices, so the store is left half-written: a caller's error, not repaired here)
-    with pytest.raises(ValueError):
+    # two layers named, keys and values for one; or values for fewer items than keys: refused before
+    # anything is written (the store is left as it was, not half-written)
+    with pytest.raises(ConfigError, match=r"2 layer\(s\) named but keys for 1 and values for 1"):
         store.add("attention", 0, [0, 1], [torch.randn(3, 2, 8)], [torch.randn(3, 2, 16)], [{}] * 3)
+    with pytest.raises(ConfigError, match="3 vectors but 3 records"):
+        store.add("attention", 0, [0, 1], [torch.randn(3, 2, 8)] * 2, [torch.randn(3, 2, 16), torch.randn(2, 2, 16)],
+                  [{}] * 3)
+    assert len(store) == 0 and not store.groups and store.records.count() == 0

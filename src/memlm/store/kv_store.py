@@ -175,8 +175,12 @@ class KeyValueStore:
         keys_per_layer = [keys] if isinstance(keys, torch.Tensor) else list(keys)
         values_per_layer = [values] if isinstance(values, torch.Tensor) else list(values)
         batch = records if isinstance(records, RecordBatch) else RecordList(records)
+        if not len(layers) == len(keys_per_layer) == len(values_per_layer):  # checked before anything is written
+            raise ConfigError(f"{len(layers)} layer(s) named but keys for {len(keys_per_layer)} and values for "
+                              f"{len(values_per_layer)}")
         count = keys_per_layer[0].shape[1 if heads_first else 0]
-        if len(batch) != count or any(k.shape[1 if heads_first else 0] != count for k in keys_per_layer):
+        if len(batch) != count or any(part.shape[1 if heads_first else 0] != count
+                                      for part in [*keys_per_layer, *values_per_layer]):
             raise ConfigError(f"{count} vectors but {len(batch)} records")
         if count == 0:
             return torch.empty(0, dtype=torch.int64)
