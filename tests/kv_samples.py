@@ -29,3 +29,18 @@ def filled(user: str, items: int = 20, seed: int = 0, width: int = 8) -> KeyValu
     for key in (("attention", 0, 3), ("lm", 0, -1)):
         assert store.groups[key]._hits.data.sum() > 0  # the round trips below carry real hit counts
     return store
+
+
+def same(a: KeyValueStore, b: KeyValueStore, emptied_dropped: bool = False) -> None:
+    """`b` holds what `a` holds: every group's ids, keys, values, origins and hit counts, and the records.
+    With `emptied_dropped` the groups `a` emptied are expected missing from `b` (a save skips them)."""
+    kept = [key for key, group in a.groups.items() if len(group) or not emptied_dropped]
+    assert sorted(kept) == sorted(b.groups)
+    for key in kept:
+        group, other = a.groups[key], b.groups[key]
+        assert torch.equal(group.ids, other.ids)
+        assert torch.equal(group.keys.float(), other.keys.float())
+        assert torch.equal(group.values, other.values)
+        assert torch.equal(group.origins, other.origins)
+        assert torch.equal(group._hits.data, other._hits.data)
+    assert [r.to_dict() for r in a.records.select()] == [r.to_dict() for r in b.records.select()]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kv_samples import filled, layout
+from kv_samples import filled, layout, same
 from stores import store_url
 
 from memlm.errors import ConfigError, IncompatibleMemoryError
@@ -33,18 +33,6 @@ def kv_location(kind: str, tmp_path: Path, servers: Path) -> str:
 @pytest.fixture(params=KV_BACKENDS)
 def location(request, tmp_path, _store_servers) -> str:
     return kv_location(request.param, tmp_path, _store_servers)
-
-
-def same(a: KeyValueStore, b: KeyValueStore) -> None:
-    assert sorted(a.groups) == sorted(b.groups)
-    for key, group in a.groups.items():
-        other = b.groups[key]
-        assert torch.equal(group.ids, other.ids)
-        assert torch.equal(group.keys.float(), other.keys.float())
-        assert torch.equal(group.values, other.values)
-        assert torch.equal(group.origins, other.origins)
-        assert torch.equal(group._hits.data, other._hits.data)
-    assert [r.to_dict() for r in a.records.select()] == [r.to_dict() for r in b.records.select()]
 
 
 def test_round_trip_isolation_and_remove(location):

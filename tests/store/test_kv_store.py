@@ -10,26 +10,13 @@ import sqlite3
 
 import pytest
 import torch
-from kv_samples import filled, layout
+from kv_samples import filled, layout, same
 
 import memlm.store.backends as backends
 from memlm.errors import ConfigError, CorruptedFileError, IncompatibleMemoryError, StorageError
 from memlm.store import GroupSpec, KeyValueStore, RecordFilter, StoreLayout
 from memlm.store.kv_store import RECORDS_FILE
 from memlm.store.records import RecordStore
-
-
-def same(a: KeyValueStore, b: KeyValueStore) -> None:
-    assert sorted(key for key, group in a.groups.items() if len(group)) == sorted(b.groups)  # emptied: not saved
-    for key, group in b.groups.items():
-        group, other = a.groups[key], group
-        assert torch.equal(group.ids, other.ids)
-        assert torch.equal(group.keys.float(), other.keys.float())
-        assert torch.equal(group.values, other.values)
-        assert torch.equal(group.origins, other.origins)
-        assert torch.equal(group._hits.data, other._hits.data)
-    assert [r.to_dict() for r in a.records.select()] == [r.to_dict() for r in b.records.select()]
-
 
 URL = "postgresql://memlm:secret@db.example/memories"
 
@@ -96,7 +83,7 @@ def test_a_store_saved_to_a_database_loads_back_whole(database):
 
     loaded = KeyValueStore.load_from(URL, "ada", expected_layout=layout())
     assert all(backend.closed for backend in database.opened) and len(database.opened) == 3
-    same(store, loaded)
+    same(store, loaded, emptied_dropped=True)
     assert loaded.layout == store.layout and loaded.row_count == 4
     assert loaded._records.generation == 2
     queries = torch.randn(2, 5, 8)
