@@ -65,11 +65,16 @@ class Acks:
 
 
 def read_acks(path: Path) -> tuple[list[list[Any]], list[Any] | None]:
-    """(acknowledged operations in order, the operation in flight or None)."""
+    """(acknowledged operations in order, the operation in flight or None).
+
+    kill -9 can land inside the `os.write` of a long line (Linux cuts a regular-file write short on a
+    fatal signal), so a last line without its newline is torn and dropped: a torn "B" means the store
+    call never began; a torn "K" leaves its operation pending (done, but not acknowledged)."""
     acked, pending = [], None
     if not path.exists():
         return acked, pending
-    for line in path.read_text().splitlines():
+    *lines, _torn = path.read_text().split("\n")
+    for line in lines:
         if line.startswith("B "):
             pending = json.loads(line[2:])
         elif line.startswith("K "):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from campaign import WRITERS, Zygote, crash_campaign, power_loss_campaign
+from campaign import WRITERS, Zygote, crash_campaign, power_loss_campaign, read_acks
 
 KILLS = int(os.environ.get("MEMLM_RELIABILITY_KILLS", "20"))
 # `memlm serve` restarts in ~1 s after each kill (forked from a zygote that has loaded everything): fewer kills
@@ -34,3 +34,17 @@ def test_every_acknowledged_write_survives_kill_9(writer, tmp_path, zygote):
 def test_a_copy_taken_mid_write_opens(writer, tmp_path, zygote):
     result = power_loss_campaign(writer, tmp_path, 5, seed=3, zygote=zygote)
     assert result["unopenable"] == 0, result["examples"]
+
+
+
+@pytest.mark.parametrize("tail, acked_ids, in_flight", [
+    ('K [1]\nB [2]\nK [2]\nB [3', [1, 2], None),  # torn begin: the store call never began
+    ('K [1]\nB [2]\nK [2', [1], [2]),  # torn ack: done, not acknowledged
+    ('K [1]\nB [2]\n', [1], [2]),  # whole lines: nothing dropped
+], ids=["torn-begin", "torn-ack", "whole-lines"])
+def test_a_torn_last_acknowledgement_line_is_dropped(tail, acked_ids, in_flight, tmp_path):
+    # A kill inside the write of a long line leaves it without its newline (seen in CI with the
+    # transcript writer, whose lines run to kilobytes).
+    acks = tmp_path / "acks"
+    acks.write_text("B [1]\n" + tail)
+    assert read_acks(acks) == ([[i] for i in acked_ids], in_flight)
