@@ -35,7 +35,11 @@ import memlm
 import memlm.paths
 from memlm.memories.template import TemplateMemory
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread per core left to each pytest-xdist worker (OMP_NUM_THREADS, where set, wins): two
+# workers with two threads each on two cores made OpenMP's spinning threads fight, and a 5 s training
+# test ran past its 300 s limit in CI.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or
+                          max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 # The converted default model is cached where users keep it, so the integration tests convert it
 # once per machine; everything else runs against per-test temporary directories.
