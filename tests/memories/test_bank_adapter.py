@@ -129,6 +129,21 @@ def test_segments_written_without_a_tokenizer_are_named_by_their_token_ids():
         bank.loss_improvement("x")
 
 
+def test_a_segment_given_as_embeddings_is_named_by_its_length():
+    # A forward pass given `inputs_embeds` has no ids to decode: the fact names the segment's valid length.
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion="prompt"))
+    bank = memory_model.memories["bank"]
+    embeddings = memory_model.backbone.get_input_embeddings()(torch.tensor([[5, 6, 7], [8, 9, 10]]))
+    memory_model(inputs_embeds=embeddings, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), write_memory=True)
+    assert sorted(f.text for f in bank.store.facts("default")) == ["segment of 2 tokens", "segment of 3 tokens"]
+
+
+def test_only_latent_fusion_gives_a_reason_against_a_captured_decode_graph():
+    for fusion, reason in (("prompt", None), ("latent", "latent fusion picks each row's facts on the host at every step")):
+        bank = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion=fusion)).memories["bank"]
+        assert bank.graph_blocker() == reason
+
+
 def test_set_provenance_checks_the_user_and_reset_forgets_only_that_users_facts(tokenizer):
     memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
                                 tokenizer=tokenizer)
@@ -136,7 +151,7 @@ def test_set_provenance_checks_the_user_and_reset_forgets_only_that_users_facts(
     bank.set_provenance(user="ada", session="monday")
     assert (bank.user, bank.facts.session) == ("ada", "monday")
     bank.learn("ada likes tea")
-    with pytest.raises(memlm.ConfigError, match="user id"):
+    with pytest.raises(memlm.ConfigError, match=r"\buser id\b"):  # the label as a phrase of its own
         bank.set_provenance(user="ada\n")
     bank.set_provenance(user="bob")
     assert bank.facts.session == "monday"
