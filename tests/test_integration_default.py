@@ -69,11 +69,12 @@ def test_cli_generate_on_the_default_model(tmp_path):
 
 
 def test_cli_chat_session_remembers_its_state_across_two_processes(tmp_path):
-    first = _memlm("chat", "--session", "demo", "--max-new-tokens", "12", home=tmp_path,
+    # The recurrent memory's state (the default `chat` preset keeps facts in the bank, no state)
+    first = _memlm("chat", "--session", "demo", "--memory", "recurrent", "--max-new-tokens", "12", home=tmp_path,
                    stdin="Hi, my name is Ada.\n")
     assert first.returncode == 0, first.stderr
     assert "updates=1" in first.stdout
-    second = _memlm("chat", "--session", "demo", "--max-new-tokens", "12", home=tmp_path,
+    second = _memlm("chat", "--session", "demo", "--memory", "recurrent", "--max-new-tokens", "12", home=tmp_path,
                     stdin="/info\nWhat is my name?\n")
     assert second.returncode == 0, second.stderr
     assert "resumed session 'demo': 1 earlier turn(s)" in second.stdout

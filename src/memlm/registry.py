@@ -109,8 +109,8 @@ BUILTIN_PRESETS: dict[str, Preset] = {
                              weights="slots-babilong"),
     "recurrent-babilong": Preset({}, "recurrent GRU memory + LoRA, trained on BABILong qa1-qa5 to 4K tokens",
                                  weights="recurrent-babilong"),
-    # Trained with `memlm train --config configs/train/chat.yaml` (benchmarks/gpu_chat.sh): listed once
-    # its weights are in the package.
+    # Trained with `memlm train --config configs/train/chat.yaml` (on 2 CPU cores so far: docs/chat.md;
+    # benchmarks/gpu_chat.sh on a GPU): listed while its weights are in the package.
     **({"chat": Preset({}, "the bank's prompt fusion + a LoRA that answers like a person: the fact asked "
                            "about, to the user, in a sentence; \"I don't know\" when no fact says; then stops "
                            "(the default of memlm chat and memlm serve)", weights="chat")} if _shipped("chat") else {}),

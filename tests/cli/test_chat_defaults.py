@@ -23,7 +23,12 @@ def test_the_chat_preset_is_the_default_once_shipped(monkeypatch, tmp_path):
     assert default_chat_memories(["recurrent"]) == ["recurrent"]
     assert default_chat_memories(["bank", "recurrent"]) == ["bank", "recurrent"]
     monkeypatch.setitem(registry._presets, "chat", Preset({}, "test", weights="chat"))
+    monkeypatch.delenv("MEMLM_GGUF", raising=False)
     assert default_chat_memories(["recurrent"]) == ["chat"]
+    # trained for the embedded default model: another backbone keeps the fallback (it would refuse the weights)
+    assert default_chat_memories(["recurrent"], backbone="some/model") == ["recurrent"]
+    monkeypatch.setenv("MEMLM_GGUF", str(tmp_path / "other.gguf"))
+    assert default_chat_memories(["recurrent"]) == ["recurrent"]
 
 
 def test_a_trained_bank_reads_the_users_fact_store(tmp_path):

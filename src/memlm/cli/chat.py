@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from typing import Annotated, Any
 
 import typer
@@ -31,13 +33,15 @@ CHAT_HELP = """commands:
 
 
 
-def default_chat_memories(fallback: list[str]) -> list[str]:
+def default_chat_memories(fallback: list[str], backbone: str | None = None) -> list[str]:
     """What `memlm chat` and `memlm serve` attach when no --memory is given: the trained `chat` preset
-    (the bank's prompt fusion + a LoRA that answers like a person) when its weights are shipped, else
-    `fallback` (what they attached before the preset existed)."""
+    (the bank's prompt fusion + a LoRA that answers like a person) when its weights are shipped and the
+    backbone is the embedded default model they were trained for (no --backbone, no MEMLM_GGUF), else
+    `fallback` (what they attached before the preset existed): another model would refuse the weights."""
     from memlm.registry import get_preset
 
-    return ["chat"] if get_preset("chat") is not None else list(fallback)
+    default_model = backbone is None and not os.environ.get("MEMLM_GGUF")
+    return ["chat"] if default_model and get_preset("chat") is not None else list(fallback)
 
 
 def _bank_specs(specs: list[Any], user: str | None) -> list[Any]:
@@ -140,7 +144,7 @@ def chat(
     from memlm.facts.extraction import model_judge
 
     specs = (memory_specs(memory, memory_config) if (memory or memory_config or adapter)
-             else default_chat_memories(["recurrent"]))
+             else default_chat_memories(["recurrent"], backbone))
     memory_model, tokenizer = build_model(backbone, device, dtype, _bank_specs(specs, user), adapter)
     session_chat = ChatSession(memory_model, tokenizer, session=session, user=user, context_turns=context_turns,
                                system_prompt=system, generation=decoding.to_generate_kwargs(),

@@ -72,7 +72,7 @@ def serve(
     from memlm.cli.chat import default_chat_memories
 
     specs = (memory_specs(memory, memory_config) if (memory or memory_config or adapter)
-             else default_chat_memories(["bank", "recurrent"]))
+             else default_chat_memories(["bank", "recurrent"], backbone))
     model, tokenizer = build_model(backbone, device, dtype, server_memories(specs, home), adapter)
     if report is None and Path("docs/results/eval-quick/results.json").is_file():
         report = Path("docs/results/eval-quick")
