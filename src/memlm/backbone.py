@@ -68,6 +68,14 @@ def default_gguf_path() -> Path:
     return files[0]
 
 
+def is_embedded_default(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether `name_or_path` loads the embedded SmolLM2-135M-Instruct (`None` without `MEMLM_GGUF`, or
+    one of its aliases): what the shipped trained presets were trained on."""
+    if name_or_path is None:
+        return not os.environ.get("MEMLM_GGUF")
+    return str(name_or_path).lower() in DEFAULT_ALIASES
+
+
 def resolve_source(name_or_path: str | os.PathLike | None = None) -> BackboneSource:
     """Decide where a backbone comes from. `None` means `MEMLM_GGUF` or the embedded default."""
     if name_or_path is None or str(name_or_path).lower() in DEFAULT_ALIASES:

@@ -27,6 +27,7 @@ def test_the_chat_preset_is_the_default_once_shipped(monkeypatch, tmp_path):
     assert default_chat_memories(["recurrent"]) == ["chat"]
     # trained for the embedded default model: another backbone keeps the fallback (it would refuse the weights)
     assert default_chat_memories(["recurrent"], backbone="some/model") == ["recurrent"]
+    assert default_chat_memories(["recurrent"], backbone="SmolLM2") == ["chat"]  # an alias of the default
     monkeypatch.setenv("MEMLM_GGUF", str(tmp_path / "other.gguf"))
     assert default_chat_memories(["recurrent"]) == ["recurrent"]
 

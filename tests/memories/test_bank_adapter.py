@@ -139,7 +139,8 @@ def test_a_segment_given_as_embeddings_is_named_by_its_length():
 
 
 def test_only_latent_fusion_gives_a_reason_against_a_captured_decode_graph():
-    for fusion, reason in (("prompt", None), ("latent", "latent fusion picks each row's facts on the host at every step")):
+    latent_reason = "latent fusion picks each row's facts on the host at every step"
+    for fusion, reason in (("prompt", None), ("latent", latent_reason)):
         bank = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion=fusion)).memories["bank"]
         assert bank.graph_blocker() == reason
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from typing import Annotated, Any
 
 import typer
@@ -36,12 +34,12 @@ CHAT_HELP = """commands:
 def default_chat_memories(fallback: list[str], backbone: str | None = None) -> list[str]:
     """What `memlm chat` and `memlm serve` attach when no --memory is given: the trained `chat` preset
     (the bank's prompt fusion + a LoRA that answers like a person) when its weights are shipped and the
-    backbone is the embedded default model they were trained for (no --backbone, no MEMLM_GGUF), else
+    backbone is the embedded default model they were trained for (`memlm.backbone.is_embedded_default`), else
     `fallback` (what they attached before the preset existed): another model would refuse the weights."""
+    from memlm.backbone import is_embedded_default
     from memlm.registry import get_preset
 
-    default_model = backbone is None and not os.environ.get("MEMLM_GGUF")
-    return ["chat"] if default_model and get_preset("chat") is not None else list(fallback)
+    return ["chat"] if is_embedded_default(backbone) and get_preset("chat") is not None else list(fallback)
 
 
 def _bank_specs(specs: list[Any], user: str | None) -> list[Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -76,8 +75,10 @@ def serve(
     model, tokenizer = build_model(backbone, device, dtype, server_memories(specs, home), adapter)
     if report is None and Path("docs/results/eval-quick/results.json").is_file():
         report = Path("docs/results/eval-quick")
-    default_model = backbone is None and not os.environ.get("MEMLM_GGUF")
-    settings = ServerSettings(name="SmolLM2-135M-Instruct" if default_model else None,  # not the GGUF file's stem
+    from memlm.backbone import is_embedded_default
+
+    default_name = "SmolLM2-135M-Instruct" if is_embedded_default(backbone) else None  # not the GGUF file's stem
+    settings = ServerSettings(name=default_name,
                               home=home, auth=mode, local_user=user, host=host, cors_origins=cors_origin or [],
                               max_body_bytes=max_body_kb * 1024, max_document_chars=max_document_chars,
                               max_tokens_limit=max_tokens_limit, max_queue=max_queue, report_dir=report, mcp=mcp,
