@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -889,7 +890,6 @@ def _server_round(server: ServerHome, model: ServerModel, rng: random.Random, se
                   ) -> tuple[list[ServerClient], float]:
     """Start the server, let one client per user write, kill -9 the server at a random moment while
     they do; returns the clients (what each saw) and the restart time."""
-    import threading
 
     startup = server.start()
     owned = {user: {i: v[1] for i, v in model.facts.items() if v[0] == user} for user in server.keys}
@@ -964,7 +964,6 @@ def server_crash_campaign(directory: Path, kills: int, seed: int = 0, zygote: Zy
 def server_power_loss_campaign(directory: Path, copies: int, seed: int = 0, zygote: Zygote | None = None
                                ) -> dict[str, Any]:
     """Copy the server's fact store files while clients write through it; each copy must open."""
-    import threading
 
     own = zygote is None
     zygote = zygote or Zygote()
@@ -1186,6 +1185,20 @@ def user_process_main(path: str, user: str, seconds: float, seed: int, encoder: 
     print(json.dumps({**result, "model": {str(k): v for k, v in result["model"].items()}}), flush=True)
 
 
+def rest_of_output(child: subprocess.Popen, timeout: float) -> str:
+    """What `child` writes to its stdout pipe after what was read with `readline`, once it exits.
+    Not `communicate(timeout=...)`: that reads the raw pipe and misses what `readline` had already
+    buffered, which is the whole result when the child finished before its "ready" line was read."""
+    timer = threading.Timer(timeout, child.kill)  # a hung child ends the read instead of the test run
+    timer.start()
+    try:
+        out = child.stdout.read()
+    finally:
+        timer.cancel()
+    child.wait()
+    return out
+
+
 def concurrency_campaign(path: Path, users: int, seconds: float, processes: int | None = None,
                          seed: int = 0, server_clients: int = 0, zygote: Zygote | None = None) -> dict[str, Any]:
     """`users` users at once on one store file: `server_clients` of them HTTP clients of a running
@@ -1194,7 +1207,6 @@ def concurrency_campaign(path: Path, users: int, seconds: float, processes: int 
     `Memory` (one SQLite connection). With a server every user embeds with the server's encoder
     (MiniLM); without, with hash vectors. Every user's facts are then compared with its model, and
     `delete_all` of one user must remove exactly that user."""
-    import threading
 
     if processes is None:
         processes = (users - server_clients) // 2
@@ -1233,7 +1245,7 @@ def concurrency_campaign(path: Path, users: int, seconds: float, processes: int 
         for api in api_memories:
             api.close()
         for child in children:
-            out, _ = child.communicate(timeout=seconds + 300)
+            out = rest_of_output(child, timeout=seconds + 300)
             if child.returncode != 0:
                 results.append({"user": "?", "ops": 0, "errors": [f"process exited {child.returncode}"],
                                 "foreign": [], "model": {}})
