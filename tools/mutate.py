@@ -51,7 +51,8 @@ GROUPS: dict[str, Group] = {
     "store-index": Group("src/memlm/store/index.py",
                          ["tests/store/test_store.py", "tests/store/test_fused_topk.py", "-k", "not kill_during_save"]),
     "store-sqlite": Group("src/memlm/store/sqlite.py",
-                          ["tests/store/test_records.py", "tests/store/test_kv_store.py", "tests/store/test_store.py",
+                          ["tests/store/test_sqlite.py", "tests/store/test_records.py", "tests/store/test_kv_store.py",
+                           "tests/store/test_store.py",
                            "-k", "not kill_during_save"]),
     "facts-store": Group("src/memlm/facts/store.py",  # not the tests of minutes: other processes, kills, MiniLM
                          ["tests/facts/test_api.py", "tests/facts/test_turns.py", "-k",

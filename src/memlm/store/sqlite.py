@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from memlm.errors import CorruptedFileError, storage_error
+from memlm.errors import CorruptedFileError, StorageError, storage_error
 
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 BUSY_TIMEOUT_S = 30
@@ -47,15 +47,17 @@ def connect(path: Path | None, schema: str, schema_version: int) -> sqlite3.Conn
             raise CorruptedFileError(f"{path} was written by a newer memlm (schema {version})")
         return connection
     except sqlite3.OperationalError as error:
-        # Not damage: locked, read-only, no permission, disk full. Say so instead of "corrupted".
-        if path is not None and path.exists() and "not a database" in str(error):
-            raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
+        # Not damage: locked, read-only, no permission, disk full. Say so instead of "corrupted". (A file
+        # that is not a database is SQLITE_NOTADB: a `DatabaseError`, below.)
         if path is not None and path.exists() and "decode" in str(error).lower():  # a stored text not UTF-8
             raise CorruptedFileError(f"{path} is damaged: it holds text that is not UTF-8 ({error})") from error
         raise storage_error(error, str(path)) from error
     except PermissionError as error:
         unreadable = path is not None and path.exists() and not os.access(path, os.R_OK)
         raise storage_error(error, str(path), "read" if unreadable else "write") from error
+    except IsADirectoryError as error:
+        raise StorageError(f"could not open {path}: it is a folder, not a database file; name a file inside "
+                           "it (or remove the folder)") from error
     except sqlite3.DatabaseError as error:
         raise CorruptedFileError(f"{path} is not a usable SQLite database ({error})") from error
     except ValueError as error:  # damaged text: not UTF-8 (UnicodeDecodeError), or a meta value not JSON
