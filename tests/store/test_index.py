@@ -275,3 +275,11 @@ def test_hnsw_round_trips_its_tombstones_and_ef_search():
     restored.set_ef_search(12)  # reaches the loaded graph, not a stale one
     assert restored._graph.hnsw.efSearch == 12
     assert restored.index.index.this == restored._graph.this  # the graph the id map searches
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_index_holding_one_vector_finds_it(backend):
+    index = make_index(backend, 8)
+    index.add(vectors(1), torch.tensor([42]))
+    scores, found = index.search(vectors(1), 2)
+    assert found.tolist() == [[42, -1]] and torch.isfinite(scores[0, 0]) and scores[0, 1] == -math.inf
