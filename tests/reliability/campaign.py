@@ -890,7 +890,6 @@ def _server_round(server: ServerHome, model: ServerModel, rng: random.Random, se
                   ) -> tuple[list[ServerClient], float]:
     """Start the server, let one client per user write, kill -9 the server at a random moment while
     they do; returns the clients (what each saw) and the restart time."""
-
     startup = server.start()
     owned = {user: {i: v[1] for i, v in model.facts.items() if v[0] == user} for user in server.keys}
     clients = [ServerClient(server, user, seed * 1009 + number, owned[user])
@@ -964,7 +963,6 @@ def server_crash_campaign(directory: Path, kills: int, seed: int = 0, zygote: Zy
 def server_power_loss_campaign(directory: Path, copies: int, seed: int = 0, zygote: Zygote | None = None
                                ) -> dict[str, Any]:
     """Copy the server's fact store files while clients write through it; each copy must open."""
-
     own = zygote is None
     zygote = zygote or Zygote()
     rng = random.Random(seed)
@@ -1207,7 +1205,6 @@ def concurrency_campaign(path: Path, users: int, seconds: float, processes: int 
     `Memory` (one SQLite connection). With a server every user embeds with the server's encoder
     (MiniLM); without, with hash vectors. Every user's facts are then compared with its model, and
     `delete_all` of one user must remove exactly that user."""
-
     if processes is None:
         processes = (users - server_clients) // 2
     names = [f"user{i:03d}" for i in range(users)]

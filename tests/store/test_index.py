@@ -43,7 +43,7 @@ def test_inputs_become_contiguous_float32_and_flat_int64():
     half = torch.ones(2, 3, dtype=torch.bfloat16, requires_grad=True)
     converted = _as_float32_numpy(half)
     assert converted.dtype == np.float32 and converted.flags.c_contiguous and converted.shape == (2, 3)
-    assert _as_float32_numpy(np.arange(6, dtype=np.float64).reshape(3, 2)[:, ::-1]).flags.c_contiguous
+    assert _as_float32_numpy(np.ones((3, 4), dtype=np.float32)[:, ::2]).flags.c_contiguous  # a strided view
     assert _as_ids(torch.tensor([[1], [2]], dtype=torch.int32)).tolist() == [1, 2]
     ids = _as_ids([3, 4])
     assert ids.dtype == np.int64 and ids.shape == (2,)
@@ -221,6 +221,8 @@ def test_ivf_removes_from_its_buffer_and_round_trips_before_and_after_training()
     index.set_nprobe(1)
     restored = index_from_arrays("faiss-ivf", 8, "l2", index.options(), index.to_arrays())
     assert restored.is_trained and len(restored) == 116 and restored.index.nprobe == 1
+    wider = index_from_arrays("faiss-ivf", 8, "l2", {**index.options(), "nprobe": 2}, index.to_arrays())
+    assert wider.index.nprobe == 2  # the options given win over the value saved in the index
     scores, found = restored.search(stored[:5], 3)
     assert torch.equal(found, index.search(stored[:5], 3)[1]) and (scores <= 0).all()  # minus squared distances
 
@@ -237,7 +239,7 @@ def test_hnsw_tombstones_are_skipped_in_order_until_a_rebuild_clears_them():
     index = FaissHNSWIndex(8, rebuild_fraction=0.25)
     stored = torch.nn.functional.normalize(vectors(20), dim=-1)
     index.add(stored, torch.arange(20))
-    exact_scores, exact_ids = brute(stored[:3], stored, torch.arange(20), 6)
+    _, exact_ids = brute(stored[:3], stored, torch.arange(20), 6)
     assert index.remove([0, 1, 2]) == 3  # 3 of 20: under a quarter, kept as tombstones
     assert index.tombstones == {0, 1, 2} and index.index.ntotal == 20 and len(index) == 17
     scores, found = index.search(stored[:3], 6)
@@ -272,6 +274,8 @@ def test_hnsw_round_trips_its_tombstones_and_ef_search():
     restored = index_from_arrays("faiss-hnsw", 8, "ip", index.options(), arrays)
     assert restored.tombstones == {4, 7} and len(restored) == 28 and restored._graph.hnsw.efSearch == 24
     assert torch.equal(restored.search(stored[:6], 5)[1], index.search(stored[:6], 5)[1])
+    louder = index_from_arrays("faiss-hnsw", 8, "ip", {**index.options(), "ef_search": 48}, arrays)
+    assert louder._graph.hnsw.efSearch == 48  # the options given win over the value saved in the graph
     restored.set_ef_search(12)  # reaches the loaded graph, not a stale one
     assert restored._graph.hnsw.efSearch == 12
     assert restored.index.index.this == restored._graph.this  # the graph the id map searches
