@@ -24,6 +24,8 @@
 #   million  MILLION_TASKS (default qa1 and the pass key) at 1M tokens: none, the shipped preset and the
 #            babilong* runs (MILLION_TASKS=needle/passkey when the time limit must go to the pass key)
 #   ppl      long-document perplexity: none and every importance contender
+# RETENTION='0.9 1.0' adds each trained babilong* run again with that `retention` (ImportanceConfig) as
+# runs/<name>-r<value>; MILLION_MEMORY replaces the 1M job's contenders (a comma list).
 # The needle round (two calls on one warm host; bptt is skipped, no *-16k run being trained):
 #   bash benchmarks/gpu_round.sh train
 #   MILLION_TASKS=needle/passkey bash benchmarks/gpu_round.sh eval
@@ -60,8 +62,23 @@ job() {  # job NAME TIMEOUT memlm-eval-arguments...
     --no-report --out /tmp/eval-round "$@" > "$out/eval-$name.log" 2>&1
 }
 
+retained() {  # each trained babilong* run again with the importance memory's retention at each of RETENTION
+  for name in $RUNS; do
+    [[ $name == babilong* ]] && [ -f "runs/$name/final/memlm_config.json" ] || continue
+    for value in ${RETENTION:-}; do
+      mkdir -p "runs/$name-r$value" && cp -r "runs/$name/final" "runs/$name-r$value/"
+      python3 -c "import json, sys; path = sys.argv[1]; config = json.load(open(path))
+for entry in config['memories']:
+    if entry['mechanism'] == 'importance':
+        entry['retention'] = float(sys.argv[2])
+json.dump(config, open(path, 'w'), indent=2)" "runs/$name-r$value/final/memlm_config.json" "$value"
+      printf ',runs/%s-r%s/final' "$name" "$value"
+    done
+  done
+}
+
 evaluate() {
-  local importance="none,$PRESET$(finals 'babilong*')" recurrent="none$(finals '*-16k')"
+  local importance="none,$PRESET$(finals 'babilong*')$(retained)" recurrent="none$(finals '*-16k')"
   local zeroed=${recurrent#none}; zeroed=${zeroed//\/final/\/final:zeroed}
   for name in $EVALS; do
     case $name in
@@ -71,7 +88,7 @@ evaluate() {
               --samples 100 --batch-size 100 & ;;
       needle) job needle "$EVAL_SECONDS" --memory "$importance" --tasks needle --lengths 128K --samples 100 \
                 --batch-size 50 & ;;
-      million) job million "$EVAL_SECONDS" --memory "$importance" --tasks "${MILLION_TASKS:-babilong/qa1,needle/passkey}" \
+      million) job million "$EVAL_SECONDS" --memory "${MILLION_MEMORY:-$importance}" --tasks "${MILLION_TASKS:-babilong/qa1,needle/passkey}" \
                  --lengths 1M --samples "${MILLION_SAMPLES:-40}" --batch-size "${MILLION_SAMPLES:-40}" & ;;
       ppl) job ppl "$EVAL_SECONDS" --memory "$importance" --tasks ppl & ;;
     esac

@@ -17,7 +17,7 @@ from memlm.memories.importance import AutoMemoryModule, ImportanceConfig, cap_to
 @pytest.mark.parametrize("options", [
     {"threshold": 0.0}, {"threshold": 1.0}, {"threshold": "high"}, {"max_memory_size": 0},
     {"max_memory_size": -3}, {"max_memory_size": 10**6}, {"context_tokens": -1}, {"exploration": 1.0},
-    {"label_weight": -1.0}, {"hidden_dim": 0},
+    {"label_weight": -1.0}, {"hidden_dim": 0}, {"retention": -0.1}, {"retention": 1.5}, {"retention": "all"},
 ])
 def test_invalid_configs_are_refused(options):
     with pytest.raises(memlm.ConfigError, match="importance"):
@@ -82,6 +82,41 @@ def test_at_most_max_memory_size_tokens_are_kept_newest_winning_ties(tokenizer):
     memory_model.memorize("A.B.C.D.E.", segment_length=4, progress=False)
     assert "".join(i["text"] for i in memory.kept_tokens()) == "CDE"  # equal scores: the newest three
     assert memory_model.prefix_length() == 3  # what a segment must leave room for in its window
+
+
+def _rescoring_low(memory_model, character, tokenizer, rescored):
+    """A scorer that keeps `character` when it is read in a segment, then scores it `rescored` as a kept token."""
+    memory = memory_model.memories["importance"]
+    chosen = tokenizer(character, add_special_tokens=False).input_ids[0]
+
+    def score(hidden_states, mask=None):
+        ids = memory.context.input_ids
+        in_prefix = torch.arange(ids.shape[1]) < memory._prefix_length
+        return torch.where(ids == chosen, torch.where(in_prefix, torch.logit(torch.tensor(rescored)), 5.0), -5.0)
+
+    memory.scorer.forward = score
+    return memory
+
+
+@pytest.mark.parametrize(("retention", "survives"), [(0.0, False), (0.45, False), (0.9, True), (1.0, True)])
+def test_retention_carries_a_kept_token_over_low_rescorings(tokenizer, retention, survives):
+    config = ImportanceConfig(max_memory_size=4, keep_unit="token", retention=retention)
+    memory_model = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer)
+    memory = _rescoring_low(memory_model, "K", tokenizer, rescored=0.3)  # below the 0.5 threshold
+    memory_model.memorize("abK cdefghijklm", segment_length=5, progress=False)  # K is rescored twice
+    kept = memory.kept_tokens()
+    assert [i["text"] for i in kept] == (["K"] if survives else [])
+    if survives:  # the score it kept: the larger of 0.3 and `retention` times the last, twice over
+        expected = max(0.3, retention * retention * torch.sigmoid(torch.tensor(5.0)).item())
+        assert kept[0]["score"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_retained_tokens_still_give_way_to_the_capacity_cut(tokenizer):
+    config = ImportanceConfig(max_memory_size=2, keep_unit="token", retention=1.0)
+    memory_model = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer)
+    memory = _keeping(memory_model, "ABCD", tokenizer)
+    memory_model.memorize("A.B.C.D.", segment_length=4, progress=False)
+    assert "".join(i["text"] for i in memory.kept_tokens()) == "CD"  # equal scores: the newest two
 
 
 def test_a_write_that_needs_only_early_layers_stops_there():

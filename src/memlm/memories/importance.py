@@ -85,6 +85,10 @@ class ImportanceConfig(MemoryConfig):
             the scores expect to keep beyond it costs this much (per `max_memory_size` tokens).
         keep_unit: what is kept or dropped whole: "word" (a word's best token decides), "sentence"
             (a sentence's mean score decides) or "token". Words and sentences need the tokenizer.
+        retention: at inference, a kept token competes with the larger of its new score and
+            `retention` times its last one, in [0, 1]. Every segment rescores what is kept; over a
+            million tokens a fact meets a thousand rescorings, and one low score loses it for good.
+            0 (the default) keeps the plain rescoring; 1 lets a token fall only to the capacity cut.
     """
 
     mechanism: ClassVar[str] = "importance"
@@ -100,6 +104,7 @@ class ImportanceConfig(MemoryConfig):
     positive_weight: float = 5.0
     budget_weight: float = 1.0
     keep_unit: str = "word"
+    retention: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -122,6 +127,7 @@ class ImportanceConfig(MemoryConfig):
             raise ConfigError(f"importance: keep_unit must be one of {', '.join(units.UNITS)}, got {self.keep_unit!r}")
         check_range("positive_weight", self.positive_weight, 0.0, math.inf, low_open=True, high_open=True,
                     mechanism="importance")
+        check_range("retention", self.retention, 0.0, 1.0, mechanism="importance")
 
 
 class TokenScorer(nn.Module):
@@ -271,8 +277,9 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         offsets = torch.cumsum(mask[:, prefix:].long(), dim=-1) - 1 + self.stream_lengths.unsqueeze(-1)
         positions = torch.cat([self.kept_positions[:, :prefix], offsets], dim=1)  # in the stream
         unit = self._units(input_ids, mask, positions)  # (B, K + T), or None for token units
-        logits = token_logits if unit is None else units.unit_logits(token_logits, unit, mask, self._unit)
         training = self.training and torch.is_grad_enabled()
+        selection_logits = token_logits if training else self._retained(token_logits, prefix)
+        logits = selection_logits if unit is None else units.unit_logits(selection_logits, unit, mask, self._unit)
         keep, drawn = select_tokens(logits, mask, self.config.max_memory_size, self.config.threshold,
                                     self.config.exploration if training else None, unit)
         if training:  # a hard bound on what a segment carries while the scores are still learning
@@ -304,6 +311,17 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
         self._store(keep, input_ids, scores, positions, segments, labels)
         self.stream_lengths = self.stream_lengths + mask[:, prefix:].long().sum(-1)
         self.segments += 1
+
+    def _retained(self, token_logits: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The kept tokens' logits raised to `retention` times their last score (see ImportanceConfig)."""
+        if self.config.retention == 0 or prefix == 0:
+            return token_logits
+        fresh = token_logits[:, :prefix].float()
+        last = self.config.retention * self.kept_scores[:, :prefix].float()
+        # Compared as probabilities, where the last score was stored: a round trip through logit would
+        # make an equal score a hair larger and break the cut's "ties go to the newer".
+        kept = torch.where(last > torch.sigmoid(fresh), torch.logit(last.clamp(1e-6, 1 - 1e-6)), fresh)
+        return torch.cat([kept.to(token_logits.dtype), token_logits[:, prefix:]], dim=1)
 
     @property
     def _unit(self) -> str:
