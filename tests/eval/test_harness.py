@@ -142,6 +142,22 @@ def test_single_babilong_tasks_share_the_cache_and_a_stopped_pair_resumes_at_its
         Harness(backbone, tokenizer, suite, ["none"], tmp_path, families=["babilong/qa9"])
 
 
+def test_a_token_memory_shows_each_sample_whether_the_answer_was_held_when_asked(tokenizer, tmp_path, monkeypatch):
+    from memlm.memories.importance import ImportanceMemory
+
+    rooms = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
+    texts = iter(["Mary went to the " + " … the ".join(rooms)] * 2 + ["nothing at all"] * 2)
+    monkeypatch.setattr(ImportanceMemory, "kept_text", lambda self, row=0: next(texts))  # one call a sample
+    Harness(tiny_model("llama"), tokenizer, Suite("tiny", **{**TINY_SUITE, "samples": 2}), ["none", "importance"],
+            tmp_path, window=160, families=["babilong/qa1"], progress=False).run()
+    details = json.loads((tmp_path / "pairs" / "babilong__qa1__importance.json").read_text())["details"]
+    assert len(details) == 4 and details[3]["memory_text"] == "nothing at all"
+    assert {d["answer"] for d in details} <= set(rooms)
+    assert [d["answer_in_memory"] for d in details] == [True, True, False, False]
+    plain = json.loads((tmp_path / "pairs" / "babilong__qa1__none.json").read_text())["details"]
+    assert not any("answer_in_memory" in d or "memory_text" in d for d in plain)  # a baseline holds nothing
+
+
 def test_unknown_contenders_and_families_are_clear_errors(tokenizer, tmp_path):
     with pytest.raises(memlm.ConfigError, match="hippocampus"):
         Harness(tiny_model("llama"), tokenizer, Suite("tiny"), ["none", "hippocampus"], tmp_path)

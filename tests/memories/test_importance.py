@@ -75,6 +75,21 @@ def test_kept_tokens_ride_along_in_front_of_the_next_segment_with_their_provenan
     assert memory.delete(text="K") == 1 and [i["text"] for i in memory.kept_tokens()] == ["Q"]
 
 
+def test_kept_text_reads_runs_adjacent_in_the_stream_as_one_and_marks_the_gaps(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=8, keep_unit="token"),
+                                tokenizer=tokenizer)
+    memory = _keeping(memory_model, "KQR", tokenizer)
+    rows = [tokenizer(text, add_special_tokens=False).input_ids for text in ("abKQ cdR", "xyzzy R")]
+    ids = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(rows):
+        ids[row, :len(tokens)], mask[row, :len(tokens)] = torch.tensor(tokens), 1
+    memory_model.memorize(ids, mask, segment_length=5, progress=False)
+    assert [memory.kept_text(0), memory.kept_text(1)] == ["KQ … R", "R"]
+    memory_model.reset(batch_size=1)
+    assert memory.kept_text(0) == ""
+
+
 def test_at_most_max_memory_size_tokens_are_kept_newest_winning_ties(tokenizer):
     memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=3, keep_unit="token"),
                                   tokenizer=tokenizer)

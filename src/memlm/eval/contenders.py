@@ -241,6 +241,7 @@ class Contender:
                 ids[row, :len(head)] = torch.tensor(head, dtype=torch.long)
                 mask[row, :len(head)] = 1
             self.model.memorize(ids, mask, segment_length=self.segment_length, progress=False)
+        self.memory_texts = self._memory_texts(rows)
         if self.zeroed:
             self.model.reset(batch_size=rows)
         rags = [self._row_rag(head) for head in heads] if self.rag is not None else None
@@ -275,6 +276,13 @@ class Contender:
                     replies[row].append(reply)
                     conversations_so_far[row].append({"role": "assistant", "content": reply})
         return [replies[row] if answered[row] else None for row in range(rows)]
+
+    def _memory_texts(self, rows: int) -> list[str] | None:
+        """What each row's token memory holds after reading its context, as text (None: no such memory).
+        A task can tell from it whether a wrong answer was forgotten or held and misread."""
+        if self.kind != "memory" or "importance" not in self.model.memories:
+            return None
+        return [self.model.memories["importance"].kept_text(row) for row in range(rows)]
 
     def _row_rag(self, head: list[int]) -> RagIndex:
         index = RagIndex(self.tokenizer, encoder=self.rag.encoder)

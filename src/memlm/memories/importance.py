@@ -437,6 +437,18 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             [self.kept_labels, torch.zeros_like(token_ids, dtype=torch.float32)], 1))
         self.stream_lengths = self.stream_lengths + count
 
+    def kept_text(self, row: int = 0) -> str:
+        """What `row` keeps, as text: runs of tokens adjacent in the stream, joined by " … "."""
+        valid = self.kept_mask[row] if row < self.kept_mask.shape[0] else self.kept_mask.new_zeros(0)
+        ids, positions = self.kept_ids[row][valid].tolist(), self.kept_positions[row][valid].tolist()
+        runs: list[list[int]] = []
+        for index, (token, position) in enumerate(zip(ids, positions, strict=True)):
+            if index and position == positions[index - 1] + 1:
+                runs[-1].append(token)
+            else:
+                runs.append([token])
+        return " … ".join(self.context.tokenizer.decode(run).strip() for run in runs)
+
     def search(self, text: str, row: int | None = None) -> list[dict[str, Any]]:
         """Kept tokens whose text contains `text` (case-insensitive)."""
         needle = text.casefold()

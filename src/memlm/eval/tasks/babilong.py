@@ -1,6 +1,8 @@
 """`babilong/qa1` ... `babilong/qa5`: bAbI facts hidden in long haystacks (`memlm.data.babilong`),
 asked at each length; accuracy by BABILong's rule (the answer in the first sentence of the reply),
-with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per batch row.
+with a 95% Wilson interval. Samples are answered `batch_size` at a time, one per batch row. With a
+token memory (`importance`), each sample's details also say whether the answer's words were in memory
+when the question came (`answer_in_memory`) and show that memory's text.
 
 `babilong-unseen/qa1` ... : the same stories told about people, places and objects that training
 never draws (`memlm.data.cast`, the unseen split): a memory that learned to keep facts answers both;
@@ -19,11 +21,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from memlm.data import babilong
+from memlm.data import babilong, needles
 from memlm.data.cast import Recast
 from memlm.errors import ConfigError
 from memlm.eval import scoring
 from memlm.eval.tasks.base import EvalTask, PairResult, TaskRun
+
+MEMORY_TEXT_SHOWN = 1000  # characters of a token memory's content kept in each sample's details
 
 
 def haystack_text(source: str) -> str:
@@ -97,12 +101,17 @@ class BabilongTask(EvalTask):
                 replies = contender.answer_batch([s.context for s in batch],
                                                  [[self.prompt(s)] for s in batch],
                                                  [s.question for s in batch])
-                for sample, reply in zip(batch, replies, strict=True):
+                held = getattr(contender, "memory_texts", None) or [None] * len(batch)
+                for sample, reply, text in zip(batch, replies, held, strict=True):
                     if reply is None:  # does not fit `full`'s window
                         continue
                     hit = self.correct(sample, reply[0])
-                    new_details.append({"length": length, "question": sample.question, "answer": sample.answer,
-                                        "reply": reply[0], "correct": hit})
+                    detail = {"length": length, "question": sample.question, "answer": sample.answer,
+                              "reply": reply[0], "correct": hit}
+                    if text is not None:  # a miss with the answer in memory was misread, not forgotten
+                        detail.update(answer_in_memory=needles.answer_correct(text, sample.answer),
+                                      memory_text=text[:MEMORY_TEXT_SHOWN])
+                    new_details.append(detail)
             correct = sum(detail["correct"] for detail in new_details)
             new_records = [accuracy_record(length, correct, len(new_details))] if new_details else []
             run.save_partial(task, contender.name, length, new_records, new_details)
