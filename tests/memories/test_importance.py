@@ -36,11 +36,28 @@ def test_selection_keeps_what_reaches_the_threshold_highest_first_ties_to_the_ne
 
 
 def test_untrained_it_keeps_nothing_and_the_backbone_reads_its_own_input():
-    memory_model = memlm.attach(tiny_model("llama"), "importance")
+    backbone = tiny_model("llama")
+    memory_model = memlm.attach(backbone, "importance")
     memory_model.memorize(token_batch(2, length=40), segment_length=16, progress=False)
     memory = memory_model.memories["importance"]
     assert memory.kept_tokens() == [] and memory.summary()["segments"] == 3
     assert memory.summary()["kept_tokens"] == [0, 0]
+    # Left padding, its mask and the caller's positions reach the backbone as given.
+    ids, mask = token_batch(2, length=6), torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    expected = backbone(ids, attention_mask=mask, position_ids=positions).logits
+    got = memory_model(ids, attention_mask=mask, position_ids=positions, write_memory=False).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
+
+
+def _padded(tokenizer, texts):
+    """Token ids of each text, right-padded to the longest, with their mask."""
+    rows = [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(rows):
+        ids[row, :len(tokens)], mask[row, :len(tokens)] = torch.tensor(tokens), 1
+    return ids, mask
 
 
 def _keeping(memory_model, characters, tokenizer):
@@ -79,15 +96,36 @@ def test_kept_text_reads_runs_adjacent_in_the_stream_as_one_and_marks_the_gaps(t
     memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=8, keep_unit="token"),
                                 tokenizer=tokenizer)
     memory = _keeping(memory_model, "KQR", tokenizer)
-    rows = [tokenizer(text, add_special_tokens=False).input_ids for text in ("abKQ cdR", "xyzzy R")]
-    ids = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(rows):
-        ids[row, :len(tokens)], mask[row, :len(tokens)] = torch.tensor(tokens), 1
-    memory_model.memorize(ids, mask, segment_length=5, progress=False)
+    memory_model.memorize(*_padded(tokenizer, ["abKQ cdR", "xyzzy R"]), segment_length=5, progress=False)
     assert [memory.kept_text(0), memory.kept_text(1)] == ["KQ … R", "R"]
     memory_model.reset(batch_size=1)
     assert memory.kept_text(0) == ""
+
+
+def test_rows_keeping_different_amounts_each_read_only_their_own_kept_tokens(tokenizer):
+    backbone = tiny_model("llama")
+    memory_model = memlm.attach(backbone, ImportanceConfig(max_memory_size=4, keep_unit="token"), tokenizer=tokenizer)
+    _keeping(memory_model, "KQR", tokenizer)
+    memory_model.memorize(*_padded(tokenizer, ["abKQ cdR", "xyzzy K"]), segment_length=5, progress=False)
+    probe = tokenizer(["xyz", "xyz"], return_tensors="pt").input_ids
+    read = memory_model(probe, write_memory=False).logits
+    for row, kept in enumerate(["KQR", "K"]):  # left padding in front of row 1's one token is masked out
+        alone = torch.cat([tokenizer(kept, return_tensors="pt").input_ids, probe[:1]], dim=1)
+        torch.testing.assert_close(read[row], backbone(alone).logits[0, len(kept):])
+
+
+def test_while_training_the_tokens_of_a_unit_share_one_draw():
+    torch.manual_seed(0)
+    unit = torch.tensor([[0, 0, 0, 3, 3, 5, 6, 6, 6, 6]]).expand(200, -1)  # each token's unit: its first token
+    logits = torch.zeros(200, 10)  # a coin toss per unit
+    drawn, same = select_tokens(logits, torch.ones(200, 10, dtype=torch.bool), 10, 0.5, exploration=0.1, unit=unit)
+    assert torch.equal(drawn, same)
+    assert torch.equal(drawn, drawn.gather(1, unit))  # every token drawn as its unit's first
+    assert 0.35 < drawn[:, 0].float().mean() < 0.65 and drawn[:, 0].ne(drawn[:, 3]).any()  # units draw apart
+
+
+def test_the_cut_takes_an_empty_batch():
+    assert cap_tokens(torch.zeros(0, 5, dtype=torch.bool), torch.zeros(0, 5), 2).shape == (0, 5)
 
 
 def test_at_most_max_memory_size_tokens_are_kept_newest_winning_ties(tokenizer):
