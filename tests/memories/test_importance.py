@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import token_batch
+from helpers import randomize_memory_weights, token_batch
 from tiny import tiny_model
 
 import memlm
@@ -122,6 +122,49 @@ def test_while_training_the_tokens_of_a_unit_share_one_draw():
     assert torch.equal(drawn, same)
     assert torch.equal(drawn, drawn.gather(1, unit))  # every token drawn as its unit's first
     assert 0.35 < drawn[:, 0].float().mean() < 0.65 and drawn[:, 0].ne(drawn[:, 3]).any()  # units draw apart
+
+
+def test_padding_is_never_kept_and_does_not_change_the_scores_of_real_tokens(tokenizer):
+    torch.manual_seed(0)
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=64, keep_unit="token"),
+                                tokenizer=tokenizer)
+    randomize_memory_weights(memory_model, scale=0.3)
+    memory = memory_model.memories["importance"]
+    ids, mask = _padded(tokenizer, ["abcdefgh", "abc"])
+    scores = []
+    for padding in (0, 7):  # the same rows with other tokens where the mask says padding
+        memory_model.reset(batch_size=2)
+        memory_model(ids.masked_fill(mask == 0, padding), attention_mask=mask)
+        scores.append(memory.last_write["scores"][mask.bool()])
+    torch.testing.assert_close(scores[0], scores[1])
+    memory.scorer.forward = lambda hidden_states, mask=None: torch.full(hidden_states.shape[:2], 5.0)  # keep all
+    memory_model.reset(batch_size=2)
+    memory_model(ids, attention_mask=mask)
+    assert memory.summary()["kept_tokens"] == [8, 3]
+
+
+def test_a_write_from_embeddings_keeps_nothing_and_a_new_batch_size_needs_a_reset(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="token"), tokenizer=tokenizer)
+    embeddings = memory_model.backbone.get_input_embeddings()(token_batch(2, length=6))
+    memory_model(inputs_embeds=embeddings)  # nothing to name the kept tokens by: nothing is kept
+    assert memory_model.memories["importance"].kept_tokens() == []
+    memory_model(token_batch(2, length=6))  # untrained: keeps nothing, but holds state for two rows
+    with pytest.raises(memlm.MemoryStateError, match="reset"):
+        memory_model(token_batch(3, length=6))
+
+
+def test_while_training_the_last_score_is_not_retained_and_the_cut_keeps_whole_words(tokenizer):
+    torch.manual_seed(0)
+    config = ImportanceConfig(max_memory_size=4, keep_unit="token", retention=1.0, exploration=0.0)
+    memory_model = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer).train()
+    memory = _rescoring_low(memory_model, "K", tokenizer, rescored=1e-4)
+    memory_model.memorize("abK cdefgh", segment_length=5, progress=False)
+    assert memory.kept_tokens() == []  # the draw follows the new score, 1e-4, whatever the last one was
+    words = memlm.attach(tiny_model("llama"), ImportanceConfig(max_memory_size=2, keep_unit="word"),
+                         tokenizer=tokenizer).train()
+    kept = _keeping(words, "abcdefghijklmnopqrstuvwxyz", tokenizer)
+    words.memorize("ab cde fg hij", segment_length=32, progress=False)
+    assert "".join(item["text"] for item in kept.kept_tokens()) == "hij"  # 4 = 2 x max_memory_size: one word
 
 
 def test_the_cut_takes_an_empty_batch():

@@ -272,7 +272,7 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
             self.check_batch(self.kept_ids.shape[0], batch_size)
         if self.kept_ids.shape[0] == 0:
             self._empty_state(batch_size)
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+        mask = mask.bool()  # the model always hands a mask to a write
         token_logits = self.scorer(hidden_states, mask)  # (B, K + T)
         offsets = torch.cumsum(mask[:, prefix:].long(), dim=-1) - 1 + self.stream_lengths.unsqueeze(-1)
         positions = torch.cat([self.kept_positions[:, :prefix], offsets], dim=1)  # in the stream
