@@ -243,6 +243,14 @@ def test_relevance_labels_train_the_scorer_and_bad_labels_are_refused():
     assert memory_model.auxiliary_loss() is None  # handed over once
     with pytest.raises(memlm.IncompatibleMemoryError, match="token_labels"):
         memory_model.write(segment, token_labels=labels[:, :5])
+    # Rows that kept different amounts carry padded labels into the next segment: the loss stays finite.
+    torch.manual_seed(0)
+    memory_model.reset(batch_size=2)
+    for seed in (1, 2, 3):
+        segment = token_batch(2, length=10, seed=seed)
+        memory_model.write(segment, token_labels=(segment >= 200).float())
+    kept = memory_model.memories["importance"].kept_mask.sum(-1)
+    assert kept[0] != kept[1] and torch.isfinite(memory_model.auxiliary_loss())
 
 
 def test_the_scorer_learns_from_a_later_loss_to_keep_the_token_it_needs():
@@ -341,6 +349,8 @@ def test_tokens_can_be_added_by_hand_within_capacity(tokenizer):
     memory.add_tokens(tokenizer("Z", return_tensors="pt").input_ids, score=0.95)
     assert "".join(i["text"] for i in memory.kept_tokens()) == "cdZ"  # the best three, in stream order
     assert [i["position"] for i in memory.kept_tokens()] == [2, 3, 4]
+    memory.add_tokens(tokenizer("Y", return_tensors="pt").input_ids, score=0.5)
+    assert "".join(i["text"] for i in memory.kept_tokens()) == "cdZ"  # newer, but rated lower: dropped
 
 
 def test_tokens_kept_by_hand_per_row_or_from_one_list_follow_the_stream_so_far(tokenizer):
