@@ -269,6 +269,22 @@ def test_lr_zero_freezes_the_lora_while_the_memories_learn(tmp_path, tokenizer):
     assert not in_optimizer & {id(p) for p in trainer.model.lora.parameters()}
 
 
+def test_a_batch_that_no_trained_weight_touched_steps_with_zero_gradients(tmp_path, tokenizer):
+    """With the LoRA frozen, a batch that fits the window (length 0: the memory reads nothing) has a loss
+    with no gradient path; the step must pass it through, not fail (the 2026-12-07 scorer-only run did)."""
+    options = {"mechanism": "slots", "layers": "all", "memory_slots": 8, "mem_dim": 64}
+    trainer = Trainer(config(tmp_path, [options], steps=1, window=17, max_new_tokens=1, lora=LORA, lr=0),
+                      tiny_model("llama", hidden_size=64), tokenizer, progress=False, data=KeyRecall())
+    untouched = torch.tensor(2.5)
+    tied = trainer._on_graph(untouched)
+    assert tied.requires_grad and tied.item() == 2.5
+    tied.backward()
+    grads = [p.grad for p in trainer.step_module.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+    live = torch.ones((), requires_grad=True) * 3
+    assert trainer._on_graph(live) is live
+
+
 def test_a_config_file_loads_and_overrides_apply(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("model:\n  memories: [importance]\n  lora: {r: 4, layers: above_memory}\ntrain:\n  steps: 7\n")

@@ -257,7 +257,7 @@ class Trainer:
             tick = time.perf_counter()
             with self.accelerator.accumulate(self.step_module), self.accelerator.autocast():
                 outputs = self.step_module(batch)
-                self.accelerator.backward(outputs["loss"])
+                self.accelerator.backward(self._on_graph(outputs["loss"]))
                 if self.accelerator.sync_gradients:
                     self._step_if_finite(train.grad_clip)
                     self.scheduler.step()  # once per update (what accelerate did with one process)
@@ -388,6 +388,15 @@ class Trainer:
         return results
 
     # --- logging -------------------------------------------------------------------------------
+    def _on_graph(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss`, tied to the trained parameters when nothing trainable produced it (a frozen LoRA on a
+        batch where the memory kept nothing): the step then gives zero gradients instead of failing, and
+        every process still takes part in the reduction."""
+        if loss.requires_grad:
+            return loss
+        trained = [parameter for parameter in self.step_module.parameters() if parameter.requires_grad]
+        return loss + sum(parameter.sum() * 0.0 for parameter in trained)
+
     def _step_if_finite(self, grad_clip: float) -> None:
         """The optimizer step, unless the gradient is not finite: one overflowing batch (bf16, a long
         sample) would otherwise turn every weight into NaN for the rest of the run. Too many such
