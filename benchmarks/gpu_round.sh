@@ -25,7 +25,7 @@
 #            babilong* runs (MILLION_TASKS=needle/passkey when the time limit must go to the pass key)
 #   ppl      long-document perplexity: none and every importance contender
 # RETENTION='0.9 1.0' adds each trained babilong* run again with that `retention` (ImportanceConfig) as
-# runs/<name>-r<value>; MILLION_MEMORY replaces the 1M job's contenders (a comma list); CAST_SAMPLES,
+# runs/<name>-r<value>; MILLION_MEMORY and NEEDLE_MEMORY replace those jobs' contenders (comma lists); CAST_SAMPLES,
 # NEEDLE_SAMPLES and NEEDLE_TASKS shrink a round that must fit one call (`all`).
 # The needle round (two calls on one warm host; bptt is skipped, no *-16k run being trained):
 #   bash benchmarks/gpu_round.sh train
@@ -87,7 +87,7 @@ evaluate() {
               --samples "${CAST_SAMPLES:-100}" --batch-size "${CAST_SAMPLES:-100}" & ;;
       bptt) [ "$recurrent" = none ] || job bptt "$EVAL_SECONDS" --memory "$recurrent$zeroed" --tasks babilong/qa1 --lengths "${BPTT_LENGTHS:-0,4K,16K}" \
               --samples 100 --batch-size 100 & ;;
-      needle) job needle "$EVAL_SECONDS" --memory "$importance" --tasks "${NEEDLE_TASKS:-needle}" --lengths 128K \
+      needle) job needle "$EVAL_SECONDS" --memory "${NEEDLE_MEMORY:-$importance}" --tasks "${NEEDLE_TASKS:-needle}" --lengths 128K \
                 --samples "${NEEDLE_SAMPLES:-100}" --batch-size 50 & ;;
       million) job million "$EVAL_SECONDS" --memory "${MILLION_MEMORY:-$importance}" --tasks "${MILLION_TASKS:-babilong/qa1,needle/passkey}" \
                  --lengths 1M --samples "${MILLION_SAMPLES:-40}" --batch-size "${MILLION_SAMPLES:-40}" & ;;
