@@ -35,8 +35,9 @@ def test_selection_keeps_what_reaches_the_threshold_highest_first_ties_to_the_ne
     assert cap_tokens(torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4), 1).tolist() == [[False] * 3 + [True]]
 
 
-def test_untrained_it_keeps_nothing_and_the_backbone_reads_its_own_input():
-    backbone = tiny_model("llama")
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])  # gpt2's positions are absolute: given ones must arrive
+def test_untrained_it_keeps_nothing_and_the_backbone_reads_its_own_input(architecture):
+    backbone = tiny_model(architecture)
     memory_model = memlm.attach(backbone, "importance")
     memory_model.memorize(token_batch(2, length=40), segment_length=16, progress=False)
     memory = memory_model.memories["importance"]
@@ -102,8 +103,9 @@ def test_kept_text_reads_runs_adjacent_in_the_stream_as_one_and_marks_the_gaps(t
     assert memory.kept_text(0) == ""
 
 
-def test_rows_keeping_different_amounts_each_read_only_their_own_kept_tokens(tokenizer):
-    backbone = tiny_model("llama")
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])  # gpt2: each row's positions restart at its own first
+def test_rows_keeping_different_amounts_each_read_only_their_own_kept_tokens(tokenizer, architecture):
+    backbone = tiny_model(architecture)
     memory_model = memlm.attach(backbone, ImportanceConfig(max_memory_size=4, keep_unit="token"), tokenizer=tokenizer)
     _keeping(memory_model, "KQR", tokenizer)
     memory_model.memorize(*_padded(tokenizer, ["abKQ cdR", "xyzzy K"]), segment_length=5, progress=False)
