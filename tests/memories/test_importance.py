@@ -169,6 +169,30 @@ def test_while_training_the_last_score_is_not_retained_and_the_cut_keeps_whole_w
     assert "".join(item["text"] for item in kept.kept_tokens()) == "hij"  # 4 = 2 x max_memory_size: one word
 
 
+def test_while_training_each_unit_decides_once_and_the_budget_counts_real_tokens_only(tokenizer):
+    config = ImportanceConfig(max_memory_size=2, keep_unit="word", budget_weight=0.5)
+    memory_model = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer).train()
+    memory = memory_model.memories["importance"]
+    memory.scorer.forward = lambda hidden_states, mask=None: torch.zeros(hidden_states.shape[:2])  # p = 0.5 each
+    texts = ["ab cde fg", "hij kl"]
+    ids, mask = _padded(tokenizer, texts)
+    memory_model(ids, attention_mask=mask)
+    log_probs, decisions = memory.decision_log_probs
+    # One decision per unit, per row: the words and, on this byte-level tokenizer, each lone space.
+    assert decisions.tolist() == [5.0, 3.0]
+    torch.testing.assert_close(log_probs, decisions * math.log(0.5))  # each drawn or not at p = 0.5
+    expected = 0.5 * mask.sum(-1).float()  # tokens each row expects to keep: padding counts for nothing
+    budget = 0.5 * (torch.relu(expected - 2) / 2).mean()
+    torch.testing.assert_close(memory_model.auxiliary_loss(), budget)
+
+
+def test_a_zero_label_weight_adds_no_loss_term():
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(label_weight=0.0, keep_unit="token"))
+    segment = token_batch(2, length=8)
+    memory_model.write(segment, token_labels=(segment >= 200).float())  # evaluation: no budget term either
+    assert memory_model.auxiliary_loss() is None
+
+
 def test_the_cut_takes_an_empty_batch():
     assert cap_tokens(torch.zeros(0, 5, dtype=torch.bool), torch.zeros(0, 5), 2).shape == (0, 5)
 
