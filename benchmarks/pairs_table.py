@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 
 def main(folder: str) -> None:
@@ -27,3 +28,7 @@ def _in_memory(details: list[dict]) -> str:
             counts[detail["length"]] = [held + bool(detail["answer_in_memory"]), total + 1]
     shares = " ".join(f"{length}:{held}/{total}" for length, (held, total) in sorted(counts.items()))
     return f"  answer in memory {shares}" if shares else ""
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out")
