@@ -186,6 +186,15 @@ def test_while_training_each_unit_decides_once_and_the_budget_counts_real_tokens
     torch.testing.assert_close(memory_model.auxiliary_loss(), budget)
 
 
+def test_kept_tokens_carry_their_relevance_labels_into_the_next_segment(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(keep_unit="token"), tokenizer=tokenizer)
+    memory = _keeping(memory_model, "KQ", tokenizer)
+    ids = tokenizer("abKQ", return_tensors="pt").input_ids
+    memory_model.write(ids, token_labels=torch.tensor([[0.0, 0.0, 1.0, 0.0]]))  # K relevant, Q kept anyway
+    assert [i["text"] for i in memory.kept_tokens()] == ["K", "Q"]
+    assert memory.kept_labels.tolist() == [[1.0, 0.0]]
+
+
 def test_a_zero_label_weight_adds_no_loss_term():
     memory_model = memlm.attach(tiny_model("llama"), ImportanceConfig(label_weight=0.0, keep_unit="token"))
     segment = token_batch(2, length=8)
