@@ -198,3 +198,35 @@ def test_check_names_an_index_out_of_step_with_the_active_facts(store):
     store._synced_indexes("ada")[1].remove([live])
     with pytest.raises(CorruptedFileError, match="lexical index disagrees"):
         store.check()
+
+
+def test_listing_orders_filters_and_pages_the_live_facts(store, clock):
+    low = store.add("ada", "Ada has a cat.", unit(1, 0, 0, 0), importance=0.2, category="pets")
+    high = store.add("ada", "Ada has a dog.", unit(0, 1, 0, 0), importance=0.9, category="pets")
+    home = store.add("ada", "Ada lives in Ghent.", unit(0, 0, 1, 0), importance=0.5, category="home",
+                     expires_at=1500.0, latent=np.arange(3, dtype=np.float32))
+    store.touch([low.id], "ada", now=1200.0)
+    ids = lambda facts: [fact.id for fact in facts]  # noqa: E731
+    assert ids(store.facts("ada")) == [low.id, high.id, home.id]
+    assert ids(store.facts("ada", order="importance")) == [high.id, home.id, low.id]
+    assert ids(store.facts("ada", order="recent")) == [low.id, high.id, home.id]
+    assert ids(store.facts("ada", category="pets")) == [low.id, high.id]
+    assert ids(store.facts("ada", limit=1, offset=1)) == [high.id] and ids(store.facts("ada", offset=2)) == [home.id]
+    latent_ids, rows, vectors = store.latents("ada")
+    assert latent_ids == [home.id] and rows == [None] and vectors[0].tolist() == [0.0, 1.0, 2.0]
+    clock.now = 2000.0  # "Ada lives in Ghent." has expired: listed only when asked for inactive facts too
+    assert ids(store.facts("ada")) == [low.id, high.id] and store.latents("ada") == ([], [], [])
+    assert ids(store.facts("ada", include_inactive=True)) == [low.id, high.id, home.id]
+    assert store.count("ada") == 2 and store.count("ada", include_inactive=True) == 3
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("source", "x" * 200_001, "source"), ("context", "x" * 200_001, "context"), ("spoken", "", "sentence"),
+    ("expires_at", float("nan"), "expires_at"),
+])
+def test_a_bad_field_is_refused_by_name_and_nothing_is_written(store, field, value, named):
+    with pytest.raises(memlm.ConfigError, match=named):
+        store.add("ada", "Ada has a cat.", unit(1, 0, 0, 0), importance=1.0, **{field: value})
+    assert store.users() == [] and store.version() == 0
+    with pytest.raises(memlm.ConfigError, match="user id"):
+        store.add("", "Ada has a cat.", unit(1, 0, 0, 0), importance=1.0)
