@@ -98,7 +98,7 @@ def test_kept_text_reads_runs_adjacent_in_the_stream_as_one_and_marks_the_gaps(t
                                 tokenizer=tokenizer)
     memory = _keeping(memory_model, "KQR", tokenizer)
     memory_model.memorize(*_padded(tokenizer, ["abKQ cdR", "xyzzy R"]), segment_length=5, progress=False)
-    assert [memory.kept_text(0), memory.kept_text(1)] == ["KQ … R", "R"]
+    assert [memory.kept_text(0), memory.kept_text(1), memory.kept_text(2)] == ["KQ … R", "R", ""]  # no row 2
     memory_model.reset(batch_size=1)
     assert memory.kept_text(0) == ""
 

@@ -278,11 +278,14 @@ class Contender:
         return [replies[row] if answered[row] else None for row in range(rows)]
 
     def _memory_texts(self, rows: int) -> list[str] | None:
-        """What each row's token memory holds after reading its context, as text (None: no such memory).
-        A task can tell from it whether a wrong answer was forgotten or held and misread."""
-        if self.kind != "memory" or "importance" not in self.model.memories:
+        """What each row's memories hold after reading their context, as text (None when no memory can
+        show it: `kept_text`). A task tells from it whether a wrong answer was forgotten or misread."""
+        if self.kind != "memory":
             return None
-        return [self.model.memories["importance"].kept_text(row) for row in range(rows)]
+        readable = [memory for memory in self.model.memories.values() if hasattr(memory, "kept_text")]
+        if not readable:
+            return None
+        return [" … ".join(filter(None, (memory.kept_text(row) for memory in readable))) for row in range(rows)]
 
     def _row_rag(self, head: list[int]) -> RagIndex:
         index = RagIndex(self.tokenizer, encoder=self.rag.encoder)

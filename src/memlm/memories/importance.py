@@ -439,7 +439,9 @@ class ImportanceMemory(Memory, InputRewriting, AuxiliaryLoss, Provenance, Inspec
 
     def kept_text(self, row: int = 0) -> str:
         """What `row` keeps, as text: runs of tokens adjacent in the stream, joined by " … "."""
-        valid = self.kept_mask[row] if row < self.kept_mask.shape[0] else self.kept_mask.new_zeros(0)
+        if row >= self.kept_mask.shape[0]:  # no state for this row yet: nothing kept
+            return ""
+        valid = self.kept_mask[row]
         ids, positions = self.kept_ids[row][valid].tolist(), self.kept_positions[row][valid].tolist()
         runs: list[list[int]] = []
         for index, (token, position) in enumerate(zip(ids, positions, strict=True)):

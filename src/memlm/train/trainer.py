@@ -305,6 +305,15 @@ class Trainer:
                                              generator=torch.Generator().manual_seed(self.config.train.seed))
         return iter(loader)
 
+    def _on_graph(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss`, tied to the trained parameters when nothing trainable produced it (a frozen LoRA on a
+        batch where the memory kept nothing): the step then gives zero gradients instead of failing, and
+        every process still takes part in the reduction."""
+        if loss.requires_grad:
+            return loss
+        trained = [parameter for parameter in self.step_module.parameters() if parameter.requires_grad]
+        return loss + sum(parameter.sum() * 0.0 for parameter in trained)
+
     # --- evaluating ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -388,15 +397,6 @@ class Trainer:
         return results
 
     # --- logging -------------------------------------------------------------------------------
-    def _on_graph(self, loss: torch.Tensor) -> torch.Tensor:
-        """`loss`, tied to the trained parameters when nothing trainable produced it (a frozen LoRA on a
-        batch where the memory kept nothing): the step then gives zero gradients instead of failing, and
-        every process still takes part in the reduction."""
-        if loss.requires_grad:
-            return loss
-        trained = [parameter for parameter in self.step_module.parameters() if parameter.requires_grad]
-        return loss + sum(parameter.sum() * 0.0 for parameter in trained)
-
     def _step_if_finite(self, grad_clip: float) -> None:
         """The optimizer step, unless the gradient is not finite: one overflowing batch (bf16, a long
         sample) would otherwise turn every weight into NaN for the rest of the run. Too many such
