@@ -25,7 +25,7 @@
 #            babilong* runs (MILLION_TASKS=needle/passkey when the time limit must go to the pass key)
 #   ppl      long-document perplexity: none and every importance contender
 # RETENTION='0.9 1.0' adds each trained babilong* run again with that `retention` (ImportanceConfig) as
-# runs/<name>-r<value>; MILLION_MEMORY and NEEDLE_MEMORY replace those jobs' contenders (comma lists); CAST_SAMPLES,
+# runs/<name>-r<value>; CAST_MEMORY, MILLION_MEMORY and NEEDLE_MEMORY replace those jobs' contenders (comma lists); CAST_SAMPLES,
 # NEEDLE_SAMPLES and NEEDLE_TASKS shrink a round that must fit one call (`all`).
 # The needle round (two calls on one warm host; bptt is skipped, no *-16k run being trained):
 #   bash benchmarks/gpu_round.sh train
@@ -83,7 +83,7 @@ evaluate() {
   local zeroed=${recurrent#none}; zeroed=${zeroed//\/final/\/final:zeroed}
   for name in $EVALS; do
     case $name in
-      cast) job cast "$EVAL_SECONDS" --memory "$importance" --tasks babilong/qa1 --cast both --lengths "${CAST_LENGTHS:-4K,16K}" \
+      cast) job cast "$EVAL_SECONDS" --memory "${CAST_MEMORY:-$importance}" --tasks babilong/qa1 --cast both --lengths "${CAST_LENGTHS:-4K,16K}" \
               --samples "${CAST_SAMPLES:-100}" --batch-size "${CAST_SAMPLES:-100}" & ;;
       bptt) [ "$recurrent" = none ] || job bptt "$EVAL_SECONDS" --memory "$recurrent$zeroed" --tasks babilong/qa1 --lengths "${BPTT_LENGTHS:-0,4K,16K}" \
               --samples 100 --batch-size 100 & ;;
