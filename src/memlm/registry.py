@@ -99,9 +99,12 @@ BUILTIN_PRESETS: dict[str, Preset] = {
                             "bank retrieving with the backbone's own hidden states instead of MiniLM"),
     # Trained on the H200 with `memlm train --config configs/train/<name>.yaml` (docs/train.md).
     "babilong": Preset({}, "the best BABILong model: importance-babilong", weights="importance-babilong"),
-    "importance-babilong": Preset({}, "token-importance memory keeping whole words (160 tokens) + LoRA, trained on "
-                                      "BABILong qa1-qa5 and follow-ups to 16K tokens, told about large casts of "
-                                      "people and places", weights="importance-babilong"),
+    "importance-babilong": Preset({}, "token-importance memory keeping whole sentences (192 tokens) + LoRA, trained on "
+                                      "BABILong qa1-qa5 to 16K tokens with large casts of people and places, "
+                                      "free-form facts and number keys", weights="importance-babilong"),
+    "importance-babilong-words": Preset({}, "stage 2 of importance-babilong: whole words (160 tokens), BABILong "
+                                            "only; the init of the needle recipes",
+                                        weights="importance-babilong-words"),
     "importance-babilong-tokens": Preset({}, "stage 1 of importance-babilong: tokens kept one by one, trained on "
                                              "bAbI's own cast (and 40 other names)",
                                          weights="importance-babilong-tokens"),
