@@ -287,3 +287,104 @@ def test_an_index_holding_one_vector_finds_it(backend):
     index.add(vectors(1), torch.tensor([42]))
     scores, found = index.search(vectors(1), 2)
     assert found.tolist() == [[42, -1]] and torch.isfinite(scores[0, 0]) and scores[0, 1] == -math.inf
+
+
+def test_documented_defaults_and_the_narrowest_width():
+    assert TorchIndex(4).metric == "ip" and TorchIndex(4).query_chunk == 1024 and FaissFlatIndex(4).metric == "ip"
+    assert FaissIVFIndex(4).options() == {"nlist": 1024, "nprobe": 32, "pq_m": None, "train_size": 39 * 1024}
+    assert FaissHNSWIndex(4).options() == {"m": 32, "ef_search": 128, "ef_construction": 80, "rebuild_fraction": 0.25}
+    for backend in BACKENDS:  # one number per vector is still a vector
+        index = make_index(backend, 1)
+        index.add(torch.tensor([[2.0], [-1.0]]), torch.tensor([5, 6]))
+        assert index.search(torch.tensor([[1.0]]), 1)[1].tolist() == [[5]]
+    assert _as_float32_numpy(np.ones((2, 3), dtype=np.float64)).dtype == np.float32
+    assert _as_ids(np.array([1, 2], dtype=np.int32)).dtype == np.int64
+
+
+def test_growable_heads_fill_exactly_and_grow_past_a_power_of_two_from_empty():
+    heads = GrowableHeads(1, (), torch.device("cpu"), torch.float32)
+    heads.append(torch.arange(1025.0).reshape(1, 1025))  # 1,025 needs 2,048, not 1,024
+    assert heads._data.shape[1] == 2048 and torch.equal(heads.data, torch.arange(1025.0).reshape(1, 1025))
+    full = GrowableHeads(1, (), torch.device("cpu"), torch.float32)
+    full.append(torch.zeros(1, 1000))
+    full.append(torch.ones(1, 24))  # exactly the capacity: no growth
+    assert full.size == 1024 and full._data.shape[1] == 1024
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_id_zero_is_a_real_id_and_empty_results_have_one_row_per_query(backend):
+    index = make_index(backend, 8)
+    scores, found = index.search(vectors(2), 3)
+    assert scores.shape == found.shape == (2, 3)
+    stored = torch.nn.functional.normalize(vectors(2, seed=3), dim=-1)
+    index.add(stored, torch.tensor([0, 1]))
+    scores, found = index.search(stored[:1], 1)
+    assert found.tolist() == [[0]] and torch.isfinite(scores).all()
+
+
+def test_ivf_ranks_by_its_metric_before_and_after_training_and_builds_what_it_was_asked():
+    import faiss
+    near, long = torch.zeros(1, 8), torch.zeros(1, 8)
+    near[0, 0], long[0, 0] = 1.0, 10.0  # by L2 `near` is closer to the query; by inner product `long` wins
+    index = FaissIVFIndex(8, "l2", nlist=2, nprobe=2, train_size=100)
+    index.add(torch.cat([near, long]), torch.tensor([1, 2]))
+    assert not index.is_trained and index.search(near, 1)[1].tolist() == [[1]]
+    index.add(vectors(100, seed=4), torch.arange(100, 200))
+    assert index.is_trained
+    index.add(near * 0.5, torch.tensor([3]))  # after training: straight into the inverted lists
+    assert len(index) == 103 and index.search(near * 0.5, 1)[1].tolist() == [[3]]
+    assert type(index._quantizer).__name__ == "IndexFlatL2" and index.index.quantizer is not None
+    assert type(FaissIVFIndex(8, "ip", nlist=2)._quantizer).__name__ == "IndexFlatIP"
+    quantised = FaissIVFIndex(8, "ip", nlist=3, pq_m=4).index
+    assert (quantised.nlist, quantised.pq.M, quantised.pq.nbits) == (3, 4, 8)
+    assert quantised.metric_type == faiss.METRIC_INNER_PRODUCT and quantised.quantizer is not None
+
+
+def test_hnsw_pads_when_tombstones_leave_fewer_live_vectors_than_k():
+    index = FaissHNSWIndex(8, rebuild_fraction=0.9)
+    stored = torch.nn.functional.normalize(vectors(5, seed=6), dim=-1)
+    index.add(stored, torch.arange(10, 15))
+    index.remove([12])
+    scores, found = index.search(stored[:1], 5)
+    assert found.shape == (1, 5) and sorted(found[0, :4].tolist()) == [10, 11, 13, 14] and found[0, 4] == -1
+    assert torch.isfinite(scores[0, :4]).all() and scores[0, 4] == -math.inf
+    with pytest.raises(IncompatibleMemoryError, match=r"^queries have shape \(1, 4\)"):
+        index.search(torch.zeros(1, 4), 1)
+
+
+def test_hnsw_rebuilds_only_past_its_fraction_and_ranks_by_inner_product():
+    index = FaissHNSWIndex(8, rebuild_fraction=0.25)
+    index.add(vectors(4), torch.arange(4))
+    index.remove([0])  # 1 of 4: not more than a quarter, kept as a tombstone
+    assert index.tombstones == {0} and index.index.ntotal == 4
+    stored, queries = vectors(30, seed=7), vectors(5, seed=8)  # vectors of unequal lengths
+    graph = FaissHNSWIndex(8, "ip")
+    graph.add(stored, torch.arange(30))
+    assert torch.equal(graph.search(queries, 1)[1], brute(queries, stored, torch.arange(30), 1)[1])
+
+
+def test_a_missing_faiss_is_named_with_its_install_command(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    with pytest.raises(ConfigError, match=r"^FAISS backends need the faiss-cpu package: pip install faiss-cpu$"):
+        FaissFlatIndex(8)
+
+
+def test_growable_buffers_keep_their_dtype_and_do_not_grow_when_exactly_full():
+    rows = GrowableRows((), torch.device("cpu"), torch.float32)
+    rows.append(torch.zeros(3))
+    rows.append(torch.ones(61))  # exactly the first capacity, 64
+    assert rows.size == 64 and rows._data.shape[0] == 64
+    heads = GrowableHeads(2, (3,), torch.device("cpu"), torch.bfloat16)
+    assert heads.data.dtype == torch.bfloat16
+    heads.append(torch.ones(2, 1, 3))
+    heads.append(torch.ones(2, 2000, 3))  # grown twice: still bfloat16
+    assert heads.data.dtype == torch.bfloat16 and heads.data.shape == (2, 2001, 3)
