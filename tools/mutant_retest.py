@@ -7,6 +7,9 @@ after copying the new test files into `tests/` there:
 
     cd .mutate/store-kv-store/mutants && cp ../../../tests/store/test_kv_store.py tests/store/
     PYTHONPATH= python ../../../tools/mutant_retest.py names.txt retest.json -- tests/store/test_kv_store.py
+
+A mutant that crashes the process (a FAISS index built on `None` segfaults) ends the run: run the same
+command again and it resumes, recording that mutant as "crashed" (a kill: mutmut counts a segfault as one).
 """
 
 from __future__ import annotations
@@ -36,15 +39,28 @@ def main() -> int:
         print("the tests fail without a mutant")
         return 1
     results: dict[str, str] = {}
+    if os.path.exists(out):  # resume: what an earlier run of this command finished
+        with open(out) as handle:
+            results = json.load(handle)
+    running = out + ".running"  # names the mutant under test while it runs: left behind by a crash
+    if os.path.exists(running):
+        with open(running) as handle:
+            results[handle.read().strip()] = "crashed"
+        with open(out, "w") as handle:
+            json.dump(results, handle, indent=1)
     with open(names_file) as handle:
-        names = handle.read().split()
+        names = [name for name in handle.read().split() if name not in results]
     for name in names:
         started = time.monotonic()
+        with open(running, "w") as handle:
+            handle.write(name)
         code = run(args, name)
         results[name] = "survived" if code == 0 else "killed" if code == 1 else f"exit {code}"
         print(f"{results[name]:9} {time.monotonic() - started:5.1f}s {name}", flush=True)
         with open(out, "w") as handle:
             json.dump(results, handle, indent=1)
+    if os.path.exists(running):
+        os.remove(running)
     os.environ["MUTANT_UNDER_TEST"] = ""
     return 0
 
