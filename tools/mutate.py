@@ -60,6 +60,8 @@ GROUPS: dict[str, Group] = {
                           "not (postgres or milvus or process or killed or classic or learned_at_once)"]),
     "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
     "facts-slots": Group("src/memlm/facts/slots.py", ["tests/facts/test_updates.py"]),
+    "facts-records": Group("src/memlm/facts/records.py",
+                           ["tests/facts/test_store.py", "tests/facts/test_api.py", "-k", "sqlite or store"]),
     "train-resume": Group("src/memlm/train/trainer.py",
                           ["tests/train/test_trainer.py", "-k", "resuming or not_a_trainer"],
                           ["*x__rng_state__*", "*x__set_rng_state__*", "*ǁTrainerǁ_resume__*"],
