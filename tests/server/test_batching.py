@@ -274,6 +274,8 @@ def test_batched_turns_learn_journal_and_save_as_unbatched_ones(engine):
     assert not (engine.state_dir("alice") / JOURNAL_FILE).exists()
     journal = engine.state_dir("bob") / JOURNAL_FILE
     assert failed and journal.is_file() and "My cat is called Tom." in journal.read_text()
+    # The failed save came after bob's answer had ended: it is logged, never sent as a second, error ending.
+    assert [kind for kind, _ in bob.events if kind in ("end", "error")] == ["end"]
 
     def restart():
         engine._loaded_user, engine._dirty = None, False
@@ -396,3 +398,21 @@ def test_sampled_rows_follow_their_own_seed(engine):
     narrowed = [Turn(engine, user, text, generation_overrides={"do_sample": True, "temperature": 1.5, "top_k": 1},
                      seed=7) for user, text in PROMPTS.items()]
     assert [turn.text for turn in together(engine, narrowed)] == greedy
+
+
+def test_a_save_that_fails_after_a_turn_alone_ends_is_logged_and_the_turn_kept_in_the_journal(engine, caplog):
+    real_save, failed = engine.model.save_state, []
+
+    def failing_once(directory):
+        if not failed:
+            failed.append(directory)
+            raise RuntimeError("disk full")
+        return real_save(directory)
+
+    engine.model.save_state = failing_once
+    turn = alone(engine, "bob", "My cat is called Tom.", learn=True)
+    assert turn.end["learned"] and [kind for kind, _ in turn.events if kind in ("end", "error")] == ["end"]
+    engine.submit(lambda: None).result()
+    assert failed and "not written or saved" in caplog.text
+    assert "My cat is called Tom." in (engine.state_dir("bob") / JOURNAL_FILE).read_text()
+    assert engine._loaded_user is None  # the next turn reloads the saved state and replays the journal

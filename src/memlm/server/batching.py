@@ -519,9 +519,7 @@ class Batcher:
                                         "total_tokens": prompt + int(len(generated))},
                               "learned": [_learned(result) for result in learned], "timings": timings}))
             if pending:
-                engine._ensure_user(job.user)
-                engine._apply_turn(row.query, reply, pending)
-                engine._save_if_dirty()
+                engine._write_after_answer(job.user, row.query, reply, pending)
         except BaseException as error:  # noqa: BLE001 - every failure reaches the client as an event
             job.emit(("error", error))
         finally:

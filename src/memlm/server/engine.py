@@ -443,11 +443,24 @@ class Engine:
                                     "total_tokens": int(prompt_ids.shape[1] + len(generated))},
                           "learned": [_learned(result) for result in learned], "timings": timings}))
         if pending:
-            start = time.perf_counter()
-            self._apply_turn(query, reply, pending)
+            self._write_after_answer(job.user, query, reply, pending)
+
+    def _write_after_answer(self, user: str, query: str, reply: str, memories: tuple[str, ...]) -> None:
+        """The stateful memories' write pass and save, after the turn's end was sent. A failure here can
+        no longer reach the client (its answer is out) and loses nothing (the turn is journaled): it is
+        logged, and the in-memory states are dropped so that the next load replays the journals over
+        the saved states instead of saving a state the failure may have left half-written."""
+        start = time.perf_counter()
+        try:
+            self._ensure_user(user)
+            self._apply_turn(query, reply, memories)
             self._save_if_dirty()
-            logger.debug("state of %s written after the answer in %.1f ms", job.user,
-                         (time.perf_counter() - start) * 1000)
+        except Exception:  # noqa: BLE001 - see above: logged, and recovered from the journal
+            logger.exception("the memory state after %s's answer was not written or saved; the journaled turn "
+                             "is replayed at the next load", user)
+            self._loaded_user, self._dirty = None, False
+            return
+        logger.debug("state of %s written after the answer in %.1f ms", user, (time.perf_counter() - start) * 1000)
 
     def _apply_turn(self, query: str, reply: str, memories: tuple[str, ...]) -> None:
         """One turn's write pass, read through `memories` (the job's), into its stateful memories (the bank
