@@ -222,3 +222,27 @@ def test_input_rewriting_prepends_to_every_segment_but_returns_the_callers_view(
     assert memory_model.auxiliary_loss().item() == 0.5
     assert memory_model.auxiliary_loss(torch.tensor([1.0, 3.0])).item() == 2.0  # each row's loss reaches it
     assert memlm.attach(backbone, "recurrent").auxiliary_loss() is None
+
+
+def test_a_backbone_carries_one_models_memories_at_a_time():
+    """A second MemoryModel on a backbone whose hooks or adapter belong to another is refused by name (both
+    models' hooks would run on every pass); after detach() it attaches, and nothing of the first is left."""
+    backbone, probe = tiny_model("llama"), token_batch(seed=9)
+    with torch.no_grad():
+        bare = backbone(input_ids=probe).logits
+    first = memlm.attach(backbone, memlm.KnnConfig(attention="joint", layers="all"))
+    first.write(token_batch(seed=1))
+    with pytest.raises(memlm.ConfigError, match="another MemoryModel"):
+        memlm.attach(backbone, "recurrent")
+    with pytest.raises(memlm.ConfigError, match="another MemoryModel"):
+        memlm.MemoryModel(backbone).add_lora({"r": 2})
+    first.add_memory("recurrent")  # more memories on the model that holds the backbone: fine
+    first.detach()
+    adapted = memlm.MemoryModel(backbone)
+    adapted.add_lora({"r": 2})
+    with pytest.raises(memlm.ConfigError, match="LoRA adapter"):
+        memlm.MemoryModel(backbone).add_lora({"r": 2})
+    adapted.detach()
+    second = memlm.attach(backbone, memlm.KnnConfig(attention="joint", layers="all"))
+    with torch.no_grad():
+        torch.testing.assert_close(second(input_ids=probe, write_memory=False).logits, bare)

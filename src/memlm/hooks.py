@@ -10,6 +10,7 @@ in older ones; the hook helpers below accept both and give memories a plain tens
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from memlm.errors import IncompatibleMemoryError
+from memlm.errors import ConfigError, IncompatibleMemoryError
 
 HiddenFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -57,6 +58,20 @@ class BackboneLayout:
                 f"layer {index} does not exist: the backbone has {self.num_layers} layers"
             )
         return resolved
+
+
+def claim_backbone(backbone: nn.Module, context: Any, memory: nn.Module | None = None) -> None:
+    """Refuse to attach to a backbone whose hooks belong to another `MemoryModel` (told apart by their
+    `context`): every hook on a backbone runs on every forward pass, so two models' memories would both
+    act, each with its own state, and neither model would compute what it claims. Then note `memory`
+    (just attached) on the backbone, weakly: a dropped model's memories stay hooked until detached."""
+    attached = backbone.__dict__.setdefault("_memlm_memories", weakref.WeakSet())
+    if any(other.context is not context and other.has_hooks() for other in attached):
+        raise ConfigError("this backbone already carries another MemoryModel's memories: call .detach() on that "
+                          "model first, or add these memories to it (add_memory); a model dropped without "
+                          "detach() leaves its hooks on the backbone: load the backbone again")
+    if memory is not None:
+        attached.add(memory)
 
 
 def inspect_backbone(model: nn.Module) -> BackboneLayout:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from memlm.config import MemoryConfig
 from memlm.decode import GreedyDecoder
 from memlm.errors import ConfigError
-from memlm.hooks import backbone_fingerprint, inspect_backbone
+from memlm.hooks import backbone_fingerprint, claim_backbone, inspect_backbone
 from memlm.lora import BackboneLora, LoraSettings
 from memlm.memories.base import (
     AuxiliaryLoss,
@@ -121,6 +121,7 @@ class MemoryModel(nn.Module):
         name = config.mechanism
         if name in self.memories:
             raise ConfigError(f"a {name!r} memory is already attached")
+        claim_backbone(self.backbone, self.context)
         memory = get_mechanism(name).module_class(config, self.layout, self.context)
         memory.to(device=self.layout.device, dtype=self.layout.dtype)
         memory.train(self.backbone.training)  # a new module trains by default; follow the backbone
@@ -130,6 +131,7 @@ class MemoryModel(nn.Module):
             memory.remove_hooks()
             raise
         self.memories[name] = memory
+        claim_backbone(self.backbone, self.context, memory)
         if not self._loading_weights and memory.needs_training():
             _warn_untrained(name)
         return memory
@@ -175,6 +177,9 @@ class MemoryModel(nn.Module):
         """Put a LoRA adapter on the backbone's linear layers, in place (see `memlm.lora`)."""
         if self.lora is not None:
             raise ConfigError("a LoRA adapter is already attached")
+        claim_backbone(self.backbone, self.context)
+        if any(".lora_" in name for name, _ in self.backbone.named_parameters()):
+            raise ConfigError("this backbone already carries a LoRA adapter (another MemoryModel's, or peft's)")
         if isinstance(settings, dict):
             settings = LoraSettings.from_dict(settings)
         self.lora = BackboneLora(self.backbone, settings, self.layout.num_layers)

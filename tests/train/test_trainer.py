@@ -416,10 +416,12 @@ def test_init_settings_change_a_saved_memory_before_training_and_refuse_what_doe
         options.model.init, options.model.init_settings = str(tmp_path / "stage1"), settings
         return Trainer(options, backbone, tokenizer, progress=False, data=KeyRecall())
 
-    memory = trainer({"importance": {"keep_unit": "sentence", "max_memory_size": 7}}, "a").model.memories["importance"]
+    trainer_a = trainer({"importance": {"keep_unit": "sentence", "max_memory_size": 7}}, "a")
+    memory = trainer_a.model.memories["importance"]
     assert (memory.config.keep_unit, memory.config.max_memory_size) == ("sentence", 7)
     torch.testing.assert_close(memory.scorer.out.weight.detach(), weights)
     assert json_of(tmp_path / "stage1")["memories"][0]["keep_unit"] == "token"  # the source is left as it was
+    trainer_a.model.detach()  # one model's memories on the backbone at a time
     with pytest.raises(memlm.ConfigError, match="slots"):
         trainer({"slots": {"memory_slots": 4}}, "b")
     with pytest.raises(memlm.IncompatibleMemoryError, match="shape"):

@@ -112,6 +112,9 @@ class Memory(nn.Module, ABC):
         self._hook_handles.append(handle)
         return handle
 
+    def has_hooks(self) -> bool:
+        return bool(self._hook_handles)
+
     def remove_hooks(self) -> None:
         for handle in self._hook_handles:
             handle.remove()
