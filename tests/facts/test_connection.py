@@ -90,7 +90,8 @@ def test_damage_is_a_corrupted_file_error_naming_the_file(tmp_path):
 
     for error, message in ((sqlite3.DatabaseError("database disk image is malformed"), "is damaged \\(database disk"),
                            (sqlite3.OperationalError("Could not decode to UTF-8 column 'text'"), "is damaged"),
-                           (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "is damaged: it holds text that is not UTF-8")):
+                           (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+                            "is damaged: it holds text that is not UTF-8")):
         connection = SerializedConnection(Damaged(error), threading.RLock())
         with pytest.raises(CorruptedFileError, match=f"^{tmp_path / 'facts.db'} {message}.*restore it from a backup"):
             connection.execute("SELECT 1")
