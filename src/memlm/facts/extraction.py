@@ -31,7 +31,7 @@ _REMEMBER = re.compile(r"^(?:please\s+)?(?:remember|note)(?:\s+that|:)?\s+", re.
 # you ...") asks for something; it states nothing the user wants remembered, and rewriting it in the
 # third person yields nonsense ("Tell the user abouts the user's bees.").
 _REQUEST = re.compile(
-    r"^(?:please\b|pls\b|kindly\b|(?:can|could|would|will)\s+you\b|i\s+(?:want|need|would\s+like|'d\s+like)\s+you\s+to\b|"
+    r"^(?:please\b|pls\b|kindly\b|(?:can|could|would|will)\s+you\b|i(?:\s+(?:want|need|would\s+like)|'d\s+like)\s+you\s+to\b|"
     r"let\s+me\s+know\b|(?:tell|show|give|help|find|explain|recommend|suggest|write|make|create|plan|list|describe|"
     r"remind|teach|send|book|check|draft|summari[sz]e|translate|compare|calculate|search|look\s+up|generate|"
     r"answer|ask|fix|debug|rewrite|edit)\b)", re.IGNORECASE)
