@@ -98,15 +98,23 @@ def main() -> None:
     for name in args.memory.split(","):
         contender = Contender(name, model, tokenizer)
         replies = contender.answer_batch(contexts, [[question] for question in questions], questions)
+        # what each row's memory kept, as text (memories that can show it): a miss with the answer kept
+        # was misread, one without it was forgotten
+        held = getattr(contender, "memory_texts", None) or [None] * len(PROBES)
         contender.close()
-        right, rows = 0, []
-        for (_, question, answer), [reply] in zip(PROBES, replies, strict=True):
+        right, kept, rows = 0, 0, []
+        for (_, question, answer), [reply], text in zip(PROBES, replies, held, strict=True):
             correct = answer.lower() in reply.lower()
-            right += correct
-            rows.append({"question": question, "answer": answer, "reply": reply.strip(), "right": correct})
-            print(f"  {name:26} {'right' if correct else 'wrong':5}  {question} -> {reply.strip()[:70]!r}")
-        print(f"{name}: {right} of {len(PROBES)}")
-        report["contenders"][name] = {"right": right, "of": len(PROBES), "replies": rows}
+            in_memory = None if text is None else answer.lower() in text.lower()
+            right, kept = right + correct, kept + bool(in_memory)
+            rows.append({"question": question, "answer": answer, "reply": reply.strip(), "right": correct,
+                         "answer_in_memory": in_memory})
+            where = {None: "", True: "kept", False: "not kept"}[in_memory]
+            print(f"  {name:26} {'right' if correct else 'wrong':5} {where:8}  {question} -> {reply.strip()[:60]!r}")
+        memory = "" if held[0] is None else f" (answer in memory in {kept})"
+        print(f"{name}: {right} of {len(PROBES)}{memory}")
+        report["contenders"][name] = {"right": right, "of": len(PROBES), "answer_in_memory": kept if memory else None,
+                                      "replies": rows}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 
