@@ -182,3 +182,87 @@ def test_a_store_smaller_than_the_cluster_count_still_searches():
     clusters = group_with(keys, search="clusters", page_size=2, probe_pages=8, exact_below=1, min_queries=1)
     exact = group_with(keys, search="exact").search_positions(queries, 3)
     assert torch.equal(clusters.search_positions(queries, 3).positions, exact.positions)
+
+
+def test_option_errors_name_the_option_and_the_choices():
+    with pytest.raises(ConfigError, match=r"kernel must be one of \('torch', 'triton', 'auto'\), got 'cuda'"):
+        ClusterSearch.from_options({"kernel": "cuda"})
+    with pytest.raises(ConfigError, match=r"search must be one of \('clusters', 'exact'\), got 'fast'"):
+        ClusterSearch.from_options({"search": "fast"})
+    options = {"search": "clusters", "page_size": 8, "other": 1}
+    assert ClusterSearch.from_options(options).page_size == 8 and options == {"other": 1}  # the rest stay
+
+
+def test_clusters_apply_above_exact_below_items_from_min_queries_queries():
+    search = ClusterSearch(search="clusters", exact_below=100, min_queries=4)
+    assert search.applies(101, 4) and search.applies(5000, 40)
+    assert not search.applies(100, 4)  # at most exact_below items: exact
+    assert not search.applies(101, 3)  # fewer than min_queries queries: exact
+    assert not ClusterSearch(search="exact", exact_below=1, min_queries=1).applies(10**6, 100)
+
+
+def test_cluster_state_does_not_depend_on_the_global_random_generator():
+    """Two indexes over the same keys order them identically whatever torch's global generator did
+    in between: k-means and its sample draw from the index's own generator."""
+    keys = torch.randn(1, 600, 8, generator=torch.Generator().manual_seed(14))
+    orders = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        index = ClusterIndex(ClusterSearch(search="clusters", page_size=8, exact_below=50, min_queries=1))
+        index.refresh(keys)
+        orders.append((index.centroids.clone(), index.order.clone()))
+    assert torch.equal(orders[0][0], orders[1][0]) and torch.equal(orders[0][1], orders[1][1])
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(3)
+    assert torch.equal(kmeans(keys, 16, 3, generator), kmeans(keys, 16, 3, torch.Generator().manual_seed(0)))
+
+
+def test_centroids_are_trained_again_once_the_items_grow_fourfold():
+    keys = torch.randn(1, 1000, 8, generator=torch.Generator().manual_seed(15))
+    index = ClusterIndex(ClusterSearch(search="clusters", page_size=8, exact_below=10, min_queries=1))
+    index.refresh(keys[:, :200])
+    first = index.centroids
+    assert index.trained_at == 200 and first.shape[1] == 16  # at least 16 clusters, even for few items
+    index.refresh(keys[:, :799])
+    assert index.centroids is first and index.trained_at == 200  # below 4x: new keys are assigned only
+    assert index.assignments.shape[1] == 799
+    index.refresh(keys[:, :800])
+    assert index.centroids is not first and index.trained_at == 800  # 4x: trained anew
+    assert index.ordered == 800 and index.assignments.shape[1] == 800
+
+
+def test_a_tail_shorter_than_k_is_searched_whole():
+    """Fewer items appended since the ordering than asked for: all of them are candidates, none
+    invented past the limit."""
+    keys = torch.randn(1, 300, 8, generator=torch.Generator().manual_seed(16))
+    group = group_with(keys, search="clusters", page_size=8, probe_pages=40, exact_below=50, min_queries=1)
+    queries = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(17))
+    group.search_positions(queries, 8)  # orders the 300
+    add(group, queries[0, :1].expand(1, 2, -1) * 100, first_id=301)  # 2 new items, k = 8
+    found = group.search_positions(queries[:, :1], 8)
+    assert {300, 301} <= set(found.positions[0, 0].tolist())
+    assert (found.positions < 302).all() and torch.isfinite(found.scores).all()
+
+
+def test_assign_picks_the_nearest_centroid_by_euclidean_distance():
+    generator = torch.Generator().manual_seed(18)
+    points, centroids = torch.randn(2, 300, 8, generator=generator), torch.randn(2, 12, 8, generator=generator) * 2
+    assert torch.equal(assign(points, centroids), torch.cdist(points, centroids).argmin(-1))
+
+
+def test_kmeans_is_lloyds_algorithm_seeded_from_its_generators_points():
+    """A reference Lloyd iteration: start from the points the generator draws, move each centroid to
+    its members' mean, and leave one whose cluster emptied where it was (two start points on the same
+    outlier: the first takes both, the second's cluster is empty and its centroid stays out there)."""
+    generator = torch.Generator().manual_seed(19)
+    points = torch.randn(1, 60, 4, generator=generator)
+    points[0, 10] = points[0, 11] = 40.0  # the first two start points, on one outlier
+    start = torch.randperm(60, generator=torch.Generator().manual_seed(5))[:6]  # 11, 10, 23, 3, 1, 35
+    centroids = points[:, start].clone()
+    for _ in range(3):
+        nearest = torch.cdist(points, centroids).argmin(-1)[0]
+        for cluster in range(6):
+            members = points[0, nearest == cluster]
+            if len(members):
+                centroids[0, cluster] = members.mean(0)
+    torch.testing.assert_close(kmeans(points, 6, 3, torch.Generator().manual_seed(5)), centroids)
