@@ -59,6 +59,8 @@ def test_verbs_agree_with_the_third_person():
     ("I will call", "The user will call."), ("I'm tired", "The user is tired."),
     ("My cat naps", "The user's cat naps."),
     ("we are happy!", "The user is happy!"), ("I ski", "The user skis."), ("I dry herbs", "The user dries herbs."),
+    ("I can't swim", "The user can't swim."), ("I sing in a choir", "The user sings in a choir."),
+    ("I bring cake", "The user brings cake."), ("i love tea", "The user loves tea."),
 ])
 def test_third_person_endings_follow_english_spelling(sentence, expected):
     assert third_person(sentence) == expected
@@ -80,7 +82,12 @@ def test_third_person_endings_follow_english_spelling(sentence, expected):
     ("The user really enjoys hiking.", "You really enjoy hiking."), ("The user walked home.", "You walked home."),
     ("The user can swim.", "You can swim."), ("The user told Eva.", "You told Eva."),
     ("The user is swimming?", "You are swimming?"), ("Bob lives in Oslo", "Bob lives in Oslo."),
-    ("the user's cat naps!", "Your cat naps!"),
+    ("the user's cat naps!", "Your cat naps!"), ("The user washes cars.", "You wash cars."),
+    ("The user fries eggs.", "You fry eggs."), ("The user ties knots.", "You tie knots."),
+    ("The user always has lunch at noon.", "You always have lunch at noon."),
+    ("The user never does that.", "You never do that."), ("The user usually is late", "You usually are late."),
+    ("Bob told the user a story.", "Bob told you a story."), ("Eva called The User", "Eva called you."),
+    ("", "."),
 ])
 def test_a_stored_fact_is_addressed_to_the_user(text, expected):
     assert second_person(text) == expected
@@ -114,6 +121,10 @@ def test_requests_to_the_assistant_are_told_from_statements(sentence, asks):
 
 def test_requests_questions_chatter_and_fragments_are_not_facts_unless_asked_to_remember():
     assert extract_facts("Tell me about my bees. Can you help me? ok. Hi") == []
+    assert extract_facts("So, tell me about my bees.") == []  # leading words do not make it a "remember"
+    assert [f.text for f in extract_facts("Tell me a joke. My dog is Rex.")] == ["The user's dog is Rex."]
+    assert split_sentences("One.   \n  \nTwo.") == ["One.", "Two."] and third_person("  ") == "."
+    assert categorize("MY NAME IS ADA") == "identity"
     assert extract_facts("Well, hi") == [] and extract_facts("My") == []
     assert [f.text for f in extract_facts("Remember that tell Eva about the keys.")] == [
         "Tell Eva about the keys."]  # an explicit "remember" keeps even a request-shaped sentence
@@ -125,6 +136,8 @@ def test_statements_about_the_world_are_kept_as_written_only_when_asked():
     assert [f.text for f in extract_facts(message)] == ["The user's desk is near it."]
     kept = extract_facts(message, keep_statements=True)
     assert [f.text for f in kept] == ["Ticket 42: the printer on floor 3 is on fire.", "The user's desk is near it."]
+    assert kept[0].sentence == "ticket 42: the printer on floor 3 is on fire."
+    assert [f.text for f in extract_facts("ticket 7 is open", keep_statements=True)] == ["Ticket 7 is open."]
     assert [f.category for f in kept] == ["other", "other"]
     assert [f.text for f in extract_facts("The sky is blue!", keep_statements=True)] == ["The sky is blue!"]
 
@@ -133,8 +146,9 @@ def test_the_model_judge_compares_yes_with_no_at_the_answers_position():
     import torch
 
     class Tokenizer:
-        def encode(self, text, add_special_tokens=False):
-            return {" yes": [5, 7], " no": [5, 8]}[text]  # the last token of each answer is what counts
+        def encode(self, text, add_special_tokens=True):
+            ids = {" yes": [5, 6, 7], " no": [5, 6, 8]}[text]  # the last token of each answer is what counts
+            return ids if add_special_tokens is False else ids + [9]  # special tokens: an end token, 9
 
         def __call__(self, prompt, return_tensors="pt"):
             self.prompt = prompt

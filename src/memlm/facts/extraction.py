@@ -65,13 +65,16 @@ _NO_ENDING |= {"told", "said", "went", "got", "made", "took", "saw", "came", "ga
                 "grew", "threw", "wore", "became", "sat", "fell", "hid", "rode", "rose", "shook", "spoke", "stole",
                 "woke"}
 _IRREGULAR = {"have": "has", "do": "does", "go": "goes", "am": "is", "are": "is", "were": "was"}
+_BASE = {"has": "have", "does": "do", "is": "are", "was": "were"}  # "the user always has" -> "you always have"
+# Verbs that end in -ing themselves (a gerund right after the subject keeps its form; these do not).
+_ING_VERBS = {"sing", "bring", "ring", "swing", "sting", "string", "cling", "fling", "wring", "spring"}
 
 
 def _third_person_verb(match: re.Match[str]) -> str:
     adverb, word = match.group(1) or "", match.group(2)
     if word in _IRREGULAR:
         verb = _IRREGULAR[word]
-    elif word in _NO_ENDING or word.endswith(("ed", "s", "n't", "ing")):
+    elif word in _NO_ENDING or word.endswith(("ed", "s", "n't")) or (word.endswith("ing") and word not in _ING_VERBS):
         verb = word
     elif word.endswith(("sh", "ch", "x", "z", "o")):
         verb = word + "es"
@@ -190,7 +193,9 @@ _THIRD_VERB = re.compile(r"\bthe user ((?:really|also|just|never|always|usually|
 def _base_verb(match: re.Match[str]) -> str:
     adverb, verb = match.group(1) or "", match.group(2)
     lowered = verb.lower()
-    if lowered in _NO_ENDING or lowered.endswith(("ed", "ing", "n't")) or not lowered.endswith("s"):
+    if lowered in _BASE:
+        base = _BASE[lowered]
+    elif lowered in _NO_ENDING or lowered.endswith(("ed", "ing", "n't")) or not lowered.endswith("s"):
         base = verb
     elif lowered.endswith("ies") and len(lowered) > 4:
         base = verb[:-3] + "y"
