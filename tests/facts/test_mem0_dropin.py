@@ -178,6 +178,10 @@ def test_from_config_builds_a_working_memory(tmp_path, monkeypatch):
     memory.add("I live in Oslo.", user_id="ada")
     assert (tmp_path / "memlm-facts.sqlite").exists()
     assert memory.search("Where do I live?", user_id="ada")["results"][0]["memory"] == "The user lives in Oslo."
+    from memlm.facts.mem0_config import Mem0ConfigWarning
+    with pytest.warns(Mem0ConfigWarning) as caught:
+        memlm.Memory.from_config({"llm": {"provider": "openai"}, "vector_store": {"config": {"path": str(tmp_path)}}})
+    assert caught[0].filename == __file__  # the warning points at the code that called from_config
 
 
 def _words_init(original):
