@@ -99,6 +99,12 @@ GROUPS: dict[str, Group] = {
     "facts-lexical": Group("src/memlm/facts/lexical.py", ["tests/facts/test_lexical.py"]),
     "facts-update": Group("src/memlm/facts/api.py", ["tests/facts/test_api.py", "-k", "sqlite or each_alone"],
                           ["*ǁFactMemoryǁupdate__*"], "sample: FactMemory.update"),
+    "facts-extraction": Group("src/memlm/facts/extraction.py", ["tests/facts/test_extraction.py"]),
+    "store-clusters": Group("src/memlm/store/clusters.py", ["tests/store/test_clusters.py"]),
+    "facts-mem0-config": Group("src/memlm/facts/mem0_config.py", ["tests/facts/test_mem0_dropin.py"]),
+    "store-group": Group("src/memlm/store/group.py",
+                         ["tests/store/test_kv_store.py", "tests/store/test_store.py", "tests/store/test_clusters.py",
+                          "-k", "not kill_during_save and not postgres and not milvus and not writer"]),
 }
 
 
