@@ -61,6 +61,7 @@ def test_verbs_agree_with_the_third_person():
     ("we are happy!", "The user is happy!"), ("I ski", "The user skis."), ("I dry herbs", "The user dries herbs."),
     ("I can't swim", "The user can't swim."), ("I sing in a choir", "The user sings in a choir."),
     ("I bring cake", "The user brings cake."), ("i love tea", "The user loves tea."),
+    ("me being late again", "The user being late again."),
 ])
 def test_third_person_endings_follow_english_spelling(sentence, expected):
     assert third_person(sentence) == expected
@@ -87,7 +88,7 @@ def test_third_person_endings_follow_english_spelling(sentence, expected):
     ("The user always has lunch at noon.", "You always have lunch at noon."),
     ("The user never does that.", "You never do that."), ("The user usually is late", "You usually are late."),
     ("Bob told the user a story.", "Bob told you a story."), ("Eva called The User", "Eva called you."),
-    ("", "."),
+    ("", "."), ("The user as a child lived in Lima.", "You as a child lived in Lima."),
 ])
 def test_a_stored_fact_is_addressed_to_the_user(text, expected):
     assert second_person(text) == expected
@@ -124,6 +125,7 @@ def test_requests_questions_chatter_and_fragments_are_not_facts_unless_asked_to_
     assert extract_facts("So, tell me about my bees.") == []  # leading words do not make it a "remember"
     assert [f.text for f in extract_facts("Tell me a joke. My dog is Rex.")] == ["The user's dog is Rex."]
     assert split_sentences("One.   \n  \nTwo.") == ["One.", "Two."] and third_person("  ") == "."
+    assert split_sentences("One\n \nTwo") == ["One", "Two"]  # a line of spaces is no sentence
     assert categorize("MY NAME IS ADA") == "identity"
     assert extract_facts("Well, hi") == [] and extract_facts("My") == []
     assert [f.text for f in extract_facts("Remember that tell Eva about the keys.")] == [

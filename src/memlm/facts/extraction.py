@@ -74,7 +74,7 @@ def _third_person_verb(match: re.Match[str]) -> str:
     adverb, word = match.group(1) or "", match.group(2)
     if word in _IRREGULAR:
         verb = _IRREGULAR[word]
-    elif word in _NO_ENDING or word.endswith(("ed", "s", "n't")) or (word.endswith("ing") and word not in _ING_VERBS):
+    elif word in _NO_ENDING or word.endswith(("ed", "s")) or (word.endswith("ing") and word not in _ING_VERBS):
         verb = word
     elif word.endswith(("sh", "ch", "x", "z", "o")):
         verb = word + "es"
@@ -195,7 +195,7 @@ def _base_verb(match: re.Match[str]) -> str:
     lowered = verb.lower()
     if lowered in _BASE:
         base = _BASE[lowered]
-    elif lowered in _NO_ENDING or lowered.endswith(("ed", "ing", "n't")) or not lowered.endswith("s"):
+    elif lowered in _NO_ENDING or lowered.endswith(("ed", "ing")) or not lowered.endswith("s"):
         base = verb
     elif lowered.endswith("ies") and len(lowered) > 4:
         base = verb[:-3] + "y"
