@@ -10,10 +10,15 @@ from memlm.store import GroupSpec, StoreLayout
 from memlm.store.group import MemoryGroup
 
 
-def group(backend: str, keys: torch.Tensor, metric: str, **layout) -> MemoryGroup:
-    heads, count, dim = keys.shape
+def layout_for(backend: str, keys: torch.Tensor, metric: str, **layout) -> StoreLayout:
+    heads, _, dim = keys.shape
     options = {"dtype": "float32"} if backend == "torch" else {}
-    store = StoreLayout({"attention": GroupSpec(heads, dim, dim, metric)}, backend, options, **layout)
+    return StoreLayout({"attention": GroupSpec(heads, dim, dim, metric)}, backend, options, **layout)
+
+
+def group(backend: str, keys: torch.Tensor, metric: str, **layout) -> MemoryGroup:
+    count = keys.shape[1]
+    store = layout_for(backend, keys, metric, **layout)
     memory = MemoryGroup(store.specs["attention"], store, torch.device("cpu"), torch.float32)
     origins = torch.stack([torch.zeros(count, dtype=torch.int64), torch.arange(count)], dim=1)
     memory.add(torch.arange(1, count + 1), keys, keys * 2, origins, heads_first=True)
@@ -60,3 +65,38 @@ def test_hits_are_counted_alike():
         memory.search_positions(queries, 3, 40)
     assert torch.equal(flat._hits.data, exact._hits.data) and int(flat._hits.data.sum()) == 2 * 7 * 3
     assert torch.equal(flat.eviction_candidates(5, "least_used"), exact.eviction_candidates(5, "least_used"))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_exact_search_in_chunks_of_queries_equals_one_pass(metric, monkeypatch):
+    """Queries are chunked so that one score matrix stays under a byte budget: a budget of a few
+    queries at a time gives the same results as one pass."""
+    import memlm.store.group as group_module
+
+    keys = torch.randn(2, 50, 8, generator=torch.Generator().manual_seed(7))
+    queries = torch.randn(2, 11, 8, generator=torch.Generator().manual_seed(8))
+    whole = group("torch", keys, metric).search_positions(queries, 4)
+    monkeypatch.setattr(group_module, "SCORE_BUDGET", 2 * 50 * 4 * 3)  # 3 queries' scores per chunk
+    assert_same(group("torch", keys, metric).search_positions(queries, 4), whole)
+
+
+@pytest.mark.parametrize("backend, metric", [("torch", "l2"), ("faiss-flat", "ip"), ("faiss-flat", "l2")])
+def test_a_group_saved_and_loaded_searches_as_before(backend, metric):
+    keys = torch.randn(2, 40, 8, generator=torch.Generator().manual_seed(9))
+    queries = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(10))
+    saved = group(backend, keys, metric)
+    saved.add(torch.arange(41, 46), keys[:, :5] + 1, keys[:, :5], torch.tensor([[1, n] for n in range(5)]),
+              heads_first=True)  # a second sequence: its run is restored too
+    arrays, store = saved.to_arrays("attention.0"), layout_for(backend, keys, metric)
+    loaded = MemoryGroup.from_arrays(store.specs["attention"], store, arrays, "attention.0", torch.device("cpu"),
+                                     torch.float32)
+    assert torch.equal(loaded.ids, saved.ids) and len(loaded) == 45
+    assert loaded.latest_count(1, 10) == saved.latest_count(1, 10) == 5 and loaded.latest_count(0, 10) == 0
+    assert_same(loaded.search_positions(queries, 4), saved.search_positions(queries, 4))
+    torch.testing.assert_close(loaded.search(queries, 4).values, saved.search(queries, 4).values)
+    if backend == "torch":  # an older file without the squared norms: recomputed from the keys
+        older = {name: tensor for name, tensor in arrays.items() if not name.endswith("squared_norms")}
+        assert len(older) < len(arrays)
+        reloaded = MemoryGroup.from_arrays(store.specs["attention"], store, older, "attention.0",
+                                           torch.device("cpu"), torch.float32)
+        assert_same(reloaded.search_positions(queries, 4), saved.search_positions(queries, 4))
