@@ -100,3 +100,23 @@ def test_a_group_saved_and_loaded_searches_as_before(backend, metric):
         reloaded = MemoryGroup.from_arrays(store.specs["attention"], store, older, "attention.0",
                                            torch.device("cpu"), torch.float32)
         assert_same(reloaded.search_positions(queries, 4), saved.search_positions(queries, 4))
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss-flat"])
+def test_slots_past_the_items_found_are_marked_and_empty(backend):
+    """k above the items: the extra slots are invalid, with id -1, zero values and zero origins; an empty
+    group gives nothing but such slots."""
+    keys = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(11))
+    queries = torch.randn(2, 20, 4, generator=torch.Generator().manual_seed(12))  # > 16 queries: the other product
+    result = group(backend, keys, "ip").search(queries, 5)
+    assert result.valid[..., :3].all() and not result.valid[..., 3:].any()
+    assert (result.ids[..., 3:] == -1).all() and (result.values[..., 3:, :] == 0).all()
+    assert sorted(result.ids[0, 0, :3].tolist()) == [1, 2, 3]
+    assert torch.equal(result.origins[..., :3, 1], result.ids[..., :3] - 1)  # origins of what was found
+    one = group(backend, keys[:, :1], "ip").search(queries, 2)  # a single item in each head
+    assert one.valid[..., 0].all() and (one.ids[..., 0] == 1).all() and not one.valid[..., 1].any()
+    empty = MemoryGroup(*(lambda store: (store.specs["attention"], store))(layout_for(backend, keys, "ip")),
+                        torch.device("cpu"), torch.float32)
+    nothing = empty.search(queries, 4)
+    assert not nothing.valid.any() and (nothing.ids == -1).all()
+    assert nothing.origins.shape == (2, 20, 4, 2) and (nothing.origins == 0).all()

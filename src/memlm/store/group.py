@@ -246,6 +246,8 @@ class MemoryGroup:
             return self._values.data[positions]
         table = self._values._data  # (H, capacity, value_dim), contiguous: one index_select of flat rows
         heads, capacity, width = table.shape
+        if capacity == 0:  # nothing stored yet: every slot is empty
+            return table.new_zeros(*positions.shape, width)
         if self._offsets is None or self._offsets[0] != capacity:
             self._offsets = (capacity, torch.arange(0, heads * capacity, capacity, device=table.device).view(-1, 1, 1))
         flat = table.view(heads * capacity, width).index_select(0, (positions + self._offsets[1]).flatten())
