@@ -65,6 +65,8 @@ def _add_many(path: str, worker: int, count: int, start) -> None:
     with FactMemory(path, embed=text_embed, encoder="words", dimension=WORDS_DIM) as memory:
         start.wait(timeout=60)  # both writers begin together, so their writes overlap
         for number in range(count):
+            if number == count // 2:  # and meet half-way: neither can finish before the other has begun
+                start.wait(timeout=60)
             memory.add(f"worker {worker} fact {number}", user="shared", infer=False)
 
 
