@@ -70,6 +70,11 @@ class LoraSettings:
         return cls(**values)
 
 
+def carries_lora(backbone: nn.Module) -> bool:
+    """Whether `backbone` already has LoRA layers in it (this module's or any peft adapter's)."""
+    return any(".lora_" in name for name, _ in backbone.named_parameters())
+
+
 class BackboneLora:
     """A peft LoRA adapter injected into `backbone` in place; `remove()` takes it out again."""
 

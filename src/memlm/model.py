@@ -31,7 +31,7 @@ from memlm.config import MemoryConfig
 from memlm.decode import GreedyDecoder
 from memlm.errors import ConfigError
 from memlm.hooks import backbone_fingerprint, claim_backbone, inspect_backbone
-from memlm.lora import BackboneLora, LoraSettings
+from memlm.lora import BackboneLora, LoraSettings, carries_lora
 from memlm.memories.base import (
     AuxiliaryLoss,
     FileState,
@@ -178,7 +178,7 @@ class MemoryModel(nn.Module):
         if self.lora is not None:
             raise ConfigError("a LoRA adapter is already attached")
         claim_backbone(self.backbone, self.context)
-        if any(".lora_" in name for name, _ in self.backbone.named_parameters()):
+        if carries_lora(self.backbone):
             raise ConfigError("this backbone already carries a LoRA adapter (another MemoryModel's, or peft's)")
         if isinstance(settings, dict):
             settings = LoraSettings.from_dict(settings)
