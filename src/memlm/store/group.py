@@ -289,7 +289,13 @@ class MemoryGroup:
             ends = torch.tensor([count for _, count in self._runs], dtype=torch.int64).cumsum(0)
             kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.long().cumsum(0).cpu()])[ends]
             kept = torch.diff(kept_before, prepend=torch.zeros(1, dtype=torch.int64)).tolist()
-            self._runs = [[sequence, n] for (sequence, _), n in zip(self._runs, kept, strict=True) if n]
+            runs: list[list[int]] = []
+            for (sequence, _), n in zip(self._runs, kept, strict=True):
+                if n and runs and runs[-1][0] == sequence:  # the other sequence between them is gone
+                    runs[-1][1] += n
+                elif n:
+                    runs.append([sequence, n])
+            self._runs = runs
             for rows in (self._ids, self._values, self._hits, self._origins):
                 rows.keep(keep)
             self.version = next(_VERSIONS)
