@@ -103,7 +103,8 @@ GROUPS: dict[str, Group] = {
     "store-clusters": Group("src/memlm/store/clusters.py", ["tests/store/test_clusters.py"]),
     "facts-mem0-config": Group("src/memlm/facts/mem0_config.py", ["tests/facts/test_mem0_dropin.py"]),
     "store-group": Group("src/memlm/store/group.py",
-                         ["tests/store/test_kv_store.py", "tests/store/test_store.py", "tests/store/test_clusters.py",
+                         ["tests/store/test_group.py", "tests/store/test_group_search.py",
+                          "tests/store/test_kv_store.py", "tests/store/test_store.py", "tests/store/test_clusters.py",
                           "tests/store/test_backends.py", "tests/store/test_fused_topk.py", "-k",
                           "not kill_during_save and not postgres and not milvus and not writer"]),
 }

@@ -6,14 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memlm.errors import ConfigError
 from memlm.store import GroupSpec, StoreLayout
 from memlm.store.group import MemoryGroup
 
 
-def layout_for(backend: str, keys: torch.Tensor, metric: str, **layout) -> StoreLayout:
+def layout_for(backend: str, keys: torch.Tensor, metric: str, backend_options: dict | None = None,
+               **layout) -> StoreLayout:
     heads, _, dim = keys.shape
-    options = {"dtype": "float32"} if backend == "torch" else {}
-    return StoreLayout({"attention": GroupSpec(heads, dim, dim, metric)}, backend, options, **layout)
+    if backend_options is None:
+        backend_options = {"dtype": "float32"} if backend == "torch" else {}
+    return StoreLayout({"attention": GroupSpec(heads, dim, dim, metric)}, backend, backend_options, **layout)
 
 
 def group(backend: str, keys: torch.Tensor, metric: str, **layout) -> MemoryGroup:
@@ -120,3 +123,129 @@ def test_slots_past_the_items_found_are_marked_and_empty(backend):
     nothing = empty.search(queries, 4)
     assert not nothing.valid.any() and (nothing.ids == -1).all()
     assert nothing.origins.shape == (2, 20, 4, 2) and (nothing.origins == 0).all()
+
+
+@pytest.mark.parametrize("metric, search_dtype, size", [("ip", "float32", 4), ("ip", "bfloat16", 2),
+                                                        ("l2", "bfloat16", 4)])
+def test_each_score_matrix_is_as_large_as_the_budget_allows_and_no_larger(metric, search_dtype, size, monkeypatch):
+    """Bytes per score: the keys' element size, at least 2, and 4 for L2 (its scores are float32)."""
+    import memlm.store.group as group_module
+
+    keys = torch.randn(2, 50, 8, generator=torch.Generator().manual_seed(13))
+    queries = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(14))
+    store = StoreLayout({"attention": GroupSpec(2, 8, 8, metric)}, "torch", {"dtype": search_dtype})
+    memory = MemoryGroup(store.specs["attention"], store, torch.device("cpu"), torch.float32)
+    memory.add(torch.arange(50), keys, keys, torch.zeros(50, 2, dtype=torch.int64), heads_first=True)
+    chunks: list[int] = []
+    similarity = group_module._similarity
+
+    def counted(part: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        chunks.append(part.shape[1])
+        return similarity(part, keys)
+
+    monkeypatch.setattr(group_module, "_similarity", counted)
+    whole = memory.search_positions(queries, 4)
+    assert chunks == [6]
+    for budget_queries, expected in ((3, [3, 3]), (4, [4, 2]), (0.5, [1] * 6)):  # two chunks; a last short one
+        chunks.clear()  # half a query's scores: one query a chunk
+        monkeypatch.setattr(group_module, "SCORE_BUDGET", int(2 * 50 * size * budget_queries))
+        assert_same(memory.search_positions(queries, 4), whole)
+        assert chunks == expected
+
+
+def test_faiss_search_below_an_id_it_holds_finds_every_older_item_including_id_zero():
+    """Ids start at 0 as the store allocates them; `below_id` names an item that is there (excluded)."""
+    count = 8
+    keys = torch.arange(count, dtype=torch.float32).view(1, count, 1).repeat(1, 1, 2)  # item i scores 2i
+    store = layout_for("faiss-flat", keys, "ip")
+    memory = MemoryGroup(store.specs["attention"], store, torch.device("cpu"), torch.float32)
+    memory.add(torch.arange(count), keys, keys, torch.zeros(count, 2, dtype=torch.int64), heads_first=True)
+    query = torch.ones(1, 1, 2)
+    found = memory.search(query, count - 1, below_id=count - 1)  # every item but the newest, best first
+    assert found.ids[0, 0].tolist() == list(range(count - 2, -1, -1)) and found.valid.all()
+    everything = memory.search(query, count)
+    assert everything.ids[0, 0].tolist() == list(range(count - 1, -1, -1))  # the last item and id 0 too
+    fewer = memory.search_positions(query, count + 2, count - 3)  # below id 5: five items, then nothing
+    assert torch.isneginf(fewer.scores[0, 0, 5:]).all() and (fewer.positions[0, 0, 5:] == 0).all()
+
+
+def test_an_id_an_index_still_returns_after_its_removal_is_not_a_result(monkeypatch):
+    keys = torch.randn(1, 10, 4, generator=torch.Generator().manual_seed(15))
+    memory = group("faiss-flat", keys, "ip", eviction="least_used")  # ids 1..10
+    memory.remove(torch.tensor([10]))
+    stale = (torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[10, 4, 99]]))  # a removed id, a live one, an unknown one
+    monkeypatch.setattr(memory.indexes[0], "search", lambda queries, k: stale)
+    found = memory.search(torch.zeros(1, 1, 4), 3)
+    assert found.valid[0, 0].tolist() == [False, True, False] and found.ids[0, 0].tolist() == [-1, 4, -1]
+    assert memory._hits.data.tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0]  # only the live item counts a hit
+
+
+def test_the_gpu_product_gives_one_score_per_query_and_key():
+    """Off the CPU `_similarity` is one batched product; meta tensors take that branch without a GPU."""
+    from memlm.store.group import _similarity
+
+    queries, keys = torch.empty(3, 5, 8, device="meta"), torch.empty(3, 7, 8, device="meta")
+    assert _similarity(queries, keys).shape == (3, 5, 7)
+
+
+def test_kernel_torch_never_calls_the_fused_kernel_and_triton_off_a_gpu_says_why(monkeypatch):
+    import memlm.store.group as group_module
+    from memlm.store.fused_topk import triton_importable
+
+    keys = torch.randn(1, 20, 4, generator=torch.Generator().manual_seed(16))
+    monkeypatch.setattr(group_module, "fused_topk", lambda *args: pytest.fail("the fused kernel ran"))
+    memory = group("torch", keys, "ip", backend_options={"dtype": "float32", "kernel": "torch"})
+    expected = (keys[:, :3] @ keys.transpose(1, 2)).topk(2)
+    assert torch.equal(memory.search_positions(keys[:, :3], 2).positions, expected.indices)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    triton = "installed" if triton_importable() else "missing"
+    with pytest.raises(ConfigError, match=rf"needs a CUDA device and Triton installed \(here: cpu, Triton {triton}\); "
+                                          r"kernel='auto' falls back to torch's matrix product"):
+        group("torch", keys, "ip", backend_options={"kernel": "triton"})
+
+
+def test_an_empty_group_gives_empty_candidates_and_zero_values():
+    keys = torch.randn(2, 1, 4)
+    store = layout_for("torch", keys, "ip")
+    empty = MemoryGroup(store.specs["attention"], store, torch.device("cpu"), torch.float32)
+    found = empty.search_positions(torch.randn(2, 3, 4), 5)
+    assert found.scores.dtype == torch.float32 and torch.isneginf(found.scores).all()
+    assert found.positions.dtype == torch.int64 and found.positions.shape == (2, 3, 5) and not found.positions.any()
+    values = empty.gather_values(found.positions)
+    assert values.shape == (2, 3, 5, 4) and not values.any()
+
+
+def test_values_are_gathered_right_after_the_group_grows():
+    keys = torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(17))
+    memory = group("torch", keys, "ip")  # values are keys * 2
+    positions = torch.tensor([[[0, 9]], [[9, 0]]])
+    assert torch.equal(memory.gather_values(positions)[1, 0, 0], keys[1, 9] * 2)
+    more = torch.randn(2, 3000, 4, generator=torch.Generator().manual_seed(18))  # past the first capacity
+    memory.add(torch.arange(11, 3011), more, more * 2, torch.zeros(3000, 2, dtype=torch.int64), heads_first=True)
+    late = torch.tensor([[[3009, 0]], [[0, 3009]]])
+    gathered = memory.gather_values(late)
+    assert torch.equal(gathered[0, 0, 0], more[0, 2999] * 2) and torch.equal(gathered[1, 0, 1], more[1, 2999] * 2)
+
+
+def test_token_id_slots_past_the_items_found_hold_token_zero():
+    keys = torch.randn(1, 2, 4, generator=torch.Generator().manual_seed(19))
+    store = StoreLayout({"lm": GroupSpec(1, 4, None, "l2")}, "torch")
+    memory = MemoryGroup(store.specs["lm"], store, torch.device("cpu"), torch.float32)
+    memory.add(torch.arange(2), keys, torch.tensor([7, 8]), torch.zeros(2, 2, dtype=torch.int64), heads_first=True)
+    found = memory.search(torch.randn(1, 3, 4), 4)
+    assert sorted(found.values[0, 0, :2].tolist()) == [7, 8] and (found.values[..., 2:] == 0).all()
+
+
+def test_cluster_search_leaves_l2_groups_exact():
+    keys = torch.randn(1, 600, 8, generator=torch.Generator().manual_seed(20)) * torch.rand(1, 600, 1) * 3
+    queries = torch.randn(1, 32, 8, generator=torch.Generator().manual_seed(21))
+    clustered = {"dtype": "float32", "search": "clusters", "exact_below": 64, "page_size": 16, "probe_pages": 2,
+                 "min_queries": 1}
+    asked = group("torch", keys, "l2", backend_options=clustered).search_positions(queries, 5)
+    assert_same(asked, group("torch", keys, "l2").search_positions(queries, 5))
+
+
+def test_faiss_backend_options_reach_every_head_index():
+    keys = torch.randn(2, 30, 4, generator=torch.Generator().manual_seed(22))
+    memory = group("faiss-hnsw", keys, "ip", backend_options={"m": 8, "ef_search": 16})
+    assert [(index.m, index.ef_search) for index in memory.indexes] == [(8, 16), (8, 16)]
