@@ -157,7 +157,7 @@ class FactBank:
 
     def __init__(self, config: FactBankConfig, store: FactStore, embed: Callable[[list[str]], np.ndarray],
                  measure: Callable[[str], float] | None = None,
-                 latent: Callable[[list[str]], np.ndarray] | None = None):
+                 latent: Callable[[list[str]], np.ndarray | None] | None = None):
         self.config = config
         self.store = store
         self.embed = embed
@@ -224,7 +224,8 @@ class FactBank:
             return LearnResult("not useful", None, importance,
                                f"importance {importance:.3f} is below min_importance {self.config.min_importance}")
         if latent is None and self.latent is not None:
-            latent = self.latent([text])[0]
+            vectors = self.latent([text])  # None where they cannot be computed (a model bank without a tokenizer)
+            latent = None if vectors is None else vectors[0]
         if expires_at is None and self.config.ttl is not None:
             expires_at = self.store.clock() + self.config.ttl
         try:
