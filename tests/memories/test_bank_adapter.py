@@ -4,6 +4,7 @@ bank in memory and on a database file, segments written without a tokenizer, pro
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_model
@@ -234,3 +235,185 @@ def test_latent_fusion_reads_in_the_backbones_dtype(tokenizer):
         bank.reader.gate.fill_(1.0)
     bank.learn("the sky is green here", importance=1.0)
     assert memory_model(torch.tensor([[5, 6, 7]]), write_memory=False).logits.dtype == torch.bfloat16
+
+
+def test_a_written_segment_is_stored_by_write_with_importance_one_and_its_latent_only_for_a_reader(tokenizer):
+    for fusion, has_latent in (("both", True), ("prompt", False)):
+        memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion=fusion),
+                                    tokenizer=tokenizer)
+        bank = memory_model.memories["bank"]
+        memory_model.write(torch.tensor([[10, 11, 12, 13]]))
+        [fact] = bank.store.facts("default")
+        assert fact.importance == 1.0 and fact.category == "segment"
+        assert [change.actor for change in bank.store.history(fact.id, "default")] == ["write"]
+        assert bank.store.latents("default")[0] == ([fact.id] if has_latent else [])
+
+
+def test_a_minilm_bank_embeds_texts_and_segments_with_minilm(tokenizer):
+    from memlm.embeddings import MINILM_DIMENSION
+
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="minilm", fusion="prompt"),
+                                tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    vectors = bank.embed(["the sky is green", "the sea is red"])
+    assert vectors.shape == (2, MINILM_DIMENSION) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert bank.embed(["the sky is green"])[0] == pytest.approx(vectors[0], abs=1e-5)  # one encoder, reused
+    memory_model.write(tokenizer("the sky is green", add_special_tokens=False, return_tensors="pt").input_ids)
+    [fact] = bank.store.facts("default")
+    stored = bank.store.embeddings("default", [fact.id])[0]
+    assert stored == pytest.approx(bank.embed([fact.text])[0], abs=1e-5)  # the text's MiniLM vector, not a latent
+
+
+def test_state_files_go_into_a_new_nested_folder_and_over_an_earlier_save(tokenizer, tmp_path):
+    bank = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
+                        tokenizer=tokenizer).memories["bank"]
+    bank.learn("the sky is green here")
+    for _ in range(2):
+        bank.save_state_files(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b" / "facts.sqlite").is_file()
+    with_file = memlm.BankConfig(encoder="backbone", importance="constant", store=str(tmp_path / "facts.sqlite"))
+    live = memlm.attach(tiny_model("llama"), with_file, tokenizer=tokenizer).memories["bank"]
+    for _ in range(2):
+        live.save_state_files(tmp_path / "c" / "d")
+    assert (tmp_path / "c" / "d" / "store.json").is_file()
+
+
+def test_the_saved_extent_is_the_current_users(tokenizer):
+    bank = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
+                        tokenizer=tokenizer).memories["bank"]
+    bank.learn("the sky is green here")
+    bank.learn("a fact of someone else", user="bob")
+    bank.learn("another of someone else", user="bob")
+    assert bank.store.version("default") != bank.store.version()  # the test can tell them apart
+    assert bank.state_tensors()["extent"].tolist() == [1, bank.store.version("default")]
+
+
+def test_prompt_fusion_reads_the_rows_facts_addressed_to_the_user_and_keeps_earlier_rows_bonus(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", fusion="prompt",
+                                                                      importance="constant"), tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    bank.reset(batch_size=2)
+    bank.learn("The user's cat is called Miso.", spoken="My cat is called Miso.", row=0)
+    bank.learn("The user's dog is called Rex.", spoken="My dog is called Rex.", row=1)
+    messages = [{"role": "user", "content": "pet?"}]
+    fused, used = bank.augment_messages(messages, query="what is my pet called", row=1)
+    assert [r.fact.text for r in used] == ["The user's dog is called Rex."]  # row 1's fact only
+    assert "Your dog is called Rex." in fused[-2]["content"] and "The user's dog" in fused[0]["content"]
+    _, used_zero = bank.augment_messages(messages, query="what is my pet called", row=0)
+    assert [r.fact.text for r in used_zero] == ["The user's cat is called Miso."]
+    bank.augment_messages(messages, query="what is my pet called", row=1)  # row 1 again, after row 0
+    [bonus] = bank.logits_processors()
+    assert bonus.rows[0].numel() > 0 and bonus.rows[1].numel() > 0  # row 0's bonus stays; row 1's renewed
+    bank.augment_messages(messages, query="what is my pet called", row=0)
+    bank.augment_messages(messages, query="what is my pet called", row=0)  # row 0 asked again: a new batch
+    [bonus] = bank.logits_processors()
+    assert bonus.rows[0].numel() > 0 and bonus.rows[1].numel() == 0
+    memory_model.memories["bank"].config.fact_token_bias = 0.0
+    bank.augment_messages(messages, query="what is my pet called")
+    assert bank.logits_processors() == []  # no bonus asked for
+
+
+def test_segments_are_captured_after_the_final_norm(tokenizer):
+    """Their retrieval vector and latent are the segment's own states, not those of its decoded text."""
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone"), tokenizer=tokenizer)
+    ids = tokenizer("ring\abell", add_special_tokens=False, return_tensors="pt").input_ids  # stored as "ring bell"
+    final = memory_model.backbone(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]  # after the norm
+    memory_model.write(ids)
+    [fact] = memory_model.memories["bank"].store.facts("default")
+    from memlm.memories.bank import position_weighted_mean
+
+    expected = position_weighted_mean(final).detach().float().numpy()
+    stored = memory_model.memories["bank"].store.embeddings("default", [fact.id])[0]
+    assert stored == pytest.approx(expected / np.linalg.norm(expected), abs=1e-5)
+    _, _, [latent] = memory_model.memories["bank"].store.latents("default")
+    assert latent == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_bank_names_itself_in_errors_and_passes_learn_arguments_on(tokenizer):
+    with pytest.raises(memlm.ConfigError, match=r"^bank: fact_token_bias must"):
+        memlm.BankConfig(fact_token_bias=-1.0)
+    bank = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone")).memories["bank"]  # no tokenizer
+    with pytest.raises(memlm.ConfigError, match=r"^bank: this needs a tokenizer: attach\(model, 'bank', "):
+        bank.latent_vectors(["a fact"])
+    vector = np.ones(bank.dimension, dtype=np.float32) / np.sqrt(bank.dimension)
+    result = bank.learn("the sky is green here", "weather", importance=0.75, embedding=vector)
+    assert result.stored and result.fact.category == "weather" and result.fact.importance == 0.75
+    assert bank.store.latents("default")[0] == []  # no tokenizer: no latent, and no error
+
+
+def test_latent_fusion_passes_rows_without_facts_through_and_reads_the_later_ones(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
+                                tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    with torch.no_grad():
+        bank.reader.gate.fill_(1.0)
+    probe = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
+    bare = memory_model(probe, write_memory=False).logits
+    bank.reset(batch_size=2)
+    bank.learn("a fact of the second row", row=1)
+    read = memory_model(probe, write_memory=False).logits
+    torch.testing.assert_close(read[0], bare[0])  # row 0 has no facts: untouched
+    assert not torch.allclose(read[1], bare[1], atol=1e-4)  # row 1, after it, still reads
+    bank.reset()
+    bank.learn("a fact of the first row", row=0)  # one stored row, none announced
+    one = memory_model(probe[:1], write_memory=False).logits
+    assert not torch.allclose(one, bare[:1], atol=1e-4)
+
+
+def test_the_fact_bonus_follows_rows_and_queries_and_the_speakers_own_words(tokenizer):
+    config = memlm.BankConfig(encoder="backbone", fusion="prompt", importance="constant", fact_token_bias=0.5)
+    bank = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer).memories["bank"]
+    messages = [{"role": "user", "content": "where?"}]
+    bank.learn("The user moved to Oslo.", spoken="I moved to Oslo last year.")
+    fused, _ = bank.augment_messages(messages, query="where did I move", row=1)  # a fresh bank's first row is 1
+    assert "You moved to Oslo last year." in fused[-2]["content"]  # from the user's own sentence
+    [bonus] = bank.logits_processors()
+    assert bonus.rows[1].numel() > 0  # a bias of 0.5 still gives a bonus
+    bank.augment_messages(messages, query="where did I move", row=1)
+    bank.augment_messages(messages, query="  ", row=1)  # row 1 asks again, about nothing: its bonus goes
+    assert bank.logits_processors() == []
+    bank.augment_messages(messages, query="where did I move", row=1)
+    bank.augment_messages(messages, query="where did I move")  # no row: a new prompt, earlier rows forgotten
+    [bonus] = bank.logits_processors()
+    assert bonus.rows[0].numel() > 0 and all(row.numel() == 0 for row in bonus.rows[1:])
+
+
+def test_no_segment_is_written_while_segment_writes_are_off(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone"), tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    with bank.segment_writes(False):
+        memory_model(torch.tensor([[10, 11, 12, 13]]))
+    assert bank.store.facts("default") == []
+    memory_model(torch.tensor([[10, 11, 12, 13]]))
+    assert len(bank.store.facts("default")) == 1
+
+
+def test_latent_fusion_changes_only_the_last_layers_output(tokenizer):
+    memory_model = memlm.attach(tiny_model("llama", num_layers=3), memlm.BankConfig(encoder="backbone"),
+                                tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    layers = memory_model.backbone.model.layers
+    outputs: dict[int, torch.Tensor] = {}
+    for index, layer in enumerate(layers):
+        layer.register_forward_hook(lambda module, args, output, index=index: outputs.__setitem__(
+            index, (output[0] if isinstance(output, tuple) else output).detach().clone()))
+    probe = torch.tensor([[5, 6, 7, 8]])
+    memory_model(probe, write_memory=False)
+    before = dict(outputs)
+    with torch.no_grad():
+        bank.reader.gate.fill_(1.0)
+    bank.learn("the sky is green here", importance=1.0)
+    memory_model(probe, write_memory=False)
+    for index in range(len(layers) - 1):
+        torch.testing.assert_close(outputs[index], before[index])
+    assert not torch.allclose(outputs[len(layers) - 1], before[len(layers) - 1], atol=1e-4)
+
+
+def test_a_bank_on_a_relative_database_path_saves_the_absolute_one(tokenizer, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    config = memlm.BankConfig(encoder="backbone", store="facts.sqlite", importance="constant")
+    bank = memlm.attach(tiny_model("llama"), config, tokenizer=tokenizer).memories["bank"]
+    bank.save_state_files(tmp_path / "state")
+    assert json.loads((tmp_path / "state" / "store.json").read_text())["store"] == str(tmp_path / "facts.sqlite")

@@ -328,9 +328,10 @@ class BankMemory(Memory, FileState, Provenance, PromptFusion, TextLearning, Stat
         hidden_states = self.captured("hidden")
         if hidden_states is None:
             return
+        # MemoryModel.forward sets the mask of every pass (ones where the caller gave none).
         mask, input_ids, tokenizer = self.context.attention_mask, self.context.input_ids, self.context.tokenizer
         for row in range(hidden_states.shape[0]):
-            valid = mask[row].bool() if mask is not None else torch.ones(hidden_states.shape[1], dtype=torch.bool)
+            valid = mask[row].bool()
             if not bool(valid.any()):
                 continue
             latent = position_weighted_mean(hidden_states[row][valid.to(hidden_states.device)]).float().cpu().numpy()
