@@ -58,6 +58,12 @@ GROUPS: dict[str, Group] = {
     "facts-store": Group("src/memlm/facts/store.py",  # not the tests of minutes: other processes, kills, MiniLM
                          ["tests/facts/test_api.py", "tests/facts/test_turns.py", "-k",
                           "not (postgres or milvus or process or killed or classic or learned_at_once)"]),
+    "facts-bank-retrieval": Group("src/memlm/facts/bank.py",  # sqlite only: the server backends repeat these tests
+                                  ["tests/facts/test_bank.py", "tests/facts/test_conversations.py",
+                                   "tests/facts/test_bank_retrieval.py", "-k", "not (postgres or milvus)"],
+                                  ["*ǁFactBankǁretrieve__*", "*ǁFactBankǁevict__*", "*ǁFactBankǁdecayed_importance__*",
+                                   "*ǁFactBankǁ_conversation_fusion__*", "*x__hybrid_weight__*"],
+                                  "sample: retrieval, ranking, decay and eviction"),
     "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
     "facts-slots": Group("src/memlm/facts/slots.py", ["tests/facts/test_updates.py"]),
     "facts-connection": Group("src/memlm/facts/connection.py",
