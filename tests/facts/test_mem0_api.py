@@ -182,3 +182,22 @@ def test_the_e5_encoder_is_available_and_its_store_stays_its_own(tmp_path):
         memlm.Memory(path)  # MiniLM vectors cannot search e5 ones
     with pytest.raises(memlm.ConfigError, match="unknown encoder"):
         memlm.Memory(None, encoder="word2vec")
+
+
+@pytest.mark.parametrize("kind", ["agent_id", "run_id"])
+def test_a_scope_whose_memories_all_belong_to_users_is_refused_not_answered_empty(memory, kind):
+    """mem0 would search every user's memories of an agent or run; memlm keeps users apart and says so."""
+    memory.add("I always book window seats on flights.", user_id="ada", **{kind: "travel"}, infer=False)
+    refused = (rf"^{kind} 'travel' has no memories of its own; the memories that carry it belong to users, and "
+               rf"memlm searches one user at a time .* Add user_id=\.\.\. \(or filters=\{{'user_id': \.\.\.\}}\) "
+               rf"to search a user's memories of this {kind[:-3]}\.$")
+    for call in (lambda: memory.search("seats", **{kind: "travel"}), lambda: memory.get_all(**{kind: "travel"}),
+                 lambda: memory.delete_all(**{kind: "travel"})):
+        with pytest.raises(memlm.ConfigError, match=refused):
+            call()
+    for named in ({"user_id": "ada"}, {"user": "ada"}):  # naming the user: that user's memories of the scope
+        assert len(memory.get_all(**named, **{kind: "travel"})["results"]) == 1
+    assert len(memory.search("seats", filters={"user_id": "ada"}, **{kind: "travel"}, threshold=-1)["results"]) == 1
+    assert memory.get_all(**{kind: "elsewhere"})["results"] == []  # a scope nobody's memories carry: empty
+    memory.add("Always answer in French.", **{kind: "travel"}, infer=False)  # now it has memories of its own
+    assert [m["memory"] for m in memory.get_all(**{kind: "travel"})["results"]] == ["Always answer in French."]
