@@ -64,6 +64,17 @@ GROUPS: dict[str, Group] = {
                                   ["*ǁFactBankǁretrieve__*", "*ǁFactBankǁevict__*", "*ǁFactBankǁdecayed_importance__*",
                                    "*ǁFactBankǁ_conversation_fusion__*", "*x__hybrid_weight__*"],
                                   "sample: retrieval, ranking, decay and eviction"),
+    "facts-api-helpers": Group("src/memlm/facts/api.py",  # sqlite only: the server backends repeat these tests
+                               ["tests/facts/test_api_inputs.py", "tests/facts/test_mem0_api.py",
+                                "tests/facts/test_mem0_dropin.py", "tests/facts/test_api.py", "-k",
+                                "not (postgres or milvus or process or killed or classic or learned_at_once "
+                                "or from_config_builds)"],  # that test checks a warning's frame: mutmut adds one
+                               ["*x__count__*", "*x__threshold__*", "*x__as_messages__*", "*x__memory__*",
+                                "*x__event__*", "*x__change__*", "*ǁFactMemoryǁ_owner__*",
+                                "*ǁFactMemoryǁ_refuse_cross_user_scope__*", "*ǁFactMemoryǁ_accept__*",
+                                "*ǁFactMemoryǁ_expiry__*"],
+                               "sample: scoping (owner, cross-user refusal, filters), expiry, counts and the "
+                               "mem0-shaped records"),
     "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
     "facts-slots": Group("src/memlm/facts/slots.py", ["tests/facts/test_updates.py"]),
     "facts-connection": Group("src/memlm/facts/connection.py",

@@ -419,7 +419,7 @@ def _memory(fact: Fact) -> dict[str, Any]:
     return values
 
 
-def _event(result: LearnResult, role: str = "user", name: str | None = None) -> dict[str, Any]:
+def _event(result: LearnResult, role: str, name: str | None) -> dict[str, Any]:
     fact = result.fact
     event = "NONE" if not result.stored else ("UPDATE" if result.superseded else "ADD")
     entry = {"id": fact.id if fact else None, "memory": fact.text if fact else None, "event": event,
