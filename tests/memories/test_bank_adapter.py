@@ -12,6 +12,16 @@ from tiny import tiny_model
 import memlm
 
 
+def reading_bank(tokenizer):
+    """A bank on the tiny llama whose latent reader's gate is open (an untrained one reads nothing)."""
+    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
+                                tokenizer=tokenizer)
+    bank = memory_model.memories["bank"]
+    with torch.no_grad():
+        bank.reader.gate.fill_(1.0)
+    return memory_model, bank
+
+
 @pytest.mark.parametrize("fusion", ["prompt", "latent", "both"])
 def test_the_fusion_decides_what_the_bank_reads_through(tokenizer, fusion):
     config = memlm.BankConfig(encoder="backbone", fusion=fusion)
@@ -211,11 +221,7 @@ def test_segments_are_decoded_without_special_tokens_or_control_characters(token
 
 
 def test_facts_of_no_row_serve_every_row_in_latent_fusion(tokenizer):
-    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
-                                tokenizer=tokenizer)
-    bank = memory_model.memories["bank"]
-    with torch.no_grad():
-        bank.reader.gate.fill_(1.0)
+    memory_model, bank = reading_bank(tokenizer)
     memory_model.write(torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]]))  # a fact for row 0, one for row 1
     probe = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
     rows_only = memory_model(probe, write_memory=False).logits
@@ -342,11 +348,7 @@ def test_the_bank_names_itself_in_errors_and_passes_learn_arguments_on(tokenizer
 
 
 def test_latent_fusion_passes_rows_without_facts_through_and_reads_the_later_ones(tokenizer):
-    memory_model = memlm.attach(tiny_model("llama"), memlm.BankConfig(encoder="backbone", importance="constant"),
-                                tokenizer=tokenizer)
-    bank = memory_model.memories["bank"]
-    with torch.no_grad():
-        bank.reader.gate.fill_(1.0)
+    memory_model, bank = reading_bank(tokenizer)
     probe = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
     bare = memory_model(probe, write_memory=False).logits
     bank.reset(batch_size=2)
