@@ -75,6 +75,13 @@ GROUPS: dict[str, Group] = {
                                 "*ǁFactMemoryǁ_expiry__*"],
                                "sample: scoping (owner, cross-user refusal, filters), expiry, counts and the "
                                "mem0-shaped records"),
+    "facts-bank-supersession": Group("src/memlm/facts/bank.py",  # sqlite only, as facts-bank-retrieval
+                                     ["tests/facts/test_bank_learning.py", "tests/facts/test_bank_retrieval.py",
+                                      "tests/facts/test_updates.py", "tests/facts/test_bank.py", "-k",
+                                      "not (postgres or milvus)"],
+                                     ["*ǁFactBankǁ_superseded_by__*", "*ǁFactBankǁ_nearest__*",
+                                      "*ǁFactBankǁlearn__*", "*x_slot_key__*", "*x__fills__*"],
+                                     "sample: learn's entry, the near-duplicate and supersession searches"),
     "facts-filters": Group("src/memlm/facts/filters.py", ["tests/facts/test_filters.py"]),
     "facts-slots": Group("src/memlm/facts/slots.py", ["tests/facts/test_updates.py"]),
     "facts-connection": Group("src/memlm/facts/connection.py",
