@@ -157,10 +157,7 @@ class MemoryGroup:
         self._origins.append(origins)
         sequences, counts = torch.unique_consecutive(origins[:, 0], return_counts=True)
         for sequence, count in zip(sequences.tolist(), counts.tolist(), strict=True):
-            if self._runs and self._runs[-1][0] == sequence:
-                self._runs[-1][1] += count
-            else:
-                self._runs.append([sequence, count])
+            _extend_runs(self._runs, sequence, count)
         self.version = next(_VERSIONS)
 
     def latest_count(self, sequence: int, limit: int) -> int:
@@ -291,10 +288,8 @@ class MemoryGroup:
             kept = torch.diff(kept_before, prepend=torch.zeros(1, dtype=torch.int64)).tolist()
             runs: list[list[int]] = []
             for (sequence, _), n in zip(self._runs, kept, strict=True):
-                if n and runs and runs[-1][0] == sequence:  # the other sequence between them is gone
-                    runs[-1][1] += n
-                elif n:
-                    runs.append([sequence, n])
+                if n:  # two runs of one sequence join where the other sequence between them is gone
+                    _extend_runs(runs, sequence, n)
             self._runs = runs
             for rows in (self._ids, self._values, self._hits, self._origins):
                 rows.keep(keep)
@@ -366,6 +361,14 @@ class MemoryGroup:
             sequences, counts = torch.unique_consecutive(origins[:, 0], return_counts=True)
             group._runs = [[s, n] for s, n in zip(sequences.tolist(), counts.tolist(), strict=True)]
         return group
+
+
+def _extend_runs(runs: list[list[int]], sequence: int, count: int) -> None:
+    """Add `count` items of `sequence` after `runs` ([sequence, count] pairs, oldest first)."""
+    if runs and runs[-1][0] == sequence:
+        runs[-1][1] += count
+    else:
+        runs.append([sequence, count])
 
 
 def _similarity(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
